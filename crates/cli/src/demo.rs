@@ -1,0 +1,279 @@
+//! `pgherd demo`: three members and the in-process DCS on loopback, in one command.
+
+use crate::listing;
+use anyhow::{bail, Context, Result};
+use pgherd_dcs::memory::{MemoryDcs, MemoryStore};
+use pgherd_dcs::{Cluster, Dcs, Tags};
+use pgherd_ha::member::{self, RunningMember};
+use pgherd_ha::{HaConfig, NodeSpec, Role};
+use pgherd_postgres::{Binaries, Credentials, InstanceConfig, OsUser};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SCOPE: &str = "demo";
+const NAMESPACE: &str = "/service";
+const MEMBERS: usize = 3;
+/// How long the cluster may take to bootstrap and clone before the demo gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Demo timings: fail over within seconds, still keeping rule 1's inequality.
+fn demo_ha() -> HaConfig {
+    HaConfig {
+        ttl: 10_000,
+        loop_wait: 2_000,
+        retry_timeout: 4_000,
+        maximum_lag_on_failover: 1 << 20,
+        use_pg_rewind: true,
+        use_slots: true,
+        paused: false,
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Where to put the members' data (default: a new directory under /tmp).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// PostgreSQL binaries (default: pg_config, else the newest /usr/lib/postgresql/*/bin).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Start, print the topology, and exit at once after cleaning up (for scripts).
+    #[arg(long, hide = true)]
+    pub exit_when_ready: bool,
+}
+
+/// One demo member as printed.
+struct DemoMember {
+    name: String,
+    pg_port: u16,
+    running: RunningMember,
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let bin = Binaries::find(args.bin_dir.as_deref())?;
+    let os_user = pgherd_postgres::run_as(None)?;
+    let base = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            d.clone()
+        }
+        None => tempfile::Builder::new()
+            .prefix("pgherd-demo-")
+            .tempdir_in("/tmp")
+            .context("cannot create a directory under /tmp")?
+            .keep(),
+    };
+    give_to(&base, os_user.as_ref())?;
+    let password = random_password();
+    let store = MemoryStore::new();
+    let mut members = Vec::new();
+    let started = start_members(&base, &bin, os_user.as_ref(), &password, &store, &mut members).await;
+    let outcome = match started {
+        Ok(()) => serve(&store, &members, &password, &base, args.exit_when_ready).await,
+        Err(e) => Err(e),
+    };
+    eprintln!("pgherd demo: stopping the members and removing {}", base.display());
+    for m in members {
+        m.running.stop().await;
+    }
+    if let Err(e) = std::fs::remove_dir_all(&base) {
+        eprintln!("pgherd demo: could not remove {}: {e}", base.display());
+    }
+    outcome
+}
+
+async fn start_members(
+    base: &Path,
+    bin: &Binaries,
+    os_user: Option<&OsUser>,
+    password: &str,
+    store: &MemoryStore,
+    out: &mut Vec<DemoMember>,
+) -> Result<()> {
+    for i in 1..=MEMBERS {
+        let name = format!("node{i}");
+        let dir = base.join(&name);
+        std::fs::create_dir_all(&dir)?;
+        give_to(&dir, os_user)?;
+        let pg_port = free_port()?;
+        let api_listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut parameters = BTreeMap::new();
+        parameters.insert(
+            "unix_socket_directories".to_string(),
+            dir.to_string_lossy().into_owned(),
+        );
+        let instance = InstanceConfig {
+            name: name.clone(),
+            data_dir: dir.join("data"),
+            bin: bin.clone(),
+            os_user: os_user.cloned(),
+            listen_addresses: "127.0.0.1".into(),
+            port: pg_port,
+            connect_host: "127.0.0.1".into(),
+            superuser: Credentials {
+                username: "postgres".into(),
+                password: Some(password.to_string()),
+            },
+            replication: Credentials {
+                username: "replicator".into(),
+                password: Some(password.to_string()),
+            },
+            parameters,
+            pg_hba: Some(vec![
+                "local all all trust".into(),
+                "host all all 127.0.0.1/32 scram-sha-256".into(),
+                "host replication replicator 127.0.0.1/32 scram-sha-256".into(),
+            ]),
+            pgpass: dir.join("pgpass"),
+            log_file: dir.join("postgresql.log"),
+        };
+        let ha = demo_ha();
+        let spec = NodeSpec {
+            name: name.clone(),
+            scope: SCOPE.into(),
+            api_listen,
+            api_connect_address: api_listen.to_string(),
+            api_auth: None,
+            pg_connect_host: "127.0.0.1".into(),
+            pg_connect_port: pg_port,
+            tags: Tags::default(),
+            initdb_args: vec!["--encoding=UTF8".into(), "--data-checksums".into()],
+            bootstrap_dynamic: serde_json::json!({
+                "ttl": ha.ttl / 1000, "loop_wait": ha.loop_wait / 1000,
+                "retry_timeout": ha.retry_timeout / 1000,
+                "maximum_lag_on_failover": ha.maximum_lag_on_failover,
+                "postgresql": {"use_pg_rewind": true, "use_slots": true}
+            }),
+            ha,
+            instance,
+            pg_ctl_timeout: Duration::from_secs(60),
+        };
+        let dcs: Arc<dyn Dcs> = Arc::new(MemoryDcs::new(
+            store.clone(),
+            NAMESPACE,
+            SCOPE,
+            &name,
+            Duration::from_millis(demo_ha().ttl),
+        ));
+        let running = member::start(spec, dcs).await?;
+        out.push(DemoMember {
+            name,
+            pg_port,
+            running,
+        });
+    }
+    Ok(())
+}
+
+/// Wait for the cluster, print how to reach it, then follow it until Ctrl-C.
+async fn serve(
+    store: &MemoryStore,
+    members: &[DemoMember],
+    password: &str,
+    base: &Path,
+    exit_when_ready: bool,
+) -> Result<()> {
+    let observer = MemoryDcs::new(store.clone(), NAMESPACE, SCOPE, "pgherd-demo", Duration::from_secs(10));
+    eprintln!("pgherd demo: bootstrapping {MEMBERS} members in {} ...", base.display());
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let cluster = loop {
+        let cluster = observer.get_cluster().await?;
+        if is_ready(&cluster, members) {
+            break cluster;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the demo cluster did not become ready within {READY_TIMEOUT:?}; see the PostgreSQL logs under {}",
+                base.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("{}", listing::table(SCOPE, &cluster));
+    print_uris(&cluster, members, password);
+    if exit_when_ready {
+        return Ok(());
+    }
+    println!("\nPress Ctrl-C to stop the cluster and remove {}.", base.display());
+    let mut last_leader = cluster.leader_name().map(str::to_string);
+    loop {
+        tokio::select! {
+            _ = crate::signals::shutdown_signal() => return Ok(()),
+            _ = observer.watch(Duration::from_secs(5)) => {}
+        }
+        let Ok(cluster) = observer.get_cluster().await else { continue };
+        let leader = cluster.leader_name().map(str::to_string);
+        if leader != last_leader {
+            match &leader {
+                Some(l) => println!("\nleader is now {l}"),
+                None => println!("\nno leader: failover in progress"),
+            }
+            println!("{}", listing::table(SCOPE, &cluster));
+            last_leader = leader;
+        }
+    }
+}
+
+/// A leader and every other member streaming from it.
+fn is_ready(cluster: &Cluster, members: &[DemoMember]) -> bool {
+    let Some(leader) = cluster.leader_name() else {
+        return false;
+    };
+    members.iter().all(|m| {
+        let s = m.running.status.get();
+        if m.name == leader {
+            s.role == Role::Primary && s.running
+        } else {
+            s.role == Role::Replica && s.state == "streaming"
+        }
+    })
+}
+
+fn print_uris(cluster: &Cluster, members: &[DemoMember], password: &str) {
+    let leader = cluster.leader_name().unwrap_or_default();
+    let mut ordered: Vec<&DemoMember> = members.iter().collect();
+    ordered.sort_by_key(|m| (m.name != leader, m.name.clone()));
+    println!();
+    for m in ordered {
+        let role = if m.name == leader { "primary" } else { "replica" };
+        println!(
+            "{role:<8} {:<6} postgres://postgres:{password}@127.0.0.1:{}/postgres   REST: http://{}/patroni",
+            m.name, m.pg_port, m.running.api_addr
+        );
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Make `dir` writable by the OS user PostgreSQL runs as.
+fn give_to(dir: &Path, os_user: Option<&OsUser>) -> Result<()> {
+    if let Some(u) = os_user {
+        nix::unistd::chown(
+            dir,
+            Some(nix::unistd::Uid::from_raw(u.uid)),
+            Some(nix::unistd::Gid::from_raw(u.gid)),
+        )
+        .with_context(|| format!("cannot give {} to OS user {}", dir.display(), u.name))?;
+    }
+    Ok(())
+}
+
+/// 16 letters and digits from the OS's random source.
+fn random_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}

@@ -1,0 +1,78 @@
+//! The `pgherd` binary: parse arguments, set up logging, run the command, and turn any
+//! error into a one-line reason with a non-zero exit code.
+
+use clap::Parser;
+use pgherd_cli::{ctl, demo, node};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "pgherd", version, about = "Highly available PostgreSQL: node agent, pooler, operator CLI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run the node agent for one PostgreSQL (Patroni-compatible YAML config).
+    Node {
+        /// The config file (patroni.yml works unchanged).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The config file, Patroni style (`pgherd node patroni.yml`).
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// Check the config and exit.
+        #[arg(long)]
+        validate_config: bool,
+    },
+    /// Look at and operate a cluster.
+    Ctl(ctl::CtlArgs),
+    /// Run a 3-member cluster on this machine, with an in-process DCS.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Node { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGHERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgherd: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node {
+                config,
+                file,
+                validate_config,
+            } => {
+                let path = config.or(file).ok_or_else(|| {
+                    anyhow::anyhow!("no config file: use `pgherd node -c node.yml`")
+                })?;
+                node::run(&path, validate_config).await
+            }
+            Command::Ctl(args) => ctl::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgherd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

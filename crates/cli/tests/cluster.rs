@@ -1,0 +1,184 @@
+//! End-to-end behaviour of `pgherd node` with real etcd and real PostgreSQL 15:
+//! bootstrap, replication, failover after kill -9, rejoin with pg_rewind, demotion when
+//! the DCS goes away, adopting a running PostgreSQL after an agent restart.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+async fn wait_for_row(port: u16, id: i32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(c) = connect(port).await {
+            if let Ok(rows) = c.query("SELECT 1 FROM items WHERE id = $1", &[&id]).await {
+                if !rows.is_empty() {
+                    return true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+async fn insert(port: u16, id: i32) -> Result<(), String> {
+    let c = connect(port).await.map_err(|e| e.to_string())?;
+    c.execute("INSERT INTO items (id) VALUES ($1)", &[&id])
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(3);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(2, Duration::from_secs(120)).await;
+    let p = cluster.node(&primary);
+
+    // HAProxy-style checks: 200 only where the path matches the role.
+    assert_eq!(p.api("/primary").await.0, 200);
+    assert_eq!(p.api("/replica").await.0, 503);
+    let replicas: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name != primary)
+        .map(|n| n.name.clone())
+        .collect();
+    for r in &replicas {
+        let n = cluster.node(r);
+        assert_eq!(n.api("/primary").await.0, 503, "{r} must not claim to be primary");
+        assert_eq!(n.api("/replica").await.0, 200);
+        assert_eq!(n.api("/read-only").await.0, 200);
+        assert_eq!(n.api("/replica?lag=16MB").await.0, 200);
+    }
+
+    // A committed row reaches both replicas.
+    let c = p.connect().await.expect("connect to primary");
+    c.batch_execute("CREATE TABLE items (id int PRIMARY KEY)").await.expect("create table");
+    c.execute("INSERT INTO items VALUES (1)", &[]).await.expect("insert");
+    for r in &replicas {
+        assert!(
+            wait_for_row(cluster.node(r).pg_port, 1, Duration::from_secs(20)).await,
+            "row 1 did not replicate to {r}"
+        );
+    }
+    // wal_keep_segments from the tutorial's config became wal_keep_size on PostgreSQL 15.
+    let keep: String = c.query_one("SHOW wal_keep_size", &[]).await.expect("show").get(0);
+    assert_eq!(keep, "128MB");
+    drop(c);
+
+    // ctl list shows the cluster like patronictl.
+    let out = cluster.ctl(&["list", "--format", "json"]);
+    assert!(out.status.success(), "ctl list failed: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl json");
+    assert_eq!(rows.as_array().map(|a| a.len()), Some(3));
+    assert_eq!(rows[0]["Member"], primary.as_str());
+    assert_eq!(rows[0]["Role"], "Leader");
+    let table = cluster.ctl(&["list"]);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(table.contains("| Member") && table.contains("Lag in MB"), "{table}");
+
+    // kill -9 the primary's node (agent and PostgreSQL): a replica takes over.
+    let killed_at = Instant::now();
+    cluster.node_mut(&primary).kill_node();
+    let deadline = killed_at + Duration::from_secs(TTL + LOOP_WAIT + 5);
+    let mut new_primary = None;
+    while Instant::now() < deadline && new_primary.is_none() {
+        for r in &replicas {
+            if insert(cluster.node(r).pg_port, 2).await.is_ok() {
+                new_primary = Some(r.clone());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_primary = new_primary.unwrap_or_else(|| {
+        cluster.dump_logs();
+        panic!("no replica accepted writes within ttl + loop_wait + 5 s after kill -9")
+    });
+    eprintln!("failover to {new_primary} took {:?}", killed_at.elapsed());
+    let np = cluster.node(&new_primary);
+    let np_port = np.pg_port;
+    assert!(wait_for_row(np.pg_port, 1, Duration::from_secs(1)).await, "committed row 1 lost in failover");
+
+    // The other replica follows the new primary.
+    let other = replicas.iter().find(|r| **r != new_primary).expect("third node").clone();
+    assert!(
+        wait_for_row(cluster.node(&other).pg_port, 2, Duration::from_secs(30)).await,
+        "{other} does not follow the new primary"
+    );
+    // History gained the promotion.
+    let (_, history) = np.api("/history").await;
+    assert_eq!(history.as_array().map(|h| h.len()), Some(1), "history: {history}");
+
+    // The old primary comes back and rejoins as a replica of the new timeline (pg_rewind).
+    cluster.node_mut(&primary).start();
+    let old = cluster.node(&primary);
+    assert!(
+        wait_for_row(old.pg_port, 2, Duration::from_secs(60)).await,
+        "old primary did not rejoin the new timeline"
+    );
+    let (_, status) = old.api("/patroni").await;
+    assert_eq!(status["role"], "replica", "old primary status: {status}");
+    assert_eq!(status["timeline"], 2, "old primary status: {status}");
+    assert!(old.agent_log().contains("pg_rewind"), "old primary did not use pg_rewind");
+    insert(np_port, 3).await.expect("write on the new primary");
+    assert!(wait_for_row(old.pg_port, 3, Duration::from_secs(20)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_demotes_itself_when_the_dcs_is_unreachable() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(1);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(0, Duration::from_secs(90)).await;
+    let port = cluster.node(&primary).pg_port;
+
+    cluster.etcd.pause();
+    let paused_at = Instant::now();
+    // It must stop accepting writes before its lease (ttl) could expire elsewhere.
+    let mut read_only_after = None;
+    while paused_at.elapsed() < Duration::from_secs(TTL) {
+        let writable = match connect(port).await {
+            Ok(c) => match c.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                Ok(row) => !row.get::<_, bool>(0),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if !writable {
+            read_only_after = Some(paused_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.etcd.resume();
+    let after = read_only_after.expect("primary still writable a full ttl after losing the DCS");
+    eprintln!("primary stopped accepting writes {after:?} after the DCS went away");
+
+    // With the DCS back, the member leads again.
+    cluster.wait_healthy(0, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_adopts_the_running_postgres() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(1);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(0, Duration::from_secs(90)).await;
+    let pid = cluster.node(&primary).postmaster_pid().expect("postmaster running");
+
+    cluster.node_mut(&primary).kill_agent();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cluster.node(&primary).postmaster_pid(), Some(pid), "postgres must outlive the agent");
+    cluster.node_mut(&primary).start();
+    cluster.wait_healthy(0, Duration::from_secs(60)).await;
+    assert_eq!(
+        cluster.node(&primary).postmaster_pid(),
+        Some(pid),
+        "the restarted agent must adopt the running postmaster, not restart it"
+    );
+}

@@ -1,0 +1,629 @@
+//! etcd v3 backend, with Patroni's etcd3 semantics.
+//!
+//! Only KV, txn, lease and watch are used (Debian's etcd is 3.4). One lease per handle,
+//! granted lazily; the member key and the leader key are bound to it. Renewal is a single
+//! keep-alive request/response on a fresh stream, because a keep-alive stream does not
+//! reconnect by itself and a long-lived one could hand back a stale answer after a
+//! timeout. Every trait call is bounded by the retry timeout as a whole.
+//!
+//! Reconnection: tonic's channel reconnects lazily, but to be sure a half-dead connection
+//! (e.g. to a paused or partitioned etcd) is never reused, the client is rebuilt on the
+//! next call after any call that found etcd unreachable. Building a client is cheap (it
+//! connects lazily).
+
+use crate::codec::{parse_cluster, to_json, RawKv};
+use crate::keys::KeyLayout;
+use crate::{
+    Cluster, ClusterStatus, Dcs, DcsError, FailoverRequest, HistoryEntry, MemberData, Result,
+    SyncState,
+};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How many of its own write revisions a handle remembers, so its watch ignores them.
+const OWN_WRITES_LEN: usize = 256;
+
+/// Lock a std mutex, ignoring poisoning: the guarded data is plain values that are
+/// always consistent, so a poisoned lock is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// etcd lease TTLs are whole seconds; round up so a lease never lives shorter than asked.
+fn ttl_secs(ttl: Duration) -> i64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+struct ClientSlot {
+    client: Client,
+    /// Set after a call found etcd unreachable: the next call builds a fresh client.
+    stale: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Lease {
+    id: i64,
+    ttl_secs: i64,
+}
+
+/// A member's handle on one cluster's keys in etcd (v3 API).
+pub struct EtcdDcs {
+    endpoints: Vec<String>,
+    keys: KeyLayout,
+    member: String,
+    ttl: Mutex<Duration>,
+    retry_timeout: Mutex<Duration>,
+    client: Mutex<ClientSlot>,
+    /// Held across a whole lease-bound call so grants are not raced by the same handle.
+    lease: tokio::sync::Mutex<Option<Lease>>,
+    /// Revision of the last snapshot (or watch wake-up) this handle has seen; 0 = none.
+    last_seen: AtomicI64,
+    own_writes: Mutex<VecDeque<i64>>,
+}
+
+fn connect_options(retry_timeout: Duration) -> ConnectOptions {
+    ConnectOptions::new().with_connect_timeout(retry_timeout)
+}
+
+/// Whether an etcd client error means "could not talk to etcd" (retrying may help).
+fn is_unreachable(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) | E::LeaseKeepAliveError(_) | E::WatchError(_) => true,
+        E::GRpcStatus(s) => matches!(
+            i32::from(s.code()),
+            GRPC_CANCELLED | GRPC_UNKNOWN | GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE
+        ),
+        _ => false,
+    }
+}
+
+// gRPC status codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html); tonic is
+// not a direct dependency, so compare by number. etcd answers UNAVAILABLE for "no
+// leader" and "request timed out", and tonic maps connection failures to it too.
+const GRPC_CANCELLED: i32 = 1;
+const GRPC_UNKNOWN: i32 = 2;
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+const GRPC_UNAVAILABLE: i32 = 14;
+
+/// A keep-alive answer saying the lease no longer exists (TTL <= 0 or not found).
+fn is_lease_gone(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
+        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
+        _ => false,
+    }
+}
+
+impl EtcdDcs {
+    /// Connect to etcd and check that it answers within `retry_timeout`.
+    /// `endpoints` like `http://127.0.0.1:2379` (a bare `host:port` means http).
+    pub async fn connect(
+        endpoints: &[String],
+        namespace: &str,
+        scope: &str,
+        member: &str,
+        ttl: Duration,
+        retry_timeout: Duration,
+    ) -> Result<EtcdDcs> {
+        if endpoints.is_empty() {
+            return Err(DcsError::Request("no etcd endpoints configured".into()));
+        }
+        let at = endpoints.join(",");
+        let keys = KeyLayout::new(namespace, scope);
+        let probe = async {
+            let client = Client::connect(endpoints, Some(connect_options(retry_timeout))).await?;
+            client.kv_client().get(keys.leader(), None).await?;
+            Ok::<_, etcd_client::Error>(client)
+        };
+        let client = match tokio::time::timeout(retry_timeout, probe).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(DcsError::Unreachable(format!(
+                    "cannot reach etcd at {at}: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(DcsError::Unreachable(format!(
+                    "cannot reach etcd at {at}: no answer within {retry_timeout:?}"
+                )))
+            }
+        };
+        tracing::debug!(endpoints = %at, member, prefix = keys.prefix(), "connected to etcd");
+        Ok(EtcdDcs {
+            endpoints: endpoints.to_vec(),
+            keys,
+            member: member.to_string(),
+            ttl: Mutex::new(ttl),
+            retry_timeout: Mutex::new(retry_timeout),
+            client: Mutex::new(ClientSlot {
+                client,
+                stale: false,
+            }),
+            lease: tokio::sync::Mutex::new(None),
+            last_seen: AtomicI64::new(0),
+            own_writes: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// The key layout this handle uses.
+    pub fn keys(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    fn retry_timeout(&self) -> Duration {
+        *lock(&self.retry_timeout)
+    }
+
+    fn mark_stale(&self) {
+        lock(&self.client).stale = true;
+    }
+
+    /// The current client, rebuilt first if the last call found etcd unreachable.
+    async fn client(&self) -> std::result::Result<Client, etcd_client::Error> {
+        let (client, stale) = {
+            let slot = lock(&self.client);
+            (slot.client.clone(), slot.stale)
+        };
+        if !stale {
+            return Ok(client);
+        }
+        tracing::debug!(member = %self.member, "rebuilding the etcd client");
+        let fresh =
+            Client::connect(&self.endpoints, Some(connect_options(self.retry_timeout()))).await?;
+        let mut slot = lock(&self.client);
+        slot.client = fresh.clone();
+        slot.stale = false;
+        Ok(fresh)
+    }
+
+    /// Map a client error, remembering to rebuild the client if etcd was unreachable.
+    fn error(&self, what: &str, e: etcd_client::Error) -> DcsError {
+        if is_unreachable(&e) {
+            self.mark_stale();
+            DcsError::Unreachable(format!("etcd {what}: {e}"))
+        } else {
+            DcsError::Request(format!("etcd {what}: {e}"))
+        }
+    }
+
+    /// Run one trait call under the retry timeout.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        let rt = self.retry_timeout();
+        match tokio::time::timeout(rt, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.error(what, e)),
+            Err(_) => {
+                self.mark_stale();
+                Err(DcsError::Unreachable(format!(
+                    "etcd did not answer {what} within {rt:?}"
+                )))
+            }
+        }
+    }
+
+    fn own(&self, rev: Option<i64>) {
+        let Some(rev) = rev else { return };
+        let mut w = lock(&self.own_writes);
+        if w.len() >= OWN_WRITES_LEN {
+            w.pop_front();
+        }
+        w.push_back(rev);
+    }
+
+    /// Renew the lease with one keep-alive round trip, or grant one if there is none or
+    /// it is gone. Returns the lease id. Called with the lease lock held.
+    async fn renew_lease(
+        &self,
+        client: &Client,
+        slot: &mut Option<Lease>,
+    ) -> std::result::Result<i64, etcd_client::Error> {
+        let want = ttl_secs(*lock(&self.ttl));
+        if let Some(lease) = *slot {
+            if lease.ttl_secs != want {
+                // TTL changed (dynamic config): take a new lease; update_leader and
+                // touch_member rebind our keys to it, the old one just runs out.
+                tracing::info!(member = %self.member, old = lease.ttl_secs, new = want, "lease TTL changed, granting a new lease");
+            } else {
+                // keep_alive() opens a stream, sends one request and reads one answer; it
+                // fails with "lease not found" when the answer's TTL is <= 0.
+                match client.lease_client().keep_alive(lease.id).await {
+                    Ok(_) => return Ok(lease.id),
+                    Err(e) if is_lease_gone(&e) => {
+                        tracing::warn!(member = %self.member, lease = lease.id, "lease expired, granting a new one");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            *slot = None;
+        }
+        let granted = client.lease_client().grant(want, None).await?;
+        tracing::debug!(member = %self.member, lease = granted.id(), ttl = granted.ttl(), "granted lease");
+        *slot = Some(Lease {
+            id: granted.id(),
+            ttl_secs: want,
+        });
+        Ok(granted.id())
+    }
+
+    /// Compare-and-set put by `mod_revision` (`Some(0)`: only if absent).
+    async fn cas_put(
+        &self,
+        what: &str,
+        key: String,
+        value: String,
+        expected: Option<i64>,
+    ) -> Result<bool> {
+        self.bounded(what, async {
+            let mut kv = self.client().await?.kv_client();
+            match expected {
+                None => {
+                    let r = kv.put(key, value, None).await?;
+                    self.own(r.header().map(|h| h.revision()));
+                    Ok(true)
+                }
+                Some(v) => {
+                    let cmp = if v == 0 {
+                        Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+                    } else {
+                        Compare::mod_revision(key.clone(), CompareOp::Equal, v)
+                    };
+                    let txn = Txn::new()
+                        .when([cmp])
+                        .and_then([TxnOp::put(key, value, None)]);
+                    let r = kv.txn(txn).await?;
+                    if r.succeeded() {
+                        self.own(r.header().map(|h| h.revision()));
+                    }
+                    Ok(r.succeeded())
+                }
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, what: &str, key: String) -> Result<()> {
+        self.bounded(what, async {
+            let r = self.client().await?.kv_client().delete(key, None).await?;
+            if r.deleted() > 0 {
+                self.own(r.header().map(|h| h.revision()));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Dcs for EtcdDcs {
+    fn member_name(&self) -> &str {
+        &self.member
+    }
+
+    fn set_ttl(&self, ttl: Duration) {
+        *lock(&self.ttl) = ttl;
+    }
+
+    fn set_retry_timeout(&self, timeout: Duration) {
+        *lock(&self.retry_timeout) = timeout;
+    }
+
+    async fn get_cluster(&self) -> Result<Cluster> {
+        let prefix = self.keys.prefix().to_string();
+        let resp = self
+            .bounded("get_cluster", async {
+                let mut kv = self.client().await?.kv_client();
+                kv.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
+        if let Some(h) = resp.header() {
+            self.last_seen.store(h.revision(), Ordering::SeqCst);
+        }
+        let kvs = resp.kvs().iter().map(|kv| RawKv {
+            key: kv.key(),
+            value: kv.value(),
+            mod_revision: kv.mod_revision(),
+        });
+        parse_cluster(&self.keys, kvs)
+    }
+
+    async fn initialize(&self, system_identifier: &str) -> Result<bool> {
+        self.cas_put(
+            "initialize",
+            self.keys.initialize(),
+            system_identifier.to_string(),
+            Some(0),
+        )
+        .await
+    }
+
+    async fn set_initialize(&self, system_identifier: &str) -> Result<()> {
+        self.cas_put(
+            "set_initialize",
+            self.keys.initialize(),
+            system_identifier.to_string(),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn cancel_initialization(&self) -> Result<()> {
+        self.delete("cancel_initialization", self.keys.initialize())
+            .await
+    }
+
+    async fn acquire_leader(&self) -> Result<bool> {
+        let key = self.keys.leader();
+        self.bounded("acquire_leader", async {
+            // Inside the bound: waiting for another call of this handle counts too.
+            let mut slot = self.lease.lock().await;
+            let client = self.client().await?;
+            let lease = self.renew_lease(&client, &mut slot).await?;
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key,
+                    self.member.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            let r = client.kv_client().txn(txn).await?;
+            if r.succeeded() {
+                self.own(r.header().map(|h| h.revision()));
+            }
+            Ok(r.succeeded())
+        })
+        .await
+    }
+
+    async fn update_leader(&self) -> Result<bool> {
+        let key = self.keys.leader();
+        self.bounded("update_leader", async {
+            // Inside the bound: waiting for another call of this handle counts too.
+            let mut slot = self.lease.lock().await;
+            let client = self.client().await?;
+            let lease = self.renew_lease(&client, &mut slot).await?;
+            let mut kv = client.kv_client();
+            let resp = kv.get(key.clone(), None).await?;
+            let Some(cur) = resp.kvs().first() else {
+                return Ok(false);
+            };
+            if cur.value() != self.member.as_bytes() {
+                return Ok(false);
+            }
+            if cur.lease() == lease {
+                return Ok(true);
+            }
+            // Ours but bound to an older lease (TTL change, agent restart): rebind it,
+            // unless someone changed it meanwhile.
+            tracing::info!(member = %self.member, old = cur.lease(), new = lease, "rebinding the leader key to our current lease");
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, cur.mod_revision())])
+                .and_then([TxnOp::put(
+                    key,
+                    self.member.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            let r = kv.txn(txn).await?;
+            if r.succeeded() {
+                self.own(r.header().map(|h| h.revision()));
+            }
+            Ok(r.succeeded())
+        })
+        .await
+    }
+
+    async fn delete_leader(&self) -> Result<bool> {
+        let key = self.keys.leader();
+        self.bounded("delete_leader", async {
+            let txn = Txn::new()
+                .when([Compare::value(
+                    key.clone(),
+                    CompareOp::Equal,
+                    self.member.clone(),
+                )])
+                .and_then([TxnOp::delete(key, None)]);
+            let r = self.client().await?.kv_client().txn(txn).await?;
+            if r.succeeded() {
+                self.own(r.header().map(|h| h.revision()));
+            }
+            Ok(r.succeeded())
+        })
+        .await
+    }
+
+    async fn touch_member(&self, data: &MemberData) -> Result<()> {
+        let key = self.keys.member(&self.member);
+        let value = to_json(&key, data)?;
+        let res = self
+            .bounded("touch_member", async {
+                let mut slot = self.lease.lock().await;
+                let client = self.client().await?;
+                let lease = self.renew_lease(&client, &mut slot).await?;
+                let r = client
+                    .kv_client()
+                    .put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await;
+                match r {
+                    Ok(r) => {
+                        self.own(r.header().map(|h| h.revision()));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // The lease vanished between renewal and put: forget it.
+                        if is_lease_gone(&e) {
+                            *slot = None;
+                        }
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        res
+    }
+
+    async fn delete_member(&self) -> Result<()> {
+        self.delete("delete_member", self.keys.member(&self.member))
+            .await
+    }
+
+    async fn set_config(
+        &self,
+        value: &serde_json::Value,
+        expected_version: Option<i64>,
+    ) -> Result<bool> {
+        let key = self.keys.config();
+        let text = to_json(&key, value)?;
+        self.cas_put("set_config", key, text, expected_version)
+            .await
+    }
+
+    async fn set_failover(
+        &self,
+        value: &FailoverRequest,
+        expected_version: Option<i64>,
+    ) -> Result<bool> {
+        let key = self.keys.failover();
+        let text = to_json(&key, value)?;
+        self.cas_put("set_failover", key, text, expected_version)
+            .await
+    }
+
+    async fn delete_failover(&self, expected_version: Option<i64>) -> Result<bool> {
+        let key = self.keys.failover();
+        self.bounded("delete_failover", async {
+            let mut kv = self.client().await?.kv_client();
+            let Some(v) = expected_version else {
+                let r = kv.delete(key, None).await?;
+                if r.deleted() > 0 {
+                    self.own(r.header().map(|h| h.revision()));
+                }
+                return Ok(true);
+            };
+            let cmp = if v == 0 {
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, v)
+            };
+            let r = kv
+                .txn(Txn::new().when([cmp]).and_then([TxnOp::delete(key, None)]))
+                .await?;
+            if r.succeeded() && v != 0 {
+                self.own(r.header().map(|h| h.revision()));
+            }
+            Ok(r.succeeded())
+        })
+        .await
+    }
+
+    async fn set_sync(&self, value: &SyncState, expected_version: Option<i64>) -> Result<bool> {
+        let key = self.keys.sync();
+        let text = to_json(&key, value)?;
+        self.cas_put("set_sync", key, text, expected_version).await
+    }
+
+    async fn set_history(&self, history: &[HistoryEntry]) -> Result<()> {
+        let key = self.keys.history();
+        let text = to_json(&key, history)?;
+        self.cas_put("set_history", key, text, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn set_status(&self, status: &ClusterStatus) -> Result<()> {
+        let key = self.keys.status();
+        let text = to_json(&key, status)?;
+        self.cas_put("set_status", key, text, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn watch(&self, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let prefix = self.keys.prefix().to_string();
+        let since = self.last_seen.load(Ordering::SeqCst);
+        // Start right after the last snapshot so nothing between it and now is missed.
+        let mut opts = WatchOptions::new().with_prefix();
+        if since > 0 {
+            opts = opts.with_start_revision(since + 1);
+        }
+        let mut stream = self
+            .bounded("watch", async {
+                let mut wc = self.client().await?.watch_client();
+                wc.watch(prefix, Some(opts)).await
+            })
+            .await?;
+        let mut watch_id = None;
+        // Bounded by `deadline`: each turn waits for one message, at most until then.
+        let result = loop {
+            let msg = match tokio::time::timeout_at(deadline, stream.message()).await {
+                Err(_) => break Ok(false),
+                Ok(Err(e)) => break Err(self.error("watch", e)),
+                Ok(Ok(None)) => {
+                    self.mark_stale();
+                    break Err(DcsError::Unreachable("etcd closed the watch stream".into()));
+                }
+                Ok(Ok(Some(m))) => m,
+            };
+            watch_id = Some(msg.watch_id());
+            if since == 0 {
+                // Never read a snapshot: remember where this watch started so the next
+                // watch call does not miss what happens in between.
+                if let Some(h) = msg.header() {
+                    let _ = self.last_seen.compare_exchange(
+                        0,
+                        h.revision(),
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                }
+            }
+            if msg.canceled() {
+                if msg.compact_revision() > 0 {
+                    // Our start revision was compacted away: we cannot know what changed,
+                    // so report a change and let the caller read a fresh snapshot.
+                    self.last_seen.store(0, Ordering::SeqCst);
+                    break Ok(true);
+                }
+                break Err(DcsError::Request(format!(
+                    "etcd cancelled the watch: {}",
+                    msg.cancel_reason()
+                )));
+            }
+            let own = lock(&self.own_writes).clone();
+            let mut newest_foreign = None;
+            let mut newest = None;
+            for ev in msg.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let rev = kv.mod_revision();
+                newest = newest.max(Some(rev));
+                if !own.contains(&rev) {
+                    newest_foreign = newest_foreign.max(Some(rev));
+                }
+            }
+            if let Some(rev) = newest {
+                self.last_seen.fetch_max(rev, Ordering::SeqCst);
+            }
+            if newest_foreign.is_some() {
+                break Ok(true);
+            }
+        };
+        if let Some(id) = watch_id {
+            // Best effort: dropping the stream ends it anyway.
+            let _ = tokio::time::timeout(Duration::from_millis(100), stream.cancel(id)).await;
+        }
+        result
+    }
+}

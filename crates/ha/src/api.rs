@@ -1,0 +1,323 @@
+//! The REST API, with Patroni's paths, JSON field names and status codes: 200 when the
+//! member is what the path asks, 503 otherwise, so HAProxy's `option httpchk OPTIONS
+//! /primary` and existing monitoring work unchanged. Health paths answer GET, HEAD and
+//! OPTIONS alike.
+
+use crate::status::{NodeStatus, Role, SharedStatus};
+use axum::extract::{Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+/// The API's routes over a member's shared status.
+pub fn router(status: SharedStatus) -> Router {
+    Router::new()
+        .route("/", any(primary))
+        .route("/primary", any(primary))
+        .route("/leader", any(primary))
+        .route("/master", any(primary))
+        .route("/read-write", any(primary))
+        .route("/replica", any(replica))
+        .route("/read-only", any(read_only))
+        .route("/sync", any(sync))
+        .route("/synchronous", any(sync))
+        .route("/async", any(asynchronous))
+        .route("/asynchronous", any(asynchronous))
+        .route("/health", any(health))
+        .route("/liveness", any(liveness))
+        .route("/readiness", any(readiness))
+        .route("/patroni", get(patroni))
+        .route("/cluster", get(cluster))
+        .route("/history", get(history))
+        .route("/config", get(config))
+        .with_state(status)
+}
+
+/// Serve the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    status: SharedStatus,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(status))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// 200 or 503 with the member's status as the body (no body for HEAD/OPTIONS).
+fn answer(ok: bool, method: &Method, s: &NodeStatus) -> Response {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if *method == Method::GET {
+        (code, Json(patroni_json(s))).into_response()
+    } else {
+        code.into_response()
+    }
+}
+
+fn is_leader(s: &NodeStatus) -> bool {
+    s.running && s.role == Role::Primary && s.holds_leader
+}
+
+fn is_running_replica(s: &NodeStatus) -> bool {
+    s.running && s.role == Role::Replica
+}
+
+async fn primary(State(st): State<SharedStatus>, method: Method) -> Response {
+    let s = st.get();
+    answer(is_leader(&s), &method, &s)
+}
+
+async fn replica(State(st): State<SharedStatus>, method: Method, Query(q): Params) -> Response {
+    let s = st.get();
+    let mut ok = is_running_replica(&s) && !s.tags.noloadbalance;
+    if let Some(max) = q.get("lag") {
+        ok &= match (parse_size(max), s.lag_bytes()) {
+            (Some(max), Some(lag)) => lag <= max,
+            // An unparseable limit or unknown lag cannot be vouched for.
+            _ => false,
+        };
+    }
+    answer(ok, &method, &s)
+}
+
+async fn read_only(State(st): State<SharedStatus>, method: Method) -> Response {
+    let s = st.get();
+    answer(is_leader(&s) || is_running_replica(&s), &method, &s)
+}
+
+/// Synchronous replication is not managed yet, so no member is a synchronous standby.
+async fn sync(State(st): State<SharedStatus>, method: Method) -> Response {
+    let s = st.get();
+    answer(false, &method, &s)
+}
+
+async fn asynchronous(State(st): State<SharedStatus>, method: Method) -> Response {
+    let s = st.get();
+    answer(is_running_replica(&s), &method, &s)
+}
+
+async fn health(State(st): State<SharedStatus>, method: Method) -> Response {
+    let s = st.get();
+    answer(s.running, &method, &s)
+}
+
+/// The HA loop itself is alive: it finished a tick within the last ttl.
+async fn liveness(State(st): State<SharedStatus>, method: Method) -> Response {
+    let s = st.get();
+    let ttl = Duration::from_millis(s.ha.ttl.max(1_000));
+    let alive = s.last_tick.is_some_and(|t| t.elapsed() <= ttl);
+    let code = if alive {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if method == Method::GET {
+        (code, Json(json!({}))).into_response()
+    } else {
+        code.into_response()
+    }
+}
+
+/// Ready for traffic: the leader, or a running replica within the failover lag limit.
+async fn readiness(State(st): State<SharedStatus>, method: Method) -> Response {
+    let s = st.get();
+    let within_lag = s
+        .lag_bytes()
+        .is_none_or(|lag| lag <= s.ha.maximum_lag_on_failover);
+    answer(
+        is_leader(&s) || (is_running_replica(&s) && within_lag),
+        &method,
+        &s,
+    )
+}
+
+async fn patroni(State(st): State<SharedStatus>) -> Json<Value> {
+    Json(patroni_json(&st.get()))
+}
+
+/// Patroni's `GET /patroni` body.
+pub fn patroni_json(s: &NodeStatus) -> Value {
+    let mut j = json!({
+        "state": if s.running { "running" } else { s.state.as_str() },
+        "role": s.role.as_str(),
+        "patroni": {"version": env!("CARGO_PKG_VERSION"), "scope": s.scope, "name": s.name},
+    });
+    let o = j.as_object_mut().expect("json! object");
+    if let Some(v) = s.server_version {
+        o.insert("server_version".into(), json!(v));
+    }
+    if let Some(t) = &s.postmaster_start_time {
+        o.insert("postmaster_start_time".into(), json!(t));
+    }
+    if let Some(t) = s.timeline {
+        o.insert("timeline".into(), json!(t));
+    }
+    if s.running {
+        let xlog = if s.in_recovery {
+            json!({"received_location": s.receive_lsn.or(s.wal_lsn),
+                   "replayed_location": s.replay_lsn.or(s.wal_lsn),
+                   "replayed_timestamp": null, "paused": false})
+        } else {
+            json!({"location": s.wal_lsn})
+        };
+        o.insert("xlog".into(), xlog);
+        if s.in_recovery && s.state == "streaming" {
+            o.insert("replication_state".into(), json!("streaming"));
+        }
+    }
+    if !s.replication.is_empty() {
+        let rows: Vec<Value> = s
+            .replication
+            .iter()
+            .map(|r| {
+                json!({"usename": r.usename, "application_name": r.application_name,
+                       "client_addr": r.client_addr, "state": r.state,
+                       "sync_state": r.sync_state, "sync_priority": 0})
+            })
+            .collect();
+        o.insert("replication".into(), json!(rows));
+    }
+    if let Some(seen) = s.dcs_last_seen {
+        let secs = seen
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        o.insert("dcs_last_seen".into(), json!(secs));
+    }
+    if let Some(id) = &s.system_identifier {
+        o.insert("database_system_identifier".into(), json!(id));
+    }
+    if s.cluster.as_ref().is_some_and(|c| c.leader.is_none()) {
+        o.insert("cluster_unlocked".into(), json!(true));
+    }
+    if s.ha.paused {
+        o.insert("pause".into(), json!(true));
+    }
+    if s.pending_restart {
+        o.insert("pending_restart".into(), json!(true));
+    }
+    if !s.tags.is_default() {
+        o.insert("tags".into(), json!(s.tags));
+    }
+    j
+}
+
+async fn cluster(State(st): State<SharedStatus>) -> Response {
+    let s = st.get();
+    match &s.cluster {
+        Some(c) => Json(cluster_json(&s.scope, c)).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "the DCS has not been read yet"})),
+        )
+            .into_response(),
+    }
+}
+
+/// Patroni's `GET /cluster` body; also what `pgherd ctl list` prints.
+pub fn cluster_json(scope: &str, c: &pgherd_dcs::Cluster) -> Value {
+    let leader = c.leader_name();
+    let leader_lsn = c.status.as_ref().map(|s| s.optime).or_else(|| {
+        leader
+            .and_then(|l| c.member(l))
+            .and_then(|m| m.data.xlog_location)
+    });
+    let members: Vec<Value> = c
+        .members
+        .iter()
+        .map(|m| {
+            let is_leader = Some(m.name.as_str()) == leader;
+            let (host, port) = crate::runner::parse_conn_url(&m.data.conn_url).unwrap_or_default();
+            let mut v = json!({
+                "name": m.name,
+                "role": if is_leader { "leader" } else { "replica" },
+                "state": m.data.state,
+                "api_url": m.data.api_url,
+                "host": host,
+                "port": port,
+            });
+            if let Some(t) = m.data.timeline {
+                v["timeline"] = json!(t);
+            }
+            if !is_leader {
+                v["lag"] = match (leader_lsn, m.data.xlog_location) {
+                    (Some(l), Some(x)) => json!(l.saturating_sub(x)),
+                    _ => json!("unknown"),
+                };
+            }
+            if !m.data.tags.is_default() {
+                v["tags"] = json!(m.data.tags);
+            }
+            v
+        })
+        .collect();
+    let mut out = json!({"members": members, "scope": scope});
+    if c.config
+        .as_ref()
+        .and_then(|cfg| cfg.value.get("pause"))
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        out["pause"] = json!(true);
+    }
+    out
+}
+
+async fn history(State(st): State<SharedStatus>) -> Json<Value> {
+    let s = st.get();
+    let h = s.cluster.map(|c| c.history).unwrap_or_default();
+    Json(json!(h))
+}
+
+async fn config(State(st): State<SharedStatus>) -> Response {
+    let s = st.get();
+    match s.cluster.and_then(|c| c.config) {
+        Some(cfg) => Json(cfg.value).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "no dynamic configuration in the DCS"})),
+        )
+            .into_response(),
+    }
+}
+
+/// `1048576`, `16MB`, `1 kB`, `1GB` → bytes (Patroni accepts these for `?lag=`).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" | "t" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_limits_parse_like_patroni() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("16MB"), Some(16 << 20));
+        assert_eq!(parse_size("1 kB"), Some(1024));
+        assert_eq!(parse_size("abc"), None);
+        assert_eq!(parse_size("5XB"), None);
+    }
+}

@@ -1,0 +1,617 @@
+//! The HA decision: a pure function from what a member observes to what it should do.
+//!
+//! No I/O, no clock of its own: the runner gathers an [`Observation`], calls [`decide`],
+//! and executes the returned actions in order. An action that does not succeed (a lost
+//! race for the leader key, a failed renewal) stops the rest of the list, and the runner
+//! observes and decides again at once — so every list is written as "each step is the
+//! precondition of the next". Every action is idempotent.
+
+use pgherd_dcs::{Cluster, HistoryEntry};
+
+/// Milliseconds on the runner's monotonic clock (fake in the simulation).
+pub type Millis = u64;
+
+/// Dynamic settings that steer decisions (Patroni's names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaConfig {
+    pub ttl: Millis,
+    pub loop_wait: Millis,
+    pub retry_timeout: Millis,
+    /// Bytes a replica may be behind the last known primary position and still take over.
+    pub maximum_lag_on_failover: u64,
+    pub use_pg_rewind: bool,
+    pub use_slots: bool,
+    /// Maintenance mode: no automatic action, only publishing state.
+    pub paused: bool,
+}
+
+/// What the member sees of its own PostgreSQL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalPg {
+    pub data_dir: DataDirState,
+    /// The postmaster is running and accepts connections.
+    pub running: bool,
+    /// `pg_is_in_recovery()` (when running), or the control file says it was a standby
+    /// (when stopped).
+    pub in_recovery: bool,
+    pub timeline: Option<u32>,
+    /// Current WAL position: write LSN on a primary; on a replica the larger of received
+    /// and replayed LSN.
+    pub wal_lsn: Option<u64>,
+    /// The name of the member this replica streams from, if any (from primary_conninfo).
+    pub following: Option<String>,
+    /// The system identifier from pg_controldata, when a data directory exists.
+    pub system_identifier: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDirState {
+    /// Missing or empty: needs initdb or a clone.
+    Empty,
+    /// Holds a cluster that was last a primary (control file "in production" or "shut down").
+    Primary,
+    /// Holds a cluster that was last a standby.
+    Standby,
+}
+
+/// One other member's answer to `GET /patroni`, asked when the leader key is gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    pub name: String,
+    /// `None` when the member did not answer.
+    pub wal_lsn: Option<u64>,
+    pub timeline: Option<u32>,
+    pub nofailover: bool,
+    /// The peer runs a writable PostgreSQL (then nobody else may take over).
+    pub is_primary: bool,
+}
+
+/// Memory the runner carries between ticks on the member's behalf.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentMemory {
+    /// When this member last renewed the leader key successfully (runner clock).
+    pub last_leader_renewal: Option<Millis>,
+    /// Failed rewind attempts since the last success: after one failure, re-clone.
+    pub rewind_failed: bool,
+}
+
+/// Everything `decide` may look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub now: Millis,
+    pub me: String,
+    pub my_tags_nofailover: bool,
+    pub local: LocalPg,
+    /// The DCS snapshot, or `None` when the DCS could not be read this tick.
+    pub cluster: Option<Cluster>,
+    /// Other members' status, present only right after an `AskPeers` action.
+    pub peers: Option<Vec<PeerStatus>>,
+    pub memory: AgentMemory,
+}
+
+/// How to stop being a primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoteMode {
+    /// Lost the DCS or the lease: stop fast and restart read-only with no upstream, so no
+    /// write can be acknowledged while another member may take over.
+    Offline,
+    /// Another member holds the leader key: stop fast, then rejoin it as a replica.
+    Follow,
+}
+
+/// What the runner should do. Names of other members refer to `cluster.members`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Race for the `initialize` key, then initdb, start, create users, take the leader
+    /// key and publish the system identifier. Only when the cluster has no `initialize`.
+    Initialize,
+    /// Take the leader key if absent (fails when another member won the race).
+    AcquireLeader,
+    /// Renew the lease and confirm the leader key is still ours (fails otherwise).
+    RenewLeader,
+    /// Give up the leader key.
+    ReleaseLeader,
+    /// `pg_ctl promote`, then record the promotion in `history`.
+    Promote,
+    Demote(DemoteMode),
+    /// Start the stopped PostgreSQL as a standby of `upstream` (`None`: no upstream yet).
+    StartReplica {
+        upstream: Option<String>,
+    },
+    /// Point a running standby at `upstream` (rewrite primary_conninfo, reload).
+    Follow {
+        upstream: String,
+    },
+    /// Clone an empty data directory from `from` with pg_basebackup.
+    Clone {
+        from: String,
+    },
+    /// Stop if needed, pg_rewind from `from`, then start as its standby.
+    Rewind {
+        from: String,
+    },
+    /// Remove the data directory so that the next tick clones afresh.
+    RemoveDataDir,
+    /// Ask other members for their WAL positions; the runner decides again with `peers`.
+    AskPeers,
+    /// On the primary: make the physical slots exactly these (one per other member).
+    EnsureSlots(Vec<String>),
+    /// Nothing to do until the next tick.
+    Wait,
+}
+
+/// Why an action was chosen; logged with every decision.
+pub type Reason = String;
+
+/// Append-only history helper used by the runner after a promotion.
+pub fn history_after_promotion(
+    history: &[HistoryEntry],
+    ended_timeline: u32,
+    switch_lsn: u64,
+    reason: &str,
+    timestamp: &str,
+    new_leader: &str,
+) -> Vec<HistoryEntry> {
+    let mut h = history.to_vec();
+    if h.last().is_none_or(|e| e.timeline < ended_timeline) {
+        h.push(HistoryEntry {
+            timeline: ended_timeline,
+            lsn: switch_lsn,
+            reason: reason.to_string(),
+            timestamp: timestamp.to_string(),
+            new_leader: new_leader.to_string(),
+        });
+    }
+    h
+}
+
+/// The member's view of itself that it publishes (kept here so the simulation can use it).
+pub fn is_writable(local: &LocalPg) -> bool {
+    local.running && !local.in_recovery
+}
+
+/// The physical replication slot the leader keeps for `member`: PostgreSQL allows only
+/// `[a-z0-9_]` in slot names.
+pub fn slot_name(member: &str) -> String {
+    member
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+/// The newest timeline the cluster is known to have reached: one past the last promotion
+/// in `history`, or a newer one a live member publishes.
+pub fn cluster_timeline(cluster: &Cluster) -> Option<u32> {
+    let from_history = cluster.history.last().map(|e| e.timeline + 1);
+    let from_members = cluster.members.iter().filter_map(|m| m.data.timeline).max();
+    from_history.max(from_members)
+}
+
+/// Decide what this member does now. See the module docs for the execution rule.
+///
+/// The rules, in the order they are checked:
+/// 1. without the DCS, a writable PostgreSQL demotes itself; nothing else happens;
+/// 2. in maintenance mode only the leader key is renewed;
+/// 3. an uninitialized cluster is bootstrapped (or published from existing primary data);
+/// 4. an empty data directory is cloned; foreign data is never touched;
+/// 5. a stopped PostgreSQL starts as a replica (after a rewind if it led a diverged history);
+/// 6. the leader renews its key, then promotes and keeps slots;
+/// 7. a member that follows another leader steps down, rewinds or re-points as needed;
+/// 8. with no leader, the healthiest eligible member races for the key.
+pub fn decide(obs: &Observation, cfg: &HaConfig) -> Vec<(Action, Reason)> {
+    let Some(cluster) = obs.cluster.as_ref() else {
+        return without_dcs(obs, cfg);
+    };
+    if cfg.paused {
+        return while_paused(obs, cluster);
+    }
+    let Some(initialize) = cluster.initialize.as_deref() else {
+        return bootstrap(obs, cluster);
+    };
+    if obs.local.data_dir == DataDirState::Empty {
+        return clone_data_dir(obs, cluster);
+    }
+    if obs.local.system_identifier.as_deref() != Some(initialize) {
+        let ours = obs.local.system_identifier.as_deref().unwrap_or("unknown");
+        return wait(format!(
+            "system identifier mismatch: data directory has {ours}, cluster has {initialize}; \
+             leaving the data untouched"
+        ));
+    }
+    if !obs.local.running {
+        return start_stopped(obs, cluster, cfg);
+    }
+    match cluster.leader_name() {
+        Some(leader) if leader == obs.me => lead(obs, cluster, cfg),
+        Some(leader) => follow_leader(obs, cluster, cfg, leader),
+        None => race_for_leader(obs, cluster, cfg),
+    }
+}
+
+fn act(action: Action, reason: impl Into<Reason>) -> (Action, Reason) {
+    (action, reason.into())
+}
+
+fn wait(reason: impl Into<Reason>) -> Vec<(Action, Reason)> {
+    vec![act(Action::Wait, reason)]
+}
+
+/// Rule 1: the lease cannot be renewed, so a primary must stop accepting writes before
+/// another member may take over. Everything else waits for the DCS.
+fn without_dcs(obs: &Observation, cfg: &HaConfig) -> Vec<(Action, Reason)> {
+    if cfg.paused {
+        return wait("DCS is not accessible; paused, so taking no action");
+    }
+    if is_writable(&obs.local) {
+        return vec![act(
+            Action::Demote(DemoteMode::Offline),
+            "DCS is not accessible and this member runs a writable primary: demoting",
+        )];
+    }
+    wait("DCS is not accessible; waiting for it")
+}
+
+/// Rule 2: maintenance mode. Keep the leader key so nobody races for it on resume.
+fn while_paused(obs: &Observation, cluster: &Cluster) -> Vec<(Action, Reason)> {
+    if cluster.leader_name() == Some(obs.me.as_str()) {
+        return vec![act(
+            Action::RenewLeader,
+            "paused: renewing the leader key we hold",
+        )];
+    }
+    wait("paused: no automatic action")
+}
+
+/// Rule 3: no `initialize` key yet.
+fn bootstrap(obs: &Observation, cluster: &Cluster) -> Vec<(Action, Reason)> {
+    match cluster.leader_name() {
+        Some(leader) if leader != obs.me => {
+            return wait(format!(
+                "cluster not initialized but {leader} holds the leader key: waiting for it to \
+                 publish the system identifier"
+            ))
+        }
+        _ => {}
+    }
+    if obs.my_tags_nofailover {
+        return wait("cluster not initialized; tagged nofailover, so not bootstrapping it");
+    }
+    match obs.local.data_dir {
+        DataDirState::Empty => vec![act(
+            Action::Initialize,
+            "cluster not initialized and the data directory is empty: bootstrapping",
+        )],
+        DataDirState::Primary => vec![act(
+            Action::Initialize,
+            "cluster not initialized and our data directory was last a primary: publishing it",
+        )],
+        DataDirState::Standby => wait(
+            "cluster not initialized and our data directory holds a standby: waiting for a \
+             primary to publish the cluster",
+        ),
+    }
+}
+
+/// Rule 4: an empty data directory in an initialized cluster.
+fn clone_data_dir(obs: &Observation, cluster: &Cluster) -> Vec<(Action, Reason)> {
+    if let Some(source) = clonefrom_replica(obs, cluster) {
+        return vec![act(
+            Action::Clone {
+                from: source.to_string(),
+            },
+            format!("data directory is empty: cloning from replica {source} (tagged clonefrom)"),
+        )];
+    }
+    match leader_member(obs, cluster) {
+        Some(leader) => vec![act(
+            Action::Clone {
+                from: leader.to_string(),
+            },
+            format!("data directory is empty: cloning from leader {leader}"),
+        )],
+        None => wait(
+            "data directory is empty and there is no leader or clonefrom replica to clone from",
+        ),
+    }
+}
+
+/// A running replica tagged `clonefrom`, the most advanced one first (ties by name).
+fn clonefrom_replica<'a>(obs: &Observation, cluster: &'a Cluster) -> Option<&'a str> {
+    cluster
+        .members
+        .iter()
+        .filter(|m| m.name != obs.me && m.data.tags.clonefrom)
+        .filter(|m| {
+            m.data.role == "replica" && matches!(m.data.state.as_str(), "running" | "streaming")
+        })
+        .min_by(|a, b| {
+            let lsn = |m: &pgherd_dcs::Member| m.data.xlog_location.unwrap_or(0);
+            lsn(b).cmp(&lsn(a)).then_with(|| a.name.cmp(&b.name))
+        })
+        .map(|m| m.name.as_str())
+}
+
+/// The leader, when it is another member whose member key we can connect to.
+fn leader_member<'a>(obs: &Observation, cluster: &'a Cluster) -> Option<&'a str> {
+    let leader = cluster.leader_name().filter(|l| *l != obs.me)?;
+    cluster.member(leader).map(|m| m.name.as_str())
+}
+
+/// Rule 5: PostgreSQL is stopped. It always starts as a replica; leadership only ever
+/// comes through the lease.
+fn start_stopped(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Reason)> {
+    let leader = cluster.leader_name().filter(|l| *l != obs.me);
+    if let Some(leader) = leader {
+        if obs.local.data_dir == DataDirState::Primary {
+            return rejoin_diverged(
+                obs,
+                cluster,
+                cfg,
+                leader,
+                format!("our data directory was last a primary but {leader} holds the leader key"),
+            );
+        }
+        if let Some(why) = divergence(&obs.local, cluster, leader) {
+            return rejoin_diverged(obs, cluster, cfg, leader, why);
+        }
+    }
+    let upstream = leader
+        .filter(|l| cluster.member(l).is_some())
+        .map(str::to_string);
+    let reason = match (&upstream, cluster.leader_name()) {
+        (Some(l), _) => format!("PostgreSQL is stopped: starting it as a replica of {l}"),
+        (None, Some(l)) if l == obs.me => {
+            "PostgreSQL is stopped and we hold the leader key: starting it as a replica, \
+             promotion follows after renewing the key"
+                .to_string()
+        }
+        (None, Some(l)) => {
+            format!(
+                "PostgreSQL is stopped: starting it as a replica; leader {l} has no member key yet"
+            )
+        }
+        (None, None) => {
+            "PostgreSQL is stopped and there is no leader: starting it as a replica".to_string()
+        }
+    };
+    vec![act(Action::StartReplica { upstream }, reason)]
+}
+
+/// Our history left the leader's: rewind onto it, or start afresh when we cannot.
+fn rejoin_diverged(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    leader: &str,
+    why: String,
+) -> Vec<(Action, Reason)> {
+    if cluster.member(leader).is_none() {
+        return wait(format!(
+            "{why}; waiting for leader {leader} to publish its member key"
+        ));
+    }
+    if cfg.use_pg_rewind && !obs.memory.rewind_failed {
+        return vec![act(
+            Action::Rewind {
+                from: leader.to_string(),
+            },
+            format!("{why}: rewinding from {leader}"),
+        )];
+    }
+    let how = if cfg.use_pg_rewind {
+        "the last rewind failed"
+    } else {
+        "use_pg_rewind is off"
+    };
+    vec![act(
+        Action::RemoveDataDir,
+        format!("{why} and {how}: removing the data directory to clone afresh"),
+    )]
+}
+
+/// Why our WAL cannot be streamed from `leader`'s timeline history, if it cannot.
+///
+/// A `history` entry `{timeline t, lsn L}` says timeline t ended at L. We diverged when we
+/// are on a newer timeline than the leader, or on an older one past where it ended.
+fn divergence(local: &LocalPg, cluster: &Cluster, leader: &str) -> Option<String> {
+    let (mine, lsn) = (local.timeline?, local.wal_lsn?);
+    let theirs = leader_timeline(cluster, leader)?;
+    if mine > theirs {
+        return Some(format!(
+            "our timeline {mine} is newer than leader {leader}'s timeline {theirs}"
+        ));
+    }
+    if mine == theirs {
+        return None;
+    }
+    match cluster.history.iter().find(|e| e.timeline == mine) {
+        Some(end) if lsn > end.lsn => Some(format!(
+            "our WAL position {lsn} on timeline {mine} is past where that timeline ended ({})",
+            end.lsn
+        )),
+        Some(_) => None,
+        // Without the switch point we cannot prove we did not diverge; a rewind is safe.
+        None => Some(format!(
+            "timeline {mine} ended before leader {leader}'s timeline {theirs} but history has no entry for it"
+        )),
+    }
+}
+
+/// The leader's timeline: what it publishes, or newer if `history` records its promotion
+/// and it has not published since.
+fn leader_timeline(cluster: &Cluster, leader: &str) -> Option<u32> {
+    let published = cluster.member(leader).and_then(|m| m.data.timeline);
+    let promoted = cluster
+        .history
+        .last()
+        .filter(|e| e.new_leader == leader)
+        .map(|e| e.timeline + 1);
+    published.max(promoted)
+}
+
+/// Rule 6: we hold the leader key. Renew first: every later step needs the lease.
+fn lead(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Reason)> {
+    let mut actions = vec![act(
+        Action::RenewLeader,
+        "holding the leader key: renewing it",
+    )];
+    if obs.local.in_recovery {
+        actions.push(act(
+            Action::Promote,
+            "holding the leader lock but in recovery: promoting",
+        ));
+    }
+    actions.extend(keep_slots(obs, cluster, cfg));
+    actions
+}
+
+/// One physical slot per other member, so none of them loses WAL it still needs.
+fn keep_slots(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Option<(Action, Reason)> {
+    if !cfg.use_slots {
+        return None;
+    }
+    let slots = cluster
+        .members
+        .iter()
+        .filter(|m| m.name != obs.me)
+        .map(|m| slot_name(&m.name))
+        .collect();
+    Some(act(
+        Action::EnsureSlots(slots),
+        "keeping one replication slot per other member",
+    ))
+}
+
+/// Rule 7: another member holds the leader key.
+fn follow_leader(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    leader: &str,
+) -> Vec<(Action, Reason)> {
+    let local = &obs.local;
+    if is_writable(local) {
+        return vec![act(
+            Action::Demote(DemoteMode::Follow),
+            format!(
+                "running as a primary but {leader} holds the leader key: demoting to follow it"
+            ),
+        )];
+    }
+    if let Some(why) = divergence(local, cluster, leader) {
+        return rejoin_diverged(obs, cluster, cfg, leader, why);
+    }
+    if local.following.as_deref() == Some(leader) {
+        return wait(format!("following leader {leader}"));
+    }
+    if cluster.member(leader).is_none() {
+        return wait(format!(
+            "leader {leader} has no member key yet: cannot follow it"
+        ));
+    }
+    vec![act(
+        Action::Follow {
+            upstream: leader.to_string(),
+        },
+        format!("replica not following leader {leader}: re-pointing it"),
+    )]
+}
+
+/// Rule 8: nobody holds the leader key.
+fn race_for_leader(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Reason)> {
+    let writable = is_writable(&obs.local);
+    if let Some(why) = failover_ineligibility(obs, cluster, cfg) {
+        if writable {
+            // A primary without the lease that may not lead must not stay writable.
+            return vec![act(
+                Action::Demote(DemoteMode::Offline),
+                format!("no leader key and we run a primary that may not lead ({why}): demoting"),
+            )];
+        }
+        return wait(format!(
+            "no leader, but not racing for the leader key: {why}"
+        ));
+    }
+    if writable {
+        let mut actions = vec![act(
+            Action::AcquireLeader,
+            "no leader key and we run the primary: taking the key back",
+        )];
+        actions.extend(keep_slots(obs, cluster, cfg));
+        return actions;
+    }
+    let Some(peers) = obs.peers.as_deref() else {
+        return vec![act(
+            Action::AskPeers,
+            "no leader: asking other members how far they got",
+        )];
+    };
+    if let Some(why) = healthier_peer(obs, peers) {
+        return wait(format!("no leader, but not the healthiest member: {why}"));
+    }
+    let mut actions = vec![
+        act(
+            Action::AcquireLeader,
+            "no leader and we are the healthiest member: racing for the key",
+        ),
+        act(Action::Promote, "acquired the leader lock: promoting"),
+    ];
+    actions.extend(keep_slots(obs, cluster, cfg));
+    actions
+}
+
+/// Why this member may not take over, if it may not. Synchronous mode and the `failover`
+/// key add their candidate rules here.
+fn failover_ineligibility(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Option<String> {
+    if obs.my_tags_nofailover {
+        return Some("tagged nofailover".into());
+    }
+    let Some(lsn) = obs.local.wal_lsn else {
+        return Some("our WAL position is unknown".into());
+    };
+    let last_primary_lsn = cluster.status.as_ref().map_or(0, |s| s.optime);
+    let lag = last_primary_lsn.saturating_sub(lsn);
+    if lag > cfg.maximum_lag_on_failover {
+        return Some(format!(
+            "lag {lag} bytes behind the last known primary position {last_primary_lsn} exceeds \
+             maximum_lag_on_failover {}",
+            cfg.maximum_lag_on_failover
+        ));
+    }
+    // Promoting from an older timeline would fork history a second time and could reuse a
+    // timeline number that already exists.
+    let mine = obs.local.timeline?;
+    match cluster_timeline(cluster) {
+        Some(newest) if mine < newest => Some(format!(
+            "our timeline {mine} is behind the cluster's timeline {newest}"
+        )),
+        _ => None,
+    }
+}
+
+/// A peer that should take over rather than us, if any. A live primary blocks everyone;
+/// otherwise the furthest WAL position on the same or a newer timeline wins, and equal
+/// positions go to the lowest name so that exactly one member tries first.
+fn healthier_peer(obs: &Observation, peers: &[PeerStatus]) -> Option<String> {
+    let my_lsn = obs.local.wal_lsn.unwrap_or(0);
+    let my_timeline = obs.local.timeline.unwrap_or(0);
+    for peer in peers.iter().filter(|p| p.name != obs.me) {
+        if peer.is_primary {
+            return Some(format!("{} still runs a primary", peer.name));
+        }
+        let Some(lsn) = peer.wal_lsn else { continue };
+        if peer.nofailover || peer.timeline.is_some_and(|t| t < my_timeline) {
+            continue;
+        }
+        if lsn > my_lsn || (lsn == my_lsn && peer.name < obs.me) {
+            return Some(format!(
+                "{} is at WAL position {lsn}, we are at {my_lsn}",
+                peer.name
+            ));
+        }
+    }
+    None
+}

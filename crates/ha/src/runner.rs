@@ -1,0 +1,939 @@
+//! The agent loop: observe → decide → act → publish.
+//!
+//! All judgement lives in [`decide`]; this module only gathers observations, carries
+//! out actions, and publishes the member's state. An action that does not succeed stops
+//! the rest of the tick's list, and the loop observes again at once.
+
+use crate::decide::{
+    decide, history_after_promotion, Action, AgentMemory, DataDirState, DemoteMode, HaConfig,
+    LocalPg, Millis, Observation, PeerStatus,
+};
+use crate::dynamic;
+use crate::spec::NodeSpec;
+use crate::status::{Role, SharedStatus};
+use pgherd_dcs::{Cluster, ClusterStatus, Dcs, DcsError, MemberData};
+use pgherd_postgres::{self as pg, ConnInfo, Instance, PgError, StandbyConfig, StopMode};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// How many times in a row a tick may ask to be repeated at once before the loop sleeps.
+const MAX_IMMEDIATE_RETICKS: u32 = 5;
+
+/// Why an action did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error(transparent)]
+    Dcs(#[from] DcsError),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The node agent of one member.
+pub struct Agent {
+    spec: NodeSpec,
+    dcs: Arc<dyn Dcs>,
+    pg: Instance,
+    memory: AgentMemory,
+    status: SharedStatus,
+    client: Option<tokio_postgres::Client>,
+    http: reqwest::Client,
+    epoch: Instant,
+    /// The effective dynamic configuration, from the DCS `config` key.
+    dynamic: dynamic::Dynamic,
+    /// Parameters last written to postgresql.conf, to notice changes.
+    written_parameters: Option<BTreeMap<String, String>>,
+    /// A DCS call failed during the last actions: skip the (slow) read next tick.
+    dcs_just_failed: bool,
+    /// Since when PostgreSQL has had a postmaster that does not accept connections.
+    unresponsive_since: Option<Instant>,
+    system_identifier: Option<String>,
+}
+
+impl Agent {
+    pub fn new(spec: NodeSpec, dcs: Arc<dyn Dcs>, status: SharedStatus) -> Self {
+        let pg = Instance::new(spec.instance.clone());
+        let dynamic = dynamic::apply(&spec.ha, None);
+        dcs.set_ttl(Duration::from_millis(spec.ha.ttl));
+        dcs.set_retry_timeout(Duration::from_millis(spec.ha.retry_timeout));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default();
+        Agent {
+            spec,
+            dcs,
+            pg,
+            memory: AgentMemory::default(),
+            status,
+            client: None,
+            http,
+            epoch: Instant::now(),
+            dynamic,
+            written_parameters: None,
+            dcs_just_failed: false,
+            unresponsive_since: None,
+            system_identifier: None,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.epoch.elapsed().as_millis() as Millis
+    }
+
+    /// Run until `shutdown` turns true; then stop PostgreSQL and give up the leader key,
+    /// as Patroni does on a clean shutdown.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        info!(member = %self.spec.name, scope = %self.spec.scope, "agent starting");
+        let mut immediate = 0u32;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let again = self.tick().await;
+            if again && immediate < MAX_IMMEDIATE_RETICKS {
+                immediate += 1;
+                continue;
+            }
+            immediate = 0;
+            let wait = Duration::from_millis(self.dynamic.ha.loop_wait);
+            tokio::select! {
+                _ = self.wait_for_change(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Sleep up to `wait`, waking early when the cluster's keys change.
+    async fn wait_for_change(&self, wait: Duration) {
+        let started = Instant::now();
+        match self.dcs.watch(wait).await {
+            Ok(true) => {
+                // Let a burst of changes settle so one tick sees them all.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(false) => {}
+            Err(_) => {
+                // An unreachable DCS answers fast: do not spin.
+                tokio::time::sleep(wait.saturating_sub(started.elapsed())).await;
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        info!(member = %self.spec.name, "agent shutting down: stopping PostgreSQL");
+        if let Err(e) = self.pg.stop(StopMode::Fast, self.spec.pg_ctl_timeout).await {
+            warn!(error = %e, "stopping PostgreSQL failed");
+        }
+        if self.memory.last_leader_renewal.is_some() {
+            match self.dcs.delete_leader().await {
+                Ok(_) => info!("released the leader key"),
+                Err(e) => warn!(error = %e, "could not release the leader key"),
+            }
+        }
+        let _ = self.dcs.delete_member().await;
+    }
+
+    /// One pass of observe → decide → act → publish. Returns true when the loop should
+    /// observe again at once (an action failed, or peers were asked).
+    pub async fn tick(&mut self) -> bool {
+        let mut obs = match self.observe().await {
+            Ok(o) => o,
+            Err(reason) => {
+                info!(member = %self.spec.name, %reason, "waiting");
+                self.publish(None).await;
+                return false;
+            }
+        };
+        let cfg = self.dynamic.ha.clone();
+        let mut plan = decide(&obs, &cfg);
+        if plan.iter().any(|(a, _)| *a == Action::AskPeers) {
+            let peers = self.ask_peers(obs.cluster.as_ref()).await;
+            obs.peers = Some(peers);
+            plan = decide(&obs, &cfg);
+        }
+        let mut again = false;
+        for (action, reason) in plan {
+            if action == Action::Wait {
+                debug!(member = %self.spec.name, %reason, "no action");
+                continue;
+            }
+            if action == Action::AskPeers {
+                // Asked already this tick; decide() wants another round.
+                again = true;
+                break;
+            }
+            info!(member = %self.spec.name, action = ?action, %reason, "acting");
+            match self.execute(&action, obs.cluster.as_ref(), &reason).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    info!(member = %self.spec.name, action = ?action, "did not go through; observing again");
+                    again = true;
+                    break;
+                }
+                Err(e) => {
+                    warn!(member = %self.spec.name, action = ?action, error = %e, "action failed");
+                    if matches!(e, ActionError::Dcs(_)) {
+                        self.dcs_just_failed = true;
+                    }
+                    again = true;
+                    break;
+                }
+            }
+        }
+        self.publish(obs.cluster.as_ref()).await;
+        again
+    }
+
+    // ----- observe -----
+
+    async fn observe(&mut self) -> Result<Observation, String> {
+        let cluster = if std::mem::take(&mut self.dcs_just_failed) {
+            None
+        } else {
+            match self.dcs.get_cluster().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!(member = %self.spec.name, error = %e, "cannot read the DCS");
+                    None
+                }
+            }
+        };
+        if let Some(c) = &cluster {
+            self.apply_dynamic(c);
+            self.status.update(|s| {
+                s.cluster = Some(c.clone());
+                s.dcs_last_seen = Some(SystemTime::now());
+            });
+        }
+        let local = self.observe_local().await?;
+        if let (Some(c), true) = (&cluster, self.memory.last_leader_renewal.is_some()) {
+            if c.leader_name() != Some(self.spec.name.as_str()) {
+                self.memory.last_leader_renewal = None;
+            }
+        }
+        Ok(Observation {
+            now: self.now(),
+            me: self.spec.name.clone(),
+            my_tags_nofailover: self.spec.tags.nofailover,
+            local,
+            cluster,
+            peers: None,
+            memory: self.memory.clone(),
+        })
+    }
+
+    fn apply_dynamic(&mut self, cluster: &Cluster) {
+        let d = dynamic::apply(&self.spec.ha, cluster.config.as_ref().map(|v| &v.value));
+        if d.ha.ttl != self.dynamic.ha.ttl {
+            self.dcs.set_ttl(Duration::from_millis(d.ha.ttl));
+        }
+        if d.ha.retry_timeout != self.dynamic.ha.retry_timeout {
+            self.dcs
+                .set_retry_timeout(Duration::from_millis(d.ha.retry_timeout));
+        }
+        if d != self.dynamic {
+            info!(member = %self.spec.name, ha = ?d.ha, "dynamic configuration applied");
+        }
+        self.dynamic = d;
+    }
+
+    /// Local PostgreSQL state. `Err` means "nothing sensible can be decided this tick".
+    async fn observe_local(&mut self) -> Result<LocalPg, String> {
+        let state = self.pg.data_dir_state().map_err(|e| e.to_string())?;
+        if state != pg::DataDirState::Initialized {
+            self.client = None;
+            self.system_identifier = None;
+            return Ok(LocalPg {
+                data_dir: DataDirState::Empty,
+                running: false,
+                in_recovery: false,
+                timeline: None,
+                wal_lsn: None,
+                following: None,
+                system_identifier: None,
+            });
+        }
+        if self.pg.postmaster_pid().is_some() {
+            match self.query_running().await {
+                Ok(local) => {
+                    self.unresponsive_since = None;
+                    return Ok(local);
+                }
+                Err(e) => {
+                    self.client = None;
+                    let since = *self.unresponsive_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < self.spec.pg_ctl_timeout {
+                        return Err(format!(
+                            "PostgreSQL is running but does not answer yet: {e}"
+                        ));
+                    }
+                    warn!(member = %self.spec.name, error = %e, "PostgreSQL stopped answering; stopping it");
+                    let _ = self
+                        .pg
+                        .stop(StopMode::Immediate, self.spec.pg_ctl_timeout)
+                        .await;
+                    self.unresponsive_since = None;
+                }
+            }
+        }
+        let control = self.pg.controldata().await.map_err(|e| e.to_string())?;
+        self.system_identifier = Some(control.system_identifier.clone());
+        // A fresh clone carries the source primary's control file ("in production") but
+        // also backup_label; a configured standby has standby.signal. Neither is a primary.
+        let data_dir = self.pg.data_dir();
+        let standby_files =
+            data_dir.join("standby.signal").exists() || data_dir.join("backup_label").exists();
+        let was_primary = control.was_primary() && !standby_files;
+        Ok(LocalPg {
+            data_dir: if was_primary {
+                DataDirState::Primary
+            } else {
+                DataDirState::Standby
+            },
+            running: false,
+            in_recovery: !was_primary,
+            timeline: Some(control.timeline),
+            wal_lsn: Some(control.checkpoint_lsn.max(control.min_recovery_end_lsn)),
+            following: None,
+            system_identifier: Some(control.system_identifier),
+        })
+    }
+
+    /// The agent's connection to its PostgreSQL, reconnecting when it was closed.
+    async fn client(&mut self) -> Result<&tokio_postgres::Client, PgError> {
+        let client = match self.client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.pg.connect().await?,
+        };
+        Ok(&*self.client.insert(client))
+    }
+
+    async fn query_running(&mut self) -> Result<LocalPg, String> {
+        if self.system_identifier.is_none() {
+            let control = self.pg.controldata().await.map_err(|e| e.to_string())?;
+            self.system_identifier = Some(control.system_identifier);
+        }
+        let client = self.client().await.map_err(|e| e.to_string())?;
+        let state = Instance::query_state(client)
+            .await
+            .map_err(|e| e.to_string())?;
+        let upstream = if state.in_recovery {
+            upstream_of(client).await
+        } else {
+            None
+        };
+        let cluster = self.status.get().cluster;
+        let following = upstream.and_then(|(host, port)| member_at(cluster.as_ref(), &host, port));
+        self.status.update(|s| {
+            s.receive_lsn = state.receive_lsn;
+            s.replay_lsn = state.replay_lsn;
+            s.replication = state.replication.clone();
+            s.server_version = Some(state.server_version);
+            s.postmaster_start_time = state.postmaster_start_time.clone();
+            s.pending_restart = state.pending_restart;
+        });
+        Ok(LocalPg {
+            data_dir: if state.in_recovery {
+                DataDirState::Standby
+            } else {
+                DataDirState::Primary
+            },
+            running: true,
+            in_recovery: state.in_recovery,
+            timeline: Some(state.timeline),
+            wal_lsn: Some(state.wal_lsn),
+            following,
+            system_identifier: self.system_identifier.clone(),
+        })
+    }
+
+    /// Ask every other member's REST API for its WAL position (bounded by the HTTP timeout).
+    async fn ask_peers(&self, cluster: Option<&Cluster>) -> Vec<PeerStatus> {
+        let Some(cluster) = cluster else {
+            return Vec::new();
+        };
+        let asks = cluster
+            .members
+            .iter()
+            .filter(|m| m.name != self.spec.name)
+            .map(|m| async move {
+                let answer = self.http.get(&m.data.api_url).send().await;
+                let json: Option<serde_json::Value> = match answer {
+                    Ok(r) => r.json().await.ok(),
+                    Err(_) => None,
+                };
+                peer_status(&m.name, json.as_ref(), m.data.tags.nofailover)
+            });
+        futures::future::join_all(asks).await
+    }
+
+    // ----- act -----
+
+    /// Carry out one action. `Ok(false)`: it did not go through (lost a race).
+    async fn execute(
+        &mut self,
+        action: &Action,
+        cluster: Option<&Cluster>,
+        reason: &str,
+    ) -> Result<bool, ActionError> {
+        match action {
+            Action::Wait | Action::AskPeers => Ok(true),
+            Action::Initialize => self.initialize().await,
+            Action::AcquireLeader => {
+                let won = self.dcs.acquire_leader().await?;
+                if won {
+                    self.memory.last_leader_renewal = Some(self.now());
+                    info!(member = %self.spec.name, "took the leader key");
+                }
+                Ok(won)
+            }
+            Action::RenewLeader => {
+                let held = self.dcs.update_leader().await?;
+                self.memory.last_leader_renewal = held.then(|| self.now());
+                Ok(held)
+            }
+            Action::ReleaseLeader => {
+                self.dcs.delete_leader().await?;
+                self.memory.last_leader_renewal = None;
+                Ok(true)
+            }
+            Action::Promote => self.promote(cluster, reason).await,
+            Action::Demote(mode) => self.demote(*mode).await,
+            Action::StartReplica { upstream } => {
+                self.configure_standby(cluster, upstream.as_deref()).await?;
+                self.status.update(|s| s.state = "starting".into());
+                self.pg.start(self.spec.pg_ctl_timeout).await?;
+                Ok(true)
+            }
+            Action::Follow { upstream } => {
+                self.configure_standby(cluster, Some(upstream)).await?;
+                self.pg.reload().await?;
+                Ok(true)
+            }
+            Action::Clone { from } => {
+                let source = self.conninfo_of(cluster, from)?;
+                self.status.update(|s| s.state = "creating replica".into());
+                info!(member = %self.spec.name, from = %from, "cloning with pg_basebackup");
+                self.pg.basebackup(&source, clone_timeout()).await?;
+                self.written_parameters = None;
+                self.configure_standby(cluster, Some(from)).await?;
+                Ok(true)
+            }
+            Action::Rewind { from } => self.rewind(cluster, from).await,
+            Action::RemoveDataDir => {
+                self.client = None;
+                self.pg
+                    .stop(StopMode::Immediate, self.spec.pg_ctl_timeout)
+                    .await?;
+                self.pg.remove_data_dir().await?;
+                self.memory.rewind_failed = false;
+                self.system_identifier = None;
+                Ok(true)
+            }
+            Action::EnsureSlots(names) => {
+                let client = self.client().await?;
+                Instance::ensure_slots(client, names).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn initialize(&mut self) -> Result<bool, ActionError> {
+        let existing = self.pg.data_dir_state()? == pg::DataDirState::Initialized;
+        let sysid = if existing {
+            self.pg.controldata().await?.system_identifier
+        } else {
+            String::new()
+        };
+        if !self.dcs.initialize(&sysid).await? {
+            info!(member = %self.spec.name, "another member is bootstrapping the cluster");
+            return Ok(false);
+        }
+        if existing {
+            info!(member = %self.spec.name, system_identifier = %sysid, "cluster initialized from the existing data directory");
+            self.write_bootstrap_config().await?;
+            return Ok(true);
+        }
+        info!(member = %self.spec.name, "won the initialize race: running initdb");
+        self.status
+            .update(|s| s.state = "initializing new cluster".into());
+        match self.bootstrap().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                warn!(member = %self.spec.name, error = %e, "bootstrap failed; giving others a turn");
+                let _ = self
+                    .pg
+                    .stop(StopMode::Immediate, self.spec.pg_ctl_timeout)
+                    .await;
+                let _ = self.pg.remove_data_dir().await;
+                let _ = self.dcs.delete_leader().await;
+                let _ = self.dcs.cancel_initialization().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// initdb, start as primary, create the users, take the leader key, publish the
+    /// system identifier and the initial dynamic config.
+    async fn bootstrap(&mut self) -> Result<(), ActionError> {
+        self.pg.initdb(&self.spec.initdb_args).await?;
+        self.write_config(None).await?;
+        self.pg.start(self.spec.pg_ctl_timeout).await?;
+        let (superuser, replication) = (
+            self.spec.instance.superuser.clone(),
+            self.spec.instance.replication.clone(),
+        );
+        let client = self.client().await?;
+        Instance::create_roles(client, &superuser, &replication).await?;
+        if !self.dcs.acquire_leader().await? {
+            return Err(ActionError::Other(
+                "the leader key was taken during bootstrap".into(),
+            ));
+        }
+        self.memory.last_leader_renewal = Some(self.now());
+        let control = self.pg.controldata().await?;
+        self.dcs.set_initialize(&control.system_identifier).await?;
+        self.system_identifier = Some(control.system_identifier);
+        self.write_bootstrap_config().await?;
+        Ok(())
+    }
+
+    async fn write_bootstrap_config(&self) -> Result<(), ActionError> {
+        self.dcs
+            .set_config(&self.spec.bootstrap_dynamic, Some(0))
+            .await?;
+        Ok(())
+    }
+
+    async fn promote(
+        &mut self,
+        cluster: Option<&Cluster>,
+        reason: &str,
+    ) -> Result<bool, ActionError> {
+        let before = self.query_running().await.map_err(ActionError::Other)?;
+        if !before.in_recovery {
+            return Ok(true);
+        }
+        let ended_timeline = before.timeline.unwrap_or(1);
+        let switch_lsn = before.wal_lsn.unwrap_or(0);
+        self.pg.promote(self.spec.pg_ctl_timeout).await?;
+        info!(member = %self.spec.name, ended_timeline, switch_lsn = %pg::format_lsn(switch_lsn), "promoted");
+        // Point slot-less peers nowhere: our own standby settings no longer apply.
+        self.write_config(None).await?;
+        let history = cluster.map(|c| c.history.clone()).unwrap_or_default();
+        let entry_reason = format!("pgherd: {reason}");
+        let history = history_after_promotion(
+            &history,
+            ended_timeline,
+            switch_lsn,
+            &entry_reason,
+            &now_iso8601(),
+            &self.spec.name,
+        );
+        self.dcs.set_history(&history).await?;
+        Ok(true)
+    }
+
+    async fn demote(&mut self, mode: DemoteMode) -> Result<bool, ActionError> {
+        warn!(member = %self.spec.name, ?mode, "demoting: stopping the writable PostgreSQL");
+        self.client = None;
+        self.pg
+            .stop(StopMode::Fast, self.spec.pg_ctl_timeout)
+            .await?;
+        self.memory.last_leader_renewal = None;
+        self.status.update(|s| {
+            s.role = Role::Demoted;
+            s.holds_leader = false;
+        });
+        if mode == DemoteMode::Offline {
+            // Read-only until the DCS says who leads.
+            self.write_config(Some(&StandbyConfig {
+                primary: None,
+                slot: None,
+            }))
+            .await?;
+            self.pg.start(self.spec.pg_ctl_timeout).await?;
+        }
+        Ok(true)
+    }
+
+    async fn rewind(&mut self, cluster: Option<&Cluster>, from: &str) -> Result<bool, ActionError> {
+        let source = self.conninfo_of(cluster, from)?;
+        self.client = None;
+        self.pg
+            .stop(StopMode::Fast, self.spec.pg_ctl_timeout)
+            .await?;
+        self.status.update(|s| s.state = "rewinding".into());
+        info!(member = %self.spec.name, from = %from, "rewinding with pg_rewind");
+        if let Err(e) = self.pg.rewind(&source, clone_timeout()).await {
+            self.memory.rewind_failed = true;
+            return Err(e.into());
+        }
+        self.memory.rewind_failed = false;
+        self.written_parameters = None;
+        self.configure_standby(cluster, Some(from)).await?;
+        self.pg.start(self.spec.pg_ctl_timeout).await?;
+        Ok(true)
+    }
+
+    /// Write postgresql.conf for a standby of `upstream` (or with no upstream).
+    async fn configure_standby(
+        &mut self,
+        cluster: Option<&Cluster>,
+        upstream: Option<&str>,
+    ) -> Result<(), ActionError> {
+        let primary = match upstream {
+            Some(name) => Some(self.conninfo_of(cluster, name)?),
+            None => None,
+        };
+        let slot = (self.dynamic.ha.use_slots && primary.is_some())
+            .then(|| pg::slot_name(&self.spec.name));
+        self.write_config(Some(&StandbyConfig { primary, slot }))
+            .await
+    }
+
+    async fn write_config(&mut self, standby: Option<&StandbyConfig>) -> Result<(), ActionError> {
+        let params = self.effective_parameters();
+        self.pg.config_mut().parameters = params.clone();
+        self.pg.write_config(standby).await?;
+        self.written_parameters = Some(params);
+        Ok(())
+    }
+
+    /// Defaults, then the cluster's dynamic parameters, then this node's own, translated
+    /// for the running PostgreSQL version.
+    fn effective_parameters(&self) -> BTreeMap<String, String> {
+        let mut params = pg::default_parameters();
+        params.extend(self.dynamic.parameters.clone());
+        params.extend(self.spec.instance.parameters.clone());
+        let (params, notes) = pg::translate_parameters(self.pg.config().bin.major_version, &params);
+        for note in notes {
+            debug!(member = %self.spec.name, %note, "parameter translated");
+        }
+        params
+    }
+
+    fn conninfo_of(
+        &self,
+        cluster: Option<&Cluster>,
+        member: &str,
+    ) -> Result<ConnInfo, ActionError> {
+        let m = cluster
+            .and_then(|c| c.member(member))
+            .ok_or_else(|| ActionError::Other(format!("member {member} is not in the DCS")))?;
+        let (host, port) = parse_conn_url(&m.data.conn_url).ok_or_else(|| {
+            ActionError::Other(format!(
+                "member {member} has a bad conn_url {:?}",
+                m.data.conn_url
+            ))
+        })?;
+        let repl = &self.spec.instance.replication;
+        Ok(ConnInfo {
+            host,
+            port,
+            user: repl.username.clone(),
+            password: repl.password.clone(),
+            dbname: "postgres".into(),
+            application_name: Some(self.spec.name.clone()),
+        })
+    }
+
+    // ----- publish -----
+
+    async fn publish(&mut self, cluster: Option<&Cluster>) {
+        let running = self.pg.postmaster_pid().is_some();
+        let local = if running {
+            self.query_running().await.ok()
+        } else {
+            None
+        };
+        let holds_leader = self.memory.last_leader_renewal.is_some();
+        let data_state = self.pg.data_dir_state().ok();
+        let (role, state) = match &local {
+            Some(l) if !l.in_recovery => (Role::Primary, "running"),
+            Some(l) if l.following.is_some() => (Role::Replica, "streaming"),
+            Some(_) => (Role::Replica, "running"),
+            None if data_state != Some(pg::DataDirState::Initialized) => {
+                (Role::Uninitialized, "stopped")
+            }
+            None => (Role::Replica, "stopped"),
+        };
+        // Keep transient states ("creating replica", "starting") until PostgreSQL runs.
+        let prev = self.status.get();
+        let state = if local.is_none()
+            && prev.state != "running"
+            && prev.state != "streaming"
+            && prev
+                .last_tick
+                .is_none_or(|t| t.elapsed() < Duration::from_millis(500))
+        {
+            prev.state.clone()
+        } else {
+            state.to_string()
+        };
+        let params_changed = running
+            && self
+                .written_parameters
+                .as_ref()
+                .is_some_and(|w| *w != self.effective_parameters());
+        self.status.update(|s| {
+            s.running = running;
+            s.in_recovery = local.as_ref().is_some_and(|l| l.in_recovery);
+            s.timeline = local.as_ref().and_then(|l| l.timeline);
+            s.wal_lsn = local.as_ref().and_then(|l| l.wal_lsn);
+            s.role = role;
+            s.state = state.clone();
+            s.holds_leader = holds_leader;
+            s.last_tick = Some(Instant::now());
+            s.ha = self.dynamic.ha.clone();
+            s.system_identifier = self.system_identifier.clone();
+            if !running {
+                s.replication.clear();
+            }
+        });
+        if params_changed {
+            self.apply_changed_parameters().await;
+        }
+        let data = MemberData {
+            conn_url: self.spec.conn_url(),
+            api_url: self.spec.api_url(),
+            state,
+            role: role.as_str().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            xlog_location: local.as_ref().and_then(|l| l.wal_lsn),
+            replication_state: local
+                .as_ref()
+                .and_then(|l| l.following.as_ref())
+                .map(|_| "streaming".to_string()),
+            timeline: local.as_ref().and_then(|l| l.timeline),
+            tags: self.spec.tags.clone(),
+            pause: self.dynamic.ha.paused.then_some(true),
+            extra: BTreeMap::new(),
+        };
+        if let Err(e) = self.dcs.touch_member(&data).await {
+            debug!(member = %self.spec.name, error = %e, "could not publish the member key");
+            return;
+        }
+        if holds_leader && role == Role::Primary && cluster.is_some() {
+            let status = ClusterStatus {
+                optime: data.xlog_location.unwrap_or(0),
+                slots: BTreeMap::new(),
+            };
+            if let Err(e) = self.dcs.set_status(&status).await {
+                debug!(member = %self.spec.name, error = %e, "could not publish the status key");
+            }
+        }
+    }
+
+    /// Dynamic parameters changed: rewrite postgresql.conf and reload.
+    async fn apply_changed_parameters(&mut self) {
+        let s = self.status.get();
+        let standby = if s.in_recovery {
+            let upstream = s
+                .cluster
+                .as_ref()
+                .and_then(|c| c.leader_name().map(str::to_string))
+                .filter(|l| *l != self.spec.name);
+            let cluster = s.cluster.clone();
+            match self.conninfo_of(cluster.as_ref(), upstream.as_deref().unwrap_or("")) {
+                Ok(ci) => Some(StandbyConfig {
+                    primary: Some(ci),
+                    slot: self
+                        .dynamic
+                        .ha
+                        .use_slots
+                        .then(|| pg::slot_name(&self.spec.name)),
+                }),
+                Err(_) => Some(StandbyConfig {
+                    primary: None,
+                    slot: None,
+                }),
+            }
+        } else {
+            None
+        };
+        match self.write_config(standby.as_ref()).await {
+            Ok(()) => {
+                info!(member = %self.spec.name, "parameters changed: reloading PostgreSQL");
+                if let Err(e) = self.pg.reload().await {
+                    warn!(member = %self.spec.name, error = %e, "reload failed");
+                }
+            }
+            Err(e) => {
+                warn!(member = %self.spec.name, error = %e, "could not rewrite postgresql.conf")
+            }
+        }
+    }
+}
+
+/// pg_basebackup and pg_rewind of a large database take long; bound them anyway.
+fn clone_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// Where a standby streams from: host and port from `primary_conninfo`.
+async fn upstream_of(client: &tokio_postgres::Client) -> Option<(String, u16)> {
+    let row = client.query_one("SHOW primary_conninfo", &[]).await.ok()?;
+    let conninfo: String = row.try_get(0).ok()?;
+    let mut host = None;
+    let mut port = None;
+    for part in conninfo.split_whitespace() {
+        if let Some((k, v)) = part.split_once('=') {
+            let v = v.trim_matches('\'');
+            match k {
+                "host" => host = Some(v.to_string()),
+                "port" => port = v.parse().ok(),
+                _ => {}
+            }
+        }
+    }
+    Some((host?, port.unwrap_or(5432)))
+}
+
+fn member_at(cluster: Option<&Cluster>, host: &str, port: u16) -> Option<String> {
+    cluster?
+        .members
+        .iter()
+        .find(|m| parse_conn_url(&m.data.conn_url).is_some_and(|(h, p)| h == host && p == port))
+        .map(|m| m.name.clone())
+}
+
+/// `postgres://host:port/db` → (host, port).
+pub fn parse_conn_url(url: &str) -> Option<(String, u16)> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split('/').next()?;
+    let hostport = authority.rsplit('@').next()?;
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (hostport, 5432),
+    };
+    Some((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// A peer's `GET /patroni` answer, reduced to what the failover race needs.
+fn peer_status(name: &str, json: Option<&serde_json::Value>, nofailover: bool) -> PeerStatus {
+    let Some(j) = json else {
+        return PeerStatus {
+            name: name.to_string(),
+            wal_lsn: None,
+            timeline: None,
+            nofailover,
+            is_primary: false,
+        };
+    };
+    let xlog = j.get("xlog");
+    let field = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|v| v.as_u64());
+    let wal_lsn = field("location").or_else(|| {
+        match (field("received_location"), field("replayed_location")) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    });
+    let role = j.get("role").and_then(|v| v.as_str()).unwrap_or("");
+    let state = j.get("state").and_then(|v| v.as_str()).unwrap_or("");
+    PeerStatus {
+        name: name.to_string(),
+        wal_lsn,
+        timeline: j.get("timeline").and_then(|v| v.as_u64()).map(|t| t as u32),
+        nofailover: nofailover
+            || j.pointer("/tags/nofailover")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        is_primary: (role == "primary" || role == "master") && state == "running",
+    }
+}
+
+/// Current time as ISO 8601 (UTC), the format Patroni writes in `history`.
+pub fn now_iso8601() -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    iso8601(secs)
+}
+
+/// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SS+00:00` (civil-from-days, proleptic Gregorian).
+pub fn iso8601(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `HaConfig` with Patroni's defaults (ttl 30 s, loop_wait 10 s, retry_timeout 10 s).
+pub fn default_ha_config() -> HaConfig {
+    HaConfig {
+        ttl: 30_000,
+        loop_wait: 10_000,
+        retry_timeout: 10_000,
+        maximum_lag_on_failover: 1_048_576,
+        use_pg_rewind: false,
+        use_slots: true,
+        paused: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_urls_parse_like_patroni_writes_them() {
+        assert_eq!(
+            parse_conn_url("postgres://127.0.0.1:5433/postgres"),
+            Some(("127.0.0.1".into(), 5433))
+        );
+        assert_eq!(
+            parse_conn_url("postgresql://u:p@[::1]:6000/db"),
+            Some(("::1".into(), 6000))
+        );
+        assert_eq!(
+            parse_conn_url("postgres://db1/postgres"),
+            Some(("db1".into(), 5432))
+        );
+        assert_eq!(parse_conn_url("http://x"), None);
+    }
+
+    #[test]
+    fn iso8601_matches_known_dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00+00:00");
+        assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20+00:00");
+        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00+00:00");
+    }
+
+    #[test]
+    fn peer_answers_give_the_furthest_wal_position() {
+        let replica = serde_json::json!({"state":"running","role":"replica","timeline":2,
+            "xlog":{"received_location":100,"replayed_location":90}});
+        let p = peer_status("n2", Some(&replica), false);
+        assert_eq!(
+            (p.wal_lsn, p.timeline, p.is_primary),
+            (Some(100), Some(2), false)
+        );
+        let primary =
+            serde_json::json!({"state":"running","role":"primary","xlog":{"location":500}});
+        assert!(peer_status("n1", Some(&primary), false).is_primary);
+        assert_eq!(peer_status("n3", None, false).wal_lsn, None);
+    }
+}
