@@ -110,9 +110,19 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
         wait_for_row(cluster.node(&other).pg_port, 2, Duration::from_secs(30)).await,
         "{other} does not follow the new primary"
     );
-    // History gained the promotion.
-    let (_, history) = np.api("/history").await;
-    assert_eq!(history.as_array().map(|h| h.len()), Some(1), "history: {history}");
+    // History gained the promotion (the API serves the snapshot of its last tick).
+    let mut history = serde_json::Value::Null;
+    for _ in 0..20 {
+        history = np.api("/history").await.1;
+        if history.as_array().is_some_and(|h| !h.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let entries = history.as_array().expect("history is a JSON array");
+    assert_eq!(entries.len(), 1, "history: {history}");
+    assert_eq!(entries[0][0], 1, "the entry records the timeline that ended: {history}");
+    assert_eq!(entries[0][4], new_primary.as_str(), "the entry names the new leader: {history}");
 
     // The old primary comes back and rejoins as a replica of the new timeline (pg_rewind).
     cluster.node_mut(&primary).start();

@@ -447,31 +447,29 @@ impl Dcs for EtcdDcs {
     async fn touch_member(&self, data: &MemberData) -> Result<()> {
         let key = self.keys.member(&self.member);
         let value = to_json(&key, data)?;
-        let res = self
-            .bounded("touch_member", async {
-                let mut slot = self.lease.lock().await;
-                let client = self.client().await?;
-                let lease = self.renew_lease(&client, &mut slot).await?;
-                let r = client
-                    .kv_client()
-                    .put(key, value, Some(PutOptions::new().with_lease(lease)))
-                    .await;
-                match r {
-                    Ok(r) => {
-                        self.own(r.header().map(|h| h.revision()));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // The lease vanished between renewal and put: forget it.
-                        if is_lease_gone(&e) {
-                            *slot = None;
-                        }
-                        Err(e)
-                    }
+        self.bounded("touch_member", async {
+            let mut slot = self.lease.lock().await;
+            let client = self.client().await?;
+            let lease = self.renew_lease(&client, &mut slot).await?;
+            let r = client
+                .kv_client()
+                .put(key, value, Some(PutOptions::new().with_lease(lease)))
+                .await;
+            match r {
+                Ok(r) => {
+                    self.own(r.header().map(|h| h.revision()));
+                    Ok(())
                 }
-            })
-            .await;
-        res
+                Err(e) => {
+                    // The lease vanished between renewal and put: forget it.
+                    if is_lease_gone(&e) {
+                        *slot = None;
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
     }
 
     async fn delete_member(&self) -> Result<()> {
@@ -609,7 +607,8 @@ impl Dcs for EtcdDcs {
                 let Some(kv) = ev.kv() else { continue };
                 let rev = kv.mod_revision();
                 newest = newest.max(Some(rev));
-                if !own.contains(&rev) {
+                let key = String::from_utf8_lossy(kv.key());
+                if !own.contains(&rev) && self.keys.wakes_watchers(&key) {
                     newest_foreign = newest_foreign.max(Some(rev));
                 }
             }

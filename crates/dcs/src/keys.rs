@@ -49,6 +49,15 @@ impl KeyLayout {
     pub fn member(&self, name: &str) -> String {
         format!("{}members/{name}", self.prefix)
     }
+
+    /// Keys whose change wakes a waiting HA loop at once: who leads, the dynamic config,
+    /// and pending requests. Member and status keys change on every tick of every member;
+    /// waking on them would make each member tick whenever any other does.
+    pub fn wakes_watchers(&self, key: &str) -> bool {
+        key.strip_prefix(self.prefix.as_str()).is_some_and(|rest| {
+            matches!(rest, "leader" | "config" | "failover" | "sync" | "initialize")
+        })
+    }
 }
 
 #[cfg(test)]

@@ -107,8 +107,9 @@ pub trait Dcs: Send + Sync {
     /// Write the `status` key (leader's last known WAL position, slots).
     async fn set_status(&self, status: &ClusterStatus) -> Result<()>;
 
-    /// Wait until any key of this cluster changes (including a lease expiring) or
-    /// `timeout` passes. `Ok(true)` when woken by a change.
+    /// Wait until a control key of this cluster (leader, config, failover, sync,
+    /// initialize — see [`keys::KeyLayout::wakes_watchers`]) changes, including the leader
+    /// key vanishing with its lease, or `timeout` passes. `Ok(true)` when woken by a change.
     ///
     /// Changes are counted from the last [`get_cluster`](Dcs::get_cluster) snapshot (or the
     /// last wake-up), so a change made between the snapshot and this call wakes at once;

@@ -128,7 +128,12 @@ impl State {
 
     /// The newest change under `prefix` after `since` that is not one of `ignore`.
     /// `Some(revision)` also when the log no longer reaches back to `since`.
-    fn changed_since(&self, prefix: &str, since: i64, ignore: &VecDeque<i64>) -> Option<i64> {
+    fn changed_since(
+        &self,
+        wakes: impl Fn(&str) -> bool,
+        since: i64,
+        ignore: &VecDeque<i64>,
+    ) -> Option<i64> {
         if self.log.front().is_some_and(|(r, _)| *r > since + 1) && self.revision > since {
             return Some(self.revision);
         }
@@ -136,7 +141,7 @@ impl State {
             .iter()
             .rev()
             .take_while(|(r, _)| *r > since)
-            .find(|(r, k)| k.starts_with(prefix) && !ignore.contains(r))
+            .find(|(r, k)| wakes(k) && !ignore.contains(r))
             .map(|(r, _)| *r)
     }
 }
@@ -508,7 +513,6 @@ impl Dcs for MemoryDcs {
     async fn watch(&self, timeout: Duration) -> Result<bool> {
         self.gate().await?;
         let deadline = Instant::now() + timeout;
-        let prefix = self.keys.prefix().to_string();
         let mut rx = self.store.shared.changed.subscribe();
         let since = {
             let seen = *lock(&self.last_seen);
@@ -530,7 +534,8 @@ impl Dcs for MemoryDcs {
             rx.borrow_and_update();
             let (hit, next_expiry) = self.store.with_state(|st, _| {
                 let own = lock(&self.own_writes);
-                (st.changed_since(&prefix, since, &own), st.next_expiry())
+                let wakes = |k: &str| self.keys.wakes_watchers(k);
+                (st.changed_since(wakes, since, &own), st.next_expiry())
             });
             if let Some(rev) = hit {
                 *lock(&self.last_seen) = Some(rev);

@@ -254,6 +254,50 @@ async fn leader_gone_after_ttl_without_renewal<H: Harness>(h: H) {
     assert!(!a.acquire_leader().await.unwrap());
 }
 
+async fn ttl_change_applies_at_next_renewal<H: Harness>(h: H) {
+    let a = h.member("node1", LONG_TTL).await;
+    let b = h.member("node2", LONG_TTL).await;
+    assert!(a.acquire_leader().await.unwrap());
+    a.set_ttl(SHORT_TTL);
+    assert!(
+        a.update_leader().await.unwrap(),
+        "still the leader after a TTL change"
+    );
+    let renewed = Instant::now();
+    // Not renewed any more: gone after the new, short TTL (not the old long one).
+    wait_until(
+        "leader key to expire with the new TTL",
+        SHORT_TTL * 3,
+        Duration::from_millis(50),
+        || {
+            let b = b.clone();
+            async move { leader_of(&b).await.is_none().then_some(()) }
+        },
+    )
+    .await;
+    assert!(renewed.elapsed() >= SHORT_TTL - Duration::from_millis(100));
+}
+
+async fn leader_key_survives_a_restart_of_its_holder<H: Harness>(h: H) {
+    let old = h.member("node1", SHORT_TTL).await;
+    let b = h.member("node2", SHORT_TTL).await;
+    assert!(old.acquire_leader().await.unwrap());
+    // The agent restarts: a new handle, same member name, new lease; the old one is
+    // never renewed again.
+    drop(old);
+    let new = h.member("node1", SHORT_TTL).await;
+    assert!(
+        new.update_leader().await.unwrap(),
+        "the restarted holder takes its key over"
+    );
+    let start = Instant::now();
+    while start.elapsed() < SHORT_TTL * 2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(new.update_leader().await.unwrap());
+        assert_eq!(leader_of(&b).await.as_deref(), Some("node1"));
+    }
+}
+
 async fn member_keys_expire_with_their_lease<H: Harness>(h: H) {
     let a = h.member("node1", SHORT_TTL).await;
     let b = h.member("node2", LONG_TTL).await;
@@ -643,6 +687,8 @@ memory_tests! {
     memory_leader_renewed_only_by_its_holder => leader_renewed_only_by_its_holder,
     memory_leader_kept_while_renewed => leader_kept_while_renewed,
     memory_leader_gone_after_ttl_without_renewal => leader_gone_after_ttl_without_renewal,
+    memory_ttl_change_applies_at_next_renewal => ttl_change_applies_at_next_renewal,
+    memory_leader_key_survives_a_restart_of_its_holder => leader_key_survives_a_restart_of_its_holder,
     memory_member_keys_expire_with_their_lease => member_keys_expire_with_their_lease,
     memory_member_data_round_trips => member_data_round_trips,
     memory_broken_member_key_is_skipped_but_broken_config_is_an_error => broken_member_key_is_skipped_but_broken_config_is_an_error,
@@ -661,6 +707,8 @@ etcd_tests! {
     etcd_leader_renewed_only_by_its_holder => leader_renewed_only_by_its_holder,
     etcd_leader_kept_while_renewed => leader_kept_while_renewed,
     etcd_leader_gone_after_ttl_without_renewal => leader_gone_after_ttl_without_renewal,
+    etcd_ttl_change_applies_at_next_renewal => ttl_change_applies_at_next_renewal,
+    etcd_leader_key_survives_a_restart_of_its_holder => leader_key_survives_a_restart_of_its_holder,
     etcd_member_keys_expire_with_their_lease => member_keys_expire_with_their_lease,
     etcd_member_data_round_trips => member_data_round_trips,
     etcd_broken_member_key_is_skipped_but_broken_config_is_an_error => broken_member_key_is_skipped_but_broken_config_is_an_error,

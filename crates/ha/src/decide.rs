@@ -5,6 +5,15 @@
 //! race for the leader key, a failed renewal) stops the rest of the list, and the runner
 //! observes and decides again at once — so every list is written as "each step is the
 //! precondition of the next". Every action is idempotent.
+//!
+//! Two runner obligations keep the lease rule (DESIGN §3.1) true; the simulation
+//! (`tests/simulation.rs`) fails without them:
+//! - while it believes it leads, the runner cuts every DCS call short at the time its lease
+//!   is certain to run (send time of the last successful renewal + ttl) minus the time a
+//!   demotion needs, and treats the cut as "DCS unreadable". `loop_wait + 2 * retry_timeout
+//!   <= ttl` alone is not enough: a renewal, a failed `touch_member` and a failed read can
+//!   follow each other with a sleep in between, and the demotion itself takes time;
+//! - [`Action::Promote`] re-checks the lease and records `history` before promoting.
 
 use pgherd_dcs::{Cluster, HistoryEntry};
 
@@ -111,7 +120,11 @@ pub enum Action {
     RenewLeader,
     /// Give up the leader key.
     ReleaseLeader,
-    /// `pg_ctl promote`, then record the promotion in `history`.
+    /// Promote the local standby. In this order: check by the runner's own clock that the
+    /// lease taken or renewed this tick still runs; record the promotion in `history`
+    /// ([`history_after_promotion`] with the timeline being left and the current LSN);
+    /// then `pg_ctl promote`. Recording first means every timeline that can exist is in
+    /// the DCS, so no later promotion reuses its number. Nothing to do on a primary.
     Promote,
     Demote(DemoteMode),
     /// Start the stopped PostgreSQL as a standby of `upstream` (`None`: no upstream yet).
@@ -184,11 +197,30 @@ pub fn slot_name(member: &str) -> String {
 
 /// The newest timeline the cluster is known to have reached: one past the last promotion
 /// in `history`, or a newer one a live member publishes.
+///
+/// The runner records a promotion in `history` *before* `pg_ctl promote`, so that every
+/// timeline that may exist is known here. A recorded promotion whose new leader still
+/// publishes the timeline it was leaving never happened (member and leader keys share one
+/// lease, so that member key is not stale): it does not count.
 pub fn cluster_timeline(cluster: &Cluster) -> Option<u32> {
-    let from_history = cluster.history.last().map(|e| e.timeline + 1);
+    let from_history = cluster.history.last().map(|e| {
+        let never_promoted = cluster
+            .member(&e.new_leader)
+            .and_then(|m| m.data.timeline)
+            .is_some_and(|t| t <= e.timeline);
+        if never_promoted {
+            e.timeline
+        } else {
+            e.timeline + 1
+        }
+    });
     let from_members = cluster.members.iter().filter_map(|m| m.data.timeline).max();
     from_history.max(from_members)
 }
+
+#[cfg(test)]
+#[path = "decide/tests.rs"]
+mod tests;
 
 /// Decide what this member does now. See the module docs for the execution rule.
 ///

@@ -479,9 +479,11 @@ impl Agent {
         }
     }
 
-    /// initdb, start as primary, create the users, take the leader key, publish the
-    /// system identifier and the initial dynamic config.
+    /// initdb with the bootstrap settings, start as primary, create the users, publish the
+    /// system identifier and the initial dynamic config, and only then take the leader
+    /// key — so a member that sees a leader also sees the cluster it should clone.
     async fn bootstrap(&mut self) -> Result<(), ActionError> {
+        self.dynamic = dynamic::apply(&self.spec.ha, Some(&self.spec.bootstrap_dynamic));
         self.pg.initdb(&self.spec.initdb_args).await?;
         self.write_config(None).await?;
         self.pg.start(self.spec.pg_ctl_timeout).await?;
@@ -491,16 +493,16 @@ impl Agent {
         );
         let client = self.client().await?;
         Instance::create_roles(client, &superuser, &replication).await?;
+        let control = self.pg.controldata().await?;
+        self.dcs.set_initialize(&control.system_identifier).await?;
+        self.system_identifier = Some(control.system_identifier);
+        self.write_bootstrap_config().await?;
         if !self.dcs.acquire_leader().await? {
             return Err(ActionError::Other(
                 "the leader key was taken during bootstrap".into(),
             ));
         }
         self.memory.last_leader_renewal = Some(self.now());
-        let control = self.pg.controldata().await?;
-        self.dcs.set_initialize(&control.system_identifier).await?;
-        self.system_identifier = Some(control.system_identifier);
-        self.write_bootstrap_config().await?;
         Ok(())
     }
 

@@ -212,8 +212,8 @@ struct Node {
     /// Bumped on kill and on every new sleep so stale events are ignored.
     epoch: u64,
     plan: VecDeque<Op>,
-    /// The observation the current plan came from.
-    observed: Option<Cluster>,
+    /// The leader in the observation the current plan came from.
+    observed_leader: Option<String>,
     sleeping_until: Option<Millis>,
     /// Events that fired while frozen, replayed on thaw.
     deferred: Vec<Event>,
@@ -305,7 +305,7 @@ impl Sim {
                 memory: AgentMemory::default(),
                 epoch: 0,
                 plan: VecDeque::new(),
-                observed: None,
+                observed_leader: None,
                 sleeping_until: None,
                 deferred: vec![],
                 catchup_rate: 0,
@@ -639,22 +639,22 @@ impl Sim {
             me: node.name.clone(),
             my_tags_nofailover: node.nofailover,
             local: node.pg.local(),
-            cluster: cluster.clone(),
-            peers: peers.clone(),
+            cluster,
+            peers,
             memory: node.memory.clone(),
         };
         let decisions = decide(&obs, &self.cfg);
         assert!(!decisions.is_empty(), "decide() returned no action");
-        if peers.is_some() && decisions.iter().any(|(a, _)| *a == Action::AskPeers) {
+        if obs.peers.is_some() && decisions.iter().any(|(a, _)| *a == Action::AskPeers) {
             self.fail("decide() asked peers again although it had their answers");
         }
-        let name = node.name.clone();
+        let name = obs.me.clone();
         self.note(|| {
             let summary: Vec<String> = decisions.iter().map(|(a, r)| format!("{a:?} ({r})")).collect();
             format!("{name}: {}", summary.join("; "))
         });
         let node = &mut self.nodes[i];
-        node.observed = cluster;
+        node.observed_leader = obs.cluster.and_then(|c| c.leader.map(|l| l.value));
         node.plan = decisions.into_iter().map(|(a, _)| Op::Act(a)).collect();
         node.plan.push_back(Op::Publish);
         node.plan.push_back(Op::Sleep);
@@ -703,7 +703,7 @@ impl Sim {
     fn execute(&mut self, i: usize, action: &Action, dcs_ok: bool) -> bool {
         let name = self.nodes[i].name.clone();
         let ttl = self.timing.ttl;
-        let observed_leader = self.nodes[i].observed.as_ref().and_then(|c| c.leader_name().map(str::to_string));
+        let observed_leader = self.nodes[i].observed_leader.clone();
         match action {
             Action::Wait | Action::EnsureSlots(_) => true,
             Action::AcquireLeader => {
@@ -879,45 +879,42 @@ impl Sim {
         true
     }
 
+    /// The runner's promotion: check the lease by its own clock, record the promotion in
+    /// `history` FIRST (so that every timeline that can exist is known to the DCS), then
+    /// `pg_ctl promote`. Idempotent on a primary.
     fn promote(&mut self, i: usize, dcs_ok: bool) -> bool {
         let name = self.nodes[i].name.clone();
-        if !self.nodes[i].pg.running {
-            return false;
-        }
-        if self.nodes[i].pg.in_recovery && !self.lease_still_ours(i) {
-            // The runner promotes only while its lease certainly runs (a frozen agent may
-            // wake up long after it acquired the key).
-            return false;
-        }
-        if self.nodes[i].pg.in_recovery {
-            // Invariant b: never promote beyond the lag limit.
-            let lsn = self.nodes[i].pg.lsn;
-            let optime = self.dcs.status.as_ref().map_or(0, |s| s.optime);
-            if lsn + MAX_LAG < optime {
-                self.fail(&format!("{name} promoted at {lsn}, beyond the lag limit of optime {optime}"));
-            }
-            let pg = &mut self.nodes[i].pg;
-            let ended = pg.timeline;
-            pg.history.push((ended, lsn));
-            pg.timeline += 1;
-            pg.in_recovery = false;
-            pg.following = None;
-            pg.data = DataDirState::Primary;
-            let new_timeline = pg.timeline;
-            self.nodes[i].max_timeline = new_timeline;
-            if !self.created_timelines.insert(new_timeline) {
-                self.fail(&format!("{name} promoted to timeline {new_timeline}, which already exists"));
-            }
-            self.promotions += 1;
-            self.note(|| format!("{name}: promoted to timeline {new_timeline} at {lsn}"));
-        }
-        if !dcs_ok {
-            return false;
-        }
         let pg = &self.nodes[i].pg;
-        if let Some(&(ended, lsn)) = pg.history.last() {
-            self.dcs.history = history_after_promotion(&self.dcs.history, ended, lsn, "promoted", "", &name);
+        if !pg.running {
+            return false;
         }
+        if !pg.in_recovery {
+            return true;
+        }
+        // A frozen agent may wake up long after it acquired the key.
+        if !self.lease_still_ours(i) || !dcs_ok {
+            return false;
+        }
+        let (ended, lsn) = (pg.timeline, pg.lsn);
+        self.dcs.history = history_after_promotion(&self.dcs.history, ended, lsn, "promoted", "", &name);
+        // Invariant b: never promote beyond the lag limit.
+        let optime = self.dcs.status.as_ref().map_or(0, |s| s.optime);
+        if lsn + MAX_LAG < optime {
+            self.fail(&format!("{name} promoted at {lsn}, beyond the lag limit of optime {optime}"));
+        }
+        let pg = &mut self.nodes[i].pg;
+        pg.history.push((ended, lsn));
+        pg.timeline += 1;
+        pg.in_recovery = false;
+        pg.following = None;
+        pg.data = DataDirState::Primary;
+        let new_timeline = pg.timeline;
+        self.nodes[i].max_timeline = new_timeline;
+        if !self.created_timelines.insert(new_timeline) {
+            self.fail(&format!("{name} promoted to timeline {new_timeline}, which already exists"));
+        }
+        self.promotions += 1;
+        self.note(|| format!("{name}: promoted to timeline {new_timeline} at {lsn}"));
         true
     }
 
@@ -1110,9 +1107,14 @@ impl Sim {
         if self.dcs.leader.as_ref().is_none_or(|(l, _)| l != leader) {
             self.fail("liveness: the primary does not hold the leader key");
         }
+        let primary = &primaries[0].pg;
         for n in self.nodes.iter().filter(|n| n.alive && n.name != *leader) {
             if !(n.pg.running && n.pg.in_recovery && n.pg.following.as_deref() == Some(leader.as_str())) {
                 self.fail(&format!("liveness: {} does not follow the leader {leader}", n.name));
+            }
+            // Following is not enough: it must stream, i.e. share the leader's history.
+            if n.pg.timeline != primary.timeline || n.pg.lsn > primary.lsn {
+                self.fail(&format!("liveness: {} follows {leader} but cannot stream from it", n.name));
             }
         }
     }
@@ -1135,11 +1137,11 @@ fn run_seed(seed: u64, timing: Timing, full_log: bool) -> RunStats {
     let steps = 200;
     let fault_steps = 140;
     for step in 0..steps {
-        let dt = sim.rng.random_range(200..4_000);
+        let dt = sim.rng.random_range(100..3_000);
         let before = sim.dcs.history.clone();
         sim.run_until(sim.now + dt);
         sim.check_history_grew(&before);
-        if step < fault_steps && is_bootstrapped(&sim) && sim.rng.random_bool(0.08) {
+        if step < fault_steps && is_bootstrapped(&sim) && sim.rng.random_bool(0.1) {
             sim.inject_fault();
         }
         if step == fault_steps {

@@ -1,0 +1,514 @@
+//! One test per rule of [`decide`], named after the behaviour it proves.
+
+use super::*;
+use pgherd_dcs::{ClusterStatus, Member, MemberData, Tags, Versioned};
+
+const SYSID: &str = "7000000000000000001";
+
+fn cfg() -> HaConfig {
+    HaConfig {
+        ttl: 30_000,
+        loop_wait: 10_000,
+        retry_timeout: 10_000,
+        maximum_lag_on_failover: 1_000,
+        use_pg_rewind: true,
+        use_slots: true,
+        paused: false,
+    }
+}
+
+fn pg(running: bool, in_recovery: bool, data_dir: DataDirState, timeline: u32, lsn: u64) -> LocalPg {
+    LocalPg {
+        data_dir,
+        running,
+        in_recovery,
+        timeline: Some(timeline),
+        wal_lsn: Some(lsn),
+        following: None,
+        system_identifier: Some(SYSID.into()),
+    }
+}
+
+fn primary(lsn: u64) -> LocalPg {
+    pg(true, false, DataDirState::Primary, 1, lsn)
+}
+
+fn replica(lsn: u64) -> LocalPg {
+    pg(true, true, DataDirState::Standby, 1, lsn)
+}
+
+fn following(mut local: LocalPg, upstream: &str) -> LocalPg {
+    local.following = Some(upstream.into());
+    local
+}
+
+fn stopped(data_dir: DataDirState) -> LocalPg {
+    pg(false, data_dir == DataDirState::Standby, data_dir, 1, 5_000)
+}
+
+fn empty() -> LocalPg {
+    LocalPg {
+        data_dir: DataDirState::Empty,
+        running: false,
+        in_recovery: false,
+        timeline: None,
+        wal_lsn: None,
+        following: None,
+        system_identifier: None,
+    }
+}
+
+fn member(name: &str, role: &str, timeline: u32) -> Member {
+    Member {
+        name: name.into(),
+        data: MemberData {
+            state: "running".into(),
+            role: role.into(),
+            timeline: Some(timeline),
+            xlog_location: Some(5_000),
+            ..MemberData::default()
+        },
+    }
+}
+
+/// An initialized cluster of pg-a, pg-b and pg-c on timeline 1.
+fn cluster(leader: Option<&str>) -> Cluster {
+    Cluster {
+        initialize: Some(SYSID.into()),
+        leader: leader.map(|l| Versioned { value: l.into(), version: 1 }),
+        members: ["pg-a", "pg-b", "pg-c"]
+            .iter()
+            .map(|n| member(n, if Some(*n) == leader { "primary" } else { "replica" }, 1))
+            .collect(),
+        status: Some(ClusterStatus { optime: 5_000, ..ClusterStatus::default() }),
+        ..Cluster::default()
+    }
+}
+
+fn history(timeline: u32, lsn: u64, new_leader: &str) -> HistoryEntry {
+    HistoryEntry {
+        timeline,
+        lsn,
+        reason: "promoted".into(),
+        timestamp: String::new(),
+        new_leader: new_leader.into(),
+    }
+}
+
+fn obs(me: &str, local: LocalPg, cluster: Option<Cluster>) -> Observation {
+    Observation {
+        now: 1_000_000,
+        me: me.into(),
+        my_tags_nofailover: false,
+        local,
+        cluster,
+        peers: None,
+        memory: AgentMemory::default(),
+    }
+}
+
+fn peer(name: &str, lsn: u64) -> PeerStatus {
+    PeerStatus { name: name.into(), wal_lsn: Some(lsn), timeline: Some(1), nofailover: false, is_primary: false }
+}
+
+fn decided(obs: &Observation, cfg: &HaConfig) -> Vec<Action> {
+    let decisions = decide(obs, cfg);
+    assert!(!decisions.is_empty(), "decide() must never return an empty list");
+    for (action, reason) in &decisions {
+        assert!(!reason.trim().is_empty(), "{action:?} has no reason");
+    }
+    decisions.into_iter().map(|(a, _)| a).collect()
+}
+
+fn reason_of(obs: &Observation, cfg: &HaConfig) -> String {
+    decide(obs, cfg).into_iter().map(|(_, r)| r).collect::<Vec<_>>().join("; ")
+}
+
+fn slots(names: &[&str]) -> Action {
+    Action::EnsureSlots(names.iter().map(|n| n.to_string()).collect())
+}
+
+// Rule 1: without the DCS.
+
+#[test]
+fn primary_that_cannot_read_dcs_demotes() {
+    let o = obs("pg-a", primary(5_000), None);
+    assert_eq!(decided(&o, &cfg()), [Action::Demote(DemoteMode::Offline)]);
+}
+
+#[test]
+fn replica_that_cannot_read_dcs_waits() {
+    for local in [replica(5_000), stopped(DataDirState::Primary), empty()] {
+        let o = obs("pg-a", local, None);
+        assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+    }
+}
+
+// Rule 2: maintenance mode.
+
+#[test]
+fn paused_leader_only_renews_its_key() {
+    let paused = HaConfig { paused: true, ..cfg() };
+    let o = obs("pg-a", replica(5_000), Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &paused), [Action::RenewLeader]);
+}
+
+#[test]
+fn paused_members_take_no_automatic_action() {
+    let paused = HaConfig { paused: true, ..cfg() };
+    let cases = [
+        obs("pg-a", primary(5_000), None),
+        obs("pg-a", primary(5_000), Some(cluster(Some("pg-b")))),
+        obs("pg-b", replica(5_000), Some(cluster(None))),
+        obs("pg-b", stopped(DataDirState::Primary), Some(cluster(Some("pg-a")))),
+        obs("pg-b", empty(), Some(cluster(Some("pg-a")))),
+        obs("pg-b", empty(), Some(Cluster::default())),
+    ];
+    for o in cases {
+        assert_eq!(decided(&o, &paused), [Action::Wait], "{o:?}");
+    }
+}
+
+// Rule 3: bootstrap.
+
+#[test]
+fn empty_member_bootstraps_an_uninitialized_cluster() {
+    let o = obs("pg-a", empty(), Some(Cluster::default()));
+    assert_eq!(decided(&o, &cfg()), [Action::Initialize]);
+}
+
+#[test]
+fn nofailover_member_does_not_bootstrap() {
+    let mut o = obs("pg-a", empty(), Some(Cluster::default()));
+    o.my_tags_nofailover = true;
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+}
+
+#[test]
+fn former_primary_publishes_its_existing_data() {
+    let o = obs("pg-a", stopped(DataDirState::Primary), Some(Cluster::default()));
+    assert_eq!(decided(&o, &cfg()), [Action::Initialize]);
+}
+
+#[test]
+fn standby_data_waits_for_a_primary_to_publish_the_cluster() {
+    let o = obs("pg-a", stopped(DataDirState::Standby), Some(Cluster::default()));
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+}
+
+#[test]
+fn uninitialized_cluster_with_another_leader_waits_for_it() {
+    let c = Cluster { initialize: None, ..cluster(Some("pg-b")) };
+    let o = obs("pg-a", empty(), Some(c));
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+}
+
+// Rule 4: clone, and never touch foreign data.
+
+#[test]
+fn empty_data_dir_clones_from_the_leader() {
+    let o = obs("pg-c", empty(), Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &cfg()), [Action::Clone { from: "pg-a".into() }]);
+}
+
+#[test]
+fn empty_data_dir_prefers_a_running_clonefrom_replica() {
+    let mut c = cluster(Some("pg-a"));
+    c.members[1].data.tags = Tags { clonefrom: true, ..Tags::default() };
+    let o = obs("pg-c", empty(), Some(c));
+    assert_eq!(decided(&o, &cfg()), [Action::Clone { from: "pg-b".into() }]);
+}
+
+#[test]
+fn stopped_clonefrom_replica_is_not_a_clone_source() {
+    let mut c = cluster(Some("pg-a"));
+    c.members[1].data.tags = Tags { clonefrom: true, ..Tags::default() };
+    c.members[1].data.state = "stopped".into();
+    let o = obs("pg-c", empty(), Some(c));
+    assert_eq!(decided(&o, &cfg()), [Action::Clone { from: "pg-a".into() }]);
+}
+
+#[test]
+fn empty_data_dir_without_a_source_waits() {
+    let o = obs("pg-c", empty(), Some(cluster(None)));
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+}
+
+#[test]
+fn foreign_system_identifier_is_never_touched() {
+    let mut local = stopped(DataDirState::Primary);
+    local.system_identifier = Some("6999999999999999999".into());
+    let o = obs("pg-c", local, Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+    assert!(reason_of(&o, &cfg()).contains("system identifier mismatch"));
+}
+
+// Rule 5: PostgreSQL stopped.
+
+#[test]
+fn stopped_former_primary_rewinds_from_the_new_leader() {
+    let o = obs("pg-b", stopped(DataDirState::Primary), Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &cfg()), [Action::Rewind { from: "pg-a".into() }]);
+}
+
+#[test]
+fn stopped_former_primary_reclones_after_a_failed_rewind() {
+    let mut o = obs("pg-b", stopped(DataDirState::Primary), Some(cluster(Some("pg-a"))));
+    o.memory.rewind_failed = true;
+    assert_eq!(decided(&o, &cfg()), [Action::RemoveDataDir]);
+}
+
+#[test]
+fn stopped_former_primary_reclones_without_pg_rewind() {
+    let o = obs("pg-b", stopped(DataDirState::Primary), Some(cluster(Some("pg-a"))));
+    let no_rewind = HaConfig { use_pg_rewind: false, ..cfg() };
+    assert_eq!(decided(&o, &no_rewind), [Action::RemoveDataDir]);
+}
+
+#[test]
+fn stopped_replica_starts_following_the_leader() {
+    let o = obs("pg-b", stopped(DataDirState::Standby), Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &cfg()), [Action::StartReplica { upstream: Some("pg-a".into()) }]);
+}
+
+#[test]
+fn stopped_leader_starts_as_a_replica_before_promoting() {
+    let o = obs("pg-a", stopped(DataDirState::Primary), Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &cfg()), [Action::StartReplica { upstream: None }]);
+}
+
+#[test]
+fn stopped_member_without_a_leader_starts_as_a_replica() {
+    for data in [DataDirState::Primary, DataDirState::Standby] {
+        let o = obs("pg-b", stopped(data), Some(cluster(None)));
+        assert_eq!(decided(&o, &cfg()), [Action::StartReplica { upstream: None }]);
+    }
+}
+
+// Rule 6: we hold the leader key.
+
+#[test]
+fn leader_renews_its_key_and_keeps_slots() {
+    let o = obs("pg-a", primary(5_000), Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &cfg()), [Action::RenewLeader, slots(&["pg_b", "pg_c"])]);
+}
+
+#[test]
+fn leader_in_recovery_renews_then_promotes() {
+    let o = obs("pg-a", replica(5_000), Some(cluster(Some("pg-a"))));
+    let no_slots = HaConfig { use_slots: false, ..cfg() };
+    assert_eq!(decided(&o, &no_slots), [Action::RenewLeader, Action::Promote]);
+    assert!(reason_of(&o, &no_slots).contains("holding the leader lock but in recovery"));
+}
+
+#[test]
+fn slot_names_are_what_postgresql_accepts() {
+    assert_eq!(slot_name("Node-1.example"), "node_1_example");
+    assert_eq!(slot_name("pg_a9"), "pg_a9");
+}
+
+// Rule 7: another member holds the leader key.
+
+#[test]
+fn second_primary_steps_down_at_once() {
+    let o = obs("pg-b", primary(9_000), Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &cfg()), [Action::Demote(DemoteMode::Follow)]);
+}
+
+#[test]
+fn replica_repoints_to_the_new_leader() {
+    let o = obs("pg-b", following(replica(5_000), "pg-c"), Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &cfg()), [Action::Follow { upstream: "pg-a".into() }]);
+}
+
+#[test]
+fn replica_following_the_leader_waits() {
+    let o = obs("pg-b", following(replica(5_000), "pg-a"), Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+}
+
+#[test]
+fn replica_on_a_newer_timeline_than_the_leader_rewinds() {
+    let local = following(pg(true, true, DataDirState::Standby, 3, 5_000), "pg-a");
+    let o = obs("pg-b", local, Some(cluster(Some("pg-a"))));
+    assert_eq!(decided(&o, &cfg()), [Action::Rewind { from: "pg-a".into() }]);
+}
+
+#[test]
+fn replica_past_the_switch_point_rewinds() {
+    let mut c = cluster(Some("pg-a"));
+    c.members[0].data.timeline = Some(2);
+    c.history = vec![history(1, 4_000, "pg-a")];
+    let o = obs("pg-b", following(replica(4_500), "pg-a"), Some(c));
+    assert_eq!(decided(&o, &cfg()), [Action::Rewind { from: "pg-a".into() }]);
+}
+
+#[test]
+fn replica_before_the_switch_point_keeps_following() {
+    let mut c = cluster(Some("pg-a"));
+    c.members[0].data.timeline = Some(2);
+    c.history = vec![history(1, 4_000, "pg-a")];
+    let o = obs("pg-b", following(replica(3_500), "pg-a"), Some(c));
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+}
+
+#[test]
+fn leader_promotion_recorded_in_history_counts_before_it_publishes() {
+    // pg-a promoted (history says so) but its member key still shows timeline 1.
+    let mut c = cluster(Some("pg-a"));
+    c.history = vec![history(1, 4_000, "pg-a")];
+    let o = obs("pg-b", following(replica(4_500), "pg-a"), Some(c));
+    assert_eq!(decided(&o, &cfg()), [Action::Rewind { from: "pg-a".into() }]);
+}
+
+#[test]
+fn stopped_replica_that_diverged_rewinds_instead_of_starting() {
+    let mut c = cluster(Some("pg-a"));
+    c.members[0].data.timeline = Some(2);
+    c.history = vec![history(1, 4_000, "pg-a")];
+    let o = obs("pg-b", stopped(DataDirState::Standby), Some(c));
+    assert_eq!(decided(&o, &cfg()), [Action::Rewind { from: "pg-a".into() }]);
+}
+
+// Rule 8: no leader.
+
+#[test]
+fn eligible_replica_asks_peers_before_racing() {
+    let o = obs("pg-b", replica(5_000), Some(cluster(None)));
+    assert_eq!(decided(&o, &cfg()), [Action::AskPeers]);
+}
+
+#[test]
+fn healthiest_replica_acquires_the_key_and_promotes() {
+    let mut o = obs("pg-b", replica(5_000), Some(cluster(None)));
+    o.peers = Some(vec![peer("pg-a", 4_000), peer("pg-c", 4_900)]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::AcquireLeader, Action::Promote, slots(&["pg_a", "pg_c"])]
+    );
+}
+
+#[test]
+fn replica_beyond_lag_limit_does_not_race() {
+    let o = obs("pg-b", replica(3_000), Some(cluster(None)));
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+    assert!(reason_of(&o, &cfg()).contains("lag 2000 bytes"));
+}
+
+#[test]
+fn nofailover_replica_does_not_race() {
+    let mut o = obs("pg-b", replica(5_000), Some(cluster(None)));
+    o.my_tags_nofailover = true;
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+}
+
+#[test]
+fn replica_behind_a_peer_waits() {
+    let mut o = obs("pg-b", replica(5_000), Some(cluster(None)));
+    o.peers = Some(vec![peer("pg-c", 5_001)]);
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+    assert!(reason_of(&o, &cfg()).contains("not the healthiest"));
+}
+
+#[test]
+fn live_primary_peer_blocks_the_race() {
+    let mut o = obs("pg-b", replica(5_000), Some(cluster(None)));
+    o.peers = Some(vec![PeerStatus { is_primary: true, ..peer("pg-a", 100) }]);
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+}
+
+#[test]
+fn healthiest_replica_wins_ties_by_name() {
+    let mut b = obs("pg-b", replica(5_000), Some(cluster(None)));
+    b.peers = Some(vec![peer("pg-c", 5_000)]);
+    assert_eq!(decided(&b, &cfg())[0], Action::AcquireLeader);
+    let mut c = obs("pg-c", replica(5_000), Some(cluster(None)));
+    c.peers = Some(vec![peer("pg-b", 5_000)]);
+    assert_eq!(decided(&c, &cfg()), [Action::Wait]);
+}
+
+#[test]
+fn silent_nofailover_and_older_timeline_peers_do_not_block() {
+    let mut o = obs("pg-b", pg(true, true, DataDirState::Standby, 2, 5_000), Some(cluster(None)));
+    o.peers = Some(vec![
+        PeerStatus { wal_lsn: None, timeline: None, ..peer("pg-a", 0) },
+        PeerStatus { nofailover: true, ..peer("pg-c", 9_000) },
+        PeerStatus { timeline: Some(1), ..peer("pg-d", 9_000) },
+    ]);
+    assert_eq!(decided(&o, &cfg())[0], Action::AcquireLeader);
+}
+
+#[test]
+fn replica_on_an_older_timeline_than_the_cluster_does_not_race() {
+    // Promoting it would fork history again and reuse timeline 2.
+    let mut c = cluster(None);
+    c.history = vec![history(1, 4_000, "pg-a")];
+    c.members.retain(|m| m.name != "pg-a");
+    let o = obs("pg-b", replica(4_000), Some(c));
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+    assert!(reason_of(&o, &cfg()).contains("behind the cluster's timeline 2"));
+}
+
+#[test]
+fn recorded_promotion_that_never_happened_does_not_block_failover() {
+    // pg-a recorded its promotion but still publishes timeline 1: it never promoted.
+    let mut c = cluster(None);
+    c.history = vec![history(1, 4_000, "pg-a")];
+    let o = obs("pg-b", replica(5_000), Some(c.clone()));
+    assert_eq!(decided(&o, &cfg()), [Action::AskPeers]);
+    assert_eq!(cluster_timeline(&c), Some(1));
+}
+
+#[test]
+fn primary_without_the_leader_key_takes_it_back() {
+    let o = obs("pg-a", primary(5_000), Some(cluster(None)));
+    assert_eq!(decided(&o, &cfg()), [Action::AcquireLeader, slots(&["pg_b", "pg_c"])]);
+}
+
+#[test]
+fn ineligible_primary_without_the_leader_key_demotes() {
+    let mut o = obs("pg-a", primary(5_000), Some(cluster(None)));
+    o.my_tags_nofailover = true;
+    assert_eq!(decided(&o, &cfg()), [Action::Demote(DemoteMode::Offline)]);
+}
+
+// Rule 9: every decision has an action and a reason.
+
+#[test]
+fn every_observation_yields_actions_with_reasons() {
+    let locals = [
+        empty(),
+        stopped(DataDirState::Primary),
+        stopped(DataDirState::Standby),
+        primary(5_000),
+        replica(5_000),
+        replica(0),
+    ];
+    let clusters = [None, Some(Cluster::default()), Some(cluster(None)), Some(cluster(Some("pg-a")))];
+    let configs = [cfg(), HaConfig { paused: true, ..cfg() }, HaConfig { use_pg_rewind: false, ..cfg() }];
+    for local in &locals {
+        for c in &clusters {
+            for config in &configs {
+                for me in ["pg-a", "pg-b"] {
+                    for peers in [None, Some(vec![peer("pg-c", 5_000)])] {
+                        let mut o = obs(me, local.clone(), c.clone());
+                        o.peers = peers;
+                        let actions = decided(&o, config);
+                        if o.peers.is_some() {
+                            assert!(!actions.contains(&Action::AskPeers), "asked twice: {o:?}");
+                        }
+                        if o.cluster.is_none() || config.paused {
+                            assert!(
+                                actions.iter().all(|a| matches!(
+                                    a,
+                                    Action::Wait | Action::RenewLeader | Action::Demote(DemoteMode::Offline)
+                                )),
+                                "{actions:?} for {o:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
