@@ -557,7 +557,7 @@ async fn watch_wakes_on_leader_change<H: Harness>(h: H) {
     );
 }
 
-async fn watch_ignores_own_writes<H: Harness>(h: H) {
+async fn watch_ignores_own_writes_and_member_keys<H: Harness>(h: H) {
     let a = h.member("node1", LONG_TTL).await;
     a.get_cluster().await.unwrap();
     a.touch_member(&member_data("node1", 5432)).await.unwrap();
@@ -568,9 +568,13 @@ async fn watch_ignores_own_writes<H: Harness>(h: H) {
         "a member's own publish must not wake its own watch"
     );
     assert!(start.elapsed() >= Duration::from_millis(390));
-    // ...but another member's change does.
+    // Another member's publish does not wake it either: every member publishes every
+    // tick, and waking on that would make all of them tick whenever one does.
     let b = h.member("node2", LONG_TTL).await;
     b.touch_member(&member_data("node2", 5433)).await.unwrap();
+    assert!(!a.watch(Duration::from_millis(400)).await.unwrap());
+    // ...but another member's change to a control key does.
+    b.set_config(&serde_json::json!({"ttl": 30}), None).await.unwrap();
     expect_wake(&a, Duration::from_secs(2)).await;
 }
 
@@ -697,7 +701,7 @@ memory_tests! {
     memory_compare_and_set_on_failover => compare_and_set_on_failover,
     memory_compare_and_set_on_sync => compare_and_set_on_sync,
     memory_watch_wakes_on_leader_change => watch_wakes_on_leader_change,
-    memory_watch_ignores_own_writes => watch_ignores_own_writes,
+    memory_watch_ignores_own_writes_and_member_keys => watch_ignores_own_writes_and_member_keys,
     memory_history_round_trips_in_patroni_format => history_round_trips_in_patroni_format,
     memory_unreachable_store_fails_fast_and_recovers => unreachable_store_fails_fast_and_recovers,
 }
@@ -717,7 +721,7 @@ etcd_tests! {
     etcd_compare_and_set_on_failover => compare_and_set_on_failover,
     etcd_compare_and_set_on_sync => compare_and_set_on_sync,
     etcd_watch_wakes_on_leader_change => watch_wakes_on_leader_change,
-    etcd_watch_ignores_own_writes => watch_ignores_own_writes,
+    etcd_watch_ignores_own_writes_and_member_keys => watch_ignores_own_writes_and_member_keys,
     etcd_history_round_trips_in_patroni_format => history_round_trips_in_patroni_format,
     etcd_unreachable_store_fails_fast_and_recovers => unreachable_store_fails_fast_and_recovers,
 }
