@@ -143,7 +143,8 @@ pub enum Action {
     Rewind {
         from: String,
     },
-    /// Remove the data directory so that the next tick clones afresh.
+    /// Stop PostgreSQL if it runs (a diverged replica that cannot rewind), then remove the
+    /// data directory so that the next tick clones afresh.
     RemoveDataDir,
     /// Ask other members for their WAL positions; the runner decides again with `peers`.
     AskPeers,

@@ -28,8 +28,16 @@ struct Timing {
 }
 
 const TIMINGS: [Timing; 2] = [
-    Timing { ttl: 30_000, loop_wait: 10_000, retry_timeout: 10_000 },
-    Timing { ttl: 10_000, loop_wait: 2_000, retry_timeout: 4_000 },
+    Timing {
+        ttl: 30_000,
+        loop_wait: 10_000,
+        retry_timeout: 10_000,
+    },
+    Timing {
+        ttl: 10_000,
+        loop_wait: 2_000,
+        retry_timeout: 4_000,
+    },
 ];
 
 const MAX_LAG: u64 = 1 << 20;
@@ -79,7 +87,10 @@ impl FakeDcs {
                 self.next_lease
             }
         };
-        let lease = Lease { id, expiry: now + ttl };
+        let lease = Lease {
+            id,
+            expiry: now + ttl,
+        };
         self.leases.insert(member.to_string(), lease);
         lease
     }
@@ -89,7 +100,12 @@ impl FakeDcs {
         if self.leases.values().all(|l| l.expiry > now) {
             return false;
         }
-        let live: BTreeSet<u64> = self.leases.values().filter(|l| l.expiry > now).map(|l| l.id).collect();
+        let live: BTreeSet<u64> = self
+            .leases
+            .values()
+            .filter(|l| l.expiry > now)
+            .map(|l| l.id)
+            .collect();
         self.leases.retain(|_, l| l.expiry > now);
         self.members.retain(|_, (_, id)| live.contains(id));
         match &self.leader {
@@ -106,11 +122,17 @@ impl FakeDcs {
         Cluster {
             initialize: self.initialize.clone(),
             config: None,
-            leader: self.leader.as_ref().map(|(n, _)| Versioned { value: n.clone(), version: self.leader_version }),
+            leader: self.leader.as_ref().map(|(n, _)| Versioned {
+                value: n.clone(),
+                version: self.leader_version,
+            }),
             members: self
                 .members
                 .iter()
-                .map(|(name, (data, _))| Member { name: name.clone(), data: data.clone() })
+                .map(|(name, (data, _))| Member {
+                    name: name.clone(),
+                    data: data.clone(),
+                })
                 .collect(),
             history: self.history.clone(),
             failover: None,
@@ -159,10 +181,18 @@ impl Pg {
         LocalPg {
             data_dir: self.data,
             running: self.running,
-            in_recovery: if self.running { self.in_recovery } else { self.data == DataDirState::Standby },
+            in_recovery: if self.running {
+                self.in_recovery
+            } else {
+                self.data == DataDirState::Standby
+            },
             timeline: has_data.then_some(self.timeline),
             wal_lsn: has_data.then_some(self.lsn),
-            following: if self.running { self.following.clone() } else { None },
+            following: if self.running {
+                self.following.clone()
+            } else {
+                None
+            },
             system_identifier: self.sysid.clone(),
         }
     }
@@ -189,7 +219,9 @@ impl Pg {
 #[derive(Debug, Clone)]
 enum Op {
     /// Read the DCS (and local PG), then decide. `peers` after an `AskPeers`.
-    Observe { peers: Option<Vec<PeerStatus>> },
+    Observe {
+        peers: Option<Vec<PeerStatus>>,
+    },
     Act(Action),
     /// touch_member (and the leader's status).
     Publish,
@@ -250,8 +282,15 @@ impl Node {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     /// The agent's current op finished (`dcs_ok_at_start`: reachable when it began).
-    OpDone { node: usize, epoch: u64, dcs_ok_at_start: bool },
-    Wake { node: usize, epoch: u64 },
+    OpDone {
+        node: usize,
+        epoch: u64,
+        dcs_ok_at_start: bool,
+    },
+    Wake {
+        node: usize,
+        epoch: u64,
+    },
     Heal(Fault),
 }
 
@@ -262,6 +301,7 @@ enum Fault {
     NetworkBack(usize),
     Thaw(usize),
     ReplicationNormal(usize),
+    Resume,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -284,6 +324,9 @@ struct Sim {
     promotions: u32,
     faults: u32,
     events: u64,
+    /// When maintenance mode last ended: a primary whose lease ran out while paused gets
+    /// one loop to take the key back or step down.
+    resumed_from_pause_at: Option<Millis>,
 }
 
 impl Sim {
@@ -343,6 +386,7 @@ impl Sim {
             promotions: 0,
             faults: 0,
             events: 0,
+            resumed_from_pause_at: None,
         };
         for i in 0..sim.nodes.len() {
             sim.nodes[i].catchup_rate = sim.normal_catchup();
@@ -393,8 +437,17 @@ impl Sim {
     /// an event too).
     fn run_until(&mut self, until: Millis) {
         loop {
-            let next_event = self.queue.peek().map_or(Millis::MAX, |Reverse((at, _, _))| *at);
-            let next_expiry = self.dcs.leases.values().map(|l| l.expiry).min().unwrap_or(Millis::MAX);
+            let next_event = self
+                .queue
+                .peek()
+                .map_or(Millis::MAX, |Reverse((at, _, _))| *at);
+            let next_expiry = self
+                .dcs
+                .leases
+                .values()
+                .map(|l| l.expiry)
+                .min()
+                .unwrap_or(Millis::MAX);
             if next_expiry <= next_event.min(until) {
                 self.advance(next_expiry);
                 self.check_invariants();
@@ -438,8 +491,12 @@ impl Sim {
         if !(r.on_network() && r.pg.running && r.pg.in_recovery) {
             return;
         }
-        let Some(upstream) = r.pg.following.as_deref() else { return };
-        let Some(u) = self.nodes.iter().find(|n| n.name == upstream) else { return };
+        let Some(upstream) = r.pg.following.as_deref() else {
+            return;
+        };
+        let Some(u) = self.nodes.iter().find(|n| n.name == upstream) else {
+            return;
+        };
         if !(u.on_network() && u.pg.running) || u.pg.sysid != r.pg.sysid {
             return;
         }
@@ -500,7 +557,9 @@ impl Sim {
                         n.sleeping_until = None;
                         self.start_op(node);
                     }
-                    Event::OpDone { dcs_ok_at_start, .. } => self.finish_op(node, dcs_ok_at_start),
+                    Event::OpDone {
+                        dcs_ok_at_start, ..
+                    } => self.finish_op(node, dcs_ok_at_start),
                     _ => unreachable!(),
                 }
             }
@@ -520,7 +579,9 @@ impl Sim {
 
     /// The runner's own check, by its monotonic clock, that its lease has not run out.
     fn lease_still_ours(&self, i: usize) -> bool {
-        self.nodes[i].lease_sent_at.is_some_and(|sent| self.now + DEMOTE_BUDGET < sent + self.timing.ttl)
+        self.nodes[i]
+            .lease_sent_at
+            .is_some_and(|sent| self.now + DEMOTE_BUDGET < sent + self.timing.ttl)
     }
 
     fn dcs_latency(&mut self) -> Millis {
@@ -536,7 +597,13 @@ impl Sim {
             self.nodes[i].lease_sent_at = None;
         }
         let timeout = self.dcs_timeout(i);
-        let dcs_call = |sim: &mut Sim| if dcs_ok { sim.dcs_latency().min(timeout) } else { timeout };
+        let dcs_call = |sim: &mut Sim| {
+            if dcs_ok {
+                sim.dcs_latency().min(timeout)
+            } else {
+                timeout
+            }
+        };
         let Some(op) = self.nodes[i].plan.front().cloned() else {
             self.nodes[i].plan.push_back(Op::Observe { peers: None });
             return self.start_op(i);
@@ -555,7 +622,9 @@ impl Sim {
                 return;
             }
             Op::Act(ref action) => match action {
-                Action::AcquireLeader | Action::RenewLeader | Action::ReleaseLeader => dcs_call(self),
+                Action::AcquireLeader | Action::RenewLeader | Action::ReleaseLeader => {
+                    dcs_call(self)
+                }
                 Action::Initialize => dcs_call(self) + 2_000,
                 Action::Promote => dcs_call(self) + self.rng.random_range(50..300),
                 Action::Demote(_) => self.rng.random_range(DEMOTE.0..DEMOTE.1),
@@ -579,7 +648,14 @@ impl Sim {
             return self.finish_op(i, dcs_ok);
         }
         let epoch = self.nodes[i].epoch;
-        self.schedule(self.now + duration, Event::OpDone { node: i, epoch, dcs_ok_at_start: dcs_ok });
+        self.schedule(
+            self.now + duration,
+            Event::OpDone {
+                node: i,
+                epoch,
+                dcs_ok_at_start: dcs_ok,
+            },
+        );
     }
 
     /// The DCS timeout that applied when the current op started (the lease bound moves
@@ -597,10 +673,16 @@ impl Sim {
 
     fn peers_all_answer(&self, i: usize) -> bool {
         let me = &self.nodes[i];
-        let names: Vec<&str> = self.dcs.members.keys().map(String::as_str).filter(|n| *n != me.name).collect();
-        names
-            .iter()
-            .all(|name| me.on_network() && self.nodes.iter().any(|n| n.name == *name && n.on_network()))
+        let names: Vec<&str> = self
+            .dcs
+            .members
+            .keys()
+            .map(String::as_str)
+            .filter(|n| *n != me.name)
+            .collect();
+        names.iter().all(|name| {
+            me.on_network() && self.nodes.iter().any(|n| n.name == *name && n.on_network())
+        })
     }
 
     fn finish_op(&mut self, i: usize, dcs_ok_at_start: bool) {
@@ -630,7 +712,10 @@ impl Sim {
 
     fn observe_and_decide(&mut self, i: usize, dcs_ok: bool, peers: Option<Vec<PeerStatus>>) {
         let cluster = dcs_ok.then(|| self.dcs.snapshot());
-        if cluster.as_ref().is_some_and(|c| c.leader_name() != Some(self.nodes[i].name.as_str())) {
+        if cluster
+            .as_ref()
+            .is_some_and(|c| c.leader_name() != Some(self.nodes[i].name.as_str()))
+        {
             self.nodes[i].lease_sent_at = None;
         }
         let node = &self.nodes[i];
@@ -648,9 +733,16 @@ impl Sim {
         if obs.peers.is_some() && decisions.iter().any(|(a, _)| *a == Action::AskPeers) {
             self.fail("decide() asked peers again although it had their answers");
         }
+        let automatic = |a: &Action| !matches!(a, Action::Wait | Action::RenewLeader);
+        if self.cfg.paused && decisions.iter().any(|(a, _)| automatic(a)) {
+            self.fail(&format!("automatic action while paused: {decisions:?}"));
+        }
         let name = obs.me.clone();
         self.note(|| {
-            let summary: Vec<String> = decisions.iter().map(|(a, r)| format!("{a:?} ({r})")).collect();
+            let summary: Vec<String> = decisions
+                .iter()
+                .map(|(a, r)| format!("{a:?} ({r})"))
+                .collect();
             format!("{name}: {}", summary.join("; "))
         });
         let node = &mut self.nodes[i];
@@ -669,10 +761,19 @@ impl Sim {
         let local = n.pg.local();
         MemberData {
             state: if n.pg.running { "running" } else { "stopped" }.into(),
-            role: if n.pg.writable() { "primary" } else { "replica" }.into(),
+            role: if n.pg.writable() {
+                "primary"
+            } else {
+                "replica"
+            }
+            .into(),
             xlog_location: local.wal_lsn,
             timeline: local.timeline,
-            tags: Tags { nofailover: n.nofailover, clonefrom: n.clonefrom, ..Tags::default() },
+            tags: Tags {
+                nofailover: n.nofailover,
+                clonefrom: n.clonefrom,
+                ..Tags::default()
+            },
             ..MemberData::default()
         }
     }
@@ -685,7 +786,12 @@ impl Sim {
         let leads = self.dcs.leader.as_ref().is_some_and(|(l, _)| *l == name);
         if leads && self.nodes[i].pg.writable() {
             let optime = self.nodes[i].pg.lsn;
-            let slots = self.dcs.status.as_ref().map(|s| s.slots.clone()).unwrap_or_default();
+            let slots = self
+                .dcs
+                .status
+                .as_ref()
+                .map(|s| s.slots.clone())
+                .unwrap_or_default();
             self.dcs.status = Some(ClusterStatus { optime, slots });
         }
     }
@@ -777,7 +883,9 @@ impl Sim {
                 true
             }
             Action::Clone { from } => {
-                let Some(source) = self.reachable_source(i, from) else { return false };
+                let Some(source) = self.reachable_source(i, from) else {
+                    return false;
+                };
                 let node = &mut self.nodes[i];
                 node.pg = Pg::empty();
                 node.pg.copy_from(&source);
@@ -824,7 +932,13 @@ impl Sim {
 
     fn ask_peers(&self, i: usize) -> Vec<PeerStatus> {
         let me = &self.nodes[i];
-        let asked: Vec<String> = self.dcs.members.keys().filter(|n| **n != me.name).cloned().collect();
+        let asked: Vec<String> = self
+            .dcs
+            .members
+            .keys()
+            .filter(|n| **n != me.name)
+            .cloned()
+            .collect();
         asked
             .into_iter()
             .map(|name| {
@@ -838,7 +952,13 @@ impl Sim {
                         nofailover: p.nofailover,
                         is_primary: p.pg.writable(),
                     },
-                    None => PeerStatus { name, wal_lsn: None, timeline: None, nofailover: false, is_primary: false },
+                    None => PeerStatus {
+                        name,
+                        wal_lsn: None,
+                        timeline: None,
+                        nofailover: false,
+                        is_primary: false,
+                    },
                 }
             })
             .collect()
@@ -896,11 +1016,14 @@ impl Sim {
             return false;
         }
         let (ended, lsn) = (pg.timeline, pg.lsn);
-        self.dcs.history = history_after_promotion(&self.dcs.history, ended, lsn, "promoted", "", &name);
+        self.dcs.history =
+            history_after_promotion(&self.dcs.history, ended, lsn, "promoted", "", &name);
         // Invariant b: never promote beyond the lag limit.
         let optime = self.dcs.status.as_ref().map_or(0, |s| s.optime);
         if lsn + MAX_LAG < optime {
-            self.fail(&format!("{name} promoted at {lsn}, beyond the lag limit of optime {optime}"));
+            self.fail(&format!(
+                "{name} promoted at {lsn}, beyond the lag limit of optime {optime}"
+            ));
         }
         let pg = &mut self.nodes[i].pg;
         pg.history.push((ended, lsn));
@@ -911,7 +1034,9 @@ impl Sim {
         let new_timeline = pg.timeline;
         self.nodes[i].max_timeline = new_timeline;
         if !self.created_timelines.insert(new_timeline) {
-            self.fail(&format!("{name} promoted to timeline {new_timeline}, which already exists"));
+            self.fail(&format!(
+                "{name} promoted to timeline {new_timeline}, which already exists"
+            ));
         }
         self.promotions += 1;
         self.note(|| format!("{name}: promoted to timeline {new_timeline} at {lsn}"));
@@ -926,7 +1051,7 @@ impl Sim {
         let i = self.rng.random_range(0..self.nodes.len());
         let name = self.nodes[i].name.clone();
         let ttl = self.timing.ttl;
-        let kind = self.rng.random_range(0..9);
+        let kind = self.rng.random_range(0..10);
         match kind {
             0 | 1 => {
                 let back = self.rng.random_range(500..3 * ttl);
@@ -970,6 +1095,12 @@ impl Sim {
                 let step = self.rng.random_range(-3_600_000i64..3_600_000);
                 self.note(|| format!("FAULT {name}'s clock steps by {step} ms"));
                 self.nodes[i].clock_offset += step;
+            }
+            8 if !self.cfg.paused => {
+                let back = self.rng.random_range(1_000..3 * ttl);
+                self.note(|| format!("FAULT maintenance mode for {back} ms"));
+                self.cfg.paused = true;
+                self.schedule(self.now + back, Event::Heal(Fault::Resume));
             }
             _ => {
                 self.note(|| format!("FAULT restart {name}"));
@@ -1026,6 +1157,13 @@ impl Sim {
                 }
             }
             Fault::ReplicationNormal(i) => self.nodes[i].catchup_rate = self.normal_catchup(),
+            Fault::Resume => {
+                if self.cfg.paused {
+                    self.cfg.paused = false;
+                    self.resumed_from_pause_at = Some(self.now);
+                    self.note(|| "HEAL maintenance mode ends".into());
+                }
+            }
         }
     }
 
@@ -1037,6 +1175,7 @@ impl Sim {
             self.heal(Fault::Thaw(i));
             self.heal(Fault::ReplicationNormal(i));
         }
+        self.heal(Fault::Resume);
         self.note(|| "HEAL everything; leaving the cluster alone".into());
     }
 
@@ -1051,21 +1190,37 @@ impl Sim {
             if n.alive && !n.frozen && n.pg.writable() {
                 let holds = match (&self.dcs.leader, n.leader_lease) {
                     (Some((l, id)), Some(mine)) => {
-                        *l == n.name && *id == mine && self.dcs.live_lease(&n.name, self.now).is_some_and(|l| l.id == mine)
+                        *l == n.name
+                            && *id == mine
+                            && self
+                                .dcs
+                                .live_lease(&n.name, self.now)
+                                .is_some_and(|l| l.id == mine)
                     }
                     _ => false,
                 };
-                let thawing = n
-                    .resumed_at
-                    .is_some_and(|t| self.now <= t + 2 * self.timing.retry_timeout + DEMOTE.1 + PEER_TIMEOUT);
-                if !holds && !thawing {
-                    let what = format!("{} is writable without a live leader lease (leader: {:?})", n.name, self.dcs.leader);
+                let grace = 2 * self.timing.retry_timeout + DEMOTE.1 + PEER_TIMEOUT;
+                let thawing = n.resumed_at.is_some_and(|t| self.now <= t + grace);
+                // Maintenance mode promises no automatic demotion; nobody promotes either.
+                let pause_grace = self.timing.loop_wait + grace;
+                let paused = self.cfg.paused
+                    || self
+                        .resumed_from_pause_at
+                        .is_some_and(|t| self.now <= t + pause_grace);
+                if !holds && !thawing && !paused {
+                    let what = format!(
+                        "{} is writable without a live leader lease (leader: {:?})",
+                        n.name, self.dcs.leader
+                    );
                     self.fail(&what);
                 }
             }
             // (c) a data directory's timeline never goes back.
             if n.pg.data != DataDirState::Empty && n.pg.timeline < n.max_timeline {
-                let what = format!("{}'s timeline went back from {} to {}", n.name, n.max_timeline, n.pg.timeline);
+                let what = format!(
+                    "{}'s timeline went back from {} to {}",
+                    n.name, n.max_timeline, n.pg.timeline
+                );
                 self.fail(&what);
             }
             let t = n.pg.timeline;
@@ -1074,7 +1229,9 @@ impl Sim {
         let writable_with_lease = self
             .nodes
             .iter()
-            .filter(|n| n.alive && n.pg.writable() && self.dcs.live_lease(&n.name, self.now).is_some())
+            .filter(|n| {
+                n.alive && n.pg.writable() && self.dcs.live_lease(&n.name, self.now).is_some()
+            })
             .filter(|n| self.dcs.leader.as_ref().is_some_and(|(l, _)| *l == n.name))
             .count();
         if writable_with_lease > 1 {
@@ -1099,9 +1256,16 @@ impl Sim {
         if !eligible_alive {
             return;
         }
-        let primaries: Vec<&Node> = self.nodes.iter().filter(|n| n.alive && n.pg.writable()).collect();
+        let primaries: Vec<&Node> = self
+            .nodes
+            .iter()
+            .filter(|n| n.alive && n.pg.writable())
+            .collect();
         if primaries.len() != 1 {
-            self.fail(&format!("liveness: {} writable primaries after 3×ttl alone", primaries.len()));
+            self.fail(&format!(
+                "liveness: {} writable primaries after 3×ttl alone",
+                primaries.len()
+            ));
         }
         let leader = &primaries[0].name;
         if self.dcs.leader.as_ref().is_none_or(|(l, _)| l != leader) {
@@ -1109,12 +1273,21 @@ impl Sim {
         }
         let primary = &primaries[0].pg;
         for n in self.nodes.iter().filter(|n| n.alive && n.name != *leader) {
-            if !(n.pg.running && n.pg.in_recovery && n.pg.following.as_deref() == Some(leader.as_str())) {
-                self.fail(&format!("liveness: {} does not follow the leader {leader}", n.name));
+            if !(n.pg.running
+                && n.pg.in_recovery
+                && n.pg.following.as_deref() == Some(leader.as_str()))
+            {
+                self.fail(&format!(
+                    "liveness: {} does not follow the leader {leader}",
+                    n.name
+                ));
             }
             // Following is not enough: it must stream, i.e. share the leader's history.
             if n.pg.timeline != primary.timeline || n.pg.lsn > primary.lsn {
-                self.fail(&format!("liveness: {} follows {leader} but cannot stream from it", n.name));
+                self.fail(&format!(
+                    "liveness: {} follows {leader} but cannot stream from it",
+                    n.name
+                ));
             }
         }
     }
@@ -1150,16 +1323,26 @@ fn run_seed(seed: u64, timing: Timing, full_log: bool) -> RunStats {
     }
     sim.run_until(sim.now + 3 * timing.ttl);
     sim.check_liveness();
-    RunStats { promotions: sim.promotions, faults: sim.faults, events: sim.events }
+    RunStats {
+        promotions: sim.promotions,
+        faults: sim.faults,
+        events: sim.events,
+    }
 }
 
 fn seeds_per_timing() -> u64 {
-    std::env::var("PGHERD_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(500)
+    std::env::var("PGHERD_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500)
 }
 
 #[test]
 fn simulated_clusters_keep_the_safety_invariants() {
-    if let Some(seed) = std::env::var("PGHERD_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = std::env::var("PGHERD_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         for timing in TIMINGS {
             eprintln!("=== seed {seed} {timing:?}");
             run_seed(seed, timing, true);
@@ -1182,5 +1365,8 @@ fn simulated_clusters_keep_the_safety_invariants() {
     }
     eprintln!("{runs} simulated runs, {events} events, {faults} faults, {promotions} promotions");
     // The faults must actually exercise failover.
-    assert!(promotions > runs as u32 / 2, "too few failovers: {promotions} in {runs} runs");
+    assert!(
+        promotions > runs as u32 / 2,
+        "too few failovers: {promotions} in {runs} runs"
+    );
 }

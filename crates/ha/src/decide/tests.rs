@@ -17,7 +17,13 @@ fn cfg() -> HaConfig {
     }
 }
 
-fn pg(running: bool, in_recovery: bool, data_dir: DataDirState, timeline: u32, lsn: u64) -> LocalPg {
+fn pg(
+    running: bool,
+    in_recovery: bool,
+    data_dir: DataDirState,
+    timeline: u32,
+    lsn: u64,
+) -> LocalPg {
     LocalPg {
         data_dir,
         running,
@@ -75,12 +81,28 @@ fn member(name: &str, role: &str, timeline: u32) -> Member {
 fn cluster(leader: Option<&str>) -> Cluster {
     Cluster {
         initialize: Some(SYSID.into()),
-        leader: leader.map(|l| Versioned { value: l.into(), version: 1 }),
+        leader: leader.map(|l| Versioned {
+            value: l.into(),
+            version: 1,
+        }),
         members: ["pg-a", "pg-b", "pg-c"]
             .iter()
-            .map(|n| member(n, if Some(*n) == leader { "primary" } else { "replica" }, 1))
+            .map(|n| {
+                member(
+                    n,
+                    if Some(*n) == leader {
+                        "primary"
+                    } else {
+                        "replica"
+                    },
+                    1,
+                )
+            })
             .collect(),
-        status: Some(ClusterStatus { optime: 5_000, ..ClusterStatus::default() }),
+        status: Some(ClusterStatus {
+            optime: 5_000,
+            ..ClusterStatus::default()
+        }),
         ..Cluster::default()
     }
 }
@@ -108,12 +130,21 @@ fn obs(me: &str, local: LocalPg, cluster: Option<Cluster>) -> Observation {
 }
 
 fn peer(name: &str, lsn: u64) -> PeerStatus {
-    PeerStatus { name: name.into(), wal_lsn: Some(lsn), timeline: Some(1), nofailover: false, is_primary: false }
+    PeerStatus {
+        name: name.into(),
+        wal_lsn: Some(lsn),
+        timeline: Some(1),
+        nofailover: false,
+        is_primary: false,
+    }
 }
 
 fn decided(obs: &Observation, cfg: &HaConfig) -> Vec<Action> {
     let decisions = decide(obs, cfg);
-    assert!(!decisions.is_empty(), "decide() must never return an empty list");
+    assert!(
+        !decisions.is_empty(),
+        "decide() must never return an empty list"
+    );
     for (action, reason) in &decisions {
         assert!(!reason.trim().is_empty(), "{action:?} has no reason");
     }
@@ -121,7 +152,11 @@ fn decided(obs: &Observation, cfg: &HaConfig) -> Vec<Action> {
 }
 
 fn reason_of(obs: &Observation, cfg: &HaConfig) -> String {
-    decide(obs, cfg).into_iter().map(|(_, r)| r).collect::<Vec<_>>().join("; ")
+    decide(obs, cfg)
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn slots(names: &[&str]) -> Action {
@@ -148,19 +183,29 @@ fn replica_that_cannot_read_dcs_waits() {
 
 #[test]
 fn paused_leader_only_renews_its_key() {
-    let paused = HaConfig { paused: true, ..cfg() };
+    let paused = HaConfig {
+        paused: true,
+        ..cfg()
+    };
     let o = obs("pg-a", replica(5_000), Some(cluster(Some("pg-a"))));
     assert_eq!(decided(&o, &paused), [Action::RenewLeader]);
 }
 
 #[test]
 fn paused_members_take_no_automatic_action() {
-    let paused = HaConfig { paused: true, ..cfg() };
+    let paused = HaConfig {
+        paused: true,
+        ..cfg()
+    };
     let cases = [
         obs("pg-a", primary(5_000), None),
         obs("pg-a", primary(5_000), Some(cluster(Some("pg-b")))),
         obs("pg-b", replica(5_000), Some(cluster(None))),
-        obs("pg-b", stopped(DataDirState::Primary), Some(cluster(Some("pg-a")))),
+        obs(
+            "pg-b",
+            stopped(DataDirState::Primary),
+            Some(cluster(Some("pg-a"))),
+        ),
         obs("pg-b", empty(), Some(cluster(Some("pg-a")))),
         obs("pg-b", empty(), Some(Cluster::default())),
     ];
@@ -186,19 +231,30 @@ fn nofailover_member_does_not_bootstrap() {
 
 #[test]
 fn former_primary_publishes_its_existing_data() {
-    let o = obs("pg-a", stopped(DataDirState::Primary), Some(Cluster::default()));
+    let o = obs(
+        "pg-a",
+        stopped(DataDirState::Primary),
+        Some(Cluster::default()),
+    );
     assert_eq!(decided(&o, &cfg()), [Action::Initialize]);
 }
 
 #[test]
 fn standby_data_waits_for_a_primary_to_publish_the_cluster() {
-    let o = obs("pg-a", stopped(DataDirState::Standby), Some(Cluster::default()));
+    let o = obs(
+        "pg-a",
+        stopped(DataDirState::Standby),
+        Some(Cluster::default()),
+    );
     assert_eq!(decided(&o, &cfg()), [Action::Wait]);
 }
 
 #[test]
 fn uninitialized_cluster_with_another_leader_waits_for_it() {
-    let c = Cluster { initialize: None, ..cluster(Some("pg-b")) };
+    let c = Cluster {
+        initialize: None,
+        ..cluster(Some("pg-b"))
+    };
     let o = obs("pg-a", empty(), Some(c));
     assert_eq!(decided(&o, &cfg()), [Action::Wait]);
 }
@@ -208,24 +264,45 @@ fn uninitialized_cluster_with_another_leader_waits_for_it() {
 #[test]
 fn empty_data_dir_clones_from_the_leader() {
     let o = obs("pg-c", empty(), Some(cluster(Some("pg-a"))));
-    assert_eq!(decided(&o, &cfg()), [Action::Clone { from: "pg-a".into() }]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::Clone {
+            from: "pg-a".into()
+        }]
+    );
 }
 
 #[test]
 fn empty_data_dir_prefers_a_running_clonefrom_replica() {
     let mut c = cluster(Some("pg-a"));
-    c.members[1].data.tags = Tags { clonefrom: true, ..Tags::default() };
+    c.members[1].data.tags = Tags {
+        clonefrom: true,
+        ..Tags::default()
+    };
     let o = obs("pg-c", empty(), Some(c));
-    assert_eq!(decided(&o, &cfg()), [Action::Clone { from: "pg-b".into() }]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::Clone {
+            from: "pg-b".into()
+        }]
+    );
 }
 
 #[test]
 fn stopped_clonefrom_replica_is_not_a_clone_source() {
     let mut c = cluster(Some("pg-a"));
-    c.members[1].data.tags = Tags { clonefrom: true, ..Tags::default() };
+    c.members[1].data.tags = Tags {
+        clonefrom: true,
+        ..Tags::default()
+    };
     c.members[1].data.state = "stopped".into();
     let o = obs("pg-c", empty(), Some(c));
-    assert_eq!(decided(&o, &cfg()), [Action::Clone { from: "pg-a".into() }]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::Clone {
+            from: "pg-a".into()
+        }]
+    );
 }
 
 #[test]
@@ -247,41 +324,80 @@ fn foreign_system_identifier_is_never_touched() {
 
 #[test]
 fn stopped_former_primary_rewinds_from_the_new_leader() {
-    let o = obs("pg-b", stopped(DataDirState::Primary), Some(cluster(Some("pg-a"))));
-    assert_eq!(decided(&o, &cfg()), [Action::Rewind { from: "pg-a".into() }]);
+    let o = obs(
+        "pg-b",
+        stopped(DataDirState::Primary),
+        Some(cluster(Some("pg-a"))),
+    );
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::Rewind {
+            from: "pg-a".into()
+        }]
+    );
 }
 
 #[test]
 fn stopped_former_primary_reclones_after_a_failed_rewind() {
-    let mut o = obs("pg-b", stopped(DataDirState::Primary), Some(cluster(Some("pg-a"))));
+    let mut o = obs(
+        "pg-b",
+        stopped(DataDirState::Primary),
+        Some(cluster(Some("pg-a"))),
+    );
     o.memory.rewind_failed = true;
     assert_eq!(decided(&o, &cfg()), [Action::RemoveDataDir]);
 }
 
 #[test]
 fn stopped_former_primary_reclones_without_pg_rewind() {
-    let o = obs("pg-b", stopped(DataDirState::Primary), Some(cluster(Some("pg-a"))));
-    let no_rewind = HaConfig { use_pg_rewind: false, ..cfg() };
+    let o = obs(
+        "pg-b",
+        stopped(DataDirState::Primary),
+        Some(cluster(Some("pg-a"))),
+    );
+    let no_rewind = HaConfig {
+        use_pg_rewind: false,
+        ..cfg()
+    };
     assert_eq!(decided(&o, &no_rewind), [Action::RemoveDataDir]);
 }
 
 #[test]
 fn stopped_replica_starts_following_the_leader() {
-    let o = obs("pg-b", stopped(DataDirState::Standby), Some(cluster(Some("pg-a"))));
-    assert_eq!(decided(&o, &cfg()), [Action::StartReplica { upstream: Some("pg-a".into()) }]);
+    let o = obs(
+        "pg-b",
+        stopped(DataDirState::Standby),
+        Some(cluster(Some("pg-a"))),
+    );
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::StartReplica {
+            upstream: Some("pg-a".into())
+        }]
+    );
 }
 
 #[test]
 fn stopped_leader_starts_as_a_replica_before_promoting() {
-    let o = obs("pg-a", stopped(DataDirState::Primary), Some(cluster(Some("pg-a"))));
-    assert_eq!(decided(&o, &cfg()), [Action::StartReplica { upstream: None }]);
+    let o = obs(
+        "pg-a",
+        stopped(DataDirState::Primary),
+        Some(cluster(Some("pg-a"))),
+    );
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::StartReplica { upstream: None }]
+    );
 }
 
 #[test]
 fn stopped_member_without_a_leader_starts_as_a_replica() {
     for data in [DataDirState::Primary, DataDirState::Standby] {
         let o = obs("pg-b", stopped(data), Some(cluster(None)));
-        assert_eq!(decided(&o, &cfg()), [Action::StartReplica { upstream: None }]);
+        assert_eq!(
+            decided(&o, &cfg()),
+            [Action::StartReplica { upstream: None }]
+        );
     }
 }
 
@@ -290,14 +406,23 @@ fn stopped_member_without_a_leader_starts_as_a_replica() {
 #[test]
 fn leader_renews_its_key_and_keeps_slots() {
     let o = obs("pg-a", primary(5_000), Some(cluster(Some("pg-a"))));
-    assert_eq!(decided(&o, &cfg()), [Action::RenewLeader, slots(&["pg_b", "pg_c"])]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::RenewLeader, slots(&["pg_b", "pg_c"])]
+    );
 }
 
 #[test]
 fn leader_in_recovery_renews_then_promotes() {
     let o = obs("pg-a", replica(5_000), Some(cluster(Some("pg-a"))));
-    let no_slots = HaConfig { use_slots: false, ..cfg() };
-    assert_eq!(decided(&o, &no_slots), [Action::RenewLeader, Action::Promote]);
+    let no_slots = HaConfig {
+        use_slots: false,
+        ..cfg()
+    };
+    assert_eq!(
+        decided(&o, &no_slots),
+        [Action::RenewLeader, Action::Promote]
+    );
     assert!(reason_of(&o, &no_slots).contains("holding the leader lock but in recovery"));
 }
 
@@ -317,13 +442,26 @@ fn second_primary_steps_down_at_once() {
 
 #[test]
 fn replica_repoints_to_the_new_leader() {
-    let o = obs("pg-b", following(replica(5_000), "pg-c"), Some(cluster(Some("pg-a"))));
-    assert_eq!(decided(&o, &cfg()), [Action::Follow { upstream: "pg-a".into() }]);
+    let o = obs(
+        "pg-b",
+        following(replica(5_000), "pg-c"),
+        Some(cluster(Some("pg-a"))),
+    );
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::Follow {
+            upstream: "pg-a".into()
+        }]
+    );
 }
 
 #[test]
 fn replica_following_the_leader_waits() {
-    let o = obs("pg-b", following(replica(5_000), "pg-a"), Some(cluster(Some("pg-a"))));
+    let o = obs(
+        "pg-b",
+        following(replica(5_000), "pg-a"),
+        Some(cluster(Some("pg-a"))),
+    );
     assert_eq!(decided(&o, &cfg()), [Action::Wait]);
 }
 
@@ -331,7 +469,12 @@ fn replica_following_the_leader_waits() {
 fn replica_on_a_newer_timeline_than_the_leader_rewinds() {
     let local = following(pg(true, true, DataDirState::Standby, 3, 5_000), "pg-a");
     let o = obs("pg-b", local, Some(cluster(Some("pg-a"))));
-    assert_eq!(decided(&o, &cfg()), [Action::Rewind { from: "pg-a".into() }]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::Rewind {
+            from: "pg-a".into()
+        }]
+    );
 }
 
 #[test]
@@ -340,7 +483,12 @@ fn replica_past_the_switch_point_rewinds() {
     c.members[0].data.timeline = Some(2);
     c.history = vec![history(1, 4_000, "pg-a")];
     let o = obs("pg-b", following(replica(4_500), "pg-a"), Some(c));
-    assert_eq!(decided(&o, &cfg()), [Action::Rewind { from: "pg-a".into() }]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::Rewind {
+            from: "pg-a".into()
+        }]
+    );
 }
 
 #[test]
@@ -358,7 +506,12 @@ fn leader_promotion_recorded_in_history_counts_before_it_publishes() {
     let mut c = cluster(Some("pg-a"));
     c.history = vec![history(1, 4_000, "pg-a")];
     let o = obs("pg-b", following(replica(4_500), "pg-a"), Some(c));
-    assert_eq!(decided(&o, &cfg()), [Action::Rewind { from: "pg-a".into() }]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::Rewind {
+            from: "pg-a".into()
+        }]
+    );
 }
 
 #[test]
@@ -367,7 +520,12 @@ fn stopped_replica_that_diverged_rewinds_instead_of_starting() {
     c.members[0].data.timeline = Some(2);
     c.history = vec![history(1, 4_000, "pg-a")];
     let o = obs("pg-b", stopped(DataDirState::Standby), Some(c));
-    assert_eq!(decided(&o, &cfg()), [Action::Rewind { from: "pg-a".into() }]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::Rewind {
+            from: "pg-a".into()
+        }]
+    );
 }
 
 // Rule 8: no leader.
@@ -384,7 +542,11 @@ fn healthiest_replica_acquires_the_key_and_promotes() {
     o.peers = Some(vec![peer("pg-a", 4_000), peer("pg-c", 4_900)]);
     assert_eq!(
         decided(&o, &cfg()),
-        [Action::AcquireLeader, Action::Promote, slots(&["pg_a", "pg_c"])]
+        [
+            Action::AcquireLeader,
+            Action::Promote,
+            slots(&["pg_a", "pg_c"])
+        ]
     );
 }
 
@@ -413,7 +575,10 @@ fn replica_behind_a_peer_waits() {
 #[test]
 fn live_primary_peer_blocks_the_race() {
     let mut o = obs("pg-b", replica(5_000), Some(cluster(None)));
-    o.peers = Some(vec![PeerStatus { is_primary: true, ..peer("pg-a", 100) }]);
+    o.peers = Some(vec![PeerStatus {
+        is_primary: true,
+        ..peer("pg-a", 100)
+    }]);
     assert_eq!(decided(&o, &cfg()), [Action::Wait]);
 }
 
@@ -429,11 +594,25 @@ fn healthiest_replica_wins_ties_by_name() {
 
 #[test]
 fn silent_nofailover_and_older_timeline_peers_do_not_block() {
-    let mut o = obs("pg-b", pg(true, true, DataDirState::Standby, 2, 5_000), Some(cluster(None)));
+    let mut o = obs(
+        "pg-b",
+        pg(true, true, DataDirState::Standby, 2, 5_000),
+        Some(cluster(None)),
+    );
     o.peers = Some(vec![
-        PeerStatus { wal_lsn: None, timeline: None, ..peer("pg-a", 0) },
-        PeerStatus { nofailover: true, ..peer("pg-c", 9_000) },
-        PeerStatus { timeline: Some(1), ..peer("pg-d", 9_000) },
+        PeerStatus {
+            wal_lsn: None,
+            timeline: None,
+            ..peer("pg-a", 0)
+        },
+        PeerStatus {
+            nofailover: true,
+            ..peer("pg-c", 9_000)
+        },
+        PeerStatus {
+            timeline: Some(1),
+            ..peer("pg-d", 9_000)
+        },
     ]);
     assert_eq!(decided(&o, &cfg())[0], Action::AcquireLeader);
 }
@@ -462,7 +641,10 @@ fn recorded_promotion_that_never_happened_does_not_block_failover() {
 #[test]
 fn primary_without_the_leader_key_takes_it_back() {
     let o = obs("pg-a", primary(5_000), Some(cluster(None)));
-    assert_eq!(decided(&o, &cfg()), [Action::AcquireLeader, slots(&["pg_b", "pg_c"])]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::AcquireLeader, slots(&["pg_b", "pg_c"])]
+    );
 }
 
 #[test]
@@ -484,8 +666,23 @@ fn every_observation_yields_actions_with_reasons() {
         replica(5_000),
         replica(0),
     ];
-    let clusters = [None, Some(Cluster::default()), Some(cluster(None)), Some(cluster(Some("pg-a")))];
-    let configs = [cfg(), HaConfig { paused: true, ..cfg() }, HaConfig { use_pg_rewind: false, ..cfg() }];
+    let clusters = [
+        None,
+        Some(Cluster::default()),
+        Some(cluster(None)),
+        Some(cluster(Some("pg-a"))),
+    ];
+    let configs = [
+        cfg(),
+        HaConfig {
+            paused: true,
+            ..cfg()
+        },
+        HaConfig {
+            use_pg_rewind: false,
+            ..cfg()
+        },
+    ];
     for local in &locals {
         for c in &clusters {
             for config in &configs {
@@ -501,7 +698,9 @@ fn every_observation_yields_actions_with_reasons() {
                             assert!(
                                 actions.iter().all(|a| matches!(
                                     a,
-                                    Action::Wait | Action::RenewLeader | Action::Demote(DemoteMode::Offline)
+                                    Action::Wait
+                                        | Action::RenewLeader
+                                        | Action::Demote(DemoteMode::Offline)
                                 )),
                                 "{actions:?} for {o:?}"
                             );
