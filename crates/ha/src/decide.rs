@@ -131,6 +131,10 @@ pub enum Action {
     StartReplica {
         upstream: Option<String>,
     },
+    /// Start the stopped PostgreSQL writable. Only right after `RenewLeader` succeeded,
+    /// for data that was last the primary of the cluster's newest timeline: a crashed
+    /// primary that still holds its key comes back without a needless timeline switch.
+    StartPrimary,
     /// Point a running standby at `upstream` (rewrite primary_conninfo, reload).
     Follow {
         upstream: String,
@@ -184,17 +188,9 @@ pub fn is_writable(local: &LocalPg) -> bool {
     local.running && !local.in_recovery
 }
 
-/// The physical replication slot the leader keeps for `member`: PostgreSQL allows only
-/// `[a-z0-9_]` in slot names.
-pub fn slot_name(member: &str) -> String {
-    member
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '_') => c,
-            _ => '_',
-        })
-        .collect()
-}
+/// The physical replication slot the leader keeps for `member` (Patroni's naming, so a
+/// migrated cluster keeps its slots).
+pub use pgherd_postgres::slot_name;
 
 /// The newest timeline the cluster is known to have reached: one past the last promotion
 /// in `history`, or a newer one a live member publishes.
@@ -389,6 +385,20 @@ fn start_stopped(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(A
         }
         if let Some(why) = divergence(&obs.local, cluster, leader) {
             return rejoin_diverged(obs, cluster, cfg, leader, why);
+        }
+    }
+    if leader.is_none() && cluster.leader_name() == Some(obs.me.as_str()) {
+        let newest = cluster_timeline(cluster);
+        let ours_is_newest = obs.local.timeline.is_some() && obs.local.timeline >= newest;
+        if obs.local.data_dir == DataDirState::Primary && ours_is_newest {
+            return vec![
+                act(Action::RenewLeader, "holding the leader key: renewing it"),
+                act(
+                    Action::StartPrimary,
+                    "PostgreSQL is stopped, we hold the leader key and our data is the newest \
+                     primary's: starting it as the primary",
+                ),
+            ];
         }
     }
     let upstream = leader

@@ -52,6 +52,9 @@ pub struct Agent {
     /// Since when PostgreSQL has had a postmaster that does not accept connections.
     unresponsive_since: Option<Instant>,
     system_identifier: Option<String>,
+    /// While this member leads: until when its lease surely runs (send time of the last
+    /// successful acquire/renew + ttl).
+    lease_expires: Option<Instant>,
 }
 
 impl Agent {
@@ -78,7 +81,50 @@ impl Agent {
             dcs_just_failed: false,
             unresponsive_since: None,
             system_identifier: None,
+            lease_expires: None,
         }
+    }
+
+    /// Time kept in hand for a demotion (a fast stop) before the lease runs out.
+    fn demote_budget(&self) -> Duration {
+        Duration::from_millis((self.dynamic.ha.ttl / 4).clamp(1_000, 5_000))
+    }
+
+    /// While leading, the instant by which every DCS call must have answered: after it a
+    /// demotion could no longer finish before the lease expires and another member may
+    /// take over. `None` when not leading.
+    fn dcs_cutoff(&self) -> Option<Instant> {
+        self.lease_expires
+            .map(|e| e.checked_sub(self.demote_budget()).unwrap_or(e))
+    }
+
+    /// Run a DCS call, cut short at the lease cutoff while leading (DESIGN §3 rule 1;
+    /// `loop_wait + 2*retry_timeout <= ttl` alone does not cover a renewal, a failed
+    /// publish and a failed read in a row). A cut call counts as an unreachable DCS.
+    async fn leased<T>(
+        &self,
+        call: impl std::future::Future<Output = pgherd_dcs::Result<T>>,
+    ) -> pgherd_dcs::Result<T> {
+        let Some(cutoff) = self.dcs_cutoff() else {
+            return call.await;
+        };
+        match tokio::time::timeout_at(cutoff.into(), call).await {
+            Ok(result) => result,
+            Err(_) => Err(DcsError::Unreachable(
+                "the leader lease would run out before the DCS answered".into(),
+            )),
+        }
+    }
+
+    /// Record a successful acquire/renew that was sent at `sent`.
+    fn lease_renewed(&mut self, sent: Instant) {
+        self.lease_expires = Some(sent + Duration::from_millis(self.dynamic.ha.ttl));
+        self.memory.last_leader_renewal = Some(self.now());
+    }
+
+    fn lease_lost(&mut self) {
+        self.lease_expires = None;
+        self.memory.last_leader_renewal = None;
     }
 
     fn now(&self) -> Millis {
@@ -100,7 +146,11 @@ impl Agent {
                 continue;
             }
             immediate = 0;
-            let wait = Duration::from_millis(self.dynamic.ha.loop_wait);
+            let mut wait = Duration::from_millis(self.dynamic.ha.loop_wait);
+            if let Some(cutoff) = self.dcs_cutoff() {
+                // A leader wakes in time to renew, or to demote at the cutoff.
+                wait = wait.min(cutoff.saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
                 _ = self.wait_for_change(wait) => {}
                 _ = shutdown.changed() => {}
@@ -112,7 +162,7 @@ impl Agent {
     /// Sleep up to `wait`, waking early when the cluster's keys change.
     async fn wait_for_change(&self, wait: Duration) {
         let started = Instant::now();
-        match self.dcs.watch(wait).await {
+        match self.leased(self.dcs.watch(wait)).await {
             Ok(true) => {
                 // Let a burst of changes settle so one tick sees them all.
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -130,7 +180,7 @@ impl Agent {
         if let Err(e) = self.pg.stop(StopMode::Fast, self.spec.pg_ctl_timeout).await {
             warn!(error = %e, "stopping PostgreSQL failed");
         }
-        if self.memory.last_leader_renewal.is_some() {
+        if self.lease_expires.take().is_some() {
             match self.dcs.delete_leader().await {
                 Ok(_) => info!("released the leader key"),
                 Err(e) => warn!(error = %e, "could not release the leader key"),
@@ -196,7 +246,7 @@ impl Agent {
         let cluster = if std::mem::take(&mut self.dcs_just_failed) {
             None
         } else {
-            match self.dcs.get_cluster().await {
+            match self.leased(self.dcs.get_cluster()).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     warn!(member = %self.spec.name, error = %e, "cannot read the DCS");
@@ -212,9 +262,9 @@ impl Agent {
             });
         }
         let local = self.observe_local().await?;
-        if let (Some(c), true) = (&cluster, self.memory.last_leader_renewal.is_some()) {
+        if let (Some(c), true) = (&cluster, self.lease_expires.is_some()) {
             if c.leader_name() != Some(self.spec.name.as_str()) {
-                self.memory.last_leader_renewal = None;
+                self.lease_lost();
             }
         }
         Ok(Observation {
@@ -386,27 +436,43 @@ impl Agent {
             Action::Wait | Action::AskPeers => Ok(true),
             Action::Initialize => self.initialize().await,
             Action::AcquireLeader => {
+                let sent = Instant::now();
                 let won = self.dcs.acquire_leader().await?;
                 if won {
-                    self.memory.last_leader_renewal = Some(self.now());
+                    self.lease_renewed(sent);
                     info!(member = %self.spec.name, "took the leader key");
                 }
                 Ok(won)
             }
             Action::RenewLeader => {
-                let held = self.dcs.update_leader().await?;
-                self.memory.last_leader_renewal = held.then(|| self.now());
+                let sent = Instant::now();
+                let held = self.leased(self.dcs.update_leader()).await?;
+                if held {
+                    self.lease_renewed(sent);
+                } else {
+                    self.lease_lost();
+                }
                 Ok(held)
             }
             Action::ReleaseLeader => {
-                self.dcs.delete_leader().await?;
-                self.memory.last_leader_renewal = None;
+                self.leased(self.dcs.delete_leader()).await?;
+                self.lease_lost();
                 Ok(true)
             }
             Action::Promote => self.promote(cluster, reason).await,
             Action::Demote(mode) => self.demote(*mode).await,
             Action::StartReplica { upstream } => {
                 self.configure_standby(cluster, upstream.as_deref()).await?;
+                self.status.update(|s| s.state = "starting".into());
+                self.pg.start(self.spec.pg_ctl_timeout).await?;
+                Ok(true)
+            }
+            Action::StartPrimary => {
+                if self.dcs_cutoff().is_none_or(|c| Instant::now() >= c) {
+                    self.lease_lost();
+                    return Ok(false);
+                }
+                self.write_config(None).await?;
                 self.status.update(|s| s.state = "starting".into());
                 self.pg.start(self.spec.pg_ctl_timeout).await?;
                 Ok(true)
@@ -473,18 +539,31 @@ impl Agent {
                     .await;
                 let _ = self.pg.remove_data_dir().await;
                 let _ = self.dcs.delete_leader().await;
+                self.lease_lost();
                 let _ = self.dcs.cancel_initialization().await;
                 Err(e)
             }
         }
     }
 
-    /// initdb with the bootstrap settings, start as primary, create the users, publish the
-    /// system identifier and the initial dynamic config, and only then take the leader
-    /// key — so a member that sees a leader also sees the cluster it should clone.
+    /// initdb with the bootstrap settings; publish the system identifier and the initial
+    /// dynamic config; take the leader key; only then start writable and create the
+    /// users. A member that sees the leader also sees the cluster it should clone, and
+    /// the new primary is writable only under a lease.
     async fn bootstrap(&mut self) -> Result<(), ActionError> {
         self.dynamic = dynamic::apply(&self.spec.ha, Some(&self.spec.bootstrap_dynamic));
         self.pg.initdb(&self.spec.initdb_args).await?;
+        let control = self.pg.controldata().await?;
+        self.dcs.set_initialize(&control.system_identifier).await?;
+        self.system_identifier = Some(control.system_identifier);
+        self.write_bootstrap_config().await?;
+        let sent = Instant::now();
+        if !self.dcs.acquire_leader().await? {
+            return Err(ActionError::Other(
+                "the leader key was taken during bootstrap".into(),
+            ));
+        }
+        self.lease_renewed(sent);
         self.write_config(None).await?;
         self.pg.start(self.spec.pg_ctl_timeout).await?;
         let (superuser, replication) = (
@@ -493,16 +572,6 @@ impl Agent {
         );
         let client = self.client().await?;
         Instance::create_roles(client, &superuser, &replication).await?;
-        let control = self.pg.controldata().await?;
-        self.dcs.set_initialize(&control.system_identifier).await?;
-        self.system_identifier = Some(control.system_identifier);
-        self.write_bootstrap_config().await?;
-        if !self.dcs.acquire_leader().await? {
-            return Err(ActionError::Other(
-                "the leader key was taken during bootstrap".into(),
-            ));
-        }
-        self.memory.last_leader_renewal = Some(self.now());
         Ok(())
     }
 
@@ -522,12 +591,17 @@ impl Agent {
         if !before.in_recovery {
             return Ok(true);
         }
+        // A frozen agent may wake long after it took the key: check the lease by our own
+        // clock before anything becomes writable.
+        if self.dcs_cutoff().is_none_or(|c| Instant::now() >= c) {
+            info!(member = %self.spec.name, "not promoting: the leader lease may have run out");
+            self.lease_lost();
+            return Ok(false);
+        }
         let ended_timeline = before.timeline.unwrap_or(1);
         let switch_lsn = before.wal_lsn.unwrap_or(0);
-        self.pg.promote(self.spec.pg_ctl_timeout).await?;
-        info!(member = %self.spec.name, ended_timeline, switch_lsn = %pg::format_lsn(switch_lsn), "promoted");
-        // Point slot-less peers nowhere: our own standby settings no longer apply.
-        self.write_config(None).await?;
+        // History first: every timeline that may exist must be on record, or a later
+        // failover could create the same timeline number twice.
         let history = cluster.map(|c| c.history.clone()).unwrap_or_default();
         let entry_reason = format!("pgherd: {reason}");
         let history = history_after_promotion(
@@ -538,7 +612,11 @@ impl Agent {
             &now_iso8601(),
             &self.spec.name,
         );
-        self.dcs.set_history(&history).await?;
+        self.leased(self.dcs.set_history(&history)).await?;
+        self.pg.promote(self.spec.pg_ctl_timeout).await?;
+        info!(member = %self.spec.name, ended_timeline, switch_lsn = %pg::format_lsn(switch_lsn), "promoted");
+        // No upstream any more: drop the standby settings.
+        self.write_config(None).await?;
         Ok(true)
     }
 
@@ -548,7 +626,7 @@ impl Agent {
         self.pg
             .stop(StopMode::Fast, self.spec.pg_ctl_timeout)
             .await?;
-        self.memory.last_leader_renewal = None;
+        self.lease_lost();
         self.status.update(|s| {
             s.role = Role::Demoted;
             s.holds_leader = false;
@@ -655,7 +733,7 @@ impl Agent {
         } else {
             None
         };
-        let holds_leader = self.memory.last_leader_renewal.is_some();
+        let holds_leader = self.lease_expires.is_some();
         let data_state = self.pg.data_dir_state().ok();
         let (role, state) = match &local {
             Some(l) if !l.in_recovery => (Role::Primary, "running"),
@@ -718,7 +796,7 @@ impl Agent {
             pause: self.dynamic.ha.paused.then_some(true),
             extra: BTreeMap::new(),
         };
-        if let Err(e) = self.dcs.touch_member(&data).await {
+        if let Err(e) = self.leased(self.dcs.touch_member(&data)).await {
             debug!(member = %self.spec.name, error = %e, "could not publish the member key");
             return;
         }
@@ -727,7 +805,7 @@ impl Agent {
                 optime: data.xlog_location.unwrap_or(0),
                 slots: BTreeMap::new(),
             };
-            if let Err(e) = self.dcs.set_status(&status).await {
+            if let Err(e) = self.leased(self.dcs.set_status(&status)).await {
                 debug!(member = %self.spec.name, error = %e, "could not publish the status key");
             }
         }

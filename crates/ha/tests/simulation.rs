@@ -628,7 +628,9 @@ impl Sim {
                 Action::Initialize => dcs_call(self) + 2_000,
                 Action::Promote => dcs_call(self) + self.rng.random_range(50..300),
                 Action::Demote(_) => self.rng.random_range(DEMOTE.0..DEMOTE.1),
-                Action::StartReplica { .. } => self.rng.random_range(300..1_500),
+                Action::StartReplica { .. } | Action::StartPrimary => {
+                    self.rng.random_range(300..1_500)
+                }
                 Action::Follow { .. } => self.rng.random_range(50..300),
                 Action::Clone { .. } => self.rng.random_range(1_000..5_000),
                 Action::Rewind { .. } => self.rng.random_range(500..3_000),
@@ -871,6 +873,22 @@ impl Sim {
                 }
                 if !pg.running {
                     pg.start_standby(upstream.clone());
+                }
+                true
+            }
+            Action::StartPrimary => {
+                // The runner re-checks its lease by its own clock before starting writable.
+                if !self.lease_still_ours(i) {
+                    return false;
+                }
+                let pg = &mut self.nodes[i].pg;
+                if pg.data != DataDirState::Primary {
+                    return false;
+                }
+                if !pg.running {
+                    pg.running = true;
+                    pg.in_recovery = false;
+                    pg.following = None;
                 }
                 true
             }

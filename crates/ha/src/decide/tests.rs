@@ -378,7 +378,7 @@ fn stopped_replica_starts_following_the_leader() {
 }
 
 #[test]
-fn stopped_leader_starts_as_a_replica_before_promoting() {
+fn stopped_leader_with_the_newest_primary_data_restarts_as_primary() {
     let o = obs(
         "pg-a",
         stopped(DataDirState::Primary),
@@ -386,8 +386,32 @@ fn stopped_leader_starts_as_a_replica_before_promoting() {
     );
     assert_eq!(
         decided(&o, &cfg()),
+        [Action::RenewLeader, Action::StartPrimary]
+    );
+}
+
+#[test]
+fn stopped_leader_with_standby_data_starts_as_a_replica_before_promoting() {
+    let o = obs(
+        "pg-a",
+        stopped(DataDirState::Standby),
+        Some(cluster(Some("pg-a"))),
+    );
+    assert_eq!(
+        decided(&o, &cfg()),
         [Action::StartReplica { upstream: None }]
     );
+}
+
+#[test]
+fn stopped_leader_behind_the_newest_timeline_does_not_start_writable() {
+    let mut c = cluster(Some("pg-a"));
+    c.history.push(history(1, 100, "pg-b"));
+    c.history.push(history(2, 200, "pg-a"));
+    let mut local = stopped(DataDirState::Primary);
+    local.timeline = Some(1);
+    let o = obs("pg-a", local, Some(c));
+    assert!(!decided(&o, &cfg()).contains(&Action::StartPrimary));
 }
 
 #[test]
