@@ -65,7 +65,9 @@ pub async fn run(args: CtlArgs) -> Result<()> {
     .context("cannot read the cluster")?;
     let cluster = dcs.get_cluster().await.context("cannot read the cluster")?;
     let out = match args.command {
-        CtlCommand::List { format } | CtlCommand::Topology { format } => list(&cfg.scope, &cluster, format),
+        CtlCommand::List { format } | CtlCommand::Topology { format } => {
+            list(&cfg.scope, &cluster, format)
+        }
         CtlCommand::History { format } => history(&cluster, format),
         CtlCommand::ShowConfig => show_config(&cluster)?,
     };
@@ -88,11 +90,7 @@ fn history(cluster: &Cluster, format: Format) -> String {
             for h in &cluster.history {
                 out.push_str(&format!(
                     "{}\t{}\t{}\t{}\t{}\n",
-                    h.timeline,
-                    h.lsn,
-                    h.reason,
-                    h.timestamp,
-                    h.new_leader
+                    h.timeline, h.lsn, h.reason, h.timestamp, h.new_leader
                 ));
             }
             out

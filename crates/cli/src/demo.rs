@@ -70,12 +70,23 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let password = random_password();
     let store = MemoryStore::new();
     let mut members = Vec::new();
-    let started = start_members(&base, &bin, os_user.as_ref(), &password, &store, &mut members).await;
+    let started = start_members(
+        &base,
+        &bin,
+        os_user.as_ref(),
+        &password,
+        &store,
+        &mut members,
+    )
+    .await;
     let outcome = match started {
         Ok(()) => serve(&store, &members, &password, &base, args.exit_when_ready).await,
         Err(e) => Err(e),
     };
-    eprintln!("pgherd demo: stopping the members and removing {}", base.display());
+    eprintln!(
+        "pgherd demo: stopping the members and removing {}",
+        base.display()
+    );
     for m in members {
         m.running.stop().await;
     }
@@ -176,8 +187,17 @@ async fn serve(
     base: &Path,
     exit_when_ready: bool,
 ) -> Result<()> {
-    let observer = MemoryDcs::new(store.clone(), NAMESPACE, SCOPE, "pgherd-demo", Duration::from_secs(10));
-    eprintln!("pgherd demo: bootstrapping {MEMBERS} members in {} ...", base.display());
+    let observer = MemoryDcs::new(
+        store.clone(),
+        NAMESPACE,
+        SCOPE,
+        "pgherd-demo",
+        Duration::from_secs(10),
+    );
+    eprintln!(
+        "pgherd demo: bootstrapping {MEMBERS} members in {} ...",
+        base.display()
+    );
     let deadline = Instant::now() + READY_TIMEOUT;
     let cluster = loop {
         let cluster = observer.get_cluster().await?;
@@ -197,14 +217,19 @@ async fn serve(
     if exit_when_ready {
         return Ok(());
     }
-    println!("\nPress Ctrl-C to stop the cluster and remove {}.", base.display());
+    println!(
+        "\nPress Ctrl-C to stop the cluster and remove {}.",
+        base.display()
+    );
     let mut last_leader = cluster.leader_name().map(str::to_string);
     loop {
         tokio::select! {
             _ = crate::signals::shutdown_signal() => return Ok(()),
             _ = observer.watch(Duration::from_secs(5)) => {}
         }
-        let Ok(cluster) = observer.get_cluster().await else { continue };
+        let Ok(cluster) = observer.get_cluster().await else {
+            continue;
+        };
         let leader = cluster.leader_name().map(str::to_string);
         if leader != last_leader {
             match &leader {
@@ -238,7 +263,11 @@ fn print_uris(cluster: &Cluster, members: &[DemoMember], password: &str) {
     ordered.sort_by_key(|m| (m.name != leader, m.name.clone()));
     println!();
     for m in ordered {
-        let role = if m.name == leader { "primary" } else { "replica" };
+        let role = if m.name == leader {
+            "primary"
+        } else {
+            "replica"
+        };
         println!(
             "{role:<8} {:<6} postgres://postgres:{password}@127.0.0.1:{}/postgres   REST: http://{}/patroni",
             m.name, m.pg_port, m.running.api_addr

@@ -161,21 +161,38 @@ mod tests {
     fn listing_shows_leader_first_and_lag_in_megabytes() {
         let cluster = Cluster {
             initialize: Some("7300".into()),
-            leader: Some(Versioned { value: "node2".into(), version: 1 }),
+            leader: Some(Versioned {
+                value: "node2".into(),
+                version: 1,
+            }),
             members: vec![
                 member("node1", 5433, "streaming", 0),
                 member("node2", 5432, "running", 5 << 20),
             ],
-            status: Some(ClusterStatus { optime: 5 << 20, ..Default::default() }),
+            status: Some(ClusterStatus {
+                optime: 5 << 20,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let t = table("postgres", &cluster);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("+ Cluster: postgres (7300) "));
         assert!(lines[1].contains("| Member | Host"));
-        assert!(lines[3].contains("| node2  | 127.0.0.1:5432 | Leader  | running   |  2 |           |"), "{t}");
-        assert!(lines[4].contains("| node1  | 127.0.0.1:5433 | Replica | streaming |  2 |         5 |"), "{t}");
-        assert!(lines.iter().all(|l| l.chars().count() == lines[1].chars().count()), "{t}");
+        assert!(
+            lines[3].contains("| node2  | 127.0.0.1:5432 | Leader  | running   |  2 |           |"),
+            "{t}"
+        );
+        assert!(
+            lines[4].contains("| node1  | 127.0.0.1:5433 | Replica | streaming |  2 |         5 |"),
+            "{t}"
+        );
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.chars().count() == lines[1].chars().count()),
+            "{t}"
+        );
         let j = json("postgres", &cluster);
         assert_eq!(j[1]["Lag in MB"], 5);
         assert_eq!(j[0]["Role"], "Leader");

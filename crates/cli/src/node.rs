@@ -53,9 +53,15 @@ fn preflight(spec: &NodeSpec) -> Result<()> {
     if instance.postmaster_pid().is_none() {
         let host = spec.instance.connect_host.as_str();
         let port = spec.instance.port;
-        if let Some(addr) = (host, port).to_socket_addrs().ok().and_then(|mut a| a.next()) {
+        if let Some(addr) = (host, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+        {
             if TcpListener::bind(addr).is_err() {
-                bail!("postgresql.listen: port {port} on {host} is already in use by another process");
+                bail!(
+                    "postgresql.listen: port {port} on {host} is already in use by another process"
+                );
             }
         }
     }
@@ -63,7 +69,11 @@ fn preflight(spec: &NodeSpec) -> Result<()> {
 }
 
 /// Map the Patroni-style config onto the agent's runtime description.
-pub fn spec_from_config(cfg: &NodeConfig, bin: Binaries, os_user: Option<OsUser>) -> Result<NodeSpec> {
+pub fn spec_from_config(
+    cfg: &NodeConfig,
+    bin: Binaries,
+    os_user: Option<OsUser>,
+) -> Result<NodeSpec> {
     let d = &cfg.bootstrap.dcs;
     let pg = &cfg.postgresql;
     let ha = HaConfig {
@@ -123,17 +133,17 @@ pub fn spec_from_config(cfg: &NodeConfig, bin: Binaries, os_user: Option<OsUser>
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
-    (host, port)
-        .to_socket_addrs()?
-        .next()
-        .context("no address")
+    (host, port).to_socket_addrs()?.next().context("no address")
 }
 
 /// The agent talks to its own PostgreSQL over loopback when PostgreSQL listens there.
 fn local_connect_host(listen_hosts: &[String]) -> String {
-    let loopback = listen_hosts
-        .iter()
-        .any(|h| matches!(h.as_str(), "*" | "0.0.0.0" | "127.0.0.1" | "localhost" | "::" | "::1"));
+    let loopback = listen_hosts.iter().any(|h| {
+        matches!(
+            h.as_str(),
+            "*" | "0.0.0.0" | "127.0.0.1" | "localhost" | "::" | "::1"
+        )
+    });
     match listen_hosts.first() {
         Some(first) if !loopback => first.clone(),
         _ => "127.0.0.1".into(),

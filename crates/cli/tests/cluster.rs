@@ -49,7 +49,11 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
         .collect();
     for r in &replicas {
         let n = cluster.node(r);
-        assert_eq!(n.api("/primary").await.0, 503, "{r} must not claim to be primary");
+        assert_eq!(
+            n.api("/primary").await.0,
+            503,
+            "{r} must not claim to be primary"
+        );
         assert_eq!(n.api("/replica").await.0, 200);
         assert_eq!(n.api("/read-only").await.0, 200);
         assert_eq!(n.api("/replica?lag=16MB").await.0, 200);
@@ -57,8 +61,12 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
 
     // A committed row reaches both replicas.
     let c = p.connect().await.expect("connect to primary");
-    c.batch_execute("CREATE TABLE items (id int PRIMARY KEY)").await.expect("create table");
-    c.execute("INSERT INTO items VALUES (1)", &[]).await.expect("insert");
+    c.batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
+        .await
+        .expect("create table");
+    c.execute("INSERT INTO items VALUES (1)", &[])
+        .await
+        .expect("insert");
     for r in &replicas {
         assert!(
             wait_for_row(cluster.node(r).pg_port, 1, Duration::from_secs(20)).await,
@@ -66,20 +74,31 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
         );
     }
     // wal_keep_segments from the tutorial's config became wal_keep_size on PostgreSQL 15.
-    let keep: String = c.query_one("SHOW wal_keep_size", &[]).await.expect("show").get(0);
+    let keep: String = c
+        .query_one("SHOW wal_keep_size", &[])
+        .await
+        .expect("show")
+        .get(0);
     assert_eq!(keep, "128MB");
     drop(c);
 
     // ctl list shows the cluster like patronictl.
     let out = cluster.ctl(&["list", "--format", "json"]);
-    assert!(out.status.success(), "ctl list failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ctl list failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl json");
     assert_eq!(rows.as_array().map(|a| a.len()), Some(3));
     assert_eq!(rows[0]["Member"], primary.as_str());
     assert_eq!(rows[0]["Role"], "Leader");
     let table = cluster.ctl(&["list"]);
     let table = String::from_utf8_lossy(&table.stdout).to_string();
-    assert!(table.contains("| Member") && table.contains("Lag in MB"), "{table}");
+    assert!(
+        table.contains("| Member") && table.contains("Lag in MB"),
+        "{table}"
+    );
 
     // kill -9 the primary's node (agent and PostgreSQL): a replica takes over.
     let killed_at = Instant::now();
@@ -102,10 +121,17 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
     eprintln!("failover to {new_primary} took {:?}", killed_at.elapsed());
     let np = cluster.node(&new_primary);
     let np_port = np.pg_port;
-    assert!(wait_for_row(np.pg_port, 1, Duration::from_secs(1)).await, "committed row 1 lost in failover");
+    assert!(
+        wait_for_row(np.pg_port, 1, Duration::from_secs(1)).await,
+        "committed row 1 lost in failover"
+    );
 
     // The other replica follows the new primary.
-    let other = replicas.iter().find(|r| **r != new_primary).expect("third node").clone();
+    let other = replicas
+        .iter()
+        .find(|r| **r != new_primary)
+        .expect("third node")
+        .clone();
     assert!(
         wait_for_row(cluster.node(&other).pg_port, 2, Duration::from_secs(30)).await,
         "{other} does not follow the new primary"
@@ -121,8 +147,15 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
     }
     let entries = history.as_array().expect("history is a JSON array");
     assert_eq!(entries.len(), 1, "history: {history}");
-    assert_eq!(entries[0][0], 1, "the entry records the timeline that ended: {history}");
-    assert_eq!(entries[0][4], new_primary.as_str(), "the entry names the new leader: {history}");
+    assert_eq!(
+        entries[0][0], 1,
+        "the entry records the timeline that ended: {history}"
+    );
+    assert_eq!(
+        entries[0][4],
+        new_primary.as_str(),
+        "the entry names the new leader: {history}"
+    );
 
     // The old primary comes back and rejoins as a replica of the new timeline (pg_rewind).
     cluster.node_mut(&primary).start();
@@ -134,7 +167,10 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
     let (_, status) = old.api("/patroni").await;
     assert_eq!(status["role"], "replica", "old primary status: {status}");
     assert_eq!(status["timeline"], 2, "old primary status: {status}");
-    assert!(old.agent_log().contains("pg_rewind"), "old primary did not use pg_rewind");
+    assert!(
+        old.agent_log().contains("pg_rewind"),
+        "old primary did not use pg_rewind"
+    );
     insert(np_port, 3).await.expect("write on the new primary");
     assert!(wait_for_row(old.pg_port, 3, Duration::from_secs(20)).await);
 }
@@ -179,11 +215,18 @@ async fn restarted_agent_adopts_the_running_postgres() {
     let mut cluster = TestCluster::new(1);
     cluster.start_all();
     let primary = cluster.wait_healthy(0, Duration::from_secs(90)).await;
-    let pid = cluster.node(&primary).postmaster_pid().expect("postmaster running");
+    let pid = cluster
+        .node(&primary)
+        .postmaster_pid()
+        .expect("postmaster running");
 
     cluster.node_mut(&primary).kill_agent();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(cluster.node(&primary).postmaster_pid(), Some(pid), "postgres must outlive the agent");
+    assert_eq!(
+        cluster.node(&primary).postmaster_pid(),
+        Some(pid),
+        "postgres must outlive the agent"
+    );
     cluster.node_mut(&primary).start();
     cluster.wait_healthy(0, Duration::from_secs(60)).await;
     assert_eq!(

@@ -45,7 +45,11 @@ fn run_node(dir: &Path, yaml: &str, within: Duration) -> Output {
         .arg(&path)
         .output()
         .expect("run pgherd");
-    assert!(started.elapsed() < within, "pgherd node took {:?} to fail", started.elapsed());
+    assert!(
+        started.elapsed() < within,
+        "pgherd node took {:?} to fail",
+        started.elapsed()
+    );
     assert!(!out.status.success(), "pgherd node must fail");
     out
 }
@@ -68,16 +72,28 @@ fn temp() -> PgTempDir {
 fn unreachable_etcd_is_named() {
     let dir = temp();
     let etcd_port = free_port();
-    let out = run_node(dir.path(), &config(dir.path(), etcd_port, free_port(), ""), Duration::from_secs(20));
+    let out = run_node(
+        dir.path(),
+        &config(dir.path(), etcd_port, free_port(), ""),
+        Duration::from_secs(20),
+    );
     let line = last_line(&out);
     assert!(line.starts_with("pgherd: error:"), "{line}");
-    assert!(line.contains("etcd") && line.contains(&etcd_port.to_string()), "{line}");
+    assert!(
+        line.contains("etcd") && line.contains(&etcd_port.to_string()),
+        "{line}"
+    );
 }
 
 #[test]
 fn missing_binaries_are_named() {
     let dir = temp();
-    let yaml = config(dir.path(), free_port(), free_port(), "  bin_dir: /nonexistent/pg/bin\n");
+    let yaml = config(
+        dir.path(),
+        free_port(),
+        free_port(),
+        "  bin_dir: /nonexistent/pg/bin\n",
+    );
     let line = last_line(&run_node(dir.path(), &yaml, Duration::from_secs(10)));
     assert!(line.contains("/nonexistent/pg/bin"), "{line}");
 }
@@ -87,8 +103,15 @@ fn postgres_port_in_use_is_named() {
     let dir = temp();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let line = last_line(&run_node(dir.path(), &config(dir.path(), free_port(), port, ""), Duration::from_secs(10)));
-    assert!(line.contains(&port.to_string()) && line.contains("in use"), "{line}");
+    let line = last_line(&run_node(
+        dir.path(),
+        &config(dir.path(), free_port(), port, ""),
+        Duration::from_secs(10),
+    ));
+    assert!(
+        line.contains(&port.to_string()) && line.contains("in use"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -101,7 +124,11 @@ fn data_dir_owned_by_another_user_is_refused() {
     std::fs::create_dir(&data).expect("mkdir");
     std::fs::write(data.join("PG_VERSION"), "15\n").expect("write");
     // root owns it, PostgreSQL would run as postgres.
-    let line = last_line(&run_node(dir.path(), &config(dir.path(), free_port(), free_port(), ""), Duration::from_secs(10)));
+    let line = last_line(&run_node(
+        dir.path(),
+        &config(dir.path(), free_port(), free_port(), ""),
+        Duration::from_secs(10),
+    ));
     assert!(line.contains("owned by"), "{line}");
 }
 

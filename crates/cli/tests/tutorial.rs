@@ -36,7 +36,11 @@ async fn tutorial_patroni_yml_starts_a_primary_with_translated_parameters() {
     give_to_postgres(dir.path()).expect("chown");
     let (api, pg) = (free_port(), free_port());
     let config = dir.path().join("patroni.yml");
-    std::fs::write(&config, tutorial_on_loopback(api, pg, &etcd.endpoint(), dir.path())).expect("write");
+    std::fs::write(
+        &config,
+        tutorial_on_loopback(api, pg, &etcd.endpoint(), dir.path()),
+    )
+    .expect("write");
 
     let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
     let mut agent = Command::new(env!("CARGO_BIN_EXE_pgherd"))
@@ -70,7 +74,10 @@ async fn tutorial_patroni_yml_starts_a_primary_with_translated_parameters() {
     let show = |name: &'static str| {
         let client = &client;
         async move {
-            let row = client.query_one(&format!("SHOW {name}"), &[]).await.expect("show");
+            let row = client
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .expect("show");
             row.get::<_, String>(0)
         }
     };
@@ -85,7 +92,11 @@ async fn tutorial_patroni_yml_starts_a_primary_with_translated_parameters() {
         .args(["list", "-f", "json"])
         .output()
         .expect("ctl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(rows[0]["Cluster"], "postgres");
     assert_eq!(rows[0]["Member"], "node1");

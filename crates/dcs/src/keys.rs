@@ -55,7 +55,10 @@ impl KeyLayout {
     /// waking on them would make each member tick whenever any other does.
     pub fn wakes_watchers(&self, key: &str) -> bool {
         key.strip_prefix(self.prefix.as_str()).is_some_and(|rest| {
-            matches!(rest, "leader" | "config" | "failover" | "sync" | "initialize")
+            matches!(
+                rest,
+                "leader" | "config" | "failover" | "sync" | "initialize"
+            )
         })
     }
 }

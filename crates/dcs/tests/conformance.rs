@@ -574,7 +574,9 @@ async fn watch_ignores_own_writes_and_member_keys<H: Harness>(h: H) {
     b.touch_member(&member_data("node2", 5433)).await.unwrap();
     assert!(!a.watch(Duration::from_millis(400)).await.unwrap());
     // ...but another member's change to a control key does.
-    b.set_config(&serde_json::json!({"ttl": 30}), None).await.unwrap();
+    b.set_config(&serde_json::json!({"ttl": 30}), None)
+        .await
+        .unwrap();
     expect_wake(&a, Duration::from_secs(2)).await;
 }
 

@@ -154,7 +154,14 @@ impl TestCluster {
                 let config_path = node_dir.join("node.yml");
                 fs::write(
                     &config_path,
-                    node_yaml(&scope, &name, pg_port, api_port, &etcd.endpoint(), &node_dir),
+                    node_yaml(
+                        &scope,
+                        &name,
+                        pg_port,
+                        api_port,
+                        &etcd.endpoint(),
+                        &node_dir,
+                    ),
                 )
                 .expect("write config");
                 TestNode {
@@ -182,11 +189,17 @@ impl TestCluster {
     }
 
     pub fn node(&self, name: &str) -> &TestNode {
-        self.nodes.iter().find(|n| n.name == name).expect("node by name")
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("node by name")
     }
 
     pub fn node_mut(&mut self, name: &str) -> &mut TestNode {
-        self.nodes.iter_mut().find(|n| n.name == name).expect("node by name")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("node by name")
     }
 
     /// The member that answers 200 on `/primary`, if exactly one does.
@@ -208,7 +221,10 @@ impl TestCluster {
                 let mut streaming = 0;
                 for n in self.nodes.iter().filter(|n| n.name != p) {
                     let (code, body) = n.api("/patroni").await;
-                    if code == 200 && body["role"] == "replica" && body["replication_state"] == "streaming" {
+                    if code == 200
+                        && body["role"] == "replica"
+                        && body["replication_state"] == "streaming"
+                    {
                         streaming += 1;
                     }
                 }
@@ -267,7 +283,14 @@ impl Drop for TestCluster {
 }
 
 /// A Patroni-style config for one member.
-pub fn node_yaml(scope: &str, name: &str, pg_port: u16, api_port: u16, etcd: &str, dir: &Path) -> String {
+pub fn node_yaml(
+    scope: &str,
+    name: &str,
+    pg_port: u16,
+    api_port: u16,
+    etcd: &str,
+    dir: &Path,
+) -> String {
     let etcd_host = etcd.trim_start_matches("http://");
     let dir = dir.display();
     format!(
