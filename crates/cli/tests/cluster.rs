@@ -235,3 +235,48 @@ async fn restarted_agent_adopts_the_running_postgres() {
         "the restarted agent must adopt the running postmaster, not restart it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_postgres_of_the_leader_comes_back_as_primary_on_the_same_timeline() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(1);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(0, Duration::from_secs(90)).await;
+    let node = cluster.node(&primary);
+    let (_, before) = node.api("/patroni").await;
+    let pid = node.postmaster_pid().expect("postmaster running");
+
+    // Only PostgreSQL dies; the agent still holds the leader key.
+    node.kill_postgres();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let restarted = node.postmaster_pid().is_some_and(|p| p != pid);
+        if restarted && node.api("/primary").await.0 == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not bring its primary back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, after) = node.api("/patroni").await;
+    assert_eq!(
+        after["timeline"], before["timeline"],
+        "no needless timeline switch: {after}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(c) = node.connect().await {
+            if let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                assert!(!row.get::<_, bool>(0), "restarted as a standby");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted primary does not accept connections"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

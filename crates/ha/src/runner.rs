@@ -463,7 +463,7 @@ impl Agent {
             Action::Demote(mode) => self.demote(*mode).await,
             Action::StartReplica { upstream } => {
                 self.configure_standby(cluster, upstream.as_deref()).await?;
-                self.status.update(|s| s.state = "starting".into());
+                self.status.update(starting);
                 self.pg.start(self.spec.pg_ctl_timeout).await?;
                 Ok(true)
             }
@@ -473,7 +473,7 @@ impl Agent {
                     return Ok(false);
                 }
                 self.write_config(None).await?;
-                self.status.update(|s| s.state = "starting".into());
+                self.status.update(starting);
                 self.pg.start(self.spec.pg_ctl_timeout).await?;
                 Ok(true)
             }
@@ -850,6 +850,12 @@ impl Agent {
             }
         }
     }
+}
+
+/// PostgreSQL is being started: the API must not answer from the last tick's snapshot.
+fn starting(s: &mut crate::status::NodeStatus) {
+    s.state = "starting".into();
+    s.running = false;
 }
 
 /// pg_basebackup and pg_rewind of a large database take long; bound them anyway.
