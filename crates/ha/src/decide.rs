@@ -437,6 +437,20 @@ fn rejoin_diverged(
         ));
     }
     if cfg.use_pg_rewind && !obs.memory.rewind_failed {
+        // pg_rewind reads the source's timeline from its control file, which a fresh
+        // primary updates only at its first checkpoint after promotion: rewinding earlier
+        // finds "same timeline" and leaves us diverged. Wait for the leader to publish
+        // itself as a primary on its new timeline.
+        let published = cluster.member(leader).and_then(|m| {
+            (m.data.role == "primary")
+                .then_some(m.data.timeline)
+                .flatten()
+        });
+        if published.is_none() || published < leader_timeline(cluster, leader) {
+            return wait(format!(
+                "{why}; waiting for leader {leader} to finish promoting before rewinding from it"
+            ));
+        }
         return vec![act(
             Action::Rewind {
                 from: leader.to_string(),

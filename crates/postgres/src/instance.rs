@@ -684,15 +684,28 @@ impl Instance {
         )
         .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(PgError::CommandFailed { detail, .. })
                 if detail.contains("not in standby mode") =>
             {
                 info!("already a primary; nothing to promote");
-                Ok(())
+                return Ok(());
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        // PostgreSQL writes the new timeline into pg_control only at its next checkpoint.
+        // Until then pg_rewind, which reads it, finds "source and target are on the same
+        // timeline" and leaves a diverged old primary unrewound (Patroni waits for this
+        // checkpoint too). So checkpoint now.
+        let client = self.connect().await?;
+        tokio::time::timeout(timeout, client.batch_execute("CHECKPOINT"))
+            .await
+            .map_err(|_| PgError::Timeout {
+                what: "the checkpoint after promotion".into(),
+                after: timeout,
+            })?
+            .map_err(|e| PgError::query("CHECKPOINT after promotion", &e))?;
+        Ok(())
     }
 
     /// Clone `from` into the missing or empty data directory with

@@ -172,7 +172,12 @@ impl Drop for PgTempDir {
             stop_postmaster(pid, Duration::from_secs(5));
         }
         if let Some(dir) = self.dir.take() {
-            let _ = dir.close();
+            if std::thread::panicking() && std::env::var_os("PGHERD_KEEP_FAILED").is_some() {
+                // Debugging a failed test: keep its logs and data directories.
+                eprintln!("PGHERD_KEEP_FAILED: keeping {}", dir.keep().display());
+            } else {
+                let _ = dir.close();
+            }
         }
     }
 }

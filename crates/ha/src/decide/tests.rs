@@ -526,9 +526,15 @@ fn replica_before_the_switch_point_keeps_following() {
 
 #[test]
 fn leader_promotion_recorded_in_history_counts_before_it_publishes() {
-    // pg-a promoted (history says so) but its member key still shows timeline 1.
+    // pg-a promoted (history says so) but its member key still shows timeline 1: we know
+    // we diverged, but rewinding now would read pg-a's stale control file.
     let mut c = cluster(Some("pg-a"));
     c.history = vec![history(1, 4_000, "pg-a")];
+    let o = obs("pg-b", following(replica(4_500), "pg-a"), Some(c.clone()));
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+    assert!(reason_of(&o, &cfg()).contains("finish promoting"));
+    // Once it publishes itself as a primary on timeline 2, we rewind from it.
+    c.members[0].data.timeline = Some(2);
     let o = obs("pg-b", following(replica(4_500), "pg-a"), Some(c));
     assert_eq!(
         decided(&o, &cfg()),
