@@ -59,8 +59,39 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
         assert_eq!(n.api("/replica?lag=16MB").await.0, 200);
     }
 
-    // A committed row reaches both replicas.
+    // HAProxy with Patroni's documented check selects the primary.
+    let haproxy = HaProxy::start(cluster.dir.path(), &cluster.nodes);
+    haproxy
+        .wait_routes_to(p.pg_port, Duration::from_secs(10))
+        .await;
+    for r in &replicas {
+        let n = cluster.node(r);
+        let options = reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("http://127.0.0.1:{}/primary", n.api_port),
+            )
+            .send()
+            .await
+            .expect("OPTIONS /primary");
+        assert_eq!(options.status().as_u16(), 503);
+    }
+
+    // Each replica streams through its own replication slot on the primary.
     let c = p.connect().await.expect("connect to primary");
+    let slots = c
+        .query(
+            "SELECT slot_name FROM pg_replication_slots WHERE active ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("slots");
+    let slots: Vec<String> = slots.iter().map(|r| r.get(0)).collect();
+    let mut expected = replicas.clone();
+    expected.sort();
+    assert_eq!(slots, expected);
+
+    // A committed row reaches both replicas.
     c.batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
         .await
         .expect("create table");
@@ -119,6 +150,10 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
         panic!("no replica accepted writes within ttl + loop_wait + 5 s after kill -9")
     });
     eprintln!("failover to {new_primary} took {:?}", killed_at.elapsed());
+    let rerouted = haproxy
+        .wait_routes_to(cluster.node(&new_primary).pg_port, Duration::from_secs(10))
+        .await;
+    eprintln!("HAProxy routed to the new primary {rerouted:?} after it accepted writes");
     let np = cluster.node(&new_primary);
     let np_port = np.pg_port;
     assert!(
@@ -164,7 +199,15 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
         wait_for_row(old.pg_port, 2, Duration::from_secs(60)).await,
         "old primary did not rejoin the new timeline"
     );
-    let (_, status) = old.api("/patroni").await;
+    // Its API reports it once the tick that started it has published.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..40 {
+        status = old.api("/patroni").await.1;
+        if status["state"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert_eq!(status["role"], "replica", "old primary status: {status}");
     assert_eq!(status["timeline"], 2, "old primary status: {status}");
     assert!(

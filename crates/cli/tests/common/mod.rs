@@ -343,3 +343,73 @@ postgresql:
 "#
     )
 }
+
+/// A real HAProxy routing to whichever member answers 200 on `OPTIONS /primary`, as
+/// Patroni's documented HAProxy setup does. Killed on drop.
+pub struct HaProxy {
+    pub port: u16,
+    child: Child,
+}
+
+impl HaProxy {
+    pub fn start(dir: &Path, nodes: &[TestNode]) -> HaProxy {
+        let port = free_port();
+        let mut cfg = format!(
+            "global\n    maxconn 200\n\
+             defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\
+             listen primary\n    bind 127.0.0.1:{port}\n    option httpchk OPTIONS /primary\n    http-check expect status 200\n\
+             \x20   default-server inter 300ms fall 2 rise 1 on-marked-down shutdown-sessions\n"
+        );
+        for n in nodes {
+            cfg.push_str(&format!(
+                "    server {} 127.0.0.1:{} check port {}\n",
+                n.name, n.pg_port, n.api_port
+            ));
+        }
+        let path = dir.join("haproxy.cfg");
+        fs::write(&path, cfg).expect("write haproxy.cfg");
+        let log = fs::File::create(dir.join("haproxy.log")).expect("haproxy log");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start haproxy (Debian package haproxy; scripts/setup-debian.sh installs it)");
+        HaProxy { port, child }
+    }
+
+    /// The PostgreSQL port HAProxy's connection lands on, with its recovery state.
+    pub async fn backend(&self) -> Option<(i32, bool)> {
+        let c = connect(self.port).await.ok()?;
+        let row = c
+            .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+            .await
+            .ok()?;
+        Some((row.get(0), row.get(1)))
+    }
+
+    /// Wait until HAProxy routes to the primary on `pg_port`.
+    pub async fn wait_routes_to(&self, pg_port: u16, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.backend().await == Some((i32::from(pg_port), false)) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "HAProxy did not route to the primary on port {pg_port} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
