@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install what pgherd needs to build, run its demo and run its tests on Debian/Ubuntu:
 # PostgreSQL 15 server binaries, etcd (for multi-host clusters and the tests), protoc
-# (the etcd client's build needs it) and HAProxy (the tests check that its
-# `option httpchk OPTIONS /primary` routes to the primary). Installs only what is
-# missing; uses sudo when not root.
+# (the etcd client's build needs it), and for the compatibility tests HAProxy (its
+# `option httpchk OPTIONS /primary` must route to the primary) and Patroni (its
+# `patronictl` must read a pgherd cluster). Installs only what is missing; uses sudo
+# when not root.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-client-15 etcd-server protobuf-compiler haproxy)
+packages=(postgresql-15 postgresql-client-15 etcd-server protobuf-compiler haproxy patroni)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

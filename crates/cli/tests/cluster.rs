@@ -323,3 +323,46 @@ async fn crashed_postgres_of_the_leader_comes_back_as_primary_on_the_same_timeli
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Real `patronictl` (Debian package patroni) reads a pgherd cluster from etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patronictl_lists_a_pgherd_cluster() {
+    let _serial = SERIAL.lock().await;
+    if std::process::Command::new("patronictl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        panic!("patronictl is missing: scripts/setup-debian.sh installs the patroni package");
+    }
+    let mut cluster = TestCluster::new(2);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(1, Duration::from_secs(120)).await;
+    let out = std::process::Command::new("patronictl")
+        .arg("-c")
+        .arg(&cluster.nodes[0].config_path)
+        .args(["list", "-f", "json"])
+        .output()
+        .expect("run patronictl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "patronictl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_str(&stdout).expect("patronictl json");
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{stdout}");
+    let leader = rows
+        .iter()
+        .find(|r| r["Role"] == "Leader")
+        .expect("a Leader row");
+    assert_eq!(leader["Member"], primary.as_str());
+    assert_eq!(leader["State"], "running");
+    let replica = rows
+        .iter()
+        .find(|r| r["Role"] == "Replica")
+        .expect("a Replica row");
+    assert_eq!(replica["State"], "streaming", "{stdout}");
+    assert_eq!(replica["TL"], 1, "{stdout}");
+}
