@@ -110,10 +110,10 @@ kill_node() {
   apid="$(agent_pid "$i")"
   ppid="$(postmaster_pid "$i")"
   ppgid=""; [ -n "$ppid" ] && ppgid="$(ps -o pgid= -p "$ppid" | tr -d ' ')"
-  [ -n "$apid" ] && kill_group "$apid"
-  [ -n "$apid" ] && kill -9 "$apid" 2>/dev/null
-  [ -n "$ppgid" ] && kill_group "$ppgid"
-  [ -n "$ppid" ] && kill -9 "$ppid" 2>/dev/null
+  # (already-gone processes are fine: every kill here may fail)
+  if [ -n "$apid" ]; then kill_group "$apid"; kill -9 "$apid" 2>/dev/null || true; fi
+  if [ -n "$ppgid" ]; then kill_group "$ppgid"; fi
+  if [ -n "$ppid" ]; then kill -9 "$ppid" 2>/dev/null || true; fi
   rm -f "$CL/node$i/agent.pid"
   return 0
 }
@@ -396,7 +396,7 @@ run_series() {       # run_series SYSTEM TTL LOOP_WAIT RETRY_TIMEOUT
       dump_logs
       samples+=(FAIL)
     fi
-    [ "$r" -lt "$ROUNDS" ] && start_node "$sys" "$p"   # rejoin for the next round
+    if [ "$r" -lt "$ROUNDS" ]; then start_node "$sys" "$p" || true; fi   # rejoin for the next round
   done
   stop_cluster
   SAMPLES[$key]="${samples[*]}"

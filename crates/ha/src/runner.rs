@@ -55,6 +55,8 @@ pub struct Agent {
     /// While this member leads: until when its lease surely runs (send time of the last
     /// successful acquire/renew + ttl).
     lease_expires: Option<Instant>,
+    /// The standby's WAL receiver streamed at the last look.
+    streaming: bool,
 }
 
 impl Agent {
@@ -82,6 +84,7 @@ impl Agent {
             unresponsive_since: None,
             system_identifier: None,
             lease_expires: None,
+            streaming: false,
         }
     }
 
@@ -380,6 +383,7 @@ impl Agent {
         };
         let cluster = self.status.get().cluster;
         let following = upstream.and_then(|(host, port)| member_at(cluster.as_ref(), &host, port));
+        self.streaming = state.streaming;
         self.status.update(|s| {
             s.receive_lsn = state.receive_lsn;
             s.replay_lsn = state.replay_lsn;
@@ -737,25 +741,12 @@ impl Agent {
         let data_state = self.pg.data_dir_state().ok();
         let (role, state) = match &local {
             Some(l) if !l.in_recovery => (Role::Primary, "running"),
-            Some(l) if l.following.is_some() => (Role::Replica, "streaming"),
+            Some(_) if self.streaming => (Role::Replica, "streaming"),
             Some(_) => (Role::Replica, "running"),
             None if data_state != Some(pg::DataDirState::Initialized) => {
                 (Role::Uninitialized, "stopped")
             }
             None => (Role::Replica, "stopped"),
-        };
-        // Keep transient states ("creating replica", "starting") until PostgreSQL runs.
-        let prev = self.status.get();
-        let state = if local.is_none()
-            && prev.state != "running"
-            && prev.state != "streaming"
-            && prev
-                .last_tick
-                .is_none_or(|t| t.elapsed() < Duration::from_millis(500))
-        {
-            prev.state.clone()
-        } else {
-            state.to_string()
         };
         let params_changed = running
             && self
@@ -768,7 +759,7 @@ impl Agent {
             s.timeline = local.as_ref().and_then(|l| l.timeline);
             s.wal_lsn = local.as_ref().and_then(|l| l.wal_lsn);
             s.role = role;
-            s.state = state.clone();
+            s.state = state.to_string();
             s.holds_leader = holds_leader;
             s.last_tick = Some(Instant::now());
             s.ha = self.dynamic.ha.clone();
@@ -783,14 +774,11 @@ impl Agent {
         let data = MemberData {
             conn_url: self.spec.conn_url(),
             api_url: self.spec.api_url(),
-            state,
+            state: state.to_string(),
             role: role.as_str().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             xlog_location: local.as_ref().and_then(|l| l.wal_lsn),
-            replication_state: local
-                .as_ref()
-                .and_then(|l| l.following.as_ref())
-                .map(|_| "streaming".to_string()),
+            replication_state: (state == "streaming").then(|| "streaming".to_string()),
             timeline: local.as_ref().and_then(|l| l.timeline),
             tags: self.spec.tags.clone(),
             pause: self.dynamic.ha.paused.then_some(true),

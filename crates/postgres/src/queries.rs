@@ -42,6 +42,8 @@ pub struct PgState {
     pub postmaster_start_time: Option<String>,
     /// Some changed parameter needs a restart (`pg_settings.pending_restart`).
     pub pending_restart: bool,
+    /// A standby's WAL receiver is streaming from its upstream right now.
+    pub streaming: bool,
 }
 
 const STATE_SQL: &str = "\
@@ -58,7 +60,8 @@ SELECT pg_catalog.pg_is_in_recovery(),
        (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
        pg_catalog.current_setting('server_version_num')::int,
        pg_catalog.pg_postmaster_start_time()::text,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart)";
+       EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart),
+       COALESCE((SELECT status = 'streaming' FROM pg_catalog.pg_stat_wal_receiver), false)";
 
 const REPLICATION_SQL: &str = "\
 SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority,
@@ -96,6 +99,7 @@ impl Instance {
         let server_version: i32 = row.try_get(9).map_err(q)?;
         let postmaster_start_time: Option<String> = row.try_get(10).map_err(q)?;
         let pending_restart: bool = row.try_get(11).map_err(q)?;
+        let streaming: bool = row.try_get(12).map_err(q)?;
 
         let as_tli = |v: Option<i32>| v.and_then(|t| u32::try_from(t).ok()).filter(|t| *t > 0);
         let fallback = as_tli(checkpoint_tli)
@@ -156,6 +160,7 @@ impl Instance {
             server_version: u32::try_from(server_version).unwrap_or(0),
             postmaster_start_time,
             pending_restart,
+            streaming,
         })
     }
 
