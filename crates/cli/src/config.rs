@@ -285,21 +285,8 @@ pub struct PgAuthentication {
     pub rewind: Option<Credentials>,
 }
 
-/// A PostgreSQL role: `username` required, `password` optional.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Credentials {
-    pub username: String,
-    pub password: Option<String>,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
+/// A PostgreSQL role: `username` required, `password` optional (`Debug` hides it).
+pub use pgherd_postgres::Credentials;
 
 /// `tags:`
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use pgherd_dcs::etcd::EtcdDcs;
 use pgherd_dcs::{Dcs, Tags};
 use pgherd_ha::{member, ApiAuth, HaConfig, NodeSpec};
-use pgherd_postgres::{Binaries, Credentials, Instance, InstanceConfig, OsUser};
+use pgherd_postgres::{Binaries, Instance, InstanceConfig, OsUser};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,10 +87,6 @@ pub fn spec_from_config(
     };
     let api_listen = resolve(&cfg.restapi.listen.host, cfg.restapi.listen.port)
         .with_context(|| format!("restapi.listen: cannot resolve {}", cfg.restapi.listen))?;
-    let credentials = |c: &config::Credentials| Credentials {
-        username: c.username.clone(),
-        password: c.password.clone(),
-    };
     let instance = InstanceConfig {
         name: cfg.name.clone(),
         data_dir: pg.data_dir.clone(),
@@ -99,8 +95,8 @@ pub fn spec_from_config(
         listen_addresses: pg.listen.listen_addresses(),
         port: pg.listen.port,
         connect_host: local_connect_host(&pg.listen.hosts),
-        superuser: credentials(&pg.authentication.superuser),
-        replication: credentials(&pg.authentication.replication),
+        superuser: pg.authentication.superuser.clone(),
+        replication: pg.authentication.replication.clone(),
         parameters: pg.parameters.clone(),
         pg_hba: pg.pg_hba.clone().or_else(|| cfg.bootstrap.pg_hba.clone()),
         pgpass: pg.pgpass.clone(),
