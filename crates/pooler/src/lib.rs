@@ -1,0 +1,1 @@
+//! Connection pooler (being written).
