@@ -57,6 +57,8 @@ pub struct Agent {
     lease_expires: Option<Instant>,
     /// The standby's WAL receiver streamed at the last look.
     streaming: bool,
+    /// The reason of the last `Wait`, to log each new one once.
+    last_wait_reason: Option<String>,
 }
 
 impl Agent {
@@ -85,6 +87,7 @@ impl Agent {
             system_identifier: None,
             lease_expires: None,
             streaming: false,
+            last_wait_reason: None,
         }
     }
 
@@ -213,9 +216,17 @@ impl Agent {
         let mut again = false;
         for (action, reason) in plan {
             if action == Action::Wait {
-                debug!(member = %self.spec.name, %reason, "no action");
+                // Every decision is logged with its reason; a wait repeated each tick
+                // only once, so the log shows changes rather than the heartbeat.
+                if self.last_wait_reason.as_deref() != Some(reason.as_str()) {
+                    info!(member = %self.spec.name, %reason, "waiting");
+                    self.last_wait_reason = Some(reason);
+                } else {
+                    debug!(member = %self.spec.name, %reason, "waiting");
+                }
                 continue;
             }
+            self.last_wait_reason = None;
             if action == Action::AskPeers {
                 // Asked already this tick; decide() wants another round.
                 again = true;
