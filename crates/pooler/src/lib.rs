@@ -1,1 +1,3 @@
 //! Connection pooler (being written).
+
+pub mod config;

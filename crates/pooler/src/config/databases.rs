@@ -1,0 +1,288 @@
+//! `[databases]` and `[users]` entries: PgBouncer's connection-string parameters.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::settings::{
+    fmt_secs, parse_limit, parse_port, parse_secs, parse_secs_or_off, parse_u32, shown, PoolMode,
+};
+use super::{connstr, ValueError};
+
+/// A password written in a configuration file. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Password(secret.into())
+    }
+
+    /// The password itself, for the code that logs in to the server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// One `[databases]` entry: where and how the pooler connects for a client-side
+/// database name. `None` means "not set here; use the global setting / default".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DatabaseConfig {
+    /// Hosts, tried round-robin; empty means the Unix socket in `unix_socket_dir`.
+    /// A host beginning with `/` is a socket directory.
+    pub host: Vec<String>,
+    /// Default 5432.
+    pub port: u16,
+    /// Server-side database name; `None` means the client-side name.
+    pub dbname: Option<String>,
+    /// Forced server user: one pool for the database instead of one per user.
+    pub user: Option<String>,
+    pub password: Option<Password>,
+    pub auth_user: Option<String>,
+    pub auth_query: Option<String>,
+    pub auth_dbname: Option<String>,
+    pub pool_size: Option<u32>,
+    pub min_pool_size: Option<u32>,
+    /// `reserve_pool_size`, or its older spelling `reserve_pool`.
+    pub reserve_pool_size: Option<u32>,
+    pub connect_query: Option<String>,
+    pub pool_mode: Option<PoolMode>,
+    /// `Some(None)`: explicitly unlimited (`0`).
+    pub max_db_connections: Option<Option<u32>>,
+    pub max_db_client_connections: Option<Option<u32>>,
+    pub server_lifetime: Option<Duration>,
+    /// `Some(None)`: explicitly disabled (`0`).
+    pub query_wait_timeout: Option<Option<Duration>>,
+    pub client_encoding: Option<String>,
+    pub datestyle: Option<String>,
+    pub timezone: Option<String>,
+    pub application_name: Option<String>,
+}
+
+/// PgBouncer's default server port.
+pub const DEFAULT_SERVER_PORT: u16 = 5432;
+
+impl DatabaseConfig {
+    /// Build from `(key, value)` pairs; collects one error per bad parameter.
+    pub(crate) fn from_params(
+        params: Vec<(String, String)>,
+    ) -> Result<DatabaseConfig, Vec<ValueError>> {
+        let mut db = DatabaseConfig {
+            port: DEFAULT_SERVER_PORT,
+            ..DatabaseConfig::default()
+        };
+        let mut errors = Vec::new();
+        for (key, value) in params {
+            if let Err(e) = db.set(&key, value) {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(db)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn set(&mut self, key: &str, value: String) -> Result<(), ValueError> {
+        let named = |e: ValueError| ValueError {
+            kind: e.kind,
+            message: format!("{key}: {}", e.message),
+        };
+        let v = value.trim();
+        match key {
+            "host" => {
+                let hosts: Vec<String> = v.split(',').map(|h| h.trim().to_string()).collect();
+                if hosts.iter().any(String::is_empty) {
+                    return Err(ValueError::invalid(format!(
+                        "host: empty entry in host list '{}'",
+                        shown(v)
+                    )));
+                }
+                self.host = hosts;
+            }
+            "port" => self.port = parse_port(v).map_err(named)?,
+            "dbname" => self.dbname = Some(value),
+            "user" => self.user = Some(value),
+            // Not trimmed: a password is taken exactly as written.
+            "password" => self.password = Some(Password(value)),
+            "auth_user" => self.auth_user = Some(value),
+            "auth_query" => self.auth_query = Some(value),
+            "auth_dbname" => self.auth_dbname = Some(value),
+            "pool_size" => self.pool_size = Some(parse_u32(v).map_err(named)?),
+            "min_pool_size" => self.min_pool_size = Some(parse_u32(v).map_err(named)?),
+            "reserve_pool" | "reserve_pool_size" => {
+                self.reserve_pool_size = Some(parse_u32(v).map_err(named)?)
+            }
+            "connect_query" => self.connect_query = Some(value),
+            "pool_mode" => self.pool_mode = Some(PoolMode::parse(v).map_err(named)?),
+            "max_db_connections" => self.max_db_connections = Some(parse_limit(v).map_err(named)?),
+            "max_db_client_connections" => {
+                self.max_db_client_connections = Some(parse_limit(v).map_err(named)?)
+            }
+            "server_lifetime" => self.server_lifetime = Some(parse_secs(v).map_err(named)?),
+            "query_wait_timeout" => {
+                self.query_wait_timeout = Some(parse_secs_or_off(v).map_err(named)?)
+            }
+            "client_encoding" => self.client_encoding = Some(value),
+            "datestyle" => self.datestyle = Some(value),
+            "timezone" => self.timezone = Some(value),
+            "application_name" => self.application_name = Some(value),
+            _ => {
+                return Err(ValueError::unknown(format!(
+                    "unrecognized connection parameter '{}'",
+                    shown(key)
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// The server-side database name for a client that asked for `client_db`.
+    pub fn server_dbname<'a>(&'a self, client_db: &'a str) -> &'a str {
+        self.dbname.as_deref().unwrap_or(client_db)
+    }
+
+    /// The entry as a connection string, with the password shown as `****`
+    /// (for `SHOW DATABASES`-style output and reload diffs).
+    pub fn to_connstr_redacted(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut push = |k: &str, v: String| parts.push(format!("{k}={}", connstr::quote(&v)));
+        if !self.host.is_empty() {
+            push("host", self.host.join(","));
+        }
+        push("port", self.port.to_string());
+        let strings = [
+            ("dbname", &self.dbname),
+            ("user", &self.user),
+            ("auth_user", &self.auth_user),
+            ("auth_query", &self.auth_query),
+            ("auth_dbname", &self.auth_dbname),
+            ("connect_query", &self.connect_query),
+            ("client_encoding", &self.client_encoding),
+            ("datestyle", &self.datestyle),
+            ("timezone", &self.timezone),
+            ("application_name", &self.application_name),
+        ];
+        for (k, v) in strings {
+            if let Some(v) = v {
+                push(k, v.clone());
+            }
+        }
+        if self.password.is_some() {
+            push("password", "****".into());
+        }
+        let numbers = [
+            ("pool_size", self.pool_size),
+            ("min_pool_size", self.min_pool_size),
+            ("reserve_pool_size", self.reserve_pool_size),
+            (
+                "max_db_connections",
+                self.max_db_connections.map(|l| l.unwrap_or(0)),
+            ),
+            (
+                "max_db_client_connections",
+                self.max_db_client_connections.map(|l| l.unwrap_or(0)),
+            ),
+        ];
+        for (k, v) in numbers {
+            if let Some(v) = v {
+                push(k, v.to_string());
+            }
+        }
+        if let Some(mode) = self.pool_mode {
+            push("pool_mode", mode.as_str().into());
+        }
+        if let Some(d) = self.server_lifetime {
+            push("server_lifetime", fmt_secs(d));
+        }
+        if let Some(d) = self.query_wait_timeout {
+            push(
+                "query_wait_timeout",
+                d.map(fmt_secs).unwrap_or_else(|| "0".into()),
+            );
+        }
+        parts.join(" ")
+    }
+}
+
+/// One `[users]` entry: per-user overrides.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserConfig {
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<u32>,
+    pub reserve_pool_size: Option<u32>,
+    /// `Some(None)`: explicitly unlimited (`0`).
+    pub max_user_connections: Option<Option<u32>>,
+    pub max_user_client_connections: Option<Option<u32>>,
+    /// `Some(None)`: explicitly disabled (`0`).
+    pub query_timeout: Option<Option<Duration>>,
+    pub query_wait_timeout: Option<Option<Duration>>,
+    pub idle_transaction_timeout: Option<Option<Duration>>,
+    pub transaction_timeout: Option<Option<Duration>>,
+    pub client_idle_timeout: Option<Option<Duration>>,
+}
+
+impl UserConfig {
+    pub(crate) fn from_params(
+        params: Vec<(String, String)>,
+    ) -> Result<UserConfig, Vec<ValueError>> {
+        let mut user = UserConfig::default();
+        let mut errors = Vec::new();
+        for (key, value) in params {
+            if let Err(e) = user.set(&key, value.trim()) {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(user)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn set(&mut self, key: &str, v: &str) -> Result<(), ValueError> {
+        let named = |e: ValueError| ValueError {
+            kind: e.kind,
+            message: format!("{key}: {}", e.message),
+        };
+        match key {
+            "pool_mode" => self.pool_mode = Some(PoolMode::parse(v).map_err(named)?),
+            "pool_size" => self.pool_size = Some(parse_u32(v).map_err(named)?),
+            "reserve_pool" | "reserve_pool_size" => {
+                self.reserve_pool_size = Some(parse_u32(v).map_err(named)?)
+            }
+            "max_user_connections" => {
+                self.max_user_connections = Some(parse_limit(v).map_err(named)?)
+            }
+            "max_user_client_connections" => {
+                self.max_user_client_connections = Some(parse_limit(v).map_err(named)?)
+            }
+            "query_timeout" => self.query_timeout = Some(parse_secs_or_off(v).map_err(named)?),
+            "query_wait_timeout" => {
+                self.query_wait_timeout = Some(parse_secs_or_off(v).map_err(named)?)
+            }
+            "idle_transaction_timeout" => {
+                self.idle_transaction_timeout = Some(parse_secs_or_off(v).map_err(named)?)
+            }
+            "transaction_timeout" => {
+                self.transaction_timeout = Some(parse_secs_or_off(v).map_err(named)?)
+            }
+            "client_idle_timeout" => {
+                self.client_idle_timeout = Some(parse_secs_or_off(v).map_err(named)?)
+            }
+            _ => {
+                return Err(ValueError::unknown(format!(
+                    "unrecognized user parameter '{}'",
+                    shown(key)
+                )))
+            }
+        }
+        Ok(())
+    }
+}
