@@ -217,6 +217,7 @@ start_etcd() {
     --listen-peer-urls="http://127.0.0.1:$peer" --initial-advertise-peer-urls="http://127.0.0.1:$peer" \
     --initial-cluster="default=http://127.0.0.1:$peer" </dev/null >"$CL/etcd/etcd.log" 2>&1 &
   ETCD_PID=$!
+  disown "$ETCD_PID"   # no "Killed" job notice at teardown
   ETCD_PORT="$client"
   for i in $(seq 1 100); do   # <= 20 s
     [ "$(http_code "$client" /health)" = 200 ] && return 0

@@ -160,6 +160,7 @@ async fn start_members(
             }),
             ha,
             instance,
+            rewind: None,
             pg_ctl_timeout: Duration::from_secs(60),
         };
         let dcs: Arc<dyn Dcs> = Arc::new(MemoryDcs::new(

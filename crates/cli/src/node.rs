@@ -124,6 +124,7 @@ pub fn spec_from_config(
         bootstrap_dynamic: d.to_json(),
         ha,
         instance,
+        rewind: pg.authentication.rewind.clone(),
         pg_ctl_timeout: pg.pg_ctl_timeout,
     })
 }

@@ -211,8 +211,9 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
     assert_eq!(status["role"], "replica", "old primary status: {status}");
     assert_eq!(status["timeline"], 2, "old primary status: {status}");
     assert!(
-        old.agent_log().contains("pg_rewind"),
-        "old primary did not use pg_rewind"
+        old.agent_log().contains("rewound with pg_rewind")
+            && !old.agent_log().contains("RemoveDataDir"),
+        "old primary did not rejoin through pg_rewind (a failed rewind falls back to a fresh clone)"
     );
     insert(np_port, 3).await.expect("write on the new primary");
     assert!(wait_for_row(old.pg_port, 3, Duration::from_secs(20)).await);

@@ -581,12 +581,13 @@ impl Agent {
         self.lease_renewed(sent);
         self.write_config(None).await?;
         self.pg.start(self.spec.pg_ctl_timeout).await?;
-        let (superuser, replication) = (
+        let (superuser, replication, rewind) = (
             self.spec.instance.superuser.clone(),
             self.spec.instance.replication.clone(),
+            self.spec.rewind.clone(),
         );
         let client = self.client().await?;
-        Instance::create_roles(client, &superuser, &replication).await?;
+        Instance::create_roles(client, &superuser, &replication, rewind.as_ref()).await?;
         Ok(())
     }
 
@@ -659,7 +660,15 @@ impl Agent {
     }
 
     async fn rewind(&mut self, cluster: Option<&Cluster>, from: &str) -> Result<bool, ActionError> {
-        let source = self.conninfo_of(cluster, from)?;
+        // pg_rewind reads files through SQL functions the replication role may not call.
+        let mut source = self.conninfo_of(cluster, from)?;
+        let login = self
+            .spec
+            .rewind
+            .as_ref()
+            .unwrap_or(&self.spec.instance.superuser);
+        source.user = login.username.clone();
+        source.password = login.password.clone();
         self.client = None;
         self.pg
             .stop(StopMode::Fast, self.spec.pg_ctl_timeout)
@@ -671,6 +680,7 @@ impl Agent {
             return Err(e.into());
         }
         self.memory.rewind_failed = false;
+        info!(member = %self.spec.name, from = %from, "rewound with pg_rewind");
         self.written_parameters = None;
         self.configure_standby(cluster, Some(from)).await?;
         self.pg.start(self.spec.pg_ctl_timeout).await?;

@@ -2,7 +2,7 @@
 
 use crate::decide::HaConfig;
 use pgherd_dcs::Tags;
-use pgherd_postgres::InstanceConfig;
+use pgherd_postgres::{Credentials, InstanceConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub struct NodeSpec {
     pub ha: HaConfig,
     /// The local PostgreSQL.
     pub instance: InstanceConfig,
+    /// `postgresql.authentication.rewind`: who pg_rewind logs in as on the source;
+    /// `None`: the superuser.
+    pub rewind: Option<Credentials>,
     /// How long pg_ctl may take to start, stop or promote.
     pub pg_ctl_timeout: Duration,
 }

@@ -230,13 +230,16 @@ impl Instance {
         Ok(())
     }
 
-    /// Set the superuser's password and create (or update) the replication role
-    /// `WITH LOGIN REPLICATION PASSWORD …`. Passwords are sent as SCRAM-SHA-256 verifiers
-    /// computed here, never in clear, and statement logging is off for the session.
+    /// Set the superuser's password, create (or update) the replication role
+    /// `WITH LOGIN REPLICATION`, and the rewind role when one is configured apart from the
+    /// superuser (granted the functions pg_rewind calls, as Patroni does). Passwords are
+    /// sent as SCRAM-SHA-256 verifiers computed here, never in clear, and statement
+    /// logging is off for the session.
     pub async fn create_roles(
         client: &tokio_postgres::Client,
         superuser: &Credentials,
         replication: &Credentials,
+        rewind: Option<&Credentials>,
     ) -> Result<()> {
         client
             .batch_execute(
@@ -259,37 +262,61 @@ impl Instance {
                 )
             })?;
         }
-        if replication.username == superuser.username {
-            return Ok(());
+        if replication.username != superuser.username {
+            ensure_login_role(client, replication, "REPLICATION").await?;
         }
-        let exists = client
-            .query_opt(
-                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
-                &[&replication.username],
-            )
-            .await
-            .map_err(|e| PgError::query("looking up the replication role", &e))?
-            .is_some();
-        let mut sql = format!(
-            "{} ROLE {} WITH LOGIN REPLICATION",
-            if exists { "ALTER" } else { "CREATE" },
-            quote_ident(&replication.username)
-        );
-        if let Some(pw) = &replication.password {
-            sql.push_str(" PASSWORD ");
-            sql.push_str(&quote_literal(&postgres_protocol::password::scram_sha_256(
-                pw.as_bytes(),
-            )));
+        if let Some(rewind) = rewind.filter(|r| r.username != superuser.username) {
+            ensure_login_role(client, rewind, "").await?;
+            // What pg_rewind calls on the source (PostgreSQL docs, pg_rewind "Notes").
+            let who = quote_ident(&rewind.username);
+            let sql = format!(
+                "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {who}; \
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {who}; \
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {who}; \
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {who}"
+            );
+            client.batch_execute(&sql).await.map_err(|e| {
+                PgError::query(
+                    format!("granting pg_rewind's functions to {}", rewind.username),
+                    &e,
+                )
+            })?;
         }
-        client.batch_execute(&sql).await.map_err(|e| {
-            PgError::query(
-                format!("creating the replication role {}", replication.username),
-                &e,
-            )
-        })?;
-        info!(role = %replication.username, created = !exists, "replication role ready");
         Ok(())
     }
+}
+
+/// Create or update a login role with its password (as a SCRAM verifier) and `options`.
+async fn ensure_login_role(
+    client: &tokio_postgres::Client,
+    role: &Credentials,
+    options: &str,
+) -> Result<()> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+            &[&role.username],
+        )
+        .await
+        .map_err(|e| PgError::query(format!("looking up role {}", role.username), &e))?
+        .is_some();
+    let mut sql = format!(
+        "{} ROLE {} WITH LOGIN {options}",
+        if exists { "ALTER" } else { "CREATE" },
+        quote_ident(&role.username)
+    );
+    if let Some(pw) = &role.password {
+        sql.push_str(" PASSWORD ");
+        sql.push_str(&quote_literal(&postgres_protocol::password::scram_sha_256(
+            pw.as_bytes(),
+        )));
+    }
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| PgError::query(format!("creating role {}", role.username), &e))?;
+    info!(role = %role.username, created = !exists, "role ready");
+    Ok(())
 }
 
 /// A replication slot name for a member, as Patroni makes it: lowercased, `-` and `.`

@@ -90,7 +90,7 @@ async fn bootstrap_primary(pg: &Instance) -> tokio_postgres::Client {
     pg.start(T).await.unwrap();
     let client = pg.connect().await.unwrap();
     let c = pg.config();
-    Instance::create_roles(&client, &c.superuser, &c.replication)
+    Instance::create_roles(&client, &c.superuser, &c.replication, None)
         .await
         .unwrap();
     let state = Instance::query_state(&client).await.unwrap();

@@ -337,6 +337,9 @@ postgresql:
     superuser:
       username: postgres
       password: {SUPERUSER_PASSWORD}
+    rewind:
+      username: rewinder
+      password: rewind-pass
   parameters:
     unix_socket_directories: '{dir}'
     shared_buffers: 16MB
