@@ -1,0 +1,231 @@
+//! The REST API answers Patroni's paths with Patroni's status codes and JSON fields, for
+//! a primary and for a replica, over real HTTP (GET and HAProxy's OPTIONS).
+
+use pgherd_dcs::{Cluster, ClusterStatus, HistoryEntry, Member, MemberData, Versioned};
+use pgherd_ha::runner::default_ha_config;
+use pgherd_ha::{NodeStatus, Role, SharedStatus};
+use std::time::Instant;
+
+fn cluster() -> Cluster {
+    let member = |name: &str, port: u16, lsn: u64| Member {
+        name: name.into(),
+        data: MemberData {
+            conn_url: format!("postgres://127.0.0.1:{port}/postgres"),
+            api_url: format!("http://127.0.0.1:{}/patroni", port + 1000),
+            state: "running".into(),
+            role: "replica".into(),
+            xlog_location: Some(lsn),
+            timeline: Some(2),
+            ..Default::default()
+        },
+    };
+    Cluster {
+        initialize: Some("7300000000000000001".into()),
+        config: Some(Versioned {
+            value: serde_json::json!({"ttl": 30, "loop_wait": 10}),
+            version: 3,
+        }),
+        leader: Some(Versioned {
+            value: "node1".into(),
+            version: 4,
+        }),
+        members: vec![
+            member("node1", 5432, 50 << 20),
+            member("node2", 5433, 30 << 20),
+        ],
+        history: vec![HistoryEntry {
+            timeline: 1,
+            lsn: 1234,
+            reason: "pgherd: leader lost".into(),
+            timestamp: "2026-11-29T10:00:00+00:00".into(),
+            new_leader: "node1".into(),
+        }],
+        status: Some(ClusterStatus {
+            optime: 50 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn status(role: Role, wal_lsn: u64) -> SharedStatus {
+    let mut s = NodeStatus::new(
+        "node",
+        "demo",
+        "http://127.0.0.1:8008/patroni".into(),
+        "postgres://127.0.0.1:5432/postgres".into(),
+        default_ha_config(),
+        Default::default(),
+    );
+    s.running = true;
+    s.role = role;
+    s.in_recovery = role == Role::Replica;
+    s.holds_leader = role == Role::Primary;
+    s.state = if role == Role::Replica {
+        "streaming"
+    } else {
+        "running"
+    }
+    .into();
+    s.timeline = Some(2);
+    s.wal_lsn = Some(wal_lsn);
+    s.cluster = Some(cluster());
+    s.last_tick = Some(Instant::now());
+    s.system_identifier = Some("7300000000000000001".into());
+    SharedStatus::new(s)
+}
+
+async fn serve(status: SharedStatus) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(pgherd_ha::api::serve(
+        listener,
+        status,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
+async fn code(base: &str, method: reqwest::Method, path: &str) -> u16 {
+    reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
+async fn get_json(base: &str, path: &str) -> serde_json::Value {
+    reqwest::get(format!("{base}{path}"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test]
+async fn primary_answers_200_only_on_primary_paths() {
+    let base = serve(status(Role::Primary, 50 << 20)).await;
+    for path in [
+        "/",
+        "/primary",
+        "/leader",
+        "/master",
+        "/read-write",
+        "/read-only",
+        "/health",
+        "/liveness",
+        "/readiness",
+    ] {
+        assert_eq!(
+            code(&base, reqwest::Method::GET, path).await,
+            200,
+            "GET {path}"
+        );
+    }
+    for path in ["/replica", "/async", "/sync"] {
+        assert_eq!(
+            code(&base, reqwest::Method::GET, path).await,
+            503,
+            "GET {path}"
+        );
+    }
+    // HAProxy's `option httpchk OPTIONS /primary`, and HEAD.
+    assert_eq!(code(&base, reqwest::Method::OPTIONS, "/primary").await, 200);
+    assert_eq!(code(&base, reqwest::Method::HEAD, "/primary").await, 200);
+    assert_eq!(code(&base, reqwest::Method::OPTIONS, "/replica").await, 503);
+
+    let p = get_json(&base, "/patroni").await;
+    assert_eq!(p["role"], "primary");
+    assert_eq!(p["state"], "running");
+    assert_eq!(p["timeline"], 2);
+    assert_eq!(p["xlog"]["location"], 50u64 << 20);
+    assert_eq!(p["database_system_identifier"], "7300000000000000001");
+    assert_eq!(p["patroni"]["scope"], "demo");
+}
+
+#[tokio::test]
+async fn replica_answers_200_on_replica_paths_and_honours_the_lag_limit() {
+    // 20 MB behind the leader's last known position.
+    let base = serve(status(Role::Replica, 30 << 20)).await;
+    for path in [
+        "/replica",
+        "/read-only",
+        "/async",
+        "/health",
+        "/replica?lag=32MB",
+        "/replica?lag=50000000",
+    ] {
+        assert_eq!(
+            code(&base, reqwest::Method::GET, path).await,
+            200,
+            "GET {path}"
+        );
+    }
+    for path in [
+        "/",
+        "/primary",
+        "/master",
+        "/replica?lag=16MB",
+        "/replica?lag=1048576",
+        "/replica?lag=nonsense",
+    ] {
+        assert_eq!(
+            code(&base, reqwest::Method::GET, path).await,
+            503,
+            "GET {path}"
+        );
+    }
+    // 20 MB is beyond maximum_lag_on_failover (1 MB): not ready to take traffic.
+    assert_eq!(code(&base, reqwest::Method::GET, "/readiness").await, 503);
+    let p = get_json(&base, "/patroni").await;
+    assert_eq!(p["role"], "replica");
+    assert_eq!(p["replication_state"], "streaming");
+    assert!(p["xlog"]["received_location"].is_u64(), "{p}");
+}
+
+#[tokio::test]
+async fn cluster_history_and_config_use_patronis_shapes() {
+    let base = serve(status(Role::Replica, 30 << 20)).await;
+    let c = get_json(&base, "/cluster").await;
+    assert_eq!(c["scope"], "demo");
+    assert_eq!(c["members"][0]["name"], "node1");
+    assert_eq!(c["members"][0]["role"], "leader");
+    assert_eq!(c["members"][0]["port"], 5432);
+    assert_eq!(c["members"][1]["role"], "replica");
+    assert_eq!(c["members"][1]["lag"], 20u64 << 20);
+    let h = get_json(&base, "/history").await;
+    assert_eq!(
+        h,
+        serde_json::json!([[
+            1,
+            1234,
+            "pgherd: leader lost",
+            "2026-11-29T10:00:00+00:00",
+            "node1"
+        ]])
+    );
+    assert_eq!(get_json(&base, "/config").await["ttl"], 30);
+}
+
+#[tokio::test]
+async fn stopped_postgres_fails_health_and_a_stale_loop_fails_liveness() {
+    let st = status(Role::Replica, 0);
+    st.update(|s| {
+        s.running = false;
+        s.state = "stopped".into();
+        s.last_tick = Some(Instant::now() - std::time::Duration::from_secs(120));
+    });
+    let base = serve(st).await;
+    for path in ["/health", "/liveness", "/replica", "/read-only", "/primary"] {
+        assert_eq!(
+            code(&base, reqwest::Method::GET, path).await,
+            503,
+            "GET {path}"
+        );
+    }
+}
