@@ -1,0 +1,228 @@
+//! Reading whole protocol frames from any [`AsyncRead`]: the server side reads backend
+//! frames with it, the client side frontend frames and startup packets.
+//!
+//! [`FramedReader::next`] and [`FramedReader::next_startup`] are cancel-safe: bytes
+//! read before a `select!` drops the future stay in the buffer for the next call.
+
+use bytes::BytesMut;
+use pgherd_protocol::{Frame, FrameDecoder, ProtocolError, StartupPacket};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// How much room a read asks for when the buffer is full: PgBouncer's default
+/// `pkt_buf` (4096) doubled, enough for a typical result batch in one syscall.
+pub const DEFAULT_READ_CHUNK: usize = 8 * 1024;
+
+/// An idle buffer larger than this (after a large message) is given back, so a
+/// long-lived connection does not keep its largest message's allocation.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FramedError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Malformed or oversized input; the stream has lost message sync.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The peer closed the connection in the middle of a message.
+    #[error("connection closed in the middle of a message ({buffered} bytes pending)")]
+    UnexpectedEof { buffered: usize },
+}
+
+/// Frames off an `AsyncRead`, buffered, with the limits of a [`FrameDecoder`].
+#[derive(Debug)]
+pub struct FramedReader<R> {
+    inner: R,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    chunk: usize,
+    bytes_read: u64,
+}
+
+impl<R: AsyncRead + Unpin> FramedReader<R> {
+    /// A reader with [`DEFAULT_READ_CHUNK`]. Nothing is allocated until the first read.
+    pub fn new(inner: R, decoder: FrameDecoder) -> Self {
+        FramedReader::with_read_chunk(inner, decoder, DEFAULT_READ_CHUNK)
+    }
+
+    /// A reader that asks for `chunk` bytes of room per read (at least 64): smaller
+    /// chunks save memory on many idle connections, larger ones syscalls on busy ones.
+    pub fn with_read_chunk(inner: R, decoder: FrameDecoder, chunk: usize) -> Self {
+        FramedReader {
+            inner,
+            buf: BytesMut::new(),
+            decoder,
+            chunk: chunk.max(64),
+            bytes_read: 0,
+        }
+    }
+
+    /// Continue with bytes already read from `inner` (e.g. after a TLS handshake
+    /// or when handing a connection over).
+    pub fn with_buffer(inner: R, decoder: FrameDecoder, buffered: BytesMut) -> Self {
+        let mut r = FramedReader::new(inner, decoder);
+        r.buf = buffered;
+        r
+    }
+
+    /// The next typed frame; `Ok(None)` on a clean EOF (between messages).
+    /// Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<Frame>, FramedError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if !self.fill().await? {
+                return self.eof();
+            }
+        }
+    }
+
+    /// The next frame already in the buffer, without reading: lets a forwarder pass on
+    /// everything that arrived in one write.
+    pub fn next_buffered(&mut self) -> Result<Option<Frame>, FramedError> {
+        Ok(self.decoder.decode(&mut self.buf)?)
+    }
+
+    /// The next startup-phase packet (StartupMessage, SSLRequest, GSSENCRequest,
+    /// CancelRequest: no type byte); `Ok(None)` on a clean EOF. Cancel-safe.
+    pub async fn next_startup(&mut self) -> Result<Option<StartupPacket>, FramedError> {
+        loop {
+            if let Some(packet) = StartupPacket::decode_from(&mut self.buf)? {
+                return Ok(Some(packet));
+            }
+            if !self.fill().await? {
+                return self.eof();
+            }
+        }
+    }
+
+    fn eof<T>(&self) -> Result<Option<T>, FramedError> {
+        if self.buf.is_empty() {
+            Ok(None)
+        } else {
+            Err(FramedError::UnexpectedEof {
+                buffered: self.buf.len(),
+            })
+        }
+    }
+
+    /// One read into the buffer; `false` on EOF.
+    async fn fill(&mut self) -> Result<bool, FramedError> {
+        if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+            self.buf = BytesMut::new();
+        }
+        if self.buf.capacity() - self.buf.len() < self.chunk / 2 {
+            self.buf.reserve(self.chunk);
+        }
+        let n = self.inner.read_buf(&mut self.buf).await?;
+        self.bytes_read += n as u64;
+        Ok(n > 0)
+    }
+}
+
+impl<R> FramedReader<R> {
+    /// Total bytes read from `inner` so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// Bytes read but not yet returned as a frame.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn decoder(&self) -> FrameDecoder {
+        self.decoder
+    }
+
+    /// Change the limits (e.g. after the startup phase).
+    pub fn set_decoder(&mut self, decoder: FrameDecoder) {
+        self.decoder = decoder;
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The reader and any bytes read but not consumed (check it is empty before a TLS
+    /// upgrade: bytes after an SSLRequest are a protocol violation).
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgherd_protocol::StartupMessage;
+    use tokio::io::AsyncWriteExt;
+
+    fn frame_bytes(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut dst = BytesMut::new();
+        Frame::new(tag, body.to_vec()).encode(&mut dst);
+        dst.to_vec()
+    }
+
+    #[tokio::test]
+    async fn frames_split_across_reads_come_out_whole() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut wire = frame_bytes(b'D', &[7u8; 300]);
+        wire.extend(frame_bytes(b'Z', b"I"));
+        let writer = tokio::spawn(async move {
+            for piece in wire.chunks(7) {
+                tx.write_all(piece).await.expect("write");
+            }
+        });
+        let mut r = FramedReader::with_read_chunk(rx, FrameDecoder::backend(), 16);
+        let d = r.next().await.expect("read").expect("frame");
+        assert_eq!((d.tag, d.body.len()), (b'D', 300));
+        let z = r.next().await.expect("read").expect("frame");
+        assert_eq!((z.tag, &z.body[..]), (b'Z', &b"I"[..]));
+        writer.await.expect("writer");
+        assert!(r.next().await.expect("clean eof").is_none());
+        assert_eq!(r.bytes_read(), 305 + 6);
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_frame_is_an_error() {
+        let wire = frame_bytes(b'D', b"hello");
+        let mut r = FramedReader::new(&wire[..wire.len() - 1], FrameDecoder::backend());
+        assert!(matches!(
+            r.next().await,
+            Err(FramedError::UnexpectedEof { buffered: 9 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn hostile_length_is_refused_before_buffering() {
+        let wire = [b'Q', 0x7f, 0xff, 0xff, 0xff];
+        let mut r = FramedReader::new(&wire[..], FrameDecoder::frontend());
+        assert!(matches!(
+            r.next().await,
+            Err(FramedError::Protocol(ProtocolError::MessageTooLarge { .. }))
+        ));
+        assert!(r.buffered().len() <= wire.len());
+    }
+
+    #[tokio::test]
+    async fn startup_packet_then_frames() {
+        let mut wire = BytesMut::new();
+        StartupMessage::new("alice")
+            .with_parameter("database", "db")
+            .encode(&mut wire);
+        wire.extend_from_slice(&frame_bytes(b'Q', b"SELECT 1\0"));
+        let mut r = FramedReader::new(&wire[..], FrameDecoder::frontend());
+        match r.next_startup().await.expect("read") {
+            Some(StartupPacket::Startup(m)) => assert_eq!(m.database(), "db"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let q = r.next().await.expect("read").expect("frame");
+        assert_eq!(q.tag, b'Q');
+        assert!(r.next().await.expect("eof").is_none());
+    }
+}
