@@ -1,0 +1,773 @@
+//! One client connection: the startup handshake, authentication against `auth_file`,
+//! then forwarding to a server connection from the pool — held for the whole session in
+//! `session` mode, or for one transaction in `transaction` mode.
+//!
+//! Frames pass through untouched; only their type bytes are read, to know when a
+//! server's ReadyForQuery answers the last outstanding query (the moment a transaction-
+//! mode client gives its server back).
+
+use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
+use crate::pool::{Lease, Pool, PoolError, PoolKey};
+use crate::runtime::{CancelSlot, CancelTarget, Runtime};
+use crate::server::{send_cancel, FramedError, FramedReader, ServerCredential};
+use bytes::BytesMut;
+use pgherd_protocol::auth::{Md5Server, ScramServer, StoredPassword};
+use pgherd_protocol::backend::{
+    Authentication, BackendKeyData, ErrorResponse, ParameterStatus, ReadyForQuery, Severity,
+    TransactionStatus,
+};
+use pgherd_protocol::frontend::{PasswordMessage, SaslInitialResponse, SaslResponse};
+use pgherd_protocol::{Frame, FrameDecoder, Message, StartupMessage, StartupPacket};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+/// Startup parameters PgBouncer tracks per client and applies to whichever server the
+/// client is given (its "varcache").
+const TRACKED_PARAMETERS: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+];
+
+/// How many SSL/GSS negotiation rounds a client may try before its StartupMessage.
+const MAX_NEGOTIATIONS: usize = 2;
+
+type ClientReader = FramedReader<OwnedReadHalf>;
+type ClientWriter = BufWriter<OwnedWriteHalf>;
+
+/// Why a session ended early; what the client is told is decided where it is raised.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("client connection: {0}")]
+    Client(#[from] FramedError),
+    #[error("client write: {0}")]
+    Io(#[from] std::io::Error),
+    /// Already reported to the client.
+    #[error("{0}")]
+    Reported(String),
+}
+
+fn error(severity: Severity, sqlstate: &str, message: impl Into<String>) -> ErrorResponse {
+    ErrorResponse::new(severity, sqlstate, message)
+}
+
+async fn send(out: &mut ClientWriter, message: &impl Message) -> Result<(), SessionError> {
+    let mut buf = BytesMut::new();
+    message.encode(&mut buf);
+    out.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Tell the client `e`, flush, and end the session with that reason.
+async fn fail(out: &mut ClientWriter, e: ErrorResponse) -> SessionError {
+    let reason = e.message().unwrap_or("error").to_string();
+    if send(out, &e).await.is_ok() {
+        let _ = out.flush().await;
+    }
+    SessionError::Reported(reason)
+}
+
+/// Turn away a client over `max_client_conn`, with PostgreSQL's "too many connections".
+pub async fn refuse(stream: TcpStream, peer: SocketAddr, reason: &'static str) {
+    let (read, write) = stream.into_split();
+    let mut reader = FramedReader::new(read, FrameDecoder::frontend());
+    let mut out = BufWriter::new(write);
+    // Read its startup packet first, so a client that waits to be asked hears why.
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader.next_startup()).await;
+    info!(%peer, reason, "refusing client");
+    let _ = fail(&mut out, error(Severity::Fatal, "53300", reason)).await;
+}
+
+/// Serve one client until it leaves or fails.
+pub async fn run(stream: TcpStream, peer: SocketAddr, rt: Arc<Runtime>) {
+    let (read, write) = stream.into_split();
+    let mut client = FramedReader::new(read, FrameDecoder::frontend());
+    let mut out = BufWriter::new(write);
+    let login_timeout = rt.config().settings.client_login_timeout;
+    let login = login(&mut client, &mut out, peer, &rt);
+    let logged_in = match login_timeout {
+        Some(t) => match tokio::time::timeout(t, login).await {
+            Ok(r) => r,
+            Err(_) => Err(fail(
+                &mut out,
+                error(Severity::Fatal, "08P01", "client_login_timeout"),
+            )
+            .await),
+        },
+        None => login.await,
+    };
+    let session = match logged_in {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            debug!(%peer, error = %e, "login ended");
+            return;
+        }
+    };
+    let (session, lease) = session;
+    let (pid, key) = (session.pid, session.key);
+    let result = session.serve(lease, &mut client, &mut out, &rt).await;
+    rt.unregister_client(pid, key);
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "session ended");
+    }
+}
+
+/// A logged-in client.
+struct Session {
+    peer: SocketAddr,
+    user: String,
+    database: String,
+    mode: PoolMode,
+    pool: Arc<Pool>,
+    /// Tracked startup parameters the client asked for.
+    wanted: Vec<(String, String)>,
+    pid: i32,
+    key: u32,
+    cancel: CancelSlot,
+}
+
+/// Startup, authentication and the welcome. `Ok(None)`: nothing more to do (a cancel
+/// request, or a client that left).
+async fn login(
+    client: &mut ClientReader,
+    out: &mut ClientWriter,
+    peer: SocketAddr,
+    rt: &Arc<Runtime>,
+) -> Result<Option<(Session, Lease)>, SessionError> {
+    let Some(startup) = startup(client, out, rt).await? else {
+        return Ok(None);
+    };
+    let user = startup.user().to_string();
+    let database = startup.database().to_string();
+    let config = rt.config();
+    let wanted = match tracked_parameters(&startup, &config.settings.ignore_startup_parameters) {
+        Ok(w) => w,
+        Err(name) => {
+            return Err(fail(
+                out,
+                error(
+                    Severity::Fatal,
+                    "08P01",
+                    format!("unsupported startup parameter: {name}"),
+                ),
+            )
+            .await)
+        }
+    };
+    let Some(db) = config.resolve_database(&database) else {
+        return Err(fail(
+            out,
+            error(
+                Severity::Fatal,
+                "3D000",
+                format!("database \"{database}\" does not exist"),
+            ),
+        )
+        .await);
+    };
+    let scram_keys = authenticate(client, out, rt, &user, &database, peer).await?;
+    let credential = server_credential(rt, &db, &user, scram_keys);
+    let key = PoolKey {
+        database: database.clone(),
+        user: db.user.clone().unwrap_or_else(|| user.clone()),
+    };
+    let pool = rt.pool(&key, &db, credential);
+    let mode = rt.pool_mode(&db, &user);
+    // A server connection now: its parameters are the client's welcome, and a login
+    // failure toward the server is reported before the client thinks it is in.
+    let lease = match pool.acquire().await {
+        Ok(l) => l,
+        Err(e) => return Err(fail(out, pool_error(&e)).await),
+    };
+    let (pid, key_secret, cancel) = rt.register_client();
+    let session = Session {
+        peer,
+        user,
+        database,
+        mode,
+        pool,
+        wanted,
+        pid,
+        key: key_secret,
+        cancel,
+    };
+    send(out, &Authentication::Ok).await?;
+    for (name, value) in lease.conn.parameters() {
+        let value = session
+            .wanted
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(value);
+        send(out, &ParameterStatus::new(name.clone(), value)).await?;
+    }
+    send(out, &BackendKeyData::new(pid, key_secret)).await?;
+    send(
+        out,
+        &ReadyForQuery {
+            status: TransactionStatus::Idle,
+        },
+    )
+    .await?;
+    out.flush().await?;
+    info!(peer = %session.peer, user = %session.user, database = %session.database, mode = session.mode.as_str(), "client logged in");
+    Ok(Some((session, lease)))
+}
+
+/// Read startup packets, declining SSL/GSS encryption, until a StartupMessage; a
+/// CancelRequest is passed on to the right server.
+async fn startup(
+    client: &mut ClientReader,
+    out: &mut ClientWriter,
+    rt: &Runtime,
+) -> Result<Option<StartupMessage>, SessionError> {
+    for _ in 0..=MAX_NEGOTIATIONS {
+        match client.next_startup().await? {
+            None => return Ok(None),
+            Some(StartupPacket::SslRequest) | Some(StartupPacket::GssEncRequest) => {
+                out.write_all(b"N").await?;
+                out.flush().await?;
+            }
+            Some(StartupPacket::Cancel(c)) => {
+                let key = <[u8; 4]>::try_from(&c.secret_key[..])
+                    .map(u32::from_be_bytes)
+                    .ok();
+                if let Some(target) = key.and_then(|k| rt.cancel_target(c.process_id, k)) {
+                    let timeout = rt.config().settings.server_connect_timeout;
+                    if let Err(e) = send_cancel(
+                        (&target.host, target.port),
+                        target.backend_pid,
+                        &target.cancel_key,
+                        timeout,
+                    )
+                    .await
+                    {
+                        debug!(error = %e, "forwarding a cancel request failed");
+                    }
+                }
+                return Ok(None);
+            }
+            Some(StartupPacket::Startup(m)) => return Ok(Some(m)),
+        }
+    }
+    Err(fail(
+        out,
+        error(
+            Severity::Fatal,
+            "08P01",
+            "too many encryption negotiation requests",
+        ),
+    )
+    .await)
+}
+
+/// The tracked parameters from the StartupMessage; `Err(name)` for one PgBouncer would
+/// refuse (not tracked and not in `ignore_startup_parameters`).
+fn tracked_parameters(
+    m: &StartupMessage,
+    ignored: &[String],
+) -> Result<Vec<(String, String)>, String> {
+    let mut wanted = Vec::new();
+    for (name, value) in &m.parameters {
+        if matches!(name.as_str(), "user" | "database")
+            || ignored.iter().any(|i| i.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        match TRACKED_PARAMETERS
+            .iter()
+            .find(|t| t.eq_ignore_ascii_case(name))
+        {
+            Some(t) => wanted.push((t.to_string(), value.clone())),
+            None => return Err(name.clone()),
+        }
+    }
+    Ok(wanted)
+}
+
+/// Check the client's password against its `auth_file` secret per `auth_type`.
+/// Returns SCRAM keys when the client proved a SCRAM verifier (to log into servers
+/// holding the same verifier).
+async fn authenticate(
+    client: &mut ClientReader,
+    out: &mut ClientWriter,
+    rt: &Runtime,
+    user: &str,
+    database: &str,
+    peer: SocketAddr,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, SessionError> {
+    let config = rt.config();
+    let userlist = rt.userlist();
+    let stored = userlist
+        .get(user)
+        .map(|s| StoredPassword::parse(s.expose()));
+    let method = match config.settings.auth_type {
+        AuthType::Hba => match rt.hba_method(peer, database, user) {
+            Some(m) => m,
+            None => {
+                return Err(fail(
+                    out,
+                    error(
+                        Severity::Fatal,
+                        "28000",
+                        format!("no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\"", peer.ip()),
+                    ),
+                )
+                .await)
+            }
+        },
+        other => other,
+    };
+    let denied = || {
+        error(
+            Severity::Fatal,
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
+    match method {
+        AuthType::Any => Ok(None),
+        AuthType::Trust => match stored {
+            Some(_) => Ok(None),
+            None => Err(fail(out, denied()).await),
+        },
+        AuthType::Plain => {
+            send(out, &Authentication::CleartextPassword).await?;
+            out.flush().await?;
+            let body = password_response(client, out).await?;
+            let pw = PasswordMessage::decode(&body)
+                .map_err(|e| SessionError::Reported(e.to_string()))?;
+            match stored.map(|s| s.verify_cleartext(user, &pw.password)) {
+                Some(Ok(())) => Ok(None),
+                _ => Err(fail(out, denied()).await),
+            }
+        }
+        AuthType::Md5 => match stored {
+            // A SCRAM secret cannot answer md5: PgBouncer switches to SCRAM, so do we.
+            Some(StoredPassword::Scram(_)) => scram(client, out, stored.as_ref(), denied).await,
+            _ => md5(client, out, user, stored.as_ref(), denied).await,
+        },
+        AuthType::ScramSha256 => scram(client, out, stored.as_ref(), denied).await,
+        AuthType::Hba => Err(fail(out, denied()).await),
+    }
+}
+
+/// The body of the client's next password message ('p').
+async fn password_response(
+    client: &mut ClientReader,
+    out: &mut ClientWriter,
+) -> Result<bytes::Bytes, SessionError> {
+    match client.next().await? {
+        Some(f) if f.tag == b'p' => Ok(f.body),
+        Some(_) => Err(fail(
+            out,
+            error(Severity::Fatal, "08P01", "expected a password response"),
+        )
+        .await),
+        None => Err(SessionError::Reported(
+            "client left during authentication".into(),
+        )),
+    }
+}
+
+async fn md5(
+    client: &mut ClientReader,
+    out: &mut ClientWriter,
+    user: &str,
+    stored: Option<&StoredPassword>,
+    denied: impl Fn() -> ErrorResponse,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, SessionError> {
+    // An unknown user still gets a challenge, so the answer does not reveal who exists.
+    let fallback = StoredPassword::Plain(String::new());
+    let server = Md5Server::new(user, stored.unwrap_or(&fallback))
+        .map_err(|e| SessionError::Reported(e.to_string()))?;
+    send(out, &server.request()).await?;
+    out.flush().await?;
+    let body = password_response(client, out).await?;
+    let pw = PasswordMessage::decode(&body).map_err(|e| SessionError::Reported(e.to_string()))?;
+    match (stored, server.verify(&pw.password)) {
+        (Some(_), Ok(())) => Ok(None),
+        _ => Err(fail(out, denied()).await),
+    }
+}
+
+async fn scram(
+    client: &mut ClientReader,
+    out: &mut ClientWriter,
+    stored: Option<&StoredPassword>,
+    denied: impl Fn() -> ErrorResponse,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, SessionError> {
+    // Unknown users (and md5 secrets, which cannot do SCRAM) run a mock exchange that
+    // fails at the end, like PostgreSQL.
+    let known = stored.and_then(|s| ScramServer::from_stored(s).ok());
+    let real = known.is_some();
+    let mut server = known.unwrap_or_else(ScramServer::mock);
+    send(
+        out,
+        &Authentication::Sasl {
+            mechanisms: vec!["SCRAM-SHA-256".to_string()],
+        },
+    )
+    .await?;
+    out.flush().await?;
+    let body = password_response(client, out).await?;
+    let first =
+        SaslInitialResponse::decode(&body).map_err(|e| SessionError::Reported(e.to_string()))?;
+    if first.mechanism != "SCRAM-SHA-256" {
+        return Err(fail(
+            out,
+            error(
+                Severity::Fatal,
+                "28000",
+                format!("unsupported SASL mechanism {}", first.mechanism),
+            ),
+        )
+        .await);
+    }
+    let server_first = match server.handle_client_first(first.data.as_deref().unwrap_or(&[])) {
+        Ok(s) => s,
+        Err(_) => return Err(fail(out, denied()).await),
+    };
+    send(
+        out,
+        &Authentication::SaslContinue {
+            data: bytes::Bytes::from(server_first.into_bytes()),
+        },
+    )
+    .await?;
+    out.flush().await?;
+    let body = password_response(client, out).await?;
+    let response =
+        SaslResponse::decode(&body).map_err(|e| SessionError::Reported(e.to_string()))?;
+    let server_final = match server.handle_client_final(&response.data) {
+        Ok(s) if real => s,
+        _ => return Err(fail(out, denied()).await),
+    };
+    send(
+        out,
+        &Authentication::SaslFinal {
+            data: bytes::Bytes::from(server_final.into_bytes()),
+        },
+    )
+    .await?;
+    let keys = server
+        .client_key()
+        .map(|ck| (ck.to_vec(), server.verifier().keys.server_key.to_vec()));
+    Ok(keys)
+}
+
+/// How the pooler logs into servers for this client: the database entry's password,
+/// else the (forced or client's) user's `auth_file` secret, else the SCRAM keys the
+/// client just proved.
+fn server_credential(
+    rt: &Runtime,
+    db: &DatabaseConfig,
+    user: &str,
+    scram_keys: Option<(Vec<u8>, Vec<u8>)>,
+) -> ServerCredential {
+    if let Some(pw) = &db.password {
+        return ServerCredential::Plain(pw.expose().to_string());
+    }
+    let server_user = db.user.as_deref().unwrap_or(user);
+    match rt.userlist().get(server_user) {
+        Some(Secret::Plain(p)) => ServerCredential::Plain(p.clone()),
+        Some(Secret::Md5(h)) => ServerCredential::Md5Hash(h.clone()),
+        Some(Secret::ScramVerifier(_)) if db.user.is_none() => match scram_keys {
+            Some((client_key, server_key)) => ServerCredential::ScramKeys {
+                client_key,
+                server_key,
+            },
+            None => ServerCredential::None,
+        },
+        _ => ServerCredential::None,
+    }
+}
+
+fn pool_error(e: &PoolError) -> ErrorResponse {
+    match e {
+        PoolError::WaitTimeout => error(Severity::Fatal, "08P01", "query_wait_timeout"),
+        PoolError::Closed => error(Severity::Fatal, "57P01", "pooler is shutting down"),
+        PoolError::Server(s) => s.to_client_error(),
+    }
+}
+
+/// How forwarding with a server ended.
+enum Pump {
+    /// The client closed or sent Terminate.
+    ClientGone,
+    /// Transaction mode: the server answered every query and is idle again.
+    TransactionDone,
+    /// The server connection failed.
+    ServerFailed(String),
+}
+
+/// Queries a client message makes the server answer with a ReadyForQuery.
+fn ready_for_queries_expected(tag: u8) -> usize {
+    // 'Q' simple query, 'S' Sync of the extended protocol.
+    usize::from(matches!(tag, b'Q' | b'S'))
+}
+
+impl Session {
+    /// Forward until the client leaves. `login` is the server connection taken at login.
+    async fn serve(
+        self,
+        login: Lease,
+        client: &mut ClientReader,
+        out: &mut ClientWriter,
+        rt: &Runtime,
+    ) -> Result<(), SessionError> {
+        let settings = rt.config().settings.clone();
+        let mut lease = match self.mode {
+            PoolMode::Session => match self.prepare(login).await {
+                Ok(l) => Some(l),
+                Err(e) => return Err(fail(out, e).await),
+            },
+            _ => {
+                self.pool.release(login, true).await;
+                None
+            }
+        };
+        // Queries and Syncs sent whose ReadyForQuery has not come back yet.
+        let mut pending = 0usize;
+        loop {
+            let Some(mut attached) = lease.take() else {
+                // Between transactions: wait for the client's next message, then a server.
+                let first = match self
+                    .next_from_client(client, settings.client_idle_timeout)
+                    .await
+                {
+                    Ok(Some(f)) if f.tag != b'X' => f,
+                    Ok(_) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                let acquired = match self.pool.acquire().await {
+                    Ok(l) => l,
+                    Err(e) => return Err(fail(out, pool_error(&e)).await),
+                };
+                let mut attached = match self.prepare(acquired).await {
+                    Ok(l) => l,
+                    Err(e) => return Err(fail(out, e).await),
+                };
+                pending += ready_for_queries_expected(first.tag);
+                self.count_query(first.tag);
+                let mut batch = BytesMut::new();
+                first.encode(&mut batch);
+                if let Err(e) = attached.conn.write_all(&batch).await {
+                    self.pool.release(attached, false).await;
+                    return Err(fail(out, server_lost(&e.to_string())).await);
+                }
+                lease = Some(attached);
+                continue;
+            };
+            match self.pump(&mut attached, client, out, &mut pending).await? {
+                Pump::ClientGone => {
+                    self.finish(attached, pending, &settings).await;
+                    return Ok(());
+                }
+                Pump::TransactionDone => {
+                    self.detach();
+                    let reset = settings.server_reset_query_always;
+                    let reusable = !reset || self.reset(&mut attached, &settings).await;
+                    self.pool.release(attached, reusable).await;
+                }
+                Pump::ServerFailed(why) => {
+                    self.detach();
+                    self.pool.release(attached, false).await;
+                    return Err(fail(out, server_lost(&why)).await);
+                }
+            }
+        }
+    }
+
+    /// Forward both ways until the client leaves, the server fails, or (transaction mode)
+    /// the transaction is over.
+    async fn pump(
+        &self,
+        lease: &mut Lease,
+        client: &mut ClientReader,
+        out: &mut ClientWriter,
+        pending: &mut usize,
+    ) -> Result<Pump, SessionError> {
+        loop {
+            tokio::select! {
+                frame = lease.conn.read_frame() => {
+                    let frame = match frame {
+                        Ok(f) => f,
+                        Err(e) => return Ok(Pump::ServerFailed(e.to_string())),
+                    };
+                    let mut idle = self.to_client(&frame, out, pending).await?;
+                    // Forward what already arrived in one write.
+                    loop {
+                        match lease.conn.next_buffered_frame() {
+                            Ok(Some(f)) => idle = self.to_client(&f, out, pending).await?,
+                            Ok(None) => break,
+                            Err(e) => return Ok(Pump::ServerFailed(e.to_string())),
+                        }
+                    }
+                    out.flush().await?;
+                    if idle && *pending == 0 && self.mode != PoolMode::Session {
+                        return Ok(Pump::TransactionDone);
+                    }
+                }
+                frame = client.next() => {
+                    let first = match frame {
+                        Ok(Some(f)) if f.tag != b'X' => f,
+                        Ok(_) => return Ok(Pump::ClientGone),
+                        Err(e) => {
+                            debug!(peer = %self.peer, error = %e, "client connection failed");
+                            return Ok(Pump::ClientGone);
+                        }
+                    };
+                    let mut batch = BytesMut::new();
+                    let mut gone = false;
+                    let mut next = Some(first);
+                    while let Some(f) = next.take() {
+                        if f.tag == b'X' {
+                            gone = true;
+                            break;
+                        }
+                        *pending += ready_for_queries_expected(f.tag);
+                        self.count_query(f.tag);
+                        f.encode(&mut batch);
+                        next = client.next_buffered()?;
+                    }
+                    if !batch.is_empty() {
+                        if let Err(e) = lease.conn.write_all(&batch).await {
+                            return Ok(Pump::ServerFailed(e.to_string()));
+                        }
+                    }
+                    if gone {
+                        return Ok(Pump::ClientGone);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write one server frame to the client; `true` when it is a ReadyForQuery saying
+    /// the server is idle (outside any transaction).
+    async fn to_client(
+        &self,
+        frame: &Frame,
+        out: &mut ClientWriter,
+        pending: &mut usize,
+    ) -> Result<bool, SessionError> {
+        let mut buf = BytesMut::with_capacity(frame.wire_len());
+        frame.encode(&mut buf);
+        out.write_all(&buf).await?;
+        let stats = &self.pool.stats;
+        stats
+            .total_sent
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if frame.tag != ReadyForQuery::TAG {
+            return Ok(false);
+        }
+        *pending = pending.saturating_sub(1);
+        let idle = frame.body.first() == Some(&b'I');
+        if idle {
+            stats.total_xact_count.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(idle)
+    }
+
+    fn count_query(&self, tag: u8) {
+        if ready_for_queries_expected(tag) > 0 {
+            self.pool
+                .stats
+                .total_query_count
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn next_from_client(
+        &self,
+        client: &mut ClientReader,
+        idle_timeout: Option<Duration>,
+    ) -> Result<Option<Frame>, SessionError> {
+        let next = client.next();
+        let frame = match idle_timeout {
+            Some(t) => match tokio::time::timeout(t, next).await {
+                Ok(f) => f,
+                Err(_) => {
+                    info!(peer = %self.peer, "client_idle_timeout");
+                    return Ok(None);
+                }
+            },
+            None => next.await,
+        };
+        match frame {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                debug!(peer = %self.peer, error = %e, "client connection failed");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Give a server this client's tracked parameters, and register it for cancels.
+    async fn prepare(&self, mut lease: Lease) -> Result<Lease, ErrorResponse> {
+        for (name, value) in &self.wanted {
+            if lease.conn.parameter(name) == Some(value.as_str()) {
+                continue;
+            }
+            let sql = format!("SET {name} TO {}", quote_literal(value));
+            if let Err(e) = lease.conn.simple_query(&sql).await {
+                let answer = e.to_client_error();
+                self.pool.release(lease, false).await;
+                return Err(answer);
+            }
+        }
+        *lock(&self.cancel) = Some(CancelTarget {
+            host: lease.conn.addr().ip().to_string(),
+            port: lease.conn.addr().port(),
+            backend_pid: lease.conn.backend_pid(),
+            cancel_key: lease.conn.cancel_key().to_vec(),
+        });
+        Ok(lease)
+    }
+
+    fn detach(&self) {
+        *lock(&self.cancel) = None;
+    }
+
+    /// Run `server_reset_query`; `false` if the server cannot be reused.
+    async fn reset(&self, lease: &mut Lease, settings: &crate::config::Settings) -> bool {
+        match &settings.server_reset_query {
+            Some(q) if !q.trim().is_empty() => lease.conn.simple_query(q).await.is_ok(),
+            _ => true,
+        }
+    }
+
+    /// The client left while holding `lease`: reuse the server only if it is idle.
+    async fn finish(&self, mut lease: Lease, pending: usize, settings: &crate::config::Settings) {
+        self.detach();
+        let idle = pending == 0 && lease.conn.transaction_status() == Some(TransactionStatus::Idle);
+        let reset_due = self.mode == PoolMode::Session || settings.server_reset_query_always;
+        let reusable = idle && (!reset_due || self.reset(&mut lease, settings).await);
+        self.pool.release(lease, reusable).await;
+        info!(peer = %self.peer, user = %self.user, database = %self.database, "client left");
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A SQL string literal.
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn server_lost(why: &str) -> ErrorResponse {
+    debug!(reason = why, "server connection lost");
+    error(Severity::Fatal, "08006", "server conn crashed?")
+}
