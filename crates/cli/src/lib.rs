@@ -6,4 +6,5 @@ pub mod ctl;
 pub mod demo;
 pub mod listing;
 pub mod node;
+pub mod pooler;
 pub mod signals;

@@ -2,7 +2,7 @@
 //! error into a one-line reason with a non-zero exit code.
 
 use clap::Parser;
-use pgherd_cli::{ctl, demo, node};
+use pgherd_cli::{ctl, demo, node, pooler};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,6 +31,8 @@ enum Command {
         #[arg(long)]
         validate_config: bool,
     },
+    /// Run the connection pooler (PgBouncer-compatible).
+    Pooler(pooler::PoolerArgs),
     /// Look at and operate a cluster.
     Ctl(ctl::CtlArgs),
     /// Run a 3-member cluster on this machine, with an in-process DCS.
@@ -40,7 +42,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Node { .. } => "info",
+        Command::Node { .. } | Command::Pooler(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGHERD_LOG")
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
                 })?;
                 node::run(&path, validate_config).await
             }
+            Command::Pooler(args) => pooler::run(args).await,
             Command::Ctl(args) => ctl::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }

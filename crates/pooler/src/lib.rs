@@ -6,4 +6,5 @@ pub mod config;
 pub mod pool;
 pub mod runtime;
 pub mod server;
+pub mod service;
 pub mod session;

@@ -108,11 +108,11 @@ impl Pool {
         &self.limits
     }
 
-    /// Servers lent to clients right now.
+    /// Servers lent to clients right now (a lent server holds a slot; idle ones do not).
     pub fn active(&self) -> usize {
         let main = self.limits.pool_size - self.slots.available_permits();
         let reserve = self.limits.reserve_pool_size - self.reserve.available_permits();
-        (main + reserve).saturating_sub(self.idle_count())
+        main + reserve
     }
 
     pub fn idle_count(&self) -> usize {

@@ -32,6 +32,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn replace<T>(slot: &RwLock<T>, value: T) {
+    match slot.write() {
+        Ok(mut g) => *g = value,
+        Err(p) => *p.into_inner() = value,
+    }
+}
+
 /// Everything the sessions share.
 pub struct Runtime {
     config: RwLock<Arc<PoolerConfig>>,
@@ -52,6 +59,14 @@ impl Runtime {
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
         })
+    }
+
+    /// Swap in re-read files (RELOAD, SIGHUP). Sessions pick the new settings up at
+    /// their next decision; existing pools keep their size until restart.
+    pub fn reload(&self, config: PoolerConfig, userlist: Userlist, hba: Option<HbaRules>) {
+        replace(&self.config, Arc::new(config));
+        replace(&self.userlist, Arc::new(userlist));
+        replace(&self.hba, hba.map(Arc::new));
     }
 
     pub fn config(&self) -> Arc<PoolerConfig> {

@@ -1,0 +1,136 @@
+//! The pooler as a service: read pgbouncer.ini (or pooler.yml) with its auth_file and
+//! auth_hba_file, bind the listeners, serve, reload on request, and shut down.
+
+use crate::config::{ConfigErrors, HbaRules, PoolerConfig, Userlist};
+use crate::runtime::{self, Runtime};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+/// Why the pooler could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listen_addr gives no address to listen on")]
+    NoListenAddress,
+}
+
+/// Everything read from the configuration files.
+pub struct Files {
+    pub config: PoolerConfig,
+    pub userlist: Userlist,
+    pub hba: Option<HbaRules>,
+}
+
+/// Read the main file, then the auth_file and auth_hba_file it names.
+pub fn load(path: &Path) -> Result<Files, ServiceError> {
+    let loaded = PoolerConfig::load(path)?;
+    loaded.log_warnings();
+    let config = loaded.config;
+    let userlist = match &config.settings.auth_file {
+        Some(f) => Userlist::load(&resolve(path, f))?,
+        None => Userlist::default(),
+    };
+    let hba = match &config.settings.auth_hba_file {
+        Some(f) => Some(HbaRules::load(&resolve(path, f))?),
+        None => None,
+    };
+    Ok(Files {
+        config,
+        userlist,
+        hba,
+    })
+}
+
+/// PgBouncer opens relative paths from its working directory; so do we.
+fn resolve(_config: &Path, file: &Path) -> PathBuf {
+    file.to_path_buf()
+}
+
+/// A running pooler.
+pub struct Service {
+    pub runtime: Arc<Runtime>,
+    pub addrs: Vec<SocketAddr>,
+    stop_accepting: watch::Sender<bool>,
+    listeners: JoinSet<()>,
+}
+
+impl Service {
+    /// Bind every listen address (failing fast with the address that is taken) and
+    /// start accepting clients.
+    pub async fn start(files: Files) -> Result<Service, ServiceError> {
+        let addrs = runtime::listen_addrs(&files.config);
+        if addrs.is_empty() {
+            return Err(ServiceError::NoListenAddress);
+        }
+        let rt = Runtime::new(files.config, files.userlist, files.hba);
+        let (stop_accepting, rx) = watch::channel(false);
+        let mut listeners = JoinSet::new();
+        let mut bound = Vec::new();
+        for addr in addrs {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServiceError::Listen { addr, source })?;
+            let local = listener.local_addr().unwrap_or(addr);
+            info!(addr = %local, "listening");
+            bound.push(local);
+            listeners.spawn(runtime::serve(listener, rt.clone(), rx.clone()));
+        }
+        Ok(Service {
+            runtime: rt,
+            addrs: bound,
+            stop_accepting,
+            listeners,
+        })
+    }
+
+    /// Re-read the files and apply what can change without a restart; clients stay
+    /// connected. A file that does not load leaves the running configuration alone.
+    pub fn reload(&self, path: &Path) -> Result<(), ServiceError> {
+        let files = load(path)?;
+        let old = self.runtime.config();
+        for change in crate::config::diff(&old, &files.config) {
+            if change.changeable {
+                info!(key = %change.key, "setting changed");
+            } else {
+                warn!(key = %change.key, "setting needs a restart to take effect");
+            }
+        }
+        self.runtime.reload(files.config, files.userlist, files.hba);
+        Ok(())
+    }
+
+    /// Stop accepting clients, then wait up to `grace` until no client holds a server
+    /// (every in-flight transaction finished). Returns whether all finished in time.
+    pub async fn shutdown(mut self, grace: Duration) -> bool {
+        let _ = self.stop_accepting.send(true);
+        while self.listeners.join_next().await.is_some() {}
+        let deadline = Instant::now() + grace;
+        loop {
+            let busy: usize = self.runtime.pools().iter().map(|p| p.active()).sum();
+            if busy == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                warn!(busy, "shutting down with transactions still running");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for pool in self.runtime.pools() {
+            pool.close_idle().await;
+        }
+        true
+    }
+}
