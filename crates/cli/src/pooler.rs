@@ -41,6 +41,7 @@ async fn serve_until_signal(service: Service, path: &Path) -> Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut console_shutdown = service.shutdown_requested();
     loop {
         tokio::select! {
             _ = hup.recv() => match service.reload(path) {
@@ -54,6 +55,11 @@ async fn serve_until_signal(service: Service, path: &Path) -> Result<()> {
             }
             _ = term.recv() => {
                 info!("SIGTERM: shutting down now");
+                return Ok(());
+            }
+            _ = console_shutdown.wait_for(|s| *s) => {
+                info!("SHUTDOWN from the admin console: shutting down now");
+                service.shutdown(Duration::ZERO).await;
                 return Ok(());
             }
         }

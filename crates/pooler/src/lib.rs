@@ -1,9 +1,12 @@
 //! pgherd's connection pooler: PgBouncer-compatible configuration ([`config`]), server
 //! connections ([`server`]), pools per (database, user) ([`pool`]), client sessions in
-//! session or transaction mode ([`session`]) and the listener ([`runtime`]).
+//! session or transaction mode ([`session`]), the listener ([`runtime`]) and the admin
+//! console on the virtual database `pgbouncer` ([`admin`]).
 
+pub mod admin;
 pub mod config;
 pub mod pool;
+pub mod prepared;
 pub mod runtime;
 pub mod server;
 pub mod service;

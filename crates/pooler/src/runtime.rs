@@ -1,5 +1,9 @@
-//! The pooler's shared state: configuration, secrets, pools, and the cancel-key registry;
-//! plus the listener that hands each client to a session.
+//! The pooler's shared state: configuration, secrets, pools, the cancel-key registry and
+//! the client registry the admin console lists (and `KILL`s); plus the listener that
+//! hands each client to a session.
+//!
+//! Each client's session runs inside [`CURRENT_CLIENT`]'s scope, so the pool can say
+//! which client waits for or holds which server without the session passing it along.
 
 use crate::config::{
     AuthType, DatabaseConfig, HbaMethod, HbaRules, PoolMode, PoolerConfig, Userlist,
@@ -7,13 +11,117 @@ use crate::config::{
 use crate::pool::{Pool, PoolKey, PoolLimits};
 use crate::server::{ServerCredential, ServerTarget};
 use crate::session;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Instant, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+tokio::task_local! {
+    /// The client whose session runs in this task.
+    pub static CURRENT_CLIENT: Arc<ClientInfo>;
+}
+
+/// The client whose session runs in this task, if any.
+pub fn current_client() -> Option<Arc<ClientInfo>> {
+    CURRENT_CLIENT.try_with(|c| c.clone()).ok()
+}
+
+/// Where a client is, in `SHOW CLIENTS`' words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Connected, not logged in yet (not listed by `SHOW CLIENTS`, like PgBouncer).
+    Login,
+    /// Logged in: idle, or holding a server.
+    Active,
+    /// Waiting for a server (or for `RESUME`).
+    Waiting,
+}
+
+/// What the console shows of a client; changes as the session goes.
+#[derive(Debug, Clone)]
+pub struct ClientView {
+    pub state: ClientState,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application_name: Option<String>,
+    /// The server connection it holds (the pool's server id).
+    pub link: Option<u64>,
+    /// When it last asked for a server.
+    pub request_time: SystemTime,
+    /// Since when it waits (for `wait`, `maxwait`).
+    pub waiting_since: Option<Instant>,
+    /// Its BackendKeyData, once sent.
+    pub cancel_key: Option<(i32, u32)>,
+}
+
+/// One connected client.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// Unique in the process (the console's `id`/`ptr`).
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local_addr: Option<SocketAddr>,
+    pub connect_time: SystemTime,
+    view: Mutex<ClientView>,
+    kill: watch::Sender<bool>,
+}
+
+impl ClientInfo {
+    pub fn view(&self) -> ClientView {
+        lock(&self.view).clone()
+    }
+
+    pub fn set_state(&self, state: ClientState) {
+        let mut v = lock(&self.view);
+        v.state = state;
+        match state {
+            ClientState::Waiting => {
+                v.waiting_since = Some(Instant::now());
+                v.request_time = SystemTime::now();
+            }
+            _ => v.waiting_since = None,
+        }
+    }
+
+    /// The pool it uses (its database, and user unless the console set one already).
+    pub fn set_pool(&self, key: &PoolKey) {
+        let mut v = lock(&self.view);
+        v.database = Some(key.database.clone());
+        if v.user.is_none() {
+            v.user = Some(key.user.clone());
+        }
+    }
+
+    pub fn set_login(&self, user: &str, database: &str, application_name: Option<&str>) {
+        let mut v = lock(&self.view);
+        v.user = Some(user.to_string());
+        v.database = Some(database.to_string());
+        v.application_name = application_name.map(str::to_string);
+        v.state = ClientState::Active;
+    }
+
+    pub fn set_link(&self, server: Option<u64>) {
+        lock(&self.view).link = server;
+    }
+
+    /// End this client's session (`KILL`): its connection and any server it holds
+    /// are closed.
+    pub fn kill(&self) {
+        self.kill.send_replace(true);
+    }
+}
+
+/// Clients, servers and pools paused by `PAUSE`.
+#[derive(Debug, Default)]
+struct PauseState {
+    all: bool,
+    databases: BTreeSet<String>,
+}
 
 /// Where to send a client's CancelRequest: the server backend it is attached to now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +155,12 @@ pub struct Runtime {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     cancels: Mutex<HashMap<(i32, u32), CancelSlot>>,
     next_pid: AtomicI32,
+    clients: Mutex<BTreeMap<u64, Arc<ClientInfo>>>,
+    next_client: AtomicU64,
+    paused: Mutex<PauseState>,
+    shutdown: watch::Sender<bool>,
+    config_path: RwLock<Option<PathBuf>>,
+    started: SystemTime,
 }
 
 impl Runtime {
@@ -58,7 +172,126 @@ impl Runtime {
             pools: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
+            clients: Mutex::new(BTreeMap::new()),
+            next_client: AtomicU64::new(1),
+            paused: Mutex::new(PauseState::default()),
+            shutdown: watch::channel(false).0,
+            config_path: RwLock::new(None),
+            started: SystemTime::now(),
         })
+    }
+
+    /// When this runtime was created.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Replace only the configuration (the console's `SET`).
+    pub fn set_config(&self, config: PoolerConfig) {
+        replace(&self.config, Arc::new(config));
+    }
+
+    /// The file `RELOAD` re-reads.
+    pub fn set_config_path(&self, path: &Path) {
+        replace(&self.config_path, Some(path.to_path_buf()));
+    }
+
+    pub fn config_path(&self) -> Option<PathBuf> {
+        match self.config_path.read() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Ask the service to stop (the console's `SHUTDOWN`): listeners stop accepting.
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Turns true when a shutdown was requested.
+    pub fn shutdown_requested(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// A newly accepted client, listed until [`Runtime::remove_client`].
+    pub fn add_client(&self, peer: SocketAddr, local_addr: Option<SocketAddr>) -> Arc<ClientInfo> {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let info = Arc::new(ClientInfo {
+            id,
+            peer,
+            local_addr,
+            connect_time: SystemTime::now(),
+            view: Mutex::new(ClientView {
+                state: ClientState::Login,
+                user: None,
+                database: None,
+                application_name: None,
+                link: None,
+                request_time: SystemTime::now(),
+                waiting_since: None,
+                cancel_key: None,
+            }),
+            kill: watch::channel(false).0,
+        });
+        lock(&self.clients).insert(id, info.clone());
+        info
+    }
+
+    /// Forget a client that left; also its cancel key.
+    pub fn remove_client(&self, id: u64) {
+        let removed = lock(&self.clients).remove(&id);
+        if let Some((pid, key)) = removed.and_then(|c| c.view().cancel_key) {
+            self.unregister_client(pid, key);
+        }
+    }
+
+    /// Every connected client, in connection order.
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        lock(&self.clients).values().cloned().collect()
+    }
+
+    /// `PAUSE [db]`: new transactions on those pools wait until `RESUME`. Returns the
+    /// pools now paused (to wait for their running transactions).
+    pub fn pause(&self, database: Option<&str>) -> Vec<Arc<Pool>> {
+        let mut paused = lock(&self.paused);
+        match database {
+            None => paused.all = true,
+            Some(db) => {
+                paused.databases.insert(db.to_string());
+            }
+        }
+        let pools: Vec<Arc<Pool>> = self
+            .pools()
+            .into_iter()
+            .filter(|p| database.is_none_or(|db| p.key.database == db))
+            .collect();
+        for p in &pools {
+            p.set_paused(true);
+        }
+        pools
+    }
+
+    /// `RESUME [db]`; `false` if it was not paused.
+    pub fn resume(&self, database: Option<&str>) -> bool {
+        let mut paused = lock(&self.paused);
+        let was = match database {
+            None => std::mem::take(&mut paused.all),
+            Some(db) => paused.databases.remove(db),
+        };
+        for p in self.pools() {
+            p.set_paused(paused.all || paused.databases.contains(&p.key.database));
+        }
+        was
+    }
+
+    /// Whether everything is paused (`PAUSE` without a database).
+    pub fn is_paused_all(&self) -> bool {
+        lock(&self.paused).all
+    }
+
+    /// Whether `database` was paused by name (`SHOW DATABASES`' `paused`).
+    pub fn is_database_paused(&self, database: &str) -> bool {
+        lock(&self.paused).databases.contains(database)
     }
 
     /// Swap in re-read files (RELOAD, SIGHUP). Sessions pick the new settings up at
@@ -152,6 +385,10 @@ impl Runtime {
         };
         info!(database = %key.database, user = %key.user, pool_size = limits.pool_size, "new pool");
         let pool = Pool::new(key.clone(), target, limits);
+        {
+            let paused = lock(&self.paused);
+            pool.set_paused(paused.all || paused.databases.contains(&key.database));
+        }
         pools.insert(key.clone(), pool.clone());
         pool
     }
@@ -181,6 +418,9 @@ impl Runtime {
             let key = rand::random::<u32>();
             if let std::collections::hash_map::Entry::Vacant(e) = cancels.entry((pid, key)) {
                 e.insert(slot.clone());
+                if let Some(c) = current_client() {
+                    lock(&c.view).cancel_key = Some((pid, key));
+                }
                 return (pid, key, slot);
             }
         }
@@ -225,10 +465,12 @@ pub async fn serve(
 ) {
     let max = runtime.config().settings.max_client_conn as usize;
     let slots = Arc::new(Semaphore::new(max));
+    let mut console_shutdown = runtime.shutdown_requested();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.wait_for(|s| *s) => break,
+            _ = console_shutdown.wait_for(|s| *s) => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -243,8 +485,18 @@ pub async fn serve(
         let runtime = runtime.clone();
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
+                let client = runtime.add_client(peer, stream.local_addr().ok());
                 tokio::spawn(async move {
-                    session::run(stream, peer, runtime).await;
+                    let mut killed = client.kill.subscribe();
+                    let session = CURRENT_CLIENT
+                        .scope(client.clone(), session::run(stream, peer, runtime.clone()));
+                    // KILL drops the session: its sockets close, a held server is closed
+                    // and its slot freed.
+                    tokio::select! {
+                        _ = session => {}
+                        _ = killed.wait_for(|k| *k) => debug!(%peer, "client killed"),
+                    }
+                    runtime.remove_client(client.id);
                     drop(slot);
                 });
             }

@@ -37,7 +37,13 @@ pub struct Files {
 pub fn load(path: &Path) -> Result<Files, ServiceError> {
     let loaded = PoolerConfig::load(path)?;
     loaded.log_warnings();
-    let config = loaded.config;
+    let mut config = loaded.config;
+    // Like PgBouncer's `conffile`: SHOW CONFIG shows it and the console's RELOAD reads it.
+    if config.settings.get("conffile").is_none_or(|f| f.is_empty()) {
+        let _ = config
+            .settings
+            .apply("conffile", &path.display().to_string());
+    }
     let userlist = match &config.settings.auth_file {
         Some(f) => Userlist::load(&resolve(path, f))?,
         None => Userlist::default(),
@@ -58,6 +64,23 @@ fn resolve(_config: &Path, file: &Path) -> PathBuf {
     file.to_path_buf()
 }
 
+/// Re-read `path` (with its auth_file and auth_hba_file) into `runtime` (SIGHUP, the
+/// console's `RELOAD`); a file that does not load leaves the running configuration alone.
+pub fn reload_runtime(runtime: &Runtime, path: &Path) -> Result<(), ServiceError> {
+    let files = load(path)?;
+    let old = runtime.config();
+    for change in crate::config::diff(&old, &files.config) {
+        if change.changeable {
+            info!(key = %change.key, "setting changed");
+        } else {
+            warn!(key = %change.key, "setting needs a restart to take effect");
+        }
+    }
+    runtime.set_config_path(path);
+    runtime.reload(files.config, files.userlist, files.hba);
+    Ok(())
+}
+
 /// A running pooler.
 pub struct Service {
     pub runtime: Arc<Runtime>,
@@ -74,7 +97,15 @@ impl Service {
         if addrs.is_empty() {
             return Err(ServiceError::NoListenAddress);
         }
+        let conffile = files
+            .config
+            .settings
+            .get("conffile")
+            .filter(|f| !f.is_empty());
         let rt = Runtime::new(files.config, files.userlist, files.hba);
+        if let Some(f) = conffile {
+            rt.set_config_path(Path::new(&f));
+        }
         let (stop_accepting, rx) = watch::channel(false);
         let mut listeners = JoinSet::new();
         let mut bound = Vec::new();
@@ -98,17 +129,12 @@ impl Service {
     /// Re-read the files and apply what can change without a restart; clients stay
     /// connected. A file that does not load leaves the running configuration alone.
     pub fn reload(&self, path: &Path) -> Result<(), ServiceError> {
-        let files = load(path)?;
-        let old = self.runtime.config();
-        for change in crate::config::diff(&old, &files.config) {
-            if change.changeable {
-                info!(key = %change.key, "setting changed");
-            } else {
-                warn!(key = %change.key, "setting needs a restart to take effect");
-            }
-        }
-        self.runtime.reload(files.config, files.userlist, files.hba);
-        Ok(())
+        reload_runtime(&self.runtime, path)
+    }
+
+    /// Turns true when the admin console asked for `SHUTDOWN`.
+    pub fn shutdown_requested(&self) -> watch::Receiver<bool> {
+        self.runtime.shutdown_requested()
     }
 
     /// Stop accepting clients, then wait up to `grace` until no client holds a server

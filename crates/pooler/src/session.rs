@@ -8,6 +8,7 @@
 
 use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
+use crate::prepared::{self, ClientStatements, Responses};
 use crate::runtime::{CancelSlot, CancelTarget, Runtime};
 use crate::server::{send_cancel, FramedError, FramedReader, ServerCredential};
 use bytes::BytesMut;
@@ -45,7 +46,7 @@ type ClientWriter = BufWriter<OwnedWriteHalf>;
 
 /// Why a session ended early; what the client is told is decided where it is raised.
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(crate) enum SessionError {
     #[error("client connection: {0}")]
     Client(#[from] FramedError),
     #[error("client write: {0}")]
@@ -104,15 +105,19 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, rt: Arc<Runtime>) {
         },
         None => login.await,
     };
-    let session = match logged_in {
-        Ok(Some(s)) => s,
+    let (session, lease) = match logged_in {
+        Ok(Some(LoggedIn::Client(logged_in))) => *logged_in,
+        Ok(Some(LoggedIn::Admin(startup))) => {
+            // The console is a long-lived session: outside client_login_timeout.
+            crate::admin::serve(&mut client, &mut out, peer, &rt, &startup).await;
+            return;
+        }
         Ok(None) => return,
         Err(e) => {
             debug!(%peer, error = %e, "login ended");
             return;
         }
     };
-    let (session, lease) = session;
     let (pid, key) = (session.pid, session.key);
     let result = session.serve(lease, &mut client, &mut out, &rt).await;
     rt.unregister_client(pid, key);
@@ -137,12 +142,20 @@ struct Session {
 
 /// Startup, authentication and the welcome. `Ok(None)`: nothing more to do (a cancel
 /// request, or a client that left).
+/// Who got past the startup phase.
+enum LoggedIn {
+    /// A client of a pooled database, with the server taken at login.
+    Client(Box<(Session, Lease)>),
+    /// A client of the admin console (`pgbouncer`), which authenticates it itself.
+    Admin(StartupMessage),
+}
+
 async fn login(
     client: &mut ClientReader,
     out: &mut ClientWriter,
     peer: SocketAddr,
     rt: &Arc<Runtime>,
-) -> Result<Option<(Session, Lease)>, SessionError> {
+) -> Result<Option<LoggedIn>, SessionError> {
     let Some(startup) = startup(client, out, rt).await? else {
         return Ok(None);
     };
@@ -163,6 +176,9 @@ async fn login(
             .await)
         }
     };
+    if database == crate::admin::ADMIN_DATABASE {
+        return Ok(Some(LoggedIn::Admin(startup)));
+    }
     let Some(db) = config.resolve_database(&database) else {
         return Err(fail(
             out,
@@ -220,7 +236,7 @@ async fn login(
     .await?;
     out.flush().await?;
     info!(peer = %session.peer, user = %session.user, database = %session.database, mode = session.mode.as_str(), "client logged in");
-    Ok(Some((session, lease)))
+    Ok(Some(LoggedIn::Client(Box::new((session, lease)))))
 }
 
 /// Read startup packets, declining SSL/GSS encryption, until a StartupMessage; a
@@ -297,7 +313,7 @@ fn tracked_parameters(
 /// Check the client's password against its `auth_file` secret per `auth_type`.
 /// Returns SCRAM keys when the client proved a SCRAM verifier (to log into servers
 /// holding the same verifier).
-async fn authenticate(
+pub(crate) async fn authenticate(
     client: &mut ClientReader,
     out: &mut ClientWriter,
     rt: &Runtime,
@@ -500,6 +516,38 @@ fn pool_error(e: &PoolError) -> ErrorResponse {
     }
 }
 
+/// Named prepared statements across transactions (transaction mode with
+/// `max_prepared_statements` > 0); see [`crate::prepared`].
+struct Tracking {
+    statements: ClientStatements,
+    responses: Responses,
+    limit: usize,
+}
+
+/// Encode a client frame for the server: rewritten when statements are tracked.
+fn encode_for_server(
+    frame: &Frame,
+    tracking: &mut Option<Tracking>,
+    lease: &mut Lease,
+    batch: &mut BytesMut,
+) -> Result<(), SessionError> {
+    match tracking {
+        Some(t) => prepared::rewrite(
+            frame,
+            &mut t.statements,
+            lease.conn.prepared_statements(),
+            t.limit,
+            batch,
+            &mut t.responses,
+        )
+        .map_err(|e| SessionError::Reported(format!("malformed client message: {e}"))),
+        None => {
+            frame.encode(batch);
+            Ok(())
+        }
+    }
+}
+
 /// How forwarding with a server ended.
 enum Pump {
     /// The client closed or sent Terminate.
@@ -508,6 +556,8 @@ enum Pump {
     TransactionDone,
     /// The server connection failed.
     ServerFailed(String),
+    /// A timeout ran out (its PgBouncer name): the client is told and closed.
+    Timeout(&'static str),
 }
 
 /// Queries a client message makes the server answer with a ReadyForQuery.
@@ -538,6 +588,12 @@ impl Session {
         };
         // Queries and Syncs sent whose ReadyForQuery has not come back yet.
         let mut pending = 0usize;
+        let mut tracking = (self.mode != PoolMode::Session && settings.max_prepared_statements > 0)
+            .then(|| Tracking {
+                statements: ClientStatements::default(),
+                responses: Responses::default(),
+                limit: settings.max_prepared_statements as usize,
+            });
         loop {
             let Some(mut attached) = lease.take() else {
                 // Between transactions: wait for the client's next message, then a server.
@@ -560,7 +616,11 @@ impl Session {
                 pending += ready_for_queries_expected(first.tag);
                 self.count_query(first.tag);
                 let mut batch = BytesMut::new();
-                first.encode(&mut batch);
+                if let Err(e) = encode_for_server(&first, &mut tracking, &mut attached, &mut batch)
+                {
+                    self.pool.release(attached, true).await;
+                    return Err(fail(out, error(Severity::Fatal, "08P01", e.to_string())).await);
+                }
                 if let Err(e) = attached.conn.write_all(&batch).await {
                     self.pool.release(attached, false).await;
                     return Err(fail(out, server_lost(&e.to_string())).await);
@@ -568,7 +628,17 @@ impl Session {
                 lease = Some(attached);
                 continue;
             };
-            match self.pump(&mut attached, client, out, &mut pending).await? {
+            match self
+                .pump(
+                    &mut attached,
+                    client,
+                    out,
+                    &mut pending,
+                    &settings,
+                    &mut tracking,
+                )
+                .await?
+            {
                 Pump::ClientGone => {
                     self.finish(attached, pending, &settings).await;
                     return Ok(());
@@ -578,6 +648,11 @@ impl Session {
                     let reset = settings.server_reset_query_always;
                     let reusable = !reset || self.reset(&mut attached, &settings).await;
                     self.pool.release(attached, reusable).await;
+                }
+                Pump::Timeout(which) => {
+                    info!(peer = %self.peer, user = %self.user, timeout = which, "closing client");
+                    self.finish(attached, pending, &settings).await;
+                    return Err(fail(out, error(Severity::Fatal, "08P01", which)).await);
                 }
                 Pump::ServerFailed(why) => {
                     self.detach();
@@ -596,25 +671,37 @@ impl Session {
         client: &mut ClientReader,
         out: &mut ClientWriter,
         pending: &mut usize,
+        settings: &crate::config::Settings,
+        tracking: &mut Option<Tracking>,
     ) -> Result<Pump, SessionError> {
+        // When the client last sent something, and the server last said ReadyForQuery.
+        let mut sent_at = tokio::time::Instant::now();
+        let mut ready_at = tokio::time::Instant::now();
         loop {
+            let (deadline, which) = self.next_timeout(lease, *pending, sent_at, ready_at, settings);
             tokio::select! {
+                _ = sleep_until(deadline) => return Ok(Pump::Timeout(which)),
                 frame = lease.conn.read_frame() => {
                     let frame = match frame {
                         Ok(f) => f,
                         Err(e) => return Ok(Pump::ServerFailed(e.to_string())),
                     };
-                    let mut idle = self.to_client(&frame, out, pending).await?;
+                    let mut idle = self.answer(&frame, lease, out, pending, tracking).await?;
                     // Forward what already arrived in one write.
                     loop {
                         match lease.conn.next_buffered_frame() {
-                            Ok(Some(f)) => idle = self.to_client(&f, out, pending).await?,
+                            Ok(Some(f)) => idle = self.answer(&f, lease, out, pending, tracking).await?,
                             Ok(None) => break,
                             Err(e) => return Ok(Pump::ServerFailed(e.to_string())),
                         }
                     }
+                    self.synthetic_answers(out, tracking).await?;
                     out.flush().await?;
-                    if idle && *pending == 0 && self.mode != PoolMode::Session {
+                    if frame.tag == ReadyForQuery::TAG || *pending == 0 {
+                        ready_at = tokio::time::Instant::now();
+                    }
+                    let owed = tracking.as_ref().is_some_and(|t| !t.responses.is_empty());
+                    if idle && *pending == 0 && !owed && self.mode != PoolMode::Session {
                         return Ok(Pump::TransactionDone);
                     }
                 }
@@ -637,10 +724,11 @@ impl Session {
                         }
                         *pending += ready_for_queries_expected(f.tag);
                         self.count_query(f.tag);
-                        f.encode(&mut batch);
+                        encode_for_server(&f, tracking, lease, &mut batch)?;
                         next = client.next_buffered()?;
                     }
                     if !batch.is_empty() {
+                        sent_at = tokio::time::Instant::now();
                         if let Err(e) = lease.conn.write_all(&batch).await {
                             return Ok(Pump::ServerFailed(e.to_string()));
                         }
@@ -648,9 +736,78 @@ impl Session {
                     if gone {
                         return Ok(Pump::ClientGone);
                     }
+                    // Answers of ours that owe nothing to the server go out at once.
+                    self.synthetic_answers(out, tracking).await?;
+                    out.flush().await?;
                 }
             }
         }
+    }
+
+    /// The first timeout that applies while attached, and its name:
+    /// `query_timeout` while the server owes an answer, `idle_transaction_timeout` while
+    /// the client sits inside a transaction, `client_idle_timeout` while it is idle.
+    fn next_timeout(
+        &self,
+        lease: &Lease,
+        pending: usize,
+        sent_at: tokio::time::Instant,
+        ready_at: tokio::time::Instant,
+        settings: &crate::config::Settings,
+    ) -> (Option<tokio::time::Instant>, &'static str) {
+        if pending > 0 {
+            return (settings.query_timeout.map(|t| sent_at + t), "query_timeout");
+        }
+        match lease.conn.transaction_status() {
+            Some(TransactionStatus::InTransaction) | Some(TransactionStatus::Failed) => (
+                settings.idle_transaction_timeout.map(|t| ready_at + t),
+                "idle transaction timeout",
+            ),
+            _ => (
+                settings
+                    .client_idle_timeout
+                    .map(|t| ready_at.max(sent_at) + t),
+                "client_idle_timeout",
+            ),
+        }
+    }
+
+    /// Pass one server frame on (unless it answers a message of ours); `true` when it is
+    /// a ReadyForQuery saying the server is idle.
+    async fn answer(
+        &self,
+        frame: &Frame,
+        lease: &mut Lease,
+        out: &mut ClientWriter,
+        pending: &mut usize,
+        tracking: &mut Option<Tracking>,
+    ) -> Result<bool, SessionError> {
+        if let Some(t) = tracking {
+            let mut ours = BytesMut::new();
+            t.responses.take_synthetic(&mut ours);
+            out.write_all(&ours).await?;
+            if !t
+                .responses
+                .on_server_frame(frame.tag, lease.conn.prepared_statements())
+            {
+                return Ok(false);
+            }
+        }
+        self.to_client(frame, out, pending).await
+    }
+
+    /// Frames of ours whose turn has come.
+    async fn synthetic_answers(
+        &self,
+        out: &mut ClientWriter,
+        tracking: &mut Option<Tracking>,
+    ) -> Result<(), SessionError> {
+        if let Some(t) = tracking {
+            let mut ours = BytesMut::new();
+            t.responses.take_synthetic(&mut ours);
+            out.write_all(&ours).await?;
+        }
+        Ok(())
     }
 
     /// Write one server frame to the client; `true` when it is a ReadyForQuery saying
@@ -742,7 +899,11 @@ impl Session {
     /// Run `server_reset_query`; `false` if the server cannot be reused.
     async fn reset(&self, lease: &mut Lease, settings: &crate::config::Settings) -> bool {
         match &settings.server_reset_query {
-            Some(q) if !q.trim().is_empty() => lease.conn.simple_query(q).await.is_ok(),
+            Some(q) if !q.trim().is_empty() => {
+                // DISCARD ALL (and the like) drops the server's prepared statements.
+                lease.conn.prepared_statements().clear();
+                lease.conn.simple_query(q).await.is_ok()
+            }
             _ => true,
         }
     }
@@ -753,6 +914,17 @@ impl Session {
         let idle = pending == 0 && lease.conn.transaction_status() == Some(TransactionStatus::Idle);
         let reset_due = self.mode == PoolMode::Session || settings.server_reset_query_always;
         let reusable = idle && (!reset_due || self.reset(&mut lease, settings).await);
+        if pending > 0 && !lease.conn.is_broken() {
+            // A query still runs for nobody: cancel it rather than let it hold the backend.
+            let addr = lease.conn.addr();
+            let (pid, key) = (lease.conn.backend_pid(), lease.conn.cancel_key().to_vec());
+            let host = addr.ip().to_string();
+            if let Err(e) =
+                send_cancel((&host, addr.port()), pid, &key, Duration::from_secs(2)).await
+            {
+                debug!(error = %e, "cancelling an abandoned query failed");
+            }
+        }
         self.pool.release(lease, reusable).await;
         info!(peer = %self.peer, user = %self.user, database = %self.database, "client left");
     }
@@ -765,6 +937,14 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A SQL string literal.
 fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn server_lost(why: &str) -> ErrorResponse {

@@ -1,151 +1,24 @@
 //! Clients through the pooler against a real PostgreSQL 15: session and transaction
 //! pooling, authentication against userlist.txt, limits and timeouts, cancel.
 
-use pgherd_pooler::config::{PoolerConfig, Userlist};
-use pgherd_pooler::runtime::{self, Runtime};
-use pgherd_postgres::{
-    default_parameters, run_as, Binaries, Credentials, Instance, InstanceConfig,
-};
-use pgherd_testkit::free_port;
-use pgherd_testkit::pg::{give_to_postgres, pg_bin_dir, PgTempDir};
-use std::time::{Duration, Instant};
-use tokio::sync::{watch, Mutex};
+mod common;
 
-const APP_PASSWORD: &str = "app pass";
+use common::{connect, pooler, server_connections, sqlstate, APP_PASSWORD};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
 
 /// Tests in this file share the machine: one PostgreSQL at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-struct Server {
-    pg: Instance,
-    _dir: PgTempDir,
-}
-
-async fn postgres() -> Server {
-    pgherd_testkit::init_tracing();
-    let dir = PgTempDir::with_prefix("pooling").expect("temp dir");
-    give_to_postgres(dir.path()).expect("chown");
-    let mut parameters = default_parameters();
-    parameters.insert(
-        "unix_socket_directories".into(),
-        dir.path().display().to_string(),
-    );
-    parameters.insert("fsync".into(), "off".into());
-    parameters.insert("max_connections".into(), "40".into());
-    let pg = Instance::new(InstanceConfig {
-        name: "pg".into(),
-        data_dir: dir.join("data"),
-        bin: Binaries::find(Some(&pg_bin_dir())).expect("binaries"),
-        os_user: run_as(None).expect("os user"),
-        listen_addresses: "127.0.0.1".into(),
-        port: free_port(),
-        connect_host: "127.0.0.1".into(),
-        superuser: Credentials {
-            username: "postgres".into(),
-            password: Some("su".into()),
-        },
-        replication: Credentials {
-            username: "replicator".into(),
-            password: Some("rep".into()),
-        },
-        parameters,
-        pg_hba: Some(vec![
-            "local all all trust".into(),
-            "host all all 127.0.0.1/32 scram-sha-256".into(),
-        ]),
-        pgpass: dir.join("pgpass"),
-        log_file: dir.join("pg.log"),
-    });
-    pg.initdb(&["--encoding=UTF8".into()])
-        .await
-        .expect("initdb");
-    pg.write_config(None).await.expect("config");
-    pg.start(Duration::from_secs(60)).await.expect("start");
-    let c = pg.connect().await.expect("connect");
-    let cfg = pg.config();
-    Instance::create_roles(&c, &cfg.superuser, &cfg.replication, None)
-        .await
-        .expect("roles");
-    c.batch_execute(&format!(
-        "CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'; GRANT ALL ON SCHEMA public TO app"
-    ))
-    .await
-    .expect("create app role");
-    Server { pg, _dir: dir }
-}
-
-struct Pooler {
-    port: u16,
-    stop: watch::Sender<bool>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Pooler {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-/// Start a pooler in-process with `settings` added to a pgbouncer.ini in front of `pg`.
-async fn pooler(pg: &Instance, settings: &str) -> Pooler {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let ini = format!(
-        "[databases]\nappdb = host=127.0.0.1 port={} dbname=postgres\n\n\
-         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-         auth_file = {}\nadmin_users = postgres\n{settings}\n",
-        pg.config().port,
-        dir.path().join("userlist.txt").display()
-    );
-    std::fs::write(dir.path().join("pgbouncer.ini"), ini).expect("ini");
-    std::fs::write(
-        dir.path().join("userlist.txt"),
-        format!("\"app\" \"{APP_PASSWORD}\"\n"),
-    )
-    .expect("userlist");
-    let loaded = PoolerConfig::load(&dir.path().join("pgbouncer.ini")).expect("config loads");
-    let userlist = Userlist::load(&dir.path().join("userlist.txt")).expect("userlist loads");
-    let rt = Runtime::new(loaded.config, userlist, None);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("bind");
-    let (stop, rx) = watch::channel(false);
-    tokio::spawn(runtime::serve(listener, rt, rx));
-    Pooler {
-        port,
-        stop,
-        _dir: dir,
-    }
+async fn postgres() -> common::Server {
+    common::postgres("pooling").await
 }
 
 async fn client(
     port: u16,
     password: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (c, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=app password='{password}' dbname=appdb connect_timeout=5"),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
-    Ok(c)
-}
-
-async fn server_connections(pg: &Instance) -> i64 {
-    let c = pg.connect().await.expect("connect");
-    c.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
-        &[],
-    )
-    .await
-    .expect("count")
-    .get(0)
-}
-
-fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| e.to_string())
+    connect(port, "app", password, "appdb").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,4 +202,113 @@ async fn cancel_request_reaches_the_right_server_backend() {
         .expect_err("the sleep was cancelled");
     assert_eq!(sqlstate(&e), "57014", "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_prepared_statements_work_across_transactions_in_transaction_mode() {
+    let _serial = SERIAL.lock().await;
+    let server = postgres().await;
+    let p = pooler(
+        &server.pg,
+        "auth_type = md5\npool_mode = transaction\ndefault_pool_size = 5\nmax_client_conn = 100",
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..50i32 {
+        let port = p.port;
+        tasks.push(tokio::spawn(async move {
+            let c = client(port, APP_PASSWORD).await.expect("login");
+            // tokio-postgres prepares named statements (s0, s1, …) and binds them later,
+            // each time possibly on another server connection.
+            let add = c
+                .prepare("SELECT $1::int + $2::int")
+                .await
+                .expect("prepare");
+            for j in 0..10i32 {
+                let row = c
+                    .query_one(&add, &[&i, &j])
+                    .await
+                    .expect("bind a named statement");
+                assert_eq!(row.get::<_, i32>(0), i + j);
+                let row = c
+                    .query_one(
+                        "SELECT $1::text || '-' || $2::text",
+                        &[&"a", &format!("{i}")],
+                    )
+                    .await
+                    .expect("query() prepares on the fly");
+                assert_eq!(row.get::<_, String>(0), format!("a-{i}"));
+            }
+            drop(add); // Close of a named statement is answered by the pooler.
+            let again = c
+                .prepare("SELECT $1::int * 2")
+                .await
+                .expect("prepare after close");
+            assert_eq!(
+                c.query_one(&again, &[&i])
+                    .await
+                    .expect("run")
+                    .get::<_, i32>(0),
+                i * 2
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert!(server_connections(&server.pg).await <= 5);
+    // A syntax error in a named statement is the server's error, and the session goes on.
+    let c = client(p.port, APP_PASSWORD).await.expect("login");
+    let e = c.prepare("SELEC 1").await.expect_err("syntax error");
+    assert_eq!(sqlstate(&e), "42601");
+    assert_eq!(
+        c.query_one("SELECT 7", &[])
+            .await
+            .expect("after the error")
+            .get::<_, i32>(0),
+        7
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_and_idle_transaction_timeouts_close_the_client() {
+    let _serial = SERIAL.lock().await;
+    let server = postgres().await;
+    let p = pooler(
+        &server.pg,
+        "auth_type = md5\npool_mode = transaction\ndefault_pool_size = 2\nquery_timeout = 1\nidle_transaction_timeout = 1",
+    )
+    .await;
+    // query_timeout: a query running longer than 1 s ends the client's connection.
+    let c = client(p.port, APP_PASSWORD).await.expect("login");
+    let started = Instant::now();
+    let e = c
+        .batch_execute("SELECT pg_sleep(10)")
+        .await
+        .expect_err("query_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let message = e.as_db_error().map(|d| d.message().to_string());
+    assert_eq!(message.as_deref(), Some("query_timeout"), "{e:?}");
+
+    // idle_transaction_timeout: sitting inside a transaction for over 1 s.
+    let c = client(p.port, APP_PASSWORD).await.expect("login");
+    c.batch_execute("BEGIN").await.expect("begin");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        c.batch_execute("SELECT 1").await.is_err(),
+        "the idle transaction was closed"
+    );
+    // Other clients are unaffected, and the pool is usable.
+    let d = client(p.port, APP_PASSWORD).await.expect("login");
+    assert_eq!(
+        d.query_one("SELECT 1", &[])
+            .await
+            .expect("query")
+            .get::<_, i32>(0),
+        1
+    );
 }

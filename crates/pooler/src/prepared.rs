@@ -1,0 +1,620 @@
+//! Named prepared statements in transaction mode (PgBouncer 1.21's
+//! `max_prepared_statements`).
+//!
+//! A client's named statement lives on whichever server connection it happened to use,
+//! but in transaction mode its next Bind may run on another. So the pooler keeps each
+//! client's Parse messages, prepares them on servers under its own names (one name per
+//! distinct query text and parameter types, shared by all clients), and rewrites Bind,
+//! Describe and Close to those names:
+//!
+//! - Parse `s1`: remembered; sent as Parse `PGHERD_<hash>` unless that server already has
+//!   it, in which case the client gets a ParseComplete of ours instead;
+//! - Bind/Describe `s1`: if the server lacks the statement, our Parse goes first and its
+//!   ParseComplete is swallowed; then the message, renamed;
+//! - Close `s1`: forgotten; the client gets a CloseComplete of ours (the server keeps the
+//!   statement for other clients).
+//!
+//! The server answers messages in order, so [`Responses`] keeps one expectation per
+//! message sent (or answered by us) and decides, per server frame, whether the client
+//! sees it. After an error in the extended protocol the server skips everything up to
+//! Sync, and so do we.
+
+use bytes::{Bytes, BytesMut};
+use pgherd_protocol::backend::{CloseComplete, ParseComplete};
+use pgherd_protocol::frontend::{Bind, Close, Describe, Parse, Target};
+use pgherd_protocol::{Frame, Message, ProtocolError};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+
+/// One client statement as the pooler prepares it on servers.
+#[derive(Debug, Clone)]
+struct Statement {
+    server_name: String,
+    /// The client's Parse, renamed to `server_name`, ready to send.
+    parse: Bytes,
+}
+
+/// The named statements one client has prepared.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<String, Statement>,
+}
+
+/// What the next server answer belongs to.
+#[derive(Debug, Clone, PartialEq)]
+enum Expect {
+    /// The answer to a client message of this type goes to the client.
+    Forward {
+        tag: u8,
+        /// A statement we marked prepared that an error means is not.
+        unprepare: Option<String>,
+    },
+    /// The answer (`tag`) to a message of ours: the client never asked for it.
+    Swallow { tag: u8, unprepare: Option<String> },
+    /// A frame the client gets from us, in its turn, without the server.
+    Synthetic(Bytes),
+}
+
+/// Expected answers, in order.
+#[derive(Debug, Default)]
+pub struct Responses {
+    queue: VecDeque<Expect>,
+    /// The server reported an error and discards messages until it reads a Sync that
+    /// the client has not sent yet: what is sent meanwhile gets no answer.
+    skipping: bool,
+    /// Statements sent while skipping: the server never prepared them.
+    unprepared: Vec<String>,
+}
+
+/// The frame that completes the answer to a client message of type `tag`.
+fn completes(tag: u8, answer: u8) -> bool {
+    match tag {
+        b'P' => answer == b'1',
+        b'B' => answer == b'2',
+        b'D' => matches!(answer, b'T' | b'n'),
+        b'E' => matches!(answer, b'C' | b'I' | b's'),
+        b'C' => answer == b'3',
+        // Sync, simple Query and FunctionCall end with ReadyForQuery.
+        _ => answer == b'Z',
+    }
+}
+
+/// Messages the server sends at any time, outside the answer to any one message.
+fn asynchronous(tag: u8) -> bool {
+    matches!(tag, b'N' | b'S' | b'A')
+}
+
+fn frame_bytes(message: &impl Message) -> Bytes {
+    let mut b = BytesMut::new();
+    message.encode(&mut b);
+    b.freeze()
+}
+
+/// The server-side name for a statement: the same text and parameter types give the same
+/// name, so clients share prepared statements on a server.
+fn server_name(parse: &Parse) -> String {
+    let mut h = DefaultHasher::new();
+    parse.query.hash(&mut h);
+    parse.param_types.hash(&mut h);
+    format!("PGHERD_{:016x}", h.finish())
+}
+
+impl ClientStatements {
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// Rewrite one client frame for `server` (whose prepared statements are `prepared`),
+/// appending what to send to `out` and what to expect to `responses`. `limit`: the most
+/// statements to keep prepared per server connection (0: no limit).
+pub fn rewrite(
+    frame: &Frame,
+    client: &mut ClientStatements,
+    prepared: &mut HashSet<String>,
+    limit: usize,
+    out: &mut BytesMut,
+    responses: &mut Responses,
+) -> Result<(), ProtocolError> {
+    match frame.tag {
+        b'P' => {
+            let parse = Parse::decode(&frame.body)?;
+            if parse.statement.is_empty() {
+                return forward(frame, out, responses);
+            }
+            let name = server_name(&parse);
+            let mut renamed = BytesMut::new();
+            parse.encode_renamed(&name, &mut renamed);
+            client.by_name.insert(
+                parse.statement.clone(),
+                Statement {
+                    server_name: name.clone(),
+                    parse: renamed.clone().freeze(),
+                },
+            );
+            if prepared.contains(&name) {
+                responses.push(Expect::Synthetic(frame_bytes(&ParseComplete)));
+            } else {
+                make_room(prepared, limit, &name, out, responses);
+                out.extend_from_slice(&renamed);
+                prepared.insert(name.clone());
+                responses.push(Expect::Forward {
+                    tag: b'P',
+                    unprepare: Some(name),
+                });
+            }
+            Ok(())
+        }
+        b'B' => {
+            let statement = Bind::statement_name(&frame.body)?;
+            let Some(s) = named(client, &statement) else {
+                return forward(frame, out, responses);
+            };
+            ensure_prepared(&s, prepared, limit, out, responses);
+            Bind::rename(&frame.body, &s.server_name, out)?;
+            responses.push(Expect::Forward {
+                tag: b'B',
+                unprepare: None,
+            });
+            Ok(())
+        }
+        b'D' => {
+            let describe = Describe::decode(&frame.body)?;
+            let Target::Statement(statement) = &describe.target else {
+                return forward(frame, out, responses);
+            };
+            let Some(s) = named(client, statement) else {
+                return forward(frame, out, responses);
+            };
+            ensure_prepared(&s, prepared, limit, out, responses);
+            describe.encode_renamed(&s.server_name, out);
+            responses.push(Expect::Forward {
+                tag: b'D',
+                unprepare: None,
+            });
+            Ok(())
+        }
+        b'C' => {
+            let close = Close::decode(&frame.body)?;
+            match &close.target {
+                Target::Statement(statement) if !statement.is_empty() => {
+                    // PostgreSQL answers CloseComplete even for an unknown name.
+                    client.by_name.remove(statement);
+                    responses.push(Expect::Synthetic(frame_bytes(&CloseComplete)));
+                    Ok(())
+                }
+                _ => forward(frame, out, responses),
+            }
+        }
+        _ => forward(frame, out, responses),
+    }
+}
+
+fn named(client: &ClientStatements, statement: &str) -> Option<Statement> {
+    if statement.is_empty() {
+        return None;
+    }
+    client.by_name.get(statement).cloned()
+}
+
+fn forward(
+    frame: &Frame,
+    out: &mut BytesMut,
+    responses: &mut Responses,
+) -> Result<(), ProtocolError> {
+    frame.encode(out);
+    // Flush and the COPY stream get no answer of their own.
+    if !matches!(frame.tag, b'H' | b'd' | b'c' | b'f') {
+        responses.push(Expect::Forward {
+            tag: frame.tag,
+            unprepare: None,
+        });
+    }
+    Ok(())
+}
+
+/// Send our Parse for `s` first if this server does not have it yet.
+fn ensure_prepared(
+    s: &Statement,
+    prepared: &mut HashSet<String>,
+    limit: usize,
+    out: &mut BytesMut,
+    responses: &mut Responses,
+) {
+    if prepared.contains(&s.server_name) {
+        return;
+    }
+    make_room(prepared, limit, &s.server_name, out, responses);
+    out.extend_from_slice(&s.parse);
+    prepared.insert(s.server_name.clone());
+    responses.push(Expect::Swallow {
+        tag: b'1',
+        unprepare: Some(s.server_name.clone()),
+    });
+}
+
+/// At the limit, close one statement on the server (not `keep`) before preparing another.
+fn make_room(
+    prepared: &mut HashSet<String>,
+    limit: usize,
+    keep: &str,
+    out: &mut BytesMut,
+    responses: &mut Responses,
+) {
+    if limit == 0 || prepared.len() < limit {
+        return;
+    }
+    let Some(victim) = prepared.iter().find(|n| n.as_str() != keep).cloned() else {
+        return;
+    };
+    prepared.remove(&victim);
+    Close {
+        target: Target::Statement(victim),
+    }
+    .encode(out);
+    responses.push(Expect::Swallow {
+        tag: b'3',
+        unprepare: None,
+    });
+}
+
+impl Responses {
+    fn push(&mut self, e: Expect) {
+        if self.skipping {
+            match e {
+                Expect::Forward { tag: b'S', .. } => self.skipping = false,
+                Expect::Forward {
+                    unprepare: Some(n), ..
+                }
+                | Expect::Swallow {
+                    unprepare: Some(n), ..
+                } => {
+                    self.unprepared.push(n);
+                    return;
+                }
+                _ => return,
+            }
+        }
+        self.queue.push_back(e);
+    }
+
+    /// Nothing owed either way: safe to hand the server to another client.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && !self.skipping
+    }
+
+    /// Frames of ours whose turn has come (before the next server answer).
+    pub fn take_synthetic(&mut self, out: &mut BytesMut) {
+        while let Some(Expect::Synthetic(_)) = self.queue.front() {
+            if let Some(Expect::Synthetic(frame)) = self.queue.pop_front() {
+                out.extend_from_slice(&frame);
+            }
+        }
+    }
+
+    /// Account for one server frame: `true` if the client should get it. `prepared` is
+    /// corrected when a statement we thought prepared failed.
+    pub fn on_server_frame(&mut self, tag: u8, prepared: &mut HashSet<String>) -> bool {
+        for n in self.unprepared.drain(..) {
+            prepared.remove(&n);
+        }
+        if asynchronous(tag) {
+            return true;
+        }
+        let Some(front) = self.queue.front().cloned() else {
+            // Nothing expected (e.g. a FATAL error before closing): pass it on.
+            return true;
+        };
+        match front {
+            Expect::Synthetic(_) => true,
+            Expect::Swallow {
+                tag: want,
+                unprepare,
+            } => {
+                if tag == want {
+                    self.queue.pop_front();
+                    return false;
+                }
+                if tag == b'E' {
+                    self.failed(unprepare, prepared);
+                }
+                true
+            }
+            Expect::Forward {
+                tag: sent,
+                unprepare,
+            } => {
+                if tag == b'E' && !matches!(sent, b'Q' | b'F' | b'S') {
+                    self.failed(unprepare, prepared);
+                } else if completes(sent, tag) {
+                    self.queue.pop_front();
+                }
+                true
+            }
+        }
+    }
+
+    /// The message at the front failed: the server skips to the next Sync; so do we.
+    fn failed(&mut self, unprepare: Option<String>, prepared: &mut HashSet<String>) {
+        if let Some(name) = unprepare {
+            prepared.remove(&name);
+        }
+        self.queue.pop_front();
+        // Until the Sync, if the client sent it already; else until it does.
+        self.skipping = true;
+        while let Some(e) = self.queue.front() {
+            if matches!(e, Expect::Forward { tag: b'S', .. }) {
+                self.skipping = false;
+                break;
+            }
+            if let Some(
+                Expect::Forward {
+                    unprepare: Some(n), ..
+                }
+                | Expect::Swallow {
+                    unprepare: Some(n), ..
+                },
+            ) = self.queue.pop_front()
+            {
+                // Skipped by the server: never prepared.
+                prepared.remove(&n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgherd_protocol::frontend::{Execute, Sync};
+
+    fn frame(m: &impl Message) -> Frame {
+        m.to_frame()
+    }
+
+    fn execute() -> Frame {
+        frame(&Execute {
+            portal: String::new(),
+            max_rows: 0,
+        })
+    }
+
+    fn parse(name: &str, sql: &str) -> Frame {
+        frame(&Parse {
+            statement: name.into(),
+            query: Bytes::copy_from_slice(sql.as_bytes()),
+            param_types: vec![],
+        })
+    }
+
+    fn bind(statement: &str) -> Frame {
+        let mut b = BytesMut::new();
+        Bind {
+            portal: String::new(),
+            statement: statement.into(),
+            param_formats: vec![],
+            params: vec![],
+            result_formats: vec![],
+        }
+        .encode(&mut b);
+        let frames = pgherd_protocol::FrameDecoder::frontend();
+        frames.decode(&mut b).expect("frame").expect("complete")
+    }
+
+    fn tags(bytes: &BytesMut) -> Vec<u8> {
+        tags_with(bytes, pgherd_protocol::FrameDecoder::frontend())
+    }
+
+    /// Tags of frames the pooler writes to the client.
+    fn answer_tags(bytes: &BytesMut) -> Vec<u8> {
+        tags_with(bytes, pgherd_protocol::FrameDecoder::backend())
+    }
+
+    fn tags_with(bytes: &BytesMut, d: pgherd_protocol::FrameDecoder) -> Vec<u8> {
+        let mut b = bytes.clone();
+        let mut out = Vec::new();
+        while let Ok(Some(f)) = d.decode(&mut b) {
+            out.push(f.tag);
+        }
+        out
+    }
+
+    fn send(
+        frames: &[Frame],
+        client: &mut ClientStatements,
+        prepared: &mut HashSet<String>,
+        r: &mut Responses,
+    ) -> BytesMut {
+        let mut out = BytesMut::new();
+        for f in frames {
+            rewrite(f, client, prepared, 0, &mut out, r).expect("rewrite");
+        }
+        out
+    }
+
+    /// Feed server answers; returns the tags the client receives (ours included).
+    fn answer(answers: &[u8], r: &mut Responses, prepared: &mut HashSet<String>) -> Vec<u8> {
+        let mut seen = Vec::new();
+        let mut synth = BytesMut::new();
+        r.take_synthetic(&mut synth);
+        seen.extend(answer_tags(&synth));
+        for &a in answers {
+            if r.on_server_frame(a, prepared) {
+                seen.push(a);
+            }
+            let mut synth = BytesMut::new();
+            r.take_synthetic(&mut synth);
+            seen.extend(answer_tags(&synth));
+        }
+        seen
+    }
+
+    #[test]
+    fn a_statement_follows_its_client_to_another_server() {
+        let mut client = ClientStatements::default();
+        let (mut server_a, mut server_b) = (HashSet::new(), HashSet::new());
+        let mut r = Responses::default();
+        let out = send(
+            &[parse("s1", "SELECT 1"), bind("s1"), execute(), frame(&Sync)],
+            &mut client,
+            &mut server_a,
+            &mut r,
+        );
+        assert_eq!(tags(&out), b"PBES");
+        assert_eq!(answer(b"12CZ", &mut r, &mut server_a), b"12CZ");
+        assert!(r.is_empty());
+
+        // Next transaction on another server: our Parse goes first, its answer is swallowed.
+        let out = send(
+            &[bind("s1"), execute(), frame(&Sync)],
+            &mut client,
+            &mut server_b,
+            &mut r,
+        );
+        assert_eq!(tags(&out), b"PBES");
+        assert_eq!(answer(b"12CZ", &mut r, &mut server_b), b"2CZ");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn parse_of_a_statement_the_server_has_is_answered_by_the_pooler() {
+        let mut prepared = HashSet::new();
+        let mut r = Responses::default();
+        let mut a = ClientStatements::default();
+        send(
+            &[parse("x", "SELECT 2"), frame(&Sync)],
+            &mut a,
+            &mut prepared,
+            &mut r,
+        );
+        answer(b"1Z", &mut r, &mut prepared);
+        // Another client prepares the same text under its own name.
+        let mut b = ClientStatements::default();
+        let out = send(
+            &[parse("mine", "SELECT 2"), frame(&Sync)],
+            &mut b,
+            &mut prepared,
+            &mut r,
+        );
+        assert_eq!(tags(&out), b"S", "the server already has it");
+        assert_eq!(answer(b"Z", &mut r, &mut prepared), b"1Z");
+    }
+
+    #[test]
+    fn close_is_answered_by_the_pooler_and_forgets_the_name() {
+        let mut prepared = HashSet::new();
+        let mut r = Responses::default();
+        let mut c = ClientStatements::default();
+        send(
+            &[parse("s", "SELECT 3"), frame(&Sync)],
+            &mut c,
+            &mut prepared,
+            &mut r,
+        );
+        answer(b"1Z", &mut r, &mut prepared);
+        let close = frame(&Close {
+            target: Target::Statement("s".into()),
+        });
+        let out = send(&[close, frame(&Sync)], &mut c, &mut prepared, &mut r);
+        assert_eq!(tags(&out), b"S");
+        assert_eq!(answer(b"Z", &mut r, &mut prepared), b"3Z");
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_and_unmarks_a_failed_parse() {
+        let mut prepared = HashSet::new();
+        let mut r = Responses::default();
+        let mut c = ClientStatements::default();
+        let out = send(
+            &[
+                parse("bad", "SELEC 1"),
+                bind("bad"),
+                execute(),
+                frame(&Sync),
+            ],
+            &mut c,
+            &mut prepared,
+            &mut r,
+        );
+        assert_eq!(tags(&out), b"PBES");
+        // Parse fails; the server skips Bind and Execute and answers Sync.
+        assert_eq!(answer(b"EZ", &mut r, &mut prepared), b"EZ");
+        assert!(
+            prepared.is_empty(),
+            "a statement that failed to parse is not prepared"
+        );
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn an_error_before_the_client_sent_its_sync_skips_what_follows() {
+        let mut prepared = HashSet::new();
+        let mut r = Responses::default();
+        let mut c = ClientStatements::default();
+        send(&[parse("bad", "SELEC 1")], &mut c, &mut prepared, &mut r);
+        // The server fails the Parse before Describe and Sync arrive.
+        assert_eq!(answer(b"E", &mut r, &mut prepared), b"E");
+        let describe = frame(&Describe {
+            target: Target::Statement("bad".into()),
+        });
+        let close = frame(&Close {
+            target: Target::Statement("bad".into()),
+        });
+        send(
+            &[describe, close, frame(&Sync)],
+            &mut c,
+            &mut prepared,
+            &mut r,
+        );
+        // Skipped by the server: no answers, and none of ours (no CloseComplete).
+        assert_eq!(answer(b"Z", &mut r, &mut prepared), b"Z");
+        assert!(r.is_empty());
+        assert!(prepared.is_empty());
+    }
+
+    #[test]
+    fn at_the_limit_an_old_statement_is_closed_first() {
+        let mut prepared = HashSet::new();
+        let mut r = Responses::default();
+        let mut c = ClientStatements::default();
+        let mut out = BytesMut::new();
+        for (i, sql) in ["SELECT 1", "SELECT 2", "SELECT 3"].iter().enumerate() {
+            rewrite(
+                &parse(&format!("s{i}"), sql),
+                &mut c,
+                &mut prepared,
+                2,
+                &mut out,
+                &mut r,
+            )
+            .expect("rewrite");
+        }
+        rewrite(&frame(&Sync), &mut c, &mut prepared, 2, &mut out, &mut r).expect("sync");
+        assert_eq!(prepared.len(), 2);
+        assert_eq!(tags(&out), b"PPCPS");
+        assert_eq!(answer(b"1131Z", &mut r, &mut prepared), b"111Z");
+    }
+
+    #[test]
+    fn unnamed_statements_and_simple_queries_pass_through() {
+        let mut prepared = HashSet::new();
+        let mut r = Responses::default();
+        let mut c = ClientStatements::default();
+        let q = frame(&pgherd_protocol::frontend::Query::new("SELECT 1"));
+        let out = send(
+            &[parse("", "SELECT $1"), bind(""), frame(&Sync), q],
+            &mut c,
+            &mut prepared,
+            &mut r,
+        );
+        assert_eq!(tags(&out), b"PBSQ");
+        assert_eq!(answer(b"12ZTDCZ", &mut r, &mut prepared), b"12ZTDCZ");
+        assert!(prepared.is_empty() && r.is_empty());
+    }
+}
