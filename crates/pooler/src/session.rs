@@ -38,6 +38,8 @@ const TRACKED_PARAMETERS: &[&str] = &[
     "application_name",
 ];
 
+const STATEMENT_MODE_TRANSACTION: &str = "transaction blocks not allowed in statement pool mode";
+
 /// How many SSL/GSS negotiation rounds a client may try before its StartupMessage.
 const MAX_NEGOTIATIONS: usize = 2;
 
@@ -556,8 +558,9 @@ enum Pump {
     TransactionDone,
     /// The server connection failed.
     ServerFailed(String),
-    /// A timeout ran out (its PgBouncer name): the client is told and closed.
-    Timeout(&'static str),
+    /// A timeout ran out or a pool-mode rule was broken (PgBouncer's wording): the
+    /// client is told and closed.
+    Ended(&'static str),
 }
 
 /// Queries a client message makes the server answer with a ReadyForQuery.
@@ -649,8 +652,8 @@ impl Session {
                     let reusable = !reset || self.reset(&mut attached, &settings).await;
                     self.pool.release(attached, reusable).await;
                 }
-                Pump::Timeout(which) => {
-                    info!(peer = %self.peer, user = %self.user, timeout = which, "closing client");
+                Pump::Ended(which) => {
+                    info!(peer = %self.peer, user = %self.user, reason = which, "closing client");
                     self.finish(attached, pending, &settings).await;
                     return Err(fail(out, error(Severity::Fatal, "08P01", which)).await);
                 }
@@ -680,16 +683,24 @@ impl Session {
         loop {
             let (deadline, which) = self.next_timeout(lease, *pending, sent_at, ready_at, settings);
             tokio::select! {
-                _ = sleep_until(deadline) => return Ok(Pump::Timeout(which)),
+                _ = sleep_until(deadline) => return Ok(Pump::Ended(which)),
                 frame = lease.conn.read_frame() => {
                     let frame = match frame {
                         Ok(f) => f,
                         Err(e) => return Ok(Pump::ServerFailed(e.to_string())),
                     };
+                    if self.opens_transaction_in_statement_mode(&frame) {
+                        out.flush().await?;
+                        return Ok(Pump::Ended(STATEMENT_MODE_TRANSACTION));
+                    }
                     let mut idle = self.answer(&frame, lease, out, pending, tracking).await?;
                     // Forward what already arrived in one write.
                     loop {
                         match lease.conn.next_buffered_frame() {
+                            Ok(Some(f)) if self.opens_transaction_in_statement_mode(&f) => {
+                                out.flush().await?;
+                                return Ok(Pump::Ended(STATEMENT_MODE_TRANSACTION));
+                            }
                             Ok(Some(f)) => idle = self.answer(&f, lease, out, pending, tracking).await?,
                             Ok(None) => break,
                             Err(e) => return Ok(Pump::ServerFailed(e.to_string())),
@@ -770,6 +781,14 @@ impl Session {
                 "client_idle_timeout",
             ),
         }
+    }
+
+    /// Statement pooling hands the server back after every statement, so a
+    /// ReadyForQuery inside a transaction block ends the client (as in PgBouncer).
+    fn opens_transaction_in_statement_mode(&self, frame: &Frame) -> bool {
+        self.mode == PoolMode::Statement
+            && frame.tag == ReadyForQuery::TAG
+            && frame.body.first() != Some(&b'I')
     }
 
     /// Pass one server frame on (unless it answers a message of ours); `true` when it is

@@ -312,3 +312,50 @@ async fn query_and_idle_transaction_timeouts_close_the_client() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_mode_runs_statements_and_refuses_transaction_blocks() {
+    let _serial = SERIAL.lock().await;
+    let server = postgres().await;
+    let p = pooler(
+        &server.pg,
+        "auth_type = md5\npool_mode = statement\ndefault_pool_size = 1",
+    )
+    .await;
+    let a = client(p.port, APP_PASSWORD).await.expect("login");
+    let b = client(p.port, APP_PASSWORD).await.expect("login");
+    // One server serves both clients statement by statement.
+    for _ in 0..5 {
+        assert_eq!(
+            a.query_one("SELECT 1", &[])
+                .await
+                .expect("a")
+                .get::<_, i32>(0),
+            1
+        );
+        assert_eq!(
+            b.query_one("SELECT 2", &[])
+                .await
+                .expect("b")
+                .get::<_, i32>(0),
+            2
+        );
+    }
+    let e = a
+        .batch_execute("BEGIN")
+        .await
+        .expect_err("a transaction block");
+    let message = e.as_db_error().map(|d| d.message().to_string());
+    assert_eq!(
+        message.as_deref(),
+        Some("transaction blocks not allowed in statement pool mode"),
+        "{e:?}"
+    );
+    assert_eq!(
+        b.query_one("SELECT 3", &[])
+            .await
+            .expect("b goes on")
+            .get::<_, i32>(0),
+        3
+    );
+}
