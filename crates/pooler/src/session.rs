@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Startup parameters PgBouncer tracks per client and applies to whichever server the
 /// client is given (its "varcache").
@@ -192,8 +192,8 @@ async fn login(
         )
         .await);
     };
-    let scram_keys = authenticate(client, out, rt, &user, &database, peer).await?;
-    let credential = server_credential(rt, &db, &user, scram_keys);
+    let authenticated = authenticate(client, out, rt, &user, &database, peer).await?;
+    let credential = server_credential(rt, &db, &user, authenticated);
     let key = PoolKey {
         database: database.clone(),
         user: db.user.clone().unwrap_or_else(|| user.clone()),
@@ -315,6 +315,14 @@ fn tracked_parameters(
 /// Check the client's password against its `auth_file` secret per `auth_type`.
 /// Returns SCRAM keys when the client proved a SCRAM verifier (to log into servers
 /// holding the same verifier).
+/// What authentication established about a client.
+pub(crate) struct Authenticated {
+    /// SCRAM keys the client proved (to log into servers holding the same verifier).
+    pub scram_keys: Option<(Vec<u8>, Vec<u8>)>,
+    /// The secret checked, when it came from `auth_query` rather than `auth_file`.
+    pub queried_secret: Option<StoredPassword>,
+}
+
 pub(crate) async fn authenticate(
     client: &mut ClientReader,
     out: &mut ClientWriter,
@@ -322,16 +330,107 @@ pub(crate) async fn authenticate(
     user: &str,
     database: &str,
     peer: SocketAddr,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, SessionError> {
+) -> Result<Authenticated, SessionError> {
     let config = rt.config();
     let userlist = rt.userlist();
-    let stored = userlist
-        .get(user)
-        .map(|s| StoredPassword::parse(s.expose()));
+    let mut queried_secret = None;
+    let stored = match userlist.get(user) {
+        Some(s) => Some(StoredPassword::parse(s.expose())),
+        None => {
+            queried_secret = match config.resolve_database(database) {
+                Some(db) => auth_query(rt, &db, database, user).await,
+                None => None,
+            };
+            queried_secret.clone()
+        }
+    };
+    let scram_keys = check_password(client, out, rt, user, database, peer, stored).await?;
+    Ok(Authenticated {
+        scram_keys,
+        queried_secret,
+    })
+}
+
+/// Look a user's secret up with `auth_query`, logged in as `auth_user` (PgBouncer's
+/// `auth_user`/`auth_query`, per database or global). `None`: no such user, no
+/// `auth_user`, or the lookup failed (logged; the login then fails like a wrong password).
+async fn auth_query(
+    rt: &Runtime,
+    db: &DatabaseConfig,
+    database: &str,
+    user: &str,
+) -> Option<StoredPassword> {
+    let config = rt.config();
+    let auth_user = db
+        .auth_user
+        .clone()
+        .or_else(|| config.settings.auth_user.clone())?;
+    if auth_user == user {
+        return None;
+    }
+    let query = db
+        .auth_query
+        .clone()
+        .unwrap_or_else(|| config.settings.auth_query.clone());
+    let sql = query.replace("$1", &quote_e_literal(user));
+    let credential = match rt.userlist().get(&auth_user) {
+        Some(Secret::Plain(p)) => ServerCredential::Plain(p.clone()),
+        Some(Secret::Md5(h)) => ServerCredential::Md5Hash(h.clone()),
+        _ => ServerCredential::None,
+    };
+    let mut lookup_db = db.clone();
+    lookup_db.dbname = db.auth_dbname.clone().or_else(|| db.dbname.clone());
+    lookup_db.user = None;
+    lookup_db.password = None;
+    let key = PoolKey {
+        database: database.to_string(),
+        user: auth_user.clone(),
+    };
+    let pool = rt.pool(&key, &lookup_db, credential);
+    let mut lease = match pool.acquire().await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(auth_user = %auth_user, error = %e, "auth_query: cannot log in as auth_user");
+            return None;
+        }
+    };
+    let row = lease.conn.query_first_row(&sql).await;
+    pool.release(lease, row.is_ok()).await;
+    match row {
+        Ok(Some(row)) => row
+            .get(1)
+            .cloned()
+            .flatten()
+            .map(|p| StoredPassword::parse(&p)),
+        Ok(None) => None,
+        Err(e) => {
+            warn!(auth_user = %auth_user, error = %e, "auth_query failed");
+            None
+        }
+    }
+}
+
+/// An `E'…'` string literal: safe whatever `standard_conforming_strings` says.
+fn quote_e_literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Check the client's password against `stored` per `auth_type` (or the hba method).
+async fn check_password(
+    client: &mut ClientReader,
+    out: &mut ClientWriter,
+    rt: &Runtime,
+    user: &str,
+    database: &str,
+    peer: SocketAddr,
+    stored: Option<StoredPassword>,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, SessionError> {
+    let config = rt.config();
     let method = match config.settings.auth_type {
         AuthType::Hba => match rt.hba_method(peer, database, user) {
             Some(m) => m,
             None => {
+                crate::metrics::count_login_failed(rt, database, user);
                 return Err(fail(
                     out,
                     error(
@@ -340,12 +439,13 @@ pub(crate) async fn authenticate(
                         format!("no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\"", peer.ip()),
                     ),
                 )
-                .await)
+                .await);
             }
         },
         other => other,
     };
     let denied = || {
+        crate::metrics::count_login_failed(rt, database, user);
         error(
             Severity::Fatal,
             "28P01",
@@ -490,8 +590,12 @@ fn server_credential(
     rt: &Runtime,
     db: &DatabaseConfig,
     user: &str,
-    scram_keys: Option<(Vec<u8>, Vec<u8>)>,
+    authenticated: Authenticated,
 ) -> ServerCredential {
+    let Authenticated {
+        scram_keys,
+        queried_secret,
+    } = authenticated;
     if let Some(pw) = &db.password {
         return ServerCredential::Plain(pw.expose().to_string());
     }
@@ -505,6 +609,18 @@ fn server_credential(
                 server_key,
             },
             None => ServerCredential::None,
+        },
+        // Not in auth_file: the secret auth_query found.
+        None if db.user.is_none() => match (queried_secret, scram_keys) {
+            (Some(StoredPassword::Md5(h)), _) => ServerCredential::Md5Hash(h),
+            (Some(StoredPassword::Plain(p)), _) => ServerCredential::Plain(p),
+            (Some(StoredPassword::Scram(_)), Some((client_key, server_key))) => {
+                ServerCredential::ScramKeys {
+                    client_key,
+                    server_key,
+                }
+            }
+            _ => ServerCredential::None,
         },
         _ => ServerCredential::None,
     }
@@ -617,7 +733,7 @@ impl Session {
                     Err(e) => return Err(fail(out, e).await),
                 };
                 pending += ready_for_queries_expected(first.tag);
-                self.count_query(first.tag);
+                self.count_query(&first);
                 let mut batch = BytesMut::new();
                 if let Err(e) = encode_for_server(&first, &mut tracking, &mut attached, &mut batch)
                 {
@@ -734,7 +850,7 @@ impl Session {
                             break;
                         }
                         *pending += ready_for_queries_expected(f.tag);
-                        self.count_query(f.tag);
+                        self.count_query(&f);
                         encode_for_server(&f, tracking, lease, &mut batch)?;
                         next = client.next_buffered()?;
                     }
@@ -855,12 +971,14 @@ impl Session {
         Ok(idle)
     }
 
-    fn count_query(&self, tag: u8) {
-        if ready_for_queries_expected(tag) > 0 {
-            self.pool
-                .stats
-                .total_query_count
-                .fetch_add(1, Ordering::Relaxed);
+    /// Count a client message toward `SHOW STATS` (its bytes, and a query if it is one).
+    fn count_query(&self, frame: &Frame) {
+        let stats = &self.pool.stats;
+        stats
+            .total_received
+            .fetch_add(frame.wire_len() as u64, Ordering::Relaxed);
+        if ready_for_queries_expected(frame.tag) > 0 {
+            stats.total_query_count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -968,5 +1086,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 fn server_lost(why: &str) -> ErrorResponse {
     debug!(reason = why, "server connection lost");
+    crate::metrics::count_client_error(crate::metrics::ErrorKind::ServerLost);
     error(Severity::Fatal, "08006", "server conn crashed?")
 }

@@ -359,3 +359,60 @@ async fn statement_mode_runs_statements_and_refuses_transaction_blocks() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_finds_users_missing_from_auth_file() {
+    let _serial = SERIAL.lock().await;
+    let server = postgres().await;
+    let su = server.pg.connect().await.expect("connect");
+    // PgBouncer's documented setup: a SECURITY DEFINER lookup the auth_user may call.
+    su.batch_execute(
+        "CREATE ROLE authuser LOGIN PASSWORD 'auth pass';
+         CREATE ROLE dyn LOGIN PASSWORD 'dyn pass';
+         CREATE FUNCTION public.lookup(name text, OUT usename name, OUT passwd text)
+           RETURNS record LANGUAGE sql SECURITY DEFINER
+           AS $$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = name $$;
+         REVOKE ALL ON FUNCTION public.lookup(text) FROM public;
+         GRANT EXECUTE ON FUNCTION public.lookup(text) TO authuser;",
+    )
+    .await
+    .expect("setup");
+    let p = common::pooler_with_userlist(
+        &server.pg,
+        "auth_type = scram-sha-256\npool_mode = transaction\n\
+         auth_user = authuser\nauth_query = SELECT usename, passwd FROM public.lookup($1)",
+        "\"authuser\" \"auth pass\"\n",
+    )
+    .await;
+    // `dyn` is not in userlist.txt: its SCRAM verifier comes from auth_query, and the
+    // pooler logs into PostgreSQL with the keys the client just proved.
+    let c = connect(p.port, "dyn", "dyn pass", "appdb")
+        .await
+        .expect("login via auth_query");
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(who, "dyn");
+    let e = connect(p.port, "dyn", "wrong", "appdb")
+        .await
+        .expect_err("wrong password");
+    assert_eq!(sqlstate(&e), "28P01");
+    let e = connect(p.port, "ghost", "x", "appdb")
+        .await
+        .expect_err("unknown user");
+    assert_eq!(sqlstate(&e), "28P01");
+    // A name that tries to break out of the query is just a name.
+    let e = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(p.port)
+        .user("x' OR '1'='1")
+        .password("x")
+        .dbname("appdb")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map(|(client, _)| client)
+        .expect_err("injection");
+    assert_eq!(sqlstate(&e), "28P01");
+}

@@ -8,8 +8,8 @@ use pgherd_protocol::auth::{
     md5_client_response, md5_response_from_hash, select_mechanism, ScramClient, SCRAM_KEY_LEN,
 };
 use pgherd_protocol::backend::{
-    Authentication, BackendKeyData, ErrorResponse, NegotiateProtocolVersion, NoticeResponse,
-    ParameterStatus, ReadyForQuery, TransactionStatus,
+    Authentication, BackendKeyData, DataRow, ErrorResponse, NegotiateProtocolVersion,
+    NoticeResponse, ParameterStatus, ReadyForQuery, TransactionStatus,
 };
 use pgherd_protocol::copy::CopyFail;
 use pgherd_protocol::frontend::{
@@ -510,6 +510,15 @@ impl ServerConnection {
     /// statement fails (the connection stays usable unless it was FATAL). Bounded by
     /// [`query_timeout`](Self::query_timeout); a timeout breaks the connection.
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
+        self.query_first_row(sql).await.map(|_| ())
+    }
+
+    /// Run `sql` like [`simple_query`](Self::simple_query) and return its first row as
+    /// text (the pooler's own lookups, e.g. `auth_query`).
+    pub async fn query_first_row(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<Vec<Option<String>>>, ServerError> {
         let limit = self.query_timeout;
         match tokio::time::timeout(limit, self.run_simple_query(sql)).await {
             Ok(result) => result,
@@ -524,20 +533,33 @@ impl ServerConnection {
         }
     }
 
-    async fn run_simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
+    async fn run_simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<Vec<Option<String>>>, ServerError> {
         if sql.contains('\0') {
             return Err(ServerError::InvalidQuery);
         }
         self.send(&Query::new(sql.to_owned())).await?;
         let mut failed: Option<ErrorResponse> = None;
+        let mut first_row = None;
         loop {
             let frame = self.read_frame().await?;
             match frame.tag {
                 ReadyForQuery::TAG => {
                     return match failed {
                         Some(e) => Err(ServerError::ServerError(e)),
-                        None => Ok(()),
+                        None => Ok(first_row),
                     }
+                }
+                DataRow::TAG if first_row.is_none() => {
+                    let row = DataRow::decode(&frame.body)?;
+                    first_row = Some(
+                        row.values
+                            .iter()
+                            .map(|v| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+                            .collect(),
+                    );
                 }
                 ErrorResponse::TAG => {
                     let e = ErrorResponse::decode(&frame.body)?;

@@ -112,19 +112,21 @@ pub fn ini_text(pg: &Instance, port: u16, userlist: &std::path::Path, settings: 
 /// Start a pooler in-process with `settings` added to a pgbouncer.ini in front of `pg`,
 /// loaded the way `pgherd pooler --ini` loads it.
 pub async fn pooler(pg: &Instance, settings: &str) -> Pooler {
+    let userlist = format!(
+        "\"app\" \"{APP_PASSWORD}\"\n\"postgres\" \"{ADMIN_PASSWORD}\"\n\
+         \"stats\" \"{STATS_PASSWORD}\"\n\"nobody\" \"{NOBODY_PASSWORD}\"\n"
+    );
+    pooler_with_userlist(pg, settings, &userlist).await
+}
+
+/// [`pooler`] with the given userlist.txt contents.
+pub async fn pooler_with_userlist(pg: &Instance, settings: &str, userlist_text: &str) -> Pooler {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let userlist = dir.path().join("userlist.txt");
     let ini = dir.path().join("pgbouncer.ini");
     std::fs::write(&ini, ini_text(pg, port, &userlist, settings)).expect("ini");
-    std::fs::write(
-        &userlist,
-        format!(
-            "\"app\" \"{APP_PASSWORD}\"\n\"postgres\" \"{ADMIN_PASSWORD}\"\n\
-             \"stats\" \"{STATS_PASSWORD}\"\n\"nobody\" \"{NOBODY_PASSWORD}\"\n"
-        ),
-    )
-    .expect("userlist");
+    std::fs::write(&userlist, userlist_text).expect("userlist");
     let files = service::load(&ini).expect("config loads");
     let rt = Runtime::new(files.config, files.userlist, files.hba);
     rt.set_config_path(&ini);
