@@ -115,6 +115,20 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, rt: Arc<Runtime>) {
             return;
         }
         Ok(None) => return,
+        Err(SessionError::Client(FramedError::Protocol(e))) => {
+            // Garbage, a length beyond the limits, a malformed startup packet.
+            info!(%peer, error = %e, "protocol violation during login");
+            let _ = fail(
+                &mut out,
+                error(
+                    Severity::Fatal,
+                    "08P01",
+                    format!("invalid frontend message: {e}"),
+                ),
+            )
+            .await;
+            return;
+        }
         Err(e) => {
             debug!(%peer, error = %e, "login ended");
             return;
