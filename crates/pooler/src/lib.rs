@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod metrics;
 pub mod pool;
 pub mod prepared;
 pub mod runtime;

@@ -10,16 +10,30 @@
 //! it lives (a [`ServerTicket`] removes it when the connection is dropped); a pool can be
 //! paused (`PAUSE`: new transactions wait before taking a slot) and can be told that
 //! its connections are stale (`RECONNECT`: a generation counter, checked on release).
+//!
+//! Limits beyond one pool, PgBouncer style: every server connection (lent, idle or
+//! logging in) holds a permit of its database's `max_db_connections` and its user's
+//! `max_user_connections` [`ConnLimit`] for as long as it lives. A client that needs a new
+//! connection while such a limit is full first closes an idle connection of another pool
+//! under that limit, else waits (like for a slot, bounded by `query_wait_timeout`).
+//! After a failed server login the pool makes no new login for `server_login_retry`:
+//! clients that need one get that failure at once. [`Pool::maintain`] and
+//! [`Pool::fill_to_min`] are the janitor's work (run by the runtime in the background):
+//! close idle connections that died or outlived `server_idle_timeout` /
+//! `server_lifetime`, and keep `min_pool_size` connections open once the pool was used.
 
 use crate::runtime::{current_client, ClientState};
 use crate::server::{ServerConnection, ServerError, ServerTarget};
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Which clients share a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,6 +55,134 @@ pub struct PoolLimits {
     /// Run `server_check_query` on a connection idle longer than this before reuse.
     pub server_check_delay: Duration,
     pub server_check_query: Option<String>,
+    /// Keep at least this many server connections open once the pool was used
+    /// (capped at `pool_size`); 0: none.
+    pub min_pool_size: usize,
+    /// After a failed server login, no new login for this long.
+    pub server_login_retry: Duration,
+}
+
+/// Which setting a [`ConnLimit`] enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LimitKind {
+    /// `max_db_connections`: the pools of one database.
+    Database,
+    /// `max_user_connections`: the pools of one user.
+    User,
+}
+
+/// A cap on the server connections of several pools (`max_db_connections` for one
+/// database, `max_user_connections` for one user). Each open server connection holds
+/// one permit until it is closed.
+pub struct ConnLimit {
+    pub kind: LimitKind,
+    /// The database or user name.
+    pub name: String,
+    max: usize,
+    permits: Arc<Semaphore>,
+    /// The pools under this limit (to evict an idle connection from).
+    pools: Mutex<Vec<Weak<Pool>>>,
+    /// Bumped when a permit is freed or an idle connection appears under the limit.
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for ConnLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnLimit")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("max", &self.max)
+            .field("in_use", &self.in_use())
+            .finish()
+    }
+}
+
+impl ConnLimit {
+    pub fn new(kind: LimitKind, name: impl Into<String>, max: usize) -> Arc<ConnLimit> {
+        Arc::new(ConnLimit {
+            kind,
+            name: name.into(),
+            max,
+            permits: Arc::new(Semaphore::new(max)),
+            pools: Mutex::new(Vec::new()),
+            changes: watch::channel(0).0,
+        })
+    }
+
+    /// The configured maximum.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Server connections counted against the limit now.
+    pub fn in_use(&self) -> usize {
+        self.max.saturating_sub(self.permits.available_permits())
+    }
+
+    fn join(&self, pool: &Arc<Pool>) {
+        let mut pools = lock(&self.pools);
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    fn members(&self) -> Vec<Arc<Pool>> {
+        lock(&self.pools).iter().filter_map(Weak::upgrade).collect()
+    }
+
+    fn is_full(&self) -> bool {
+        self.permits.available_permits() == 0
+    }
+
+    fn bump(&self) {
+        if self.changes.receiver_count() > 0 {
+            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Close the idle connection that waited longest among the pools under this limit
+    /// (PgBouncer's eviction); `false` if there is none.
+    async fn evict_idle(&self) -> bool {
+        let mut oldest: Option<(Instant, Arc<Pool>)> = None;
+        for pool in self.members() {
+            if let Some(since) = pool.oldest_idle_since() {
+                if oldest.as_ref().is_none_or(|(s, _)| since < *s) {
+                    oldest = Some((since, pool));
+                }
+            }
+        }
+        let Some((_, pool)) = oldest else {
+            return false;
+        };
+        let Some(idle) = lock(&pool.idle).pop_front() else {
+            // Taken meanwhile: something changed, the caller looks again.
+            return true;
+        };
+        debug!(limit = ?self.kind, name = %self.name, pool = ?pool.key, server = idle.conn.id(),
+            "closing an idle server connection for another pool");
+        idle.conn.close().await;
+        drop(idle.ticket);
+        true
+    }
+}
+
+/// One permit of a [`ConnLimit`], held by a server connection; tells waiters when freed.
+struct LimitPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    limit: Arc<ConnLimit>,
+}
+
+impl Drop for LimitPermit {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.limit.bump();
+    }
+}
+
+/// The shared-limit permits of one server connection.
+#[derive(Default)]
+struct Permits {
+    _db: Option<LimitPermit>,
+    _user: Option<LimitPermit>,
 }
 
 /// Why no server connection could be had.
@@ -73,6 +215,8 @@ pub struct PoolStats {
     pub server_assignments: AtomicU64,
     /// Server logins in progress (`sv_login`).
     pub servers_connecting: AtomicUsize,
+    /// Each client's wait for a slot, for `/metrics`.
+    pub wait_histogram: crate::metrics::WaitHistogram,
 }
 
 /// A point-in-time copy of the cumulative counters, for `SHOW STATS` averages.
@@ -144,6 +288,8 @@ struct ServerTicket {
     id: u64,
     generation: u64,
     registry: ServerRegistry,
+    /// Released (after the registry entry) when the connection is gone.
+    _permits: Permits,
 }
 
 impl ServerTicket {
@@ -187,6 +333,107 @@ pub struct Pool {
     generation: AtomicU64,
     paused: watch::Sender<bool>,
     window: Mutex<StatsWindow>,
+    db_limit: Option<Arc<ConnLimit>>,
+    user_limit: Option<Arc<ConnLimit>>,
+    /// A client asked for a server once (`min_pool_size` applies from then on).
+    used: AtomicBool,
+    /// A `min_pool_size` fill is running.
+    filling: AtomicBool,
+    /// The last failed server login and when it happened (`server_login_retry`).
+    login_failure: Mutex<Option<(Instant, ServerError)>>,
+    /// Bumped when a connection goes to the idle list (for clients that wait out
+    /// `server_login_retry` for one).
+    idle_changes: watch::Sender<u64>,
+    /// The server's ParameterStatus values from this pool's first login: what later
+    /// clients are welcomed with, so logging in needs no free server (PgBouncer too).
+    welcome: Mutex<Option<Vec<(String, String)>>>,
+}
+
+/// What a client gets after its wait: an idle server, or the right to log in a new one.
+// Lives on the stack for one call and is moved once: not worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Obtained {
+    Idle((ServerConnection, ServerTicket)),
+    New(Permits),
+}
+
+/// A copy of a login failure, for the clients that get it during `server_login_retry`.
+fn replay(e: &ServerError) -> ServerError {
+    match e {
+        ServerError::Connect { addr, source } => ServerError::Connect {
+            addr: addr.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        ServerError::Timeout {
+            addr,
+            during,
+            after,
+        } => ServerError::Timeout {
+            addr: addr.clone(),
+            during,
+            after: *after,
+        },
+        ServerError::Auth {
+            addr,
+            user,
+            response,
+        } => ServerError::Auth {
+            addr: addr.clone(),
+            user: user.clone(),
+            response: response.clone(),
+        },
+        // The client sees the same ErrorResponse either way.
+        other => ServerError::ServerError(other.to_client_error()),
+    }
+}
+
+/// Whether an idle connection is still there: reads what the server sent meanwhile
+/// without waiting. A FATAL error (`pg_terminate_backend`, server shutdown), EOF, or
+/// anything but a notice or parameter change means it is gone.
+fn still_alive(conn: &mut ServerConnection) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    // A handful of buffered notices at most; bounded anyway.
+    for _ in 0..16 {
+        if conn.is_broken() {
+            return false;
+        }
+        let mut read = pin!(conn.read_frame());
+        match read.as_mut().poll(&mut cx) {
+            Poll::Pending => return true,
+            Poll::Ready(Err(_)) => return false,
+            Poll::Ready(Ok(frame)) => match frame.tag {
+                // NoticeResponse, ParameterStatus (recorded by read_frame).
+                b'N' | b'S' => continue,
+                _ => return false,
+            },
+        }
+    }
+    !conn.is_broken()
+}
+
+/// Resolves when the limit's state changed since `rx` last looked; never without one.
+async fn limit_changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// While waiting for a shared limit, look again this often even without a change (a
+/// permit freed by a racing client that took and gave it back tells nobody).
+const LIMIT_RECHECK: Duration = Duration::from_millis(200);
+
+/// Clears a flag when dropped.
+struct FlagGuard<'a>(&'a AtomicBool);
+
+impl Drop for FlagGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// A server connection lent to one client, with the slot it occupies.
@@ -227,8 +474,20 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl Pool {
     pub fn new(key: PoolKey, target: ServerTarget, limits: PoolLimits) -> Arc<Pool> {
+        Pool::with_shared_limits(key, target, limits, None, None)
+    }
+
+    /// A pool whose server connections also count against its database's
+    /// `max_db_connections` and its user's `max_user_connections`.
+    pub fn with_shared_limits(
+        key: PoolKey,
+        target: ServerTarget,
+        limits: PoolLimits,
+        db_limit: Option<Arc<ConnLimit>>,
+        user_limit: Option<Arc<ConnLimit>>,
+    ) -> Arc<Pool> {
         let now = Instant::now();
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             key,
             slots: Arc::new(Semaphore::new(limits.pool_size)),
             reserve: Arc::new(Semaphore::new(limits.reserve_pool_size)),
@@ -243,7 +502,37 @@ impl Pool {
                 older: (now, StatsSnapshot::default()),
                 newer: (now, StatsSnapshot::default()),
             }),
-        })
+            db_limit,
+            user_limit,
+            used: AtomicBool::new(false),
+            filling: AtomicBool::new(false),
+            login_failure: Mutex::new(None),
+            idle_changes: watch::channel(0).0,
+            welcome: Mutex::new(None),
+        });
+        for limit in [&pool.db_limit, &pool.user_limit].into_iter().flatten() {
+            limit.join(&pool);
+        }
+        pool
+    }
+
+    /// The `max_db_connections` limit this pool counts against, if any.
+    pub fn db_limit(&self) -> Option<&Arc<ConnLimit>> {
+        self.db_limit.as_ref()
+    }
+
+    /// The `max_user_connections` limit this pool counts against, if any.
+    pub fn user_limit(&self) -> Option<&Arc<ConnLimit>> {
+        self.user_limit.as_ref()
+    }
+
+    /// The welcome parameters, once a server of this pool has logged in.
+    pub fn welcome_parameters(&self) -> Option<Vec<(String, String)>> {
+        lock(&self.welcome).clone()
+    }
+
+    pub fn set_welcome_parameters(&self, parameters: &[(String, String)]) {
+        *lock(&self.welcome) = Some(parameters.to_vec());
     }
 
     pub fn limits(&self) -> &PoolLimits {
@@ -324,21 +613,32 @@ impl Pool {
     }
 
     /// Wait for a slot (up to `query_wait_timeout`), then lend an idle server or log in a
-    /// new one.
+    /// new one (waiting, within the same bound, for the database's and user's shared
+    /// limits). During `server_login_retry` after a failed login, a client that needs a
+    /// new server gets that failure at once.
     pub async fn acquire(&self) -> Result<Lease, PoolError> {
         let started = Instant::now();
+        self.used.store(true, Ordering::Relaxed);
         let client = current_client();
         if let Some(c) = &client {
             c.set_pool(&self.key);
             c.set_state(ClientState::Waiting);
         }
-        let slot = {
+        let waited = {
             let _waiting = Waiting::new(&self.stats.clients_waiting);
-            self.wait_for_slot(started).await
+            match self.wait_for_slot(started).await {
+                Ok(slot) => {
+                    let deadline = self.limits.query_wait_timeout.map(|t| started + t);
+                    self.obtain(deadline).await.map(|o| (slot, o))
+                }
+                Err(e) => Err(e),
+            }
         };
-        let slot = match slot {
-            Ok(s) => s,
+        self.stats.wait_histogram.observe(started.elapsed());
+        let (slot, obtained) = match waited {
+            Ok(w) => w,
             Err(e) => {
+                crate::metrics::count_pool_error(&self.key, &e);
                 if let Some(c) = &client {
                     c.set_state(ClientState::Active);
                 }
@@ -350,26 +650,18 @@ impl Pool {
             .total_wait_us
             .fetch_add(waited, Ordering::Relaxed);
         self.stats.max_wait_us.fetch_max(waited, Ordering::Relaxed);
-        let (conn, ticket) = match self.take_idle().await {
-            Some(idle) => idle,
-            None => {
-                self.stats.server_connects.fetch_add(1, Ordering::Relaxed);
-                let connecting = Waiting::new(&self.stats.servers_connecting);
-                let conn = ServerConnection::connect(&self.target).await;
-                drop(connecting);
-                let conn = match conn {
-                    Ok(c) => c,
-                    Err(e) => {
-                        if let Some(c) = &client {
-                            c.set_state(ClientState::Active);
-                        }
-                        return Err(e.into());
+        let (conn, ticket) = match obtained {
+            Obtained::Idle(idle) => idle,
+            Obtained::New(permits) => match self.connect_new(permits).await {
+                Ok(c) => c,
+                Err(e) => {
+                    crate::metrics::count_pool_error(&self.key, &e);
+                    if let Some(c) = &client {
+                        c.set_state(ClientState::Active);
                     }
-                };
-                debug!(pool = ?self.key, server = conn.id(), "new server connection");
-                let ticket = self.register(&conn);
-                (conn, ticket)
-            }
+                    return Err(e);
+                }
+            },
         };
         self.stats
             .server_assignments
@@ -393,7 +685,132 @@ impl Pool {
         })
     }
 
-    fn register(&self, conn: &ServerConnection) -> ServerTicket {
+    /// With a slot in hand: an idle server, else the permits for a new login, evicting
+    /// an idle connection of another pool or waiting (until `deadline`) while a shared
+    /// limit is full.
+    async fn obtain(&self, deadline: Option<Instant>) -> Result<Obtained, PoolError> {
+        // Each pass returns, or closed an idle connection, or waited for a change, a
+        // recheck interval or the deadline: bounded by the deadline and the number of
+        // idle connections.
+        loop {
+            if let Some(idle) = self.take_idle().await {
+                return Ok(Obtained::Idle(idle));
+            }
+            if let Some((e, retry_at)) = self.login_retry_pending() {
+                // PgBouncer's fast fail: with no server connection to wait for, the
+                // client gets the login failure now. With some (lent to others), it
+                // waits for one of them, or for the retry.
+                if lock(&self.servers).is_empty() {
+                    return Err(PoolError::Server(e));
+                }
+                let mut idle_rx = self.idle_changes.subscribe();
+                if !lock(&self.idle).is_empty() {
+                    continue;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(PoolError::WaitTimeout);
+                }
+                tokio::select! {
+                    _ = idle_rx.changed() => {}
+                    _ = tokio::time::sleep_until(retry_at.into()) => {}
+                    _ = tokio::time::sleep(LIMIT_RECHECK) => {}
+                    _ = sleep_until(deadline) => return Err(PoolError::WaitTimeout),
+                }
+                continue;
+            }
+            // Subscribe before looking, so a change right after the look wakes us.
+            let mut db_rx = self.db_limit.as_ref().map(|l| l.changes.subscribe());
+            let mut user_rx = self.user_limit.as_ref().map(|l| l.changes.subscribe());
+            let full = match self.try_permits() {
+                Ok(p) => return Ok(Obtained::New(p)),
+                Err(full) => full,
+            };
+            if full.evict_idle().await {
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(PoolError::WaitTimeout);
+            }
+            debug!(pool = ?self.key, limit = ?full.kind, name = %full.name, max = full.max,
+                "waiting for a server connection under a shared limit");
+            tokio::select! {
+                _ = limit_changed(&mut db_rx) => {}
+                _ = limit_changed(&mut user_rx) => {}
+                _ = tokio::time::sleep(LIMIT_RECHECK) => {}
+                _ = sleep_until(deadline) => return Err(PoolError::WaitTimeout),
+            }
+        }
+    }
+
+    /// The shared-limit permits for one more server connection, or the limit that is
+    /// full. Takes nothing unless it can take all.
+    fn try_permits(&self) -> Result<Permits, Arc<ConnLimit>> {
+        let take = |limit: &Option<Arc<ConnLimit>>| match limit {
+            None => Ok(None),
+            Some(l) => match l.permits.clone().try_acquire_owned() {
+                Ok(p) => Ok(Some((p, l.clone()))),
+                Err(_) => Err(l.clone()),
+            },
+        };
+        // A permit taken here and dropped because the other limit is full goes back
+        // silently (no LimitPermit yet): waking the waiters for it could make two of
+        // them hand it back and forth.
+        let db = take(&self.db_limit)?;
+        let user = take(&self.user_limit)?;
+        let wrap = |t: Option<(OwnedSemaphorePermit, Arc<ConnLimit>)>| {
+            t.map(|(permit, limit)| LimitPermit {
+                permit: Some(permit),
+                limit,
+            })
+        };
+        Ok(Permits {
+            _db: wrap(db),
+            _user: wrap(user),
+        })
+    }
+
+    /// Log in a new server connection holding `permits`; a failure is remembered for
+    /// `server_login_retry`.
+    async fn connect_new(
+        &self,
+        permits: Permits,
+    ) -> Result<(ServerConnection, ServerTicket), PoolError> {
+        self.stats.server_connects.fetch_add(1, Ordering::Relaxed);
+        let connecting = Waiting::new(&self.stats.servers_connecting);
+        let conn = ServerConnection::connect(&self.target).await;
+        drop(connecting);
+        match conn {
+            Ok(conn) => {
+                lock(&self.login_failure).take();
+                debug!(pool = ?self.key, server = conn.id(), "new server connection");
+                let ticket = self.register(&conn, permits);
+                Ok((conn, ticket))
+            }
+            Err(e) => {
+                warn!(pool = ?self.key, error = %e, retry_after = ?self.limits.server_login_retry,
+                    "server login failed");
+                *lock(&self.login_failure) = Some((Instant::now(), replay(&e)));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The last login failure and when logins may be tried again, while
+    /// `server_login_retry` has not passed since.
+    fn login_retry_pending(&self) -> Option<(ServerError, Instant)> {
+        let failure = lock(&self.login_failure);
+        let (at, e) = failure.as_ref()?;
+        let retry_at = *at + self.limits.server_login_retry;
+        (Instant::now() < retry_at).then(|| (replay(e), retry_at))
+    }
+
+    /// Whether the last server login failed less than `server_login_retry` ago (no new
+    /// login is made until then).
+    pub fn login_retry_wait(&self) -> bool {
+        self.login_retry_pending().is_some()
+    }
+
+    fn register(&self, conn: &ServerConnection, permits: Permits) -> ServerTicket {
         let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation();
         let now = SystemTime::now();
@@ -416,6 +833,7 @@ impl Pool {
             id,
             generation,
             registry: self.servers.clone(),
+            _permits: permits,
         }
     }
 
@@ -474,7 +892,7 @@ impl Pool {
                 .server_idle_timeout
                 .is_some_and(|t| since.elapsed() >= t);
             let stale = ticket.generation < self.generation();
-            if conn.is_broken() || too_old || idle_too_long || stale {
+            if !still_alive(&mut conn) || too_old || idle_too_long || stale {
                 debug!(pool = ?self.key, server = conn.id(), too_old, idle_too_long, stale, "closing server connection");
                 conn.close().await;
                 continue;
@@ -506,17 +924,7 @@ impl Pool {
         let stale = ticket.generation < self.generation();
         if reusable && !conn.is_broken() && !stale {
             conn.touch();
-            ticket.update(|s| {
-                s.state = ServerState::Idle;
-                s.since = Instant::now();
-                s.request_time = SystemTime::now();
-                s.link = None;
-            });
-            lock(&self.idle).push_back(Idle {
-                conn,
-                since: Instant::now(),
-                ticket,
-            });
+            self.push_idle(conn, ticket);
         } else {
             conn.close().await;
             drop(ticket);
@@ -529,6 +937,125 @@ impl Pool {
         let idle: Vec<Idle> = lock(&self.idle).drain(..).collect();
         for i in idle {
             i.conn.close().await;
+        }
+    }
+
+    /// Put a server connection in the idle list; a client waiting for a shared limit
+    /// may evict it.
+    fn push_idle(&self, conn: ServerConnection, ticket: ServerTicket) {
+        ticket.update(|s| {
+            s.state = ServerState::Idle;
+            s.since = Instant::now();
+            s.request_time = SystemTime::now();
+            s.link = None;
+        });
+        lock(&self.idle).push_back(Idle {
+            conn,
+            since: Instant::now(),
+            ticket,
+        });
+        // Only when someone waits: this is on every release's path.
+        if self.idle_changes.receiver_count() > 0 {
+            self.idle_changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        for limit in [&self.db_limit, &self.user_limit].into_iter().flatten() {
+            if limit.is_full() {
+                limit.bump();
+            }
+        }
+    }
+
+    fn oldest_idle_since(&self) -> Option<Instant> {
+        lock(&self.idle).front().map(|i| i.since)
+    }
+
+    /// `min_pool_size` in effect: capped at `pool_size`, and 0 until a client used the
+    /// pool.
+    fn min_servers(&self) -> usize {
+        if self.used.load(Ordering::Relaxed) {
+            self.limits.min_pool_size.min(self.limits.pool_size)
+        } else {
+            0
+        }
+    }
+
+    /// Whether [`Pool::fill_to_min`] has work: fewer servers than `min_pool_size` in a
+    /// used, unpaused pool that is not waiting out `server_login_retry`.
+    pub fn needs_fill(&self) -> bool {
+        let min = self.min_servers();
+        min > 0
+            && self.server_count() < min
+            && !self.is_paused()
+            && !self.filling.load(Ordering::Acquire)
+            && !self.login_retry_wait()
+    }
+
+    /// The janitor's pass over the idle list: close connections that died (e.g.
+    /// `pg_terminate_backend`), outlived `server_lifetime`, predate a `RECONNECT`, or
+    /// sat idle past `server_idle_timeout` (oldest first, keeping `min_pool_size`).
+    /// Returns how many were closed. Each close is bounded (a second at most).
+    pub async fn maintain(&self) -> usize {
+        let keep = self.min_servers();
+        let mut total = self.server_count();
+        let generation = self.generation();
+        let mut doomed = Vec::new();
+        {
+            let mut idle = lock(&self.idle);
+            let mut i = 0;
+            while i < idle.len() {
+                let Some(it) = idle.get_mut(i) else { break };
+                let dead = !still_alive(&mut it.conn);
+                let too_old = it.conn.created_at().elapsed() >= self.limits.server_lifetime;
+                let stale = it.ticket.generation < generation;
+                let idle_too_long = total > keep
+                    && self
+                        .limits
+                        .server_idle_timeout
+                        .is_some_and(|t| it.since.elapsed() >= t);
+                if dead || too_old || stale || idle_too_long {
+                    if let Some(gone) = idle.remove(i) {
+                        debug!(pool = ?self.key, server = gone.conn.id(), dead, too_old, stale,
+                            idle_too_long, "janitor closing server connection");
+                        doomed.push(gone);
+                        total = total.saturating_sub(1);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let closed = doomed.len();
+        for gone in doomed {
+            gone.conn.close().await;
+            drop(gone.ticket);
+        }
+        closed
+    }
+
+    /// Open idle server connections until the pool has `min_pool_size` (PgBouncer
+    /// fills only pools that were used, never past `pool_size` or a full shared limit,
+    /// and not while `server_login_retry` runs after a failed login). One fill at a
+    /// time per pool; each login is bounded by `server_connect_timeout`.
+    pub async fn fill_to_min(&self) {
+        if self.filling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _filling = FlagGuard(&self.filling);
+        let min = self.min_servers();
+        for _ in 0..min {
+            if self.server_count() >= min || self.is_paused() || self.login_retry_wait() {
+                return;
+            }
+            let Ok(permits) = self.try_permits() else {
+                return;
+            };
+            match self.connect_new(permits).await {
+                Ok((conn, ticket)) => {
+                    debug!(pool = ?self.key, server = conn.id(), "opened for min_pool_size");
+                    self.push_idle(conn, ticket);
+                }
+                Err(_) => return,
+            }
         }
     }
 }

@@ -8,17 +8,18 @@
 use crate::config::{
     AuthType, DatabaseConfig, HbaMethod, HbaRules, PoolMode, PoolerConfig, Userlist,
 };
-use crate::pool::{Pool, PoolKey, PoolLimits};
+use crate::pool::{ConnLimit, LimitKind, Pool, PoolKey, PoolLimits};
 use crate::server::{ServerCredential, ServerTarget};
 use crate::session;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 tokio::task_local! {
@@ -147,12 +148,33 @@ fn replace<T>(slot: &RwLock<T>, value: T) {
     }
 }
 
+type PoolMap = Arc<Mutex<HashMap<PoolKey, Arc<Pool>>>>;
+
+/// How often the janitor looks at every pool (PgBouncer's janitor runs 3 times a
+/// second).
+const JANITOR_PERIOD: Duration = Duration::from_millis(300);
+
+/// How long [`Runtime::stop_janitor`] waits for the janitor to finish its step.
+const JANITOR_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The background janitor's lifecycle: started with the first pool, stopped for good at
+/// shutdown.
+enum Janitor {
+    NotStarted,
+    Running(JoinHandle<()>),
+    Stopped,
+}
+
 /// Everything the sessions share.
 pub struct Runtime {
     config: RwLock<Arc<PoolerConfig>>,
     userlist: RwLock<Arc<Userlist>>,
     hba: RwLock<Option<Arc<HbaRules>>>,
-    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    pools: PoolMap,
+    /// `max_db_connections` and `max_user_connections`, by database or user name.
+    conn_limits: Mutex<HashMap<(LimitKind, String), Arc<ConnLimit>>>,
+    janitor: Mutex<Janitor>,
+    janitor_stop: watch::Sender<bool>,
     cancels: Mutex<HashMap<(i32, u32), CancelSlot>>,
     next_pid: AtomicI32,
     clients: Mutex<BTreeMap<u64, Arc<ClientInfo>>>,
@@ -169,7 +191,10 @@ impl Runtime {
             config: RwLock::new(Arc::new(config)),
             userlist: RwLock::new(Arc::new(userlist)),
             hba: RwLock::new(hba.map(Arc::new)),
-            pools: Mutex::new(HashMap::new()),
+            pools: Arc::new(Mutex::new(HashMap::new())),
+            conn_limits: Mutex::new(HashMap::new()),
+            janitor: Mutex::new(Janitor::NotStarted),
+            janitor_stop: watch::channel(false).0,
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             clients: Mutex::new(BTreeMap::new()),
@@ -367,11 +392,12 @@ impl Runtime {
             connect_timeout: s.server_connect_timeout,
         };
         let user = config.users.get(&key.user);
+        let pool_size = user
+            .and_then(|u| u.pool_size)
+            .or(db.pool_size)
+            .unwrap_or(s.default_pool_size) as usize;
         let limits = PoolLimits {
-            pool_size: user
-                .and_then(|u| u.pool_size)
-                .or(db.pool_size)
-                .unwrap_or(s.default_pool_size) as usize,
+            pool_size,
             reserve_pool_size: user
                 .and_then(|u| u.reserve_pool_size)
                 .or(db.reserve_pool_size)
@@ -382,15 +408,94 @@ impl Runtime {
             server_idle_timeout: s.server_idle_timeout,
             server_check_delay: s.server_check_delay,
             server_check_query: s.server_check_query.clone(),
+            min_pool_size: db.min_pool_size.unwrap_or(s.min_pool_size) as usize,
+            server_login_retry: s.server_login_retry,
         };
-        info!(database = %key.database, user = %key.user, pool_size = limits.pool_size, "new pool");
-        let pool = Pool::new(key.clone(), target, limits);
+        // `[databases]`/`[users]` override the global limit; 0 there means unlimited.
+        let max_db = db.max_db_connections.unwrap_or(s.max_db_connections);
+        let max_user = user
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(s.max_user_connections);
+        let db_limit = max_db.map(|n| self.conn_limit(LimitKind::Database, &key.database, n));
+        let user_limit = max_user.map(|n| self.conn_limit(LimitKind::User, &key.user, n));
+        info!(database = %key.database, user = %key.user, pool_size = limits.pool_size,
+            min_pool_size = limits.min_pool_size, max_db_connections = ?max_db,
+            max_user_connections = ?max_user, "new pool");
+        let pool = Pool::with_shared_limits(key.clone(), target, limits, db_limit, user_limit);
         {
             let paused = lock(&self.paused);
             pool.set_paused(paused.all || paused.databases.contains(&key.database));
         }
         pools.insert(key.clone(), pool.clone());
+        drop(pools);
+        self.start_janitor();
         pool
+    }
+
+    /// The shared limit for a database or user, created with `max` on first use (a
+    /// changed maximum takes effect after a restart, like pool sizes).
+    fn conn_limit(&self, kind: LimitKind, name: &str, max: u32) -> Arc<ConnLimit> {
+        lock(&self.conn_limits)
+            .entry((kind, name.to_string()))
+            .or_insert_with(|| ConnLimit::new(kind, name, max as usize))
+            .clone()
+    }
+
+    /// `max_db_connections` of `database` as the pools use it (`None`: unlimited or no
+    /// pool yet).
+    pub fn db_connection_limit(&self, database: &str) -> Option<Arc<ConnLimit>> {
+        lock(&self.conn_limits)
+            .get(&(LimitKind::Database, database.to_string()))
+            .cloned()
+    }
+
+    /// `max_user_connections` of `user` as the pools use it (`None`: unlimited or no
+    /// pool yet).
+    pub fn user_connection_limit(&self, user: &str) -> Option<Arc<ConnLimit>> {
+        lock(&self.conn_limits)
+            .get(&(LimitKind::User, user.to_string()))
+            .cloned()
+    }
+
+    /// Start the background janitor (once, inside a Tokio runtime, unless stopped).
+    fn start_janitor(&self) {
+        let mut janitor = lock(&self.janitor);
+        if !matches!(*janitor, Janitor::NotStarted) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            debug!("no Tokio runtime: the pool janitor does not run");
+            return;
+        };
+        let task = handle.spawn(janitor_loop(
+            Arc::downgrade(&self.pools),
+            self.janitor_stop.subscribe(),
+            self.shutdown.subscribe(),
+        ));
+        *janitor = Janitor::Running(task);
+    }
+
+    /// Stop the janitor for good (shutdown): no more `min_pool_size` fills or idle
+    /// checks. Waits up to two seconds for its current step, then aborts it.
+    pub async fn stop_janitor(&self) {
+        self.janitor_stop.send_replace(true);
+        let task = match std::mem::replace(&mut *lock(&self.janitor), Janitor::Stopped) {
+            Janitor::Running(task) => task,
+            _ => return,
+        };
+        let abort = task.abort_handle();
+        if tokio::time::timeout(JANITOR_STOP_TIMEOUT, task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+
+    /// Ask the janitor to stop without waiting for it (it ends at its next step).
+    fn signal_janitor_stop(&self) {
+        self.janitor_stop.send_replace(true);
+        *lock(&self.janitor) = Janitor::Stopped;
     }
 
     /// The pool mode for a client of `db` logged in as `user`.
@@ -436,6 +541,54 @@ impl Runtime {
         let target = lock(&slot).clone();
         target
     }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.janitor_stop.send_replace(true);
+        if let Janitor::Running(task) =
+            std::mem::replace(&mut *lock(&self.janitor), Janitor::Stopped)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// The background janitor: every [`JANITOR_PERIOD`], close idle server connections
+/// that died or timed out ([`Pool::maintain`]) and start `min_pool_size` fills
+/// ([`Pool::fill_to_min`], one task per pool at a time). Ends when `stop` or the console's
+/// `SHUTDOWN` turns true, or when the runtime is gone; running fills are aborted then.
+async fn janitor_loop(
+    pools: Weak<Mutex<HashMap<PoolKey, Arc<Pool>>>>,
+    mut stop: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(JANITOR_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fills = JoinSet::new();
+    'run: loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        let Some(map) = pools.upgrade() else { break };
+        let list: Vec<Arc<Pool>> = lock(&map).values().cloned().collect();
+        drop(map);
+        while fills.try_join_next().is_some() {}
+        for pool in list {
+            tokio::select! {
+                _ = pool.maintain() => {}
+                _ = stop.wait_for(|s| *s) => break 'run,
+                _ = shutdown.wait_for(|s| *s) => break 'run,
+            }
+            if pool.needs_fill() {
+                fills.spawn(async move { pool.fill_to_min().await });
+            }
+        }
+    }
+    fills.shutdown().await;
+    debug!("pool janitor stopped");
 }
 
 /// Session parameters a `[databases]` entry asks the server for.
@@ -509,6 +662,8 @@ pub async fn serve(
             }
         }
     }
+    // Shutting down: no more min_pool_size fills or janitor passes.
+    runtime.signal_janitor_stop();
 }
 
 /// The address a listener should bind for the `[pgbouncer]` settings.

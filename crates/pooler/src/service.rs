@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
 /// Why the pooler could not start or reload.
@@ -85,8 +85,12 @@ pub fn reload_runtime(runtime: &Runtime, path: &Path) -> Result<(), ServiceError
 pub struct Service {
     pub runtime: Arc<Runtime>,
     pub addrs: Vec<SocketAddr>,
+    /// Where `GET /metrics` is served (`metrics_listen`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     stop_accepting: watch::Sender<bool>,
     listeners: JoinSet<()>,
+    /// The metrics listener: its stop signal and task.
+    metrics: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl Service {
@@ -102,6 +106,7 @@ impl Service {
             .settings
             .get("conffile")
             .filter(|f| !f.is_empty());
+        let metrics_listen = files.config.settings.metrics_listen;
         let rt = Runtime::new(files.config, files.userlist, files.hba);
         if let Some(f) = conffile {
             rt.set_config_path(Path::new(&f));
@@ -118,11 +123,26 @@ impl Service {
             bound.push(local);
             listeners.spawn(runtime::serve(listener, rt.clone(), rx.clone()));
         }
+        let (metrics_addr, metrics) = match metrics_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServiceError::Listen { addr, source })?;
+                let local = listener.local_addr().unwrap_or(addr);
+                info!(addr = %local, "serving metrics on /metrics");
+                let (stop, rx) = watch::channel(false);
+                let task = tokio::spawn(crate::metrics::serve(listener, rt.clone(), rx));
+                (Some(local), Some((stop, task)))
+            }
+            None => (None, None),
+        };
         Ok(Service {
             runtime: rt,
             addrs: bound,
+            metrics_addr,
             stop_accepting,
             listeners,
+            metrics,
         })
     }
 
@@ -150,6 +170,7 @@ impl Service {
             }
             if Instant::now() >= deadline {
                 warn!(busy, "shutting down with transactions still running");
+                self.stop_metrics().await;
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -157,6 +178,29 @@ impl Service {
         for pool in self.runtime.pools() {
             pool.close_idle().await;
         }
+        self.stop_metrics().await;
         true
+    }
+
+    /// Stop the metrics listener (last, so the drain can be watched from outside).
+    async fn stop_metrics(&mut self) {
+        if let Some((stop, mut task)) = self.metrics.take() {
+            let _ = stop.send(true);
+            if tokio::time::timeout(Duration::from_secs(1), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // Like the client listeners (a JoinSet), the metrics listener ends with us.
+        if let Some((_, task)) = &self.metrics {
+            task.abort();
+        }
     }
 }

@@ -160,8 +160,8 @@ struct Session {
 /// request, or a client that left).
 /// Who got past the startup phase.
 enum LoggedIn {
-    /// A client of a pooled database, with the server taken at login.
-    Client(Box<(Session, Lease)>),
+    /// A client of a pooled database, with the server taken at login (if one was).
+    Client(Box<(Session, Option<Lease>)>),
     /// A client of the admin console (`pgbouncer`), which authenticates it itself.
     Admin(StartupMessage),
 }
@@ -214,11 +214,18 @@ async fn login(
     };
     let pool = rt.pool(&key, &db, credential);
     let mode = rt.pool_mode(&db, &user);
-    // A server connection now: its parameters are the client's welcome, and a login
-    // failure toward the server is reported before the client thinks it is in.
-    let lease = match pool.acquire().await {
-        Ok(l) => l,
-        Err(e) => return Err(fail(out, pool_error(&e)).await),
+    // The welcome needs the server's parameters: from the pool's first login, or from
+    // a server connection now (then a login failure toward the server is reported before
+    // the client thinks it is in).
+    let (parameters, lease) = match pool.welcome_parameters() {
+        Some(p) => (p, None),
+        None => match pool.acquire().await {
+            Ok(l) => {
+                pool.set_welcome_parameters(l.conn.parameters());
+                (l.conn.parameters().to_vec(), Some(l))
+            }
+            Err(e) => return Err(fail(out, pool_error(&e)).await),
+        },
     };
     let (pid, key_secret, cancel) = rt.register_client();
     let session = Session {
@@ -233,7 +240,7 @@ async fn login(
         cancel,
     };
     send(out, &Authentication::Ok).await?;
-    for (name, value) in lease.conn.parameters() {
+    for (name, value) in &parameters {
         let value = session
             .wanted
             .iter()
@@ -703,21 +710,23 @@ impl Session {
     /// Forward until the client leaves. `login` is the server connection taken at login.
     async fn serve(
         self,
-        login: Lease,
+        login: Option<Lease>,
         client: &mut ClientReader,
         out: &mut ClientWriter,
         rt: &Runtime,
     ) -> Result<(), SessionError> {
         let settings = rt.config().settings.clone();
-        let mut lease = match self.mode {
-            PoolMode::Session => match self.prepare(login).await {
+        let mut lease = match (self.mode, login) {
+            (PoolMode::Session, Some(login)) => match self.prepare(login).await {
                 Ok(l) => Some(l),
                 Err(e) => return Err(fail(out, e).await),
             },
-            _ => {
+            (_, Some(login)) => {
                 self.pool.release(login, true).await;
                 None
             }
+            // Session mode too takes its server with the first message.
+            (_, None) => None,
         };
         // Queries and Syncs sent whose ReadyForQuery has not come back yet.
         let mut pending = 0usize;

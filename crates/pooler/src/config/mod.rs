@@ -420,18 +420,18 @@ fn build(doc: Document) -> Result<Loaded, ConfigErrors> {
                         set_at.insert(key.clone(), raw.location.clone());
                         warnings.push(Warning {
                             location: raw.location.clone(),
-                            key: format!("pgbouncer.{key}"),
+                            key: format!("{}.{key}", raw.section),
                             message: "accepted, but pgherd does not act on this setting".into(),
                         });
                     }
                     Ok(settings::Applied::Unknown) => warnings.push(Warning {
                         location: raw.location.clone(),
-                        key: format!("pgbouncer.{key}"),
+                        key: format!("{}.{key}", raw.section),
                         message: "unknown setting, ignored".into(),
                     }),
                     Err(e) => errors.push(ConfigError::new(
                         raw.location.clone(),
-                        Some(format!("pgbouncer.{key}")),
+                        Some(format!("{}.{key}", raw.section)),
                         e.kind,
                         e.message,
                     )),

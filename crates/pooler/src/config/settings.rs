@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -236,6 +237,12 @@ pub struct Settings {
     // --- network ---
     pub tcp_keepalive: bool,
 
+    // --- pgherd extensions ---
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); `None` (empty,
+    /// the default): no metrics listener. In `pooler.yml` under `pgherd:`. Needs a
+    /// restart to change.
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Other PgBouncer settings that pgherd accepts (validated, shown by `SHOW
     /// CONFIG`) but does not act on; only those set explicitly, normalized.
     pub passive: PassiveSettings,
@@ -299,6 +306,7 @@ impl Default for Settings {
             server_tls_sslmode: SslMode::Prefer,
             server_tls_ca_file: None,
             tcp_keepalive: true,
+            metrics_listen: None,
             passive: PassiveSettings::default(),
         }
     }
@@ -428,6 +436,8 @@ pub const SETTINGS: &[SettingDef] = &[
     def("max_prepared_statements", "200", true, X),
     def("max_user_client_connections", "0", true, U),
     def("max_user_connections", "0", true, X),
+    // pgherd's own (not in PgBouncer): the Prometheus `/metrics` HTTP listener.
+    def("metrics_listen", "", false, X),
     def("min_pool_size", "0", true, X),
     def("peer_id", "0", false, U),
     def("pidfile", "", false, X),
@@ -588,6 +598,7 @@ impl Settings {
             "server_tls_sslmode" => self.server_tls_sslmode = SslMode::parse(v)?,
             "server_tls_ca_file" => self.server_tls_ca_file = opt_path(v),
             "tcp_keepalive" => self.tcp_keepalive = parse_bool(v)?,
+            "metrics_listen" => self.metrics_listen = parse_listen(v)?,
             // A table entry marked Typed without a field here is a bug; treat the key
             // as unknown rather than panic.
             _ => return Ok(Applied::Unknown),
@@ -677,6 +688,10 @@ impl Settings {
             "server_tls_sslmode" => self.server_tls_sslmode.as_str().to_string(),
             "server_tls_ca_file" => path(&self.server_tls_ca_file),
             "tcp_keepalive" => bool_str(self.tcp_keepalive),
+            "metrics_listen" => self
+                .metrics_listen
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             _ => def.default.to_string(),
         };
         Some(value)
@@ -905,6 +920,25 @@ pub(crate) fn parse_list(v: &str) -> Vec<String> {
         .collect()
 }
 
+/// `host:port` for a listener (`127.0.0.1:9127`, `[::1]:9127`; `*:9127` is every IPv4
+/// address); empty: none.
+fn parse_listen(v: &str) -> Result<Option<SocketAddr>, ValueError> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        ValueError::invalid(format!(
+            "invalid address '{}': expected host:port with an IP address, e.g. 127.0.0.1:9127",
+            shown(v)
+        ))
+    };
+    if let Some(port) = v.strip_prefix("*:") {
+        let port = parse_port(port).map_err(|_| bad())?;
+        return Ok(Some(SocketAddr::from(([0, 0, 0, 0], port))));
+    }
+    v.parse::<SocketAddr>().map(Some).map_err(|_| bad())
+}
+
 fn opt_path(v: &str) -> Option<PathBuf> {
     (!v.is_empty()).then(|| PathBuf::from(v))
 }
@@ -949,5 +983,26 @@ mod tests {
         assert!(parse_secs("NaN").is_err());
         assert!(parse_secs("inf").is_err());
         assert!(parse_secs("5s").is_err());
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_empty() {
+        assert_eq!(parse_listen(""), Ok(None));
+        assert_eq!(
+            parse_listen("127.0.0.1:9127"),
+            Ok(Some(SocketAddr::from(([127, 0, 0, 1], 9127))))
+        );
+        assert_eq!(
+            parse_listen("*:9127"),
+            Ok(Some(SocketAddr::from(([0, 0, 0, 0], 9127))))
+        );
+        assert!(parse_listen("[::1]:9127").is_ok_and(|a| a.is_some()));
+        assert!(parse_listen("localhost:9127").is_err());
+        assert!(parse_listen("127.0.0.1").is_err());
+        assert!(parse_listen("*:70000").is_err());
+        let mut s = Settings::default();
+        s.apply("metrics_listen", "127.0.0.1:9127")
+            .expect("applies");
+        assert_eq!(s.get("metrics_listen").as_deref(), Some("127.0.0.1:9127"));
     }
 }

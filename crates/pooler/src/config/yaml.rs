@@ -13,6 +13,8 @@
 //!   alice: {pool_mode: transaction}
 //! cluster: {scope: batman, etcd3: {hosts: [10.0.0.1:2379]}}
 //! routes: [{listen_port: 6432, role: primary}, {listen_port: 6433, role: replica}]
+//! pgherd:                    # pgherd's own settings (no PgBouncer equivalent)
+//!   metrics_listen: 127.0.0.1:9127        # Prometheus GET /metrics; unset: off
 //! ```
 //!
 //! Scalars become the text the INI file would hold (`true` → `1`, a list → `a,b`) and
@@ -28,6 +30,9 @@ use yaml_serde::{Mapping, Value};
 use super::cluster::{ClusterConfig, Etcd3Config, Route, RouteRole, DEFAULT_NAMESPACE};
 use super::settings::{parse_list, parse_port};
 use super::{ConfigError, ConfigErrors, Document, Entry, ErrorKind, Location, RawSetting, Warning};
+
+/// Keys of the `pgherd:` mapping (settings PgBouncer does not have).
+const PGHERD_SETTINGS: &[&str] = &["metrics_listen"];
 
 pub(crate) fn read_str(text: &str, file: &Path) -> Result<Document, ConfigErrors> {
     let root: Value = yaml_serde::from_str(text).map_err(|e| {
@@ -97,6 +102,7 @@ impl YamlReader<'_> {
                 "peers" => self.warn(&["peers"], "accepted but ignored: pgherd poolers do not forward cancel requests between peers"),
                 "cluster" => self.cluster(v),
                 "routes" => self.routes(v),
+                "pgherd" => self.pgherd(v),
                 _ => self.warn(&[&key], "unknown section; ignored"),
             }
         }
@@ -166,6 +172,38 @@ impl YamlReader<'_> {
                 },
             };
             self.doc.entries.push(entry);
+        }
+    }
+
+    /// `pgherd:`: pgherd's own settings, applied like `[pgbouncer]` keys (the INI file
+    /// takes them in `[pgbouncer]`).
+    fn pgherd(&mut self, v: &Value) {
+        let m = match v {
+            Value::Null => return,
+            Value::Mapping(m) => m,
+            _ => {
+                self.error(&["pgherd"], ErrorKind::Syntax, "expected a mapping".into());
+                return;
+            }
+        };
+        for (k, v) in m {
+            let key = key_string(k).unwrap_or_default().to_ascii_lowercase();
+            if !PGHERD_SETTINGS.contains(&key.as_str()) {
+                self.warn(&["pgherd", &key], "unknown key; ignored");
+                continue;
+            }
+            match scalar_text(v) {
+                Ok(value) => {
+                    let location = self.location(&["pgherd", &key]);
+                    self.doc.entries.push(Entry::Setting(RawSetting {
+                        section: "pgherd".into(),
+                        key,
+                        value,
+                        location,
+                    }));
+                }
+                Err(msg) => self.error(&["pgherd", &key], ErrorKind::InvalidValue, msg.into()),
+            }
         }
     }
 

@@ -1,0 +1,549 @@
+//! Prometheus metrics on an HTTP port (`metrics_listen`, `GET /metrics`).
+//!
+//! Almost everything is read at scrape time from what the admin console reads too: the
+//! pools' counters ([`Pool::snapshot`], [`PoolStats`]), their server registries and the
+//! runtime's client registry. Two things are recorded as they happen:
+//!
+//! - the wait of each client for a server, in a histogram per pool
+//!   ([`PoolStats::wait_histogram`], observed in [`Pool::acquire`]);
+//! - errors, by kind ([`ErrorKind`]), in a process-wide family (a login failure
+//!   happens before any pool exists).
+//!
+//! Every series is labelled by `database` and `user` (the pool's); labels only ever
+//! take names from the configuration or of existing pools, so a client cannot create
+//! series at will. The body is the Prometheus text format 0.0.4, or OpenMetrics text
+//! when the scraper asks for it (`Accept: application/openmetrics-text`).
+//!
+//! [`Pool::snapshot`]: crate::pool::Pool::snapshot
+//! [`Pool::acquire`]: crate::pool::Pool::acquire
+//! [`PoolStats`]: crate::pool::PoolStats
+//! [`PoolStats::wait_histogram`]: crate::pool::PoolStats::wait_histogram
+
+use crate::pool::{Pool, PoolError, PoolKey, ServerState};
+use crate::runtime::{current_client, ClientState, Runtime};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, text, DescriptorEncoder, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::warn;
+
+/// Upper bounds (seconds) of the wait histogram's buckets: from a free slot at once to
+/// PgBouncer's default `query_wait_timeout` (120 s).
+const WAIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// How long clients waited for a server in one pool (`pgherd_pooler_client_wait_seconds`).
+#[derive(Debug, Clone)]
+pub struct WaitHistogram(Histogram);
+
+impl Default for WaitHistogram {
+    fn default() -> Self {
+        WaitHistogram(Histogram::new(WAIT_BUCKETS.iter().copied()))
+    }
+}
+
+impl WaitHistogram {
+    pub fn observe(&self, waited: Duration) {
+        self.0.observe(waited.as_secs_f64());
+    }
+}
+
+/// The `kind` label of `pgherd_pooler_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A client failed authentication (wrong password, unknown user, hba reject).
+    LoginFailed,
+    /// A client waited `query_wait_timeout` without getting a server.
+    QueryWaitTimeout,
+    /// The pooler could not connect or log in to the server (or did not try again
+    /// yet, within `server_login_retry` of a failure).
+    ServerLoginFailed,
+    /// A server connection broke while a client was using it.
+    ServerLost,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 4] = [
+        ErrorKind::LoginFailed,
+        ErrorKind::QueryWaitTimeout,
+        ErrorKind::ServerLoginFailed,
+        ErrorKind::ServerLost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::LoginFailed => "login_failed",
+            ErrorKind::QueryWaitTimeout => "query_wait_timeout",
+            ErrorKind::ServerLoginFailed => "server_login_failed",
+            ErrorKind::ServerLost => "server_lost",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
+struct PoolLabels {
+    database: String,
+    user: String,
+}
+
+impl PoolLabels {
+    fn of(key: &PoolKey) -> Self {
+        PoolLabels {
+            database: key.database.clone(),
+            user: key.user.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabels {
+    database: String,
+    user: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ErrorLabels {
+    database: String,
+    user: String,
+    kind: &'static str,
+}
+
+/// Error counters of the process (every runtime in it).
+static ERRORS: LazyLock<Family<ErrorLabels, Counter>> = LazyLock::new(Family::default);
+
+fn count(database: &str, user: &str, kind: ErrorKind) {
+    ERRORS
+        .get_or_create(&ErrorLabels {
+            database: database.to_string(),
+            user: user.to_string(),
+            kind: kind.as_str(),
+        })
+        .inc();
+}
+
+/// Count an error of `pool`.
+pub fn count_error(pool: &PoolKey, kind: ErrorKind) {
+    count(&pool.database, &pool.user, kind);
+}
+
+/// Count why a client got no server from `pool` (nothing for a pool being closed).
+pub fn count_pool_error(pool: &PoolKey, e: &PoolError) {
+    let kind = match e {
+        PoolError::WaitTimeout => ErrorKind::QueryWaitTimeout,
+        // Failed now, or less than server_login_retry ago.
+        PoolError::Server(_) => ErrorKind::ServerLoginFailed,
+        PoolError::Closed => return,
+    };
+    count_error(pool, kind);
+}
+
+/// Count an error of the client whose session runs in this task (labelled with the
+/// pool it uses; nothing when it has none yet).
+pub fn count_client_error(kind: ErrorKind) {
+    let Some(view) = current_client().map(|c| c.view()) else {
+        return;
+    };
+    if let (Some(database), Some(user)) = (view.database, view.user) {
+        count(&database, &user, kind);
+    }
+}
+
+/// Count a failed login. The names come from the client, so only configured ones are
+/// used as labels (others are reported as empty): no one can create series at will.
+pub fn count_login_failed(rt: &Runtime, database: &str, user: &str) {
+    let config = rt.config();
+    let known_db = config.databases.contains_key(database)
+        || rt.pools().iter().any(|p| p.key.database == database);
+    let known_user = rt.userlist().get(user).is_some() || config.users.contains_key(user);
+    count(
+        if known_db { database } else { "" },
+        if known_user { user } else { "" },
+        ErrorKind::LoginFailed,
+    );
+}
+
+/// The metrics of one runtime, computed when encoded.
+struct Scrape(Arc<Runtime>);
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+/// One metric with a value per label set.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric_type: MetricType,
+    rows: &[(L, M)],
+) -> fmt::Result {
+    let mut metric = enc.encode_descriptor(name, help, unit, metric_type)?;
+    for (labels, value) in rows {
+        value.encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: Vec<(PoolLabels, ConstGauge<i64>)>,
+) -> fmt::Result {
+    family(enc, name, help, None, MetricType::Gauge, &rows)
+}
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: Vec<(PoolLabels, ConstCounter<u64>)>,
+) -> fmt::Result {
+    family(enc, name, help, None, MetricType::Counter, &rows)
+}
+
+fn single(enc: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> fmt::Result {
+    let metric = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
+/// Clients per pool and state, and the longest current wait (seconds).
+#[derive(Default)]
+struct ClientCounts {
+    active: i64,
+    waiting: i64,
+    idle: i64,
+    max_wait: f64,
+}
+
+/// Servers per state, as `SHOW POOLS` counts them.
+fn server_counts(pool: &Pool) -> [(&'static str, i64); 4] {
+    let limits = pool.limits();
+    let (mut active, mut idle, mut used) = (0, 0, 0);
+    for s in pool.servers() {
+        match s.state {
+            ServerState::Active => active += 1,
+            // Idle past server_check_delay: checked before reuse (PgBouncer's "used").
+            ServerState::Idle
+                if limits.server_check_query.is_some()
+                    && s.since.elapsed() >= limits.server_check_delay =>
+            {
+                used += 1
+            }
+            ServerState::Idle => idle += 1,
+        }
+    }
+    let login = pool.stats.servers_connecting.load(Ordering::Relaxed) as i64;
+    [
+        ("active", active),
+        ("idle", idle),
+        ("used", used),
+        ("login", login),
+    ]
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let rt = &self.0;
+        let config = rt.config();
+        let mut pools = rt.pools();
+        pools.sort_by(|a, b| a.key.cmp(&b.key));
+
+        single(&mut enc, "pgherd_pooler_up", "1 while the pooler runs.", 1)?;
+        let clients = rt.clients();
+        single(
+            &mut enc,
+            "pgherd_pooler_max_client_conn",
+            "Client connections allowed (max_client_conn).",
+            i64::from(config.settings.max_client_conn),
+        )?;
+        single(
+            &mut enc,
+            "pgherd_pooler_client_connections",
+            "Client connections open, logging in or logged in.",
+            clients.len() as i64,
+        )?;
+
+        // Clients by pool: every pool is listed, with zeros, so series do not vanish.
+        let mut by_pool: BTreeMap<PoolLabels, ClientCounts> = pools
+            .iter()
+            .map(|p| (PoolLabels::of(&p.key), ClientCounts::default()))
+            .collect();
+        let now = Instant::now();
+        for c in &clients {
+            let v = c.view();
+            let (Some(database), Some(user)) = (v.database, v.user) else {
+                continue;
+            };
+            let counts = by_pool.entry(PoolLabels { database, user }).or_default();
+            match (v.state, v.link) {
+                (ClientState::Login, _) => {}
+                (ClientState::Waiting, _) => {
+                    counts.waiting += 1;
+                    if let Some(since) = v.waiting_since {
+                        let waited = now.duration_since(since).as_secs_f64();
+                        counts.max_wait = counts.max_wait.max(waited);
+                    }
+                }
+                (ClientState::Active, Some(_)) => counts.active += 1,
+                (ClientState::Active, None) => counts.idle += 1,
+            }
+        }
+        let mut rows = Vec::new();
+        for (labels, counts) in &by_pool {
+            for (state, n) in [
+                ("active", counts.active),
+                ("waiting", counts.waiting),
+                ("idle", counts.idle),
+            ] {
+                let labels = StateLabels {
+                    database: labels.database.clone(),
+                    user: labels.user.clone(),
+                    state,
+                };
+                rows.push((labels, ConstGauge::new(n)));
+            }
+        }
+        family(
+            &mut enc,
+            "pgherd_pooler_clients",
+            "Clients by state: active (holding a server), waiting (for a server), idle.",
+            None,
+            MetricType::Gauge,
+            &rows,
+        )?;
+        let maxwait: Vec<_> = by_pool
+            .iter()
+            .map(|(l, c)| (l.clone(), ConstGauge::new(c.max_wait)))
+            .collect();
+        family(
+            &mut enc,
+            "pgherd_pooler_client_maxwait",
+            "How long the longest-waiting client has waited for a server so far.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+            &maxwait,
+        )?;
+
+        let mut rows = Vec::new();
+        for p in &pools {
+            for (state, n) in server_counts(p) {
+                let labels = StateLabels {
+                    database: p.key.database.clone(),
+                    user: p.key.user.clone(),
+                    state,
+                };
+                rows.push((labels, ConstGauge::new(n)));
+            }
+        }
+        family(
+            &mut enc,
+            "pgherd_pooler_servers",
+            "Server connections by state: active (lent to a client), idle, used (idle, to be \
+             checked before reuse), login (connecting).",
+            None,
+            MetricType::Gauge,
+            &rows,
+        )?;
+        let per_pool = |f: &dyn Fn(&Pool) -> i64| -> Vec<(PoolLabels, ConstGauge<i64>)> {
+            pools
+                .iter()
+                .map(|p| (PoolLabels::of(&p.key), ConstGauge::new(f(p))))
+                .collect()
+        };
+        gauges(
+            &mut enc,
+            "pgherd_pooler_pool_size",
+            "Server connections the pool may open (pool_size, without the reserve).",
+            per_pool(&|p| p.limits().pool_size as i64),
+        )?;
+
+        let rows: Vec<_> = pools
+            .iter()
+            .map(|p| (PoolLabels::of(&p.key), p.stats.wait_histogram.0.clone()))
+            .collect();
+        family(
+            &mut enc,
+            "pgherd_pooler_client_wait",
+            "How long clients waited for a server (timed-out waits included).",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            &rows,
+        )?;
+
+        // Cumulative counters, from the same snapshot SHOW STATS reads.
+        let snapshots: Vec<_> = pools
+            .iter()
+            .map(|p| (PoolLabels::of(&p.key), p.snapshot()))
+            .collect();
+        let count = |f: &dyn Fn(&crate::pool::StatsSnapshot) -> u64| -> Vec<_> {
+            snapshots
+                .iter()
+                .map(|(l, s)| (l.clone(), ConstCounter::new(f(s))))
+                .collect()
+        };
+        counters(
+            &mut enc,
+            "pgherd_pooler_transactions",
+            "Transactions run through the pool (SHOW STATS total_xact_count).",
+            count(&|s| s.xact_count),
+        )?;
+        counters(
+            &mut enc,
+            "pgherd_pooler_queries",
+            "Queries run through the pool (SHOW STATS total_query_count).",
+            count(&|s| s.query_count),
+        )?;
+        counters(
+            &mut enc,
+            "pgherd_pooler_bytes_received",
+            "Bytes received from clients (SHOW STATS total_received).",
+            count(&|s| s.bytes_received),
+        )?;
+        counters(
+            &mut enc,
+            "pgherd_pooler_bytes_sent",
+            "Bytes sent to clients (SHOW STATS total_sent).",
+            count(&|s| s.bytes_sent),
+        )?;
+        counters(
+            &mut enc,
+            "pgherd_pooler_server_assignments",
+            "Times a server was lent to a client (SHOW STATS total_server_assignment_count).",
+            count(&|s| s.server_assignment_count),
+        )?;
+        let connects: Vec<_> = pools
+            .iter()
+            .map(|p| {
+                let n = p.stats.server_connects.load(Ordering::Relaxed);
+                (PoolLabels::of(&p.key), ConstCounter::new(n))
+            })
+            .collect();
+        counters(
+            &mut enc,
+            "pgherd_pooler_server_connects",
+            "Server connections opened (attempts, failed ones included).",
+            connects,
+        )?;
+
+        // Every kind for every pool, at zero until it happens.
+        for p in &pools {
+            for kind in ErrorKind::ALL {
+                drop(ERRORS.get_or_create(&ErrorLabels {
+                    database: p.key.database.clone(),
+                    user: p.key.user.clone(),
+                    kind: kind.as_str(),
+                }));
+            }
+        }
+        let errors = ERRORS.clone();
+        let metric = enc.encode_descriptor(
+            "pgherd_pooler_errors",
+            "Errors by kind: login_failed, query_wait_timeout, server_login_failed, \
+             server_lost (counted for the whole process).",
+            None,
+            MetricType::Counter,
+        )?;
+        errors.encode(metric)
+    }
+}
+
+/// The `Content-Type` of [`render`]'s output.
+pub fn content_type(openmetrics: bool) -> &'static str {
+    if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        prometheus_text::CONTENT_TYPE
+    }
+}
+
+/// The exposition of `rt`'s metrics: OpenMetrics text or Prometheus text 0.0.4.
+pub fn render(rt: &Arc<Runtime>, openmetrics: bool) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(rt.clone())));
+    let mut body = String::new();
+    let encoded = if openmetrics {
+        text::encode(&mut body, &registry)
+    } else {
+        prometheus_text::encode(&mut body, &registry)
+    };
+    if encoded.is_err() {
+        // Writing to a String does not fail; an encoder error would be a bug.
+        warn!("cannot encode metrics");
+    }
+    body
+}
+
+async fn scrape(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let body = render(&rt, openmetrics);
+    ([(header::CONTENT_TYPE, content_type(openmetrics))], body)
+}
+
+/// Serve `GET /metrics` on `listener` until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    let app = Router::new().route("/metrics", get(scrape)).with_state(rt);
+    let stopped = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        warn!(error = %e, "metrics listener failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PoolerConfig, Userlist};
+
+    #[test]
+    fn an_idle_pooler_renders_both_formats() {
+        let rt = Runtime::new(PoolerConfig::default(), Userlist::default(), None);
+        let text = render(&rt, false);
+        assert!(text.starts_with("# HELP pgherd_pooler_up "), "{text}");
+        assert!(text.contains("\npgherd_pooler_up 1\n"), "{text}");
+        assert!(
+            text.contains("\npgherd_pooler_max_client_conn 100\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE pgherd_pooler_errors_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
+        let om = render(&rt, true);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE pgherd_pooler_errors counter\n"), "{om}");
+        assert!(om.contains("# UNIT pgherd_pooler_client_wait_seconds seconds\n"));
+    }
+}
