@@ -40,6 +40,11 @@ const TRACKED_PARAMETERS: &[&str] = &[
 
 const STATEMENT_MODE_TRANSACTION: &str = "transaction blocks not allowed in statement pool mode";
 
+/// Read size toward clients (the buffer grows for larger messages).
+const CLIENT_READ_CHUNK: usize = 2048;
+/// Write buffer toward clients; larger writes bypass it.
+const CLIENT_WRITE_BUFFER: usize = 2048;
+
 /// How many SSL/GSS negotiation rounds a client may try before its StartupMessage.
 const MAX_NEGOTIATIONS: usize = 2;
 
@@ -92,8 +97,11 @@ pub async fn refuse(stream: TcpStream, peer: SocketAddr, reason: &'static str) {
 /// Serve one client until it leaves or fails.
 pub async fn run(stream: TcpStream, peer: SocketAddr, rt: Arc<Runtime>) {
     let (read, write) = stream.into_split();
-    let mut client = FramedReader::new(read, FrameDecoder::frontend());
-    let mut out = BufWriter::new(write);
+    // Small buffers: most clients sit idle most of the time, and both grow (or are
+    // bypassed) for large messages.
+    let mut client =
+        FramedReader::with_read_chunk(read, FrameDecoder::frontend(), CLIENT_READ_CHUNK);
+    let mut out = BufWriter::with_capacity(CLIENT_WRITE_BUFFER, write);
     let login_timeout = rt.config().settings.client_login_timeout;
     let login = login(&mut client, &mut out, peer, &rt);
     let logged_in = match login_timeout {
@@ -156,8 +164,6 @@ struct Session {
     cancel: CancelSlot,
 }
 
-/// Startup, authentication and the welcome. `Ok(None)`: nothing more to do (a cancel
-/// request, or a client that left).
 /// Who got past the startup phase.
 enum LoggedIn {
     /// A client of a pooled database, with the server taken at login (if one was).
@@ -166,6 +172,8 @@ enum LoggedIn {
     Admin(StartupMessage),
 }
 
+/// Startup, authentication and the welcome. `Ok(None)`: nothing more to do (a cancel
+/// request, or a client that left).
 async fn login(
     client: &mut ClientReader,
     out: &mut ClientWriter,
@@ -333,9 +341,6 @@ fn tracked_parameters(
     Ok(wanted)
 }
 
-/// Check the client's password against its `auth_file` secret per `auth_type`.
-/// Returns SCRAM keys when the client proved a SCRAM verifier (to log into servers
-/// holding the same verifier).
 /// What authentication established about a client.
 pub(crate) struct Authenticated {
     /// SCRAM keys the client proved (to log into servers holding the same verifier).
@@ -344,6 +349,8 @@ pub(crate) struct Authenticated {
     pub queried_secret: Option<StoredPassword>,
 }
 
+/// Check the client's password against its `auth_file` (or `auth_query`) secret per
+/// `auth_type`.
 pub(crate) async fn authenticate(
     client: &mut ClientReader,
     out: &mut ClientWriter,
@@ -755,18 +762,29 @@ impl Session {
                     Ok(l) => l,
                     Err(e) => return Err(fail(out, e).await),
                 };
-                pending += ready_for_queries_expected(first.tag);
-                self.count_query(&first);
-                let mut batch = BytesMut::new();
-                if let Err(e) = encode_for_server(&first, &mut tracking, &mut attached, &mut batch)
-                {
-                    self.pool.release(attached, true).await;
-                    return Err(fail(out, error(Severity::Fatal, "08P01", e.to_string())).await);
-                }
+                let (batch, gone) = match self.client_batch(
+                    first,
+                    client,
+                    &mut tracking,
+                    &mut attached,
+                    &mut pending,
+                ) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.pool.release(attached, false).await;
+                        return Err(fail(out, error(Severity::Fatal, "08P01", e.to_string())).await);
+                    }
+                };
                 if let Err(e) = attached.conn.write_all(&batch).await {
                     self.pool.release(attached, false).await;
                     return Err(fail(out, server_lost(&e.to_string())).await);
                 }
+                if gone {
+                    self.finish(attached, pending, &settings).await;
+                    return Ok(());
+                }
+                self.synthetic_answers(out, &mut tracking).await?;
+                out.flush().await?;
                 lease = Some(attached);
                 continue;
             };
@@ -864,19 +882,7 @@ impl Session {
                             return Ok(Pump::ClientGone);
                         }
                     };
-                    let mut batch = BytesMut::new();
-                    let mut gone = false;
-                    let mut next = Some(first);
-                    while let Some(f) = next.take() {
-                        if f.tag == b'X' {
-                            gone = true;
-                            break;
-                        }
-                        *pending += ready_for_queries_expected(f.tag);
-                        self.count_query(&f);
-                        encode_for_server(&f, tracking, lease, &mut batch)?;
-                        next = client.next_buffered()?;
-                    }
+                    let (batch, gone) = self.client_batch(first, client, tracking, lease, pending)?;
                     if !batch.is_empty() {
                         sent_at = tokio::time::Instant::now();
                         if let Err(e) = lease.conn.write_all(&batch).await {
@@ -892,6 +898,30 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// `first` and every client frame already received after it, encoded for the server
+    /// in one buffer (one send). `true`: the client said Terminate.
+    fn client_batch(
+        &self,
+        first: Frame,
+        client: &mut ClientReader,
+        tracking: &mut Option<Tracking>,
+        lease: &mut Lease,
+        pending: &mut usize,
+    ) -> Result<(BytesMut, bool), SessionError> {
+        let mut batch = BytesMut::new();
+        let mut next = Some(first);
+        while let Some(f) = next.take() {
+            if f.tag == b'X' {
+                return Ok((batch, true));
+            }
+            *pending += ready_for_queries_expected(f.tag);
+            self.count_query(&f);
+            encode_for_server(&f, tracking, lease, &mut batch)?;
+            next = client.next_buffered()?;
+        }
+        Ok((batch, false))
     }
 
     /// The first timeout that applies while attached, and its name:
