@@ -152,6 +152,7 @@ pub fn patroni_json(s: &NodeStatus) -> Value {
         "role": s.role.as_str(),
         "patroni": {"version": env!("CARGO_PKG_VERSION"), "scope": s.scope, "name": s.name},
     });
+    // `json!({...})` above is an object literal: this cannot fail.
     let o = j.as_object_mut().expect("json! object");
     if let Some(v) = s.server_version {
         o.insert("server_version".into(), json!(v));
