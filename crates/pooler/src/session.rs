@@ -1006,13 +1006,16 @@ impl Session {
         out: &mut ClientWriter,
         pending: &mut usize,
     ) -> Result<bool, SessionError> {
-        let mut buf = BytesMut::with_capacity(frame.wire_len());
-        frame.encode(&mut buf);
-        out.write_all(&buf).await?;
+        // Straight into the client's write buffer: no allocation per frame.
+        let mut header = [0u8; 5];
+        header[0] = frame.tag;
+        header[1..].copy_from_slice(&((frame.body.len() + 4) as u32).to_be_bytes());
+        out.write_all(&header).await?;
+        out.write_all(&frame.body).await?;
         let stats = &self.pool.stats;
         stats
             .total_sent
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            .fetch_add(frame.wire_len() as u64, Ordering::Relaxed);
         if frame.tag != ReadyForQuery::TAG {
             return Ok(false);
         }
