@@ -12,7 +12,9 @@ use crate::dynamic;
 use crate::spec::NodeSpec;
 use crate::status::{Role, SharedStatus};
 use pgherd_dcs::{Cluster, ClusterStatus, Dcs, DcsError, MemberData};
-use pgherd_postgres::{self as pg, ConnInfo, Instance, PgError, StandbyConfig, StopMode};
+use pgherd_postgres::{
+    self as pg, ConnInfo, Instance, PgError, PostmasterStatus, StandbyConfig, StopMode,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -59,6 +61,9 @@ pub struct Agent {
     streaming: bool,
     /// The reason of the last `Wait`, to log each new one once.
     last_wait_reason: Option<String>,
+    /// The actions of the previous tick, so a leader's heartbeat (renew, keep slots)
+    /// is logged when it starts rather than every loop_wait.
+    last_actions: Vec<Action>,
 }
 
 impl Agent {
@@ -88,6 +93,7 @@ impl Agent {
             lease_expires: None,
             streaming: false,
             last_wait_reason: None,
+            last_actions: Vec::new(),
         }
     }
 
@@ -201,7 +207,11 @@ impl Agent {
         let mut obs = match self.observe().await {
             Ok(o) => o,
             Err(reason) => {
-                info!(member = %self.spec.name, %reason, "waiting");
+                if self.last_wait_reason.as_deref() != Some(reason.as_str()) {
+                    info!(member = %self.spec.name, %reason, "waiting");
+                    self.last_wait_reason = Some(reason);
+                }
+                self.last_actions.clear();
                 self.publish(None).await;
                 return false;
             }
@@ -214,6 +224,7 @@ impl Agent {
             plan = decide(&obs, &cfg);
         }
         let mut again = false;
+        let mut acted = Vec::new();
         for (action, reason) in plan {
             if action == Action::Wait {
                 // Every decision is logged with its reason; a wait repeated each tick
@@ -232,7 +243,12 @@ impl Agent {
                 again = true;
                 break;
             }
-            info!(member = %self.spec.name, action = ?action, %reason, "acting");
+            if self.last_actions.contains(&action) {
+                debug!(member = %self.spec.name, action = ?action, %reason, "acting");
+            } else {
+                info!(member = %self.spec.name, action = ?action, %reason, "acting");
+            }
+            acted.push(action.clone());
             match self.execute(&action, obs.cluster.as_ref(), &reason).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -250,6 +266,7 @@ impl Agent {
                 }
             }
         }
+        self.last_actions = acted;
         self.publish(obs.cluster.as_ref()).await;
         again
     }
@@ -328,6 +345,13 @@ impl Agent {
                 Ok(local) => {
                     self.unresponsive_since = None;
                     return Ok(local);
+                }
+                Err(e) if self.pg.postmaster_status() == Some(PostmasterStatus::Starting) => {
+                    // Recovering towards a consistent state (a standby may be waiting
+                    // for WAL from its upstream): alive, not unresponsive.
+                    self.client = None;
+                    self.unresponsive_since = None;
+                    return Err(format!("PostgreSQL is starting up: {e}"));
                 }
                 Err(e) => {
                     self.client = None;
@@ -479,7 +503,7 @@ impl Agent {
             Action::StartReplica { upstream } => {
                 self.configure_standby(cluster, upstream.as_deref()).await?;
                 self.status.update(starting);
-                self.pg.start(self.spec.pg_ctl_timeout).await?;
+                self.pg.start_standby(self.spec.pg_ctl_timeout).await?;
                 Ok(true)
             }
             Action::StartPrimary => {
@@ -683,7 +707,7 @@ impl Agent {
         info!(member = %self.spec.name, from = %from, "rewound with pg_rewind");
         self.written_parameters = None;
         self.configure_standby(cluster, Some(from)).await?;
-        self.pg.start(self.spec.pg_ctl_timeout).await?;
+        self.pg.start_standby(self.spec.pg_ctl_timeout).await?;
         Ok(true)
     }
 
@@ -766,6 +790,9 @@ impl Agent {
             Some(_) => (Role::Replica, "running"),
             None if data_state != Some(pg::DataDirState::Initialized) => {
                 (Role::Uninitialized, "stopped")
+            }
+            None if running && self.pg.postmaster_status() == Some(PostmasterStatus::Starting) => {
+                (Role::Replica, "starting")
             }
             None => (Role::Replica, "stopped"),
         };

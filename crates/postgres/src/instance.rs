@@ -25,6 +25,8 @@ const SHORT_TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Extra time we give pg_ctl beyond its own `-t`.
 const PG_CTL_GRACE: Duration = Duration::from_secs(5);
+/// How long a postmaster launched by `pg_ctl start -W` may take to write its pid file.
+const POSTMASTER_APPEARS: Duration = Duration::from_secs(10);
 /// How long we wait for a killed postmaster to be reaped by its parent.
 const ZOMBIE_WAIT: Duration = Duration::from_secs(10);
 
@@ -68,6 +70,26 @@ pub enum DataDirState {
     Incomplete,
     /// It holds a cluster (PG_VERSION and global/pg_control).
     Initialized,
+}
+
+/// A postmaster's state as it records it in `postmaster.pid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostmasterStatus {
+    /// Listening, but recovering: connections are refused until a consistent state.
+    Starting,
+    /// A hot standby accepting read-only connections.
+    Standby,
+    /// Accepting connections.
+    Ready,
+    /// Shutting down.
+    Stopping,
+}
+
+impl PostmasterStatus {
+    /// The postmaster has opened its sockets and is not shutting down.
+    pub fn is_up(self) -> bool {
+        self != PostmasterStatus::Stopping
+    }
 }
 
 /// How `pg_ctl stop` shuts down.
@@ -578,13 +600,9 @@ impl Instance {
     /// nothing when a postmaster already runs here. Checks the port is free first. A
     /// failure carries the end of the log.
     pub async fn start(&self, timeout: Duration) -> Result<()> {
-        if let Some(pid) = self.postmaster_pid() {
-            info!(pid, "PostgreSQL already running; adopting it");
+        if !self.prepare_start().await? {
             return Ok(());
         }
-        self.wait_for_unreaped_postmaster().await;
-        self.check_port_free()?;
-        self.prepare_log_file()?;
         let secs = timeout.as_secs().max(1);
         let mut cmd = pg_command(&self.cfg.bin, "pg_ctl", self.os_user(), true)?;
         cmd.arg("start")
@@ -617,6 +635,85 @@ impl Instance {
                 }),
                 None => Err(e),
             },
+        }
+    }
+
+    /// Starts a standby and returns once its postmaster is up, without waiting for a
+    /// consistent state (`pg_ctl start -w` would): a rewound or lagging standby may need
+    /// WAL that only streaming brings, and streaming may need a slot the leader creates
+    /// only after this member has published itself again.
+    pub async fn start_standby(&self, timeout: Duration) -> Result<()> {
+        if !self.prepare_start().await? {
+            return Ok(());
+        }
+        let mut cmd = pg_command(&self.cfg.bin, "pg_ctl", self.os_user(), true)?;
+        cmd.arg("start")
+            .arg("-W")
+            .arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg("-l")
+            .arg(&self.cfg.log_file);
+        info!(data_dir = %self.cfg.data_dir.display(), port = self.cfg.port, "starting PostgreSQL as a standby");
+        run(
+            cmd,
+            "pg_ctl start",
+            SHORT_TOOL_TIMEOUT,
+            Some(&self.cfg.log_file),
+        )
+        .await?;
+        let launched = std::time::Instant::now();
+        loop {
+            if self
+                .postmaster_status()
+                .is_some_and(PostmasterStatus::is_up)
+            {
+                return Ok(());
+            }
+            let waited = launched.elapsed();
+            if self.postmaster_pid().is_none() && waited >= POSTMASTER_APPEARS {
+                return Err(PgError::CommandFailed {
+                    program: "postgres".into(),
+                    status: "exited during start-up".into(),
+                    detail: log_tail(&self.cfg.log_file, 5),
+                });
+            }
+            if waited >= timeout {
+                return Err(PgError::Timeout {
+                    what: format!(
+                        "PostgreSQL start (log: {})",
+                        log_tail(&self.cfg.log_file, 3)
+                    ),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What both starts check first. `false`: a postmaster already runs here (adopted).
+    async fn prepare_start(&self) -> Result<bool> {
+        if let Some(pid) = self.postmaster_pid() {
+            info!(pid, "PostgreSQL already running; adopting it");
+            return Ok(false);
+        }
+        self.wait_for_unreaped_postmaster().await;
+        self.check_port_free()?;
+        self.prepare_log_file()?;
+        Ok(true)
+    }
+
+    /// The running postmaster's own account of its state (`postmaster.pid`'s status
+    /// line). `None` when no postmaster runs or it has not written the line yet.
+    pub fn postmaster_status(&self) -> Option<PostmasterStatus> {
+        self.postmaster_pid()?;
+        let text = std::fs::read_to_string(self.cfg.data_dir.join("postmaster.pid")).ok()?;
+        // Line 8 (LOCK_FILE_LINE_PM_STATUS), padded with spaces.
+        match text.lines().nth(7)?.trim() {
+            "starting" => Some(PostmasterStatus::Starting),
+            "standby" => Some(PostmasterStatus::Standby),
+            "ready" => Some(PostmasterStatus::Ready),
+            "stopping" => Some(PostmasterStatus::Stopping),
+            _ => None,
         }
     }
 

@@ -21,7 +21,8 @@ pub use conninfo::{libpq_quote, ConnInfo, Credentials};
 pub use controldata::ControlData;
 pub use error::{PgError, Result};
 pub use instance::{
-    pgpass_escape, DataDirState, Instance, InstanceConfig, StandbyConfig, StopMode,
+    pgpass_escape, DataDirState, Instance, InstanceConfig, PostmasterStatus, StandbyConfig,
+    StopMode,
 };
 pub use lsn::{format_lsn, parse_lsn};
 pub use params::{default_parameters, quote_conf_value, translate_parameters};

@@ -125,7 +125,9 @@ async fn follow(standby: &Instance, primary: &Instance) {
         }))
         .await
         .unwrap();
-    standby.start(T).await.unwrap();
+    // Returns once the postmaster is up, consistent or not.
+    standby.start_standby(T).await.unwrap();
+    assert!(standby.postmaster_status().is_some_and(|s| s.is_up()));
 }
 
 async fn count(client: &tokio_postgres::Client, table: &str) -> Option<i64> {
@@ -240,9 +242,6 @@ async fn failover_and_rewind(kill_old_primary: bool) {
     assert!(!pb.in_recovery, "{pb:?}");
     assert_eq!(pb.timeline, 2);
     cb.batch_execute("INSERT INTO t VALUES (3)").await.unwrap();
-    Instance::ensure_slots(&cb, &[slot_name("a")])
-        .await
-        .unwrap();
 
     // A diverges (a write B never sees), then goes down.
     ca.batch_execute("INSERT INTO t SELECT generate_series(100, 1000)")
@@ -282,7 +281,12 @@ async fn failover_and_rewind(kill_old_primary: bool) {
         conf.contains(&format!("port = '{}'", a.config().port)),
         "our config survives pg_rewind: {conf}"
     );
+    // A starts before B has a slot for it (as when its member key expired while it
+    // was down): A's start must not wait for streaming, which needs that slot.
     follow(&a, &b).await;
+    Instance::ensure_slots(&cb, &[slot_name("a")])
+        .await
+        .unwrap();
     let ca = wait_standby(&a, 2, "t", 3).await;
     let sa = Instance::query_state(&ca).await.unwrap();
     assert!(
