@@ -6,9 +6,11 @@
 pub mod admin;
 pub mod config;
 pub mod metrics;
+pub mod net;
 pub mod pool;
 pub mod prepared;
 pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod tls;

@@ -528,7 +528,12 @@ mod tests {
 
     #[test]
     fn an_idle_pooler_renders_both_formats() {
-        let rt = Runtime::new(PoolerConfig::default(), Userlist::default(), None);
+        let rt = Runtime::new(
+            PoolerConfig::default(),
+            Userlist::default(),
+            None,
+            crate::tls::TlsContexts::disabled(),
+        );
         let text = render(&rt, false);
         assert!(text.starts_with("# HELP pgherd_pooler_up "), "{text}");
         assert!(text.contains("\npgherd_pooler_up 1\n"), "{text}");

@@ -268,6 +268,8 @@ pub struct ServerInfo {
     pub id: u64,
     pub addr: SocketAddr,
     pub local_addr: SocketAddr,
+    /// TLS protocol and cipher, empty on plain TCP.
+    pub tls: String,
     pub backend_pid: i32,
     pub connect_time: SystemTime,
     /// When it was last lent or given back.
@@ -820,6 +822,7 @@ impl Pool {
                 id,
                 addr: conn.addr(),
                 local_addr: conn.local_addr(),
+                tls: conn.tls().to_string(),
                 backend_pid: conn.backend_pid(),
                 connect_time: now,
                 request_time: now,

@@ -11,6 +11,7 @@ use crate::config::{
 use crate::pool::{ConnLimit, LimitKind, Pool, PoolKey, PoolLimits};
 use crate::server::{ServerCredential, ServerTarget};
 use crate::session;
+use crate::tls::TlsContexts;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,8 @@ pub struct ClientView {
     pub waiting_since: Option<Instant>,
     /// Its BackendKeyData, once sent.
     pub cancel_key: Option<(i32, u32)>,
+    /// TLS protocol and cipher (`TLSv1.3/…`), empty on plain TCP.
+    pub tls: String,
 }
 
 /// One connected client.
@@ -104,6 +107,10 @@ impl ClientInfo {
         v.database = Some(database.to_string());
         v.application_name = application_name.map(str::to_string);
         v.state = ClientState::Active;
+    }
+
+    pub fn set_tls(&self, description: String) {
+        lock(&self.view).tls = description;
     }
 
     pub fn set_link(&self, server: Option<u64>) {
@@ -170,6 +177,7 @@ pub struct Runtime {
     config: RwLock<Arc<PoolerConfig>>,
     userlist: RwLock<Arc<Userlist>>,
     hba: RwLock<Option<Arc<HbaRules>>>,
+    tls: RwLock<TlsContexts>,
     pools: PoolMap,
     /// `max_db_connections` and `max_user_connections`, by database or user name.
     conn_limits: Mutex<HashMap<(LimitKind, String), Arc<ConnLimit>>>,
@@ -186,11 +194,17 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: PoolerConfig, userlist: Userlist, hba: Option<HbaRules>) -> Arc<Runtime> {
+    pub fn new(
+        config: PoolerConfig,
+        userlist: Userlist,
+        hba: Option<HbaRules>,
+        tls: TlsContexts,
+    ) -> Arc<Runtime> {
         Arc::new(Runtime {
             config: RwLock::new(Arc::new(config)),
             userlist: RwLock::new(Arc::new(userlist)),
             hba: RwLock::new(hba.map(Arc::new)),
+            tls: RwLock::new(tls),
             pools: Arc::new(Mutex::new(HashMap::new())),
             conn_limits: Mutex::new(HashMap::new()),
             janitor: Mutex::new(Janitor::NotStarted),
@@ -255,6 +269,7 @@ impl Runtime {
                 request_time: SystemTime::now(),
                 waiting_since: None,
                 cancel_key: None,
+                tls: String::new(),
             }),
             kill: watch::channel(false).0,
         });
@@ -321,10 +336,25 @@ impl Runtime {
 
     /// Swap in re-read files (RELOAD, SIGHUP). Sessions pick the new settings up at
     /// their next decision; existing pools keep their size until restart.
-    pub fn reload(&self, config: PoolerConfig, userlist: Userlist, hba: Option<HbaRules>) {
+    pub fn reload(
+        &self,
+        config: PoolerConfig,
+        userlist: Userlist,
+        hba: Option<HbaRules>,
+        tls: TlsContexts,
+    ) {
         replace(&self.config, Arc::new(config));
         replace(&self.userlist, Arc::new(userlist));
         replace(&self.hba, hba.map(Arc::new));
+        replace(&self.tls, tls);
+    }
+
+    /// TLS toward clients and servers, as last loaded.
+    pub fn tls(&self) -> TlsContexts {
+        match self.tls.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     pub fn config(&self) -> Arc<PoolerConfig> {
@@ -343,14 +373,20 @@ impl Runtime {
 
     /// The method `auth_hba_file` prescribes for a TCP client (first matching line);
     /// `None`: rejected, or a method pgherd does not offer.
-    pub fn hba_method(&self, peer: SocketAddr, database: &str, user: &str) -> Option<AuthType> {
+    pub fn hba_method(
+        &self,
+        peer: SocketAddr,
+        tls: bool,
+        database: &str,
+        user: &str,
+    ) -> Option<AuthType> {
         let hba = match self.hba.read() {
             Ok(h) => h.clone(),
             Err(p) => p.into_inner().clone(),
         }?;
         let conn = crate::config::ConnInfo {
             local: false,
-            tls: false,
+            tls,
             addr: peer.ip(),
             database,
             user,
@@ -390,6 +426,7 @@ impl Runtime {
             credential,
             startup_params: startup_params(db),
             connect_timeout: s.server_connect_timeout,
+            tls: self.tls().server,
         };
         let user = config.users.get(&key.user);
         let pool_size = user

@@ -3,6 +3,7 @@
 
 use crate::config::{ConfigErrors, HbaRules, PoolerConfig, Userlist};
 use crate::runtime::{self, Runtime};
+use crate::tls::TlsContexts;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub enum ServiceError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("listen_addr gives no address to listen on")]
     NoListenAddress,
 }
@@ -31,6 +34,7 @@ pub struct Files {
     pub config: PoolerConfig,
     pub userlist: Userlist,
     pub hba: Option<HbaRules>,
+    pub tls: TlsContexts,
 }
 
 /// Read the main file, then the auth_file and auth_hba_file it names.
@@ -52,10 +56,12 @@ pub fn load(path: &Path) -> Result<Files, ServiceError> {
         Some(f) => Some(HbaRules::load(&resolve(path, f))?),
         None => None,
     };
+    let tls = TlsContexts::load(&config.settings)?;
     Ok(Files {
         config,
         userlist,
         hba,
+        tls,
     })
 }
 
@@ -77,7 +83,7 @@ pub fn reload_runtime(runtime: &Runtime, path: &Path) -> Result<(), ServiceError
         }
     }
     runtime.set_config_path(path);
-    runtime.reload(files.config, files.userlist, files.hba);
+    runtime.reload(files.config, files.userlist, files.hba, files.tls);
     Ok(())
 }
 
@@ -107,7 +113,7 @@ impl Service {
             .get("conffile")
             .filter(|f| !f.is_empty());
         let metrics_listen = files.config.settings.metrics_listen;
-        let rt = Runtime::new(files.config, files.userlist, files.hba);
+        let rt = Runtime::new(files.config, files.userlist, files.hba, files.tls);
         if let Some(f) = conffile {
             rt.set_config_path(Path::new(&f));
         }

@@ -7,6 +7,7 @@
 //! mode client gives its server back).
 
 use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
+use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
 use crate::prepared::{self, ClientStatements, Responses};
 use crate::runtime::{CancelSlot, CancelTarget, Runtime};
@@ -23,8 +24,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -48,8 +48,8 @@ const CLIENT_WRITE_BUFFER: usize = 2048;
 /// How many SSL/GSS negotiation rounds a client may try before its StartupMessage.
 const MAX_NEGOTIATIONS: usize = 2;
 
-type ClientReader = FramedReader<OwnedReadHalf>;
-type ClientWriter = BufWriter<OwnedWriteHalf>;
+type ClientReader = FramedReader<ReadHalf>;
+type ClientWriter = BufWriter<WriteHalf>;
 
 /// Why a session ended early; what the client is told is decided where it is raised.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,10 @@ fn error(severity: Severity, sqlstate: &str, message: impl Into<String>) -> Erro
     ErrorResponse::new(severity, sqlstate, message)
 }
 
-async fn send(out: &mut ClientWriter, message: &impl Message) -> Result<(), SessionError> {
+async fn send<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    message: &impl Message,
+) -> Result<(), SessionError> {
     let mut buf = BytesMut::new();
     message.encode(&mut buf);
     out.write_all(&buf).await?;
@@ -75,7 +78,7 @@ async fn send(out: &mut ClientWriter, message: &impl Message) -> Result<(), Sess
 }
 
 /// Tell the client `e`, flush, and end the session with that reason.
-async fn fail(out: &mut ClientWriter, e: ErrorResponse) -> SessionError {
+async fn fail<W: AsyncWrite + Unpin>(out: &mut W, e: ErrorResponse) -> SessionError {
     let reason = e.message().unwrap_or("error").to_string();
     if send(out, &e).await.is_ok() {
         let _ = out.flush().await;
@@ -85,7 +88,7 @@ async fn fail(out: &mut ClientWriter, e: ErrorResponse) -> SessionError {
 
 /// Turn away a client over `max_client_conn`, with PostgreSQL's "too many connections".
 pub async fn refuse(stream: TcpStream, peer: SocketAddr, reason: &'static str) {
-    let (read, write) = stream.into_split();
+    let (read, write) = Stream::Tcp(stream).split();
     let mut reader = FramedReader::new(read, FrameDecoder::frontend());
     let mut out = BufWriter::new(write);
     // Read its startup packet first, so a client that waits to be asked hears why.
@@ -96,16 +99,41 @@ pub async fn refuse(stream: TcpStream, peer: SocketAddr, reason: &'static str) {
 
 /// Serve one client until it leaves or fails.
 pub async fn run(stream: TcpStream, peer: SocketAddr, rt: Arc<Runtime>) {
-    let (read, write) = stream.into_split();
+    let login_timeout = rt.config().settings.client_login_timeout;
+    let deadline = login_timeout.map(|t| tokio::time::Instant::now() + t);
+    let negotiated = match deadline {
+        Some(d) => {
+            match tokio::time::timeout_at(d, negotiate(Stream::Tcp(stream), peer, &rt)).await {
+                Ok(n) => n,
+                Err(_) => {
+                    debug!(%peer, "client_login_timeout during the startup negotiation");
+                    return;
+                }
+            }
+        }
+        None => negotiate(Stream::Tcp(stream), peer, &rt).await,
+    };
+    let Some(Negotiated {
+        stream,
+        buffered,
+        startup,
+        tls,
+    }) = negotiated
+    else {
+        return;
+    };
+    if let Some(client) = crate::runtime::current_client() {
+        client.set_tls(tls.clone());
+    }
+    let (read, write) = stream.split();
     // Small buffers: most clients sit idle most of the time, and both grow (or are
     // bypassed) for large messages.
     let mut client =
-        FramedReader::with_read_chunk(read, FrameDecoder::frontend(), CLIENT_READ_CHUNK);
+        FramedReader::with_buffer(read, FrameDecoder::frontend(), buffered, CLIENT_READ_CHUNK);
     let mut out = BufWriter::with_capacity(CLIENT_WRITE_BUFFER, write);
-    let login_timeout = rt.config().settings.client_login_timeout;
-    let login = login(&mut client, &mut out, peer, &rt);
-    let logged_in = match login_timeout {
-        Some(t) => match tokio::time::timeout(t, login).await {
+    let login = login(&mut client, &mut out, peer, !tls.is_empty(), startup, &rt);
+    let logged_in = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, login).await {
             Ok(r) => r,
             Err(_) => Err(fail(
                 &mut out,
@@ -119,7 +147,11 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, rt: Arc<Runtime>) {
         Ok(Some(LoggedIn::Client(logged_in))) => *logged_in,
         Ok(Some(LoggedIn::Admin(startup))) => {
             // The console is a long-lived session: outside client_login_timeout.
-            crate::admin::serve(&mut client, &mut out, peer, &rt, &startup).await;
+            let origin = Origin {
+                peer,
+                tls: !tls.is_empty(),
+            };
+            crate::admin::serve(&mut client, &mut out, origin, &rt, &startup).await;
             return;
         }
         Ok(None) => return,
@@ -150,6 +182,14 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, rt: Arc<Runtime>) {
     }
 }
 
+/// Where a client connects from, as authentication rules (auth_hba_file) see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub peer: SocketAddr,
+    /// It negotiated TLS (`hostssl` lines match).
+    pub tls: bool,
+}
+
 /// A logged-in client.
 struct Session {
     peer: SocketAddr,
@@ -178,11 +218,10 @@ async fn login(
     client: &mut ClientReader,
     out: &mut ClientWriter,
     peer: SocketAddr,
+    tls: bool,
+    startup: StartupMessage,
     rt: &Arc<Runtime>,
 ) -> Result<Option<LoggedIn>, SessionError> {
-    let Some(startup) = startup(client, out, rt).await? else {
-        return Ok(None);
-    };
     let user = startup.user().to_string();
     let database = startup.database().to_string();
     let config = rt.config();
@@ -214,7 +253,8 @@ async fn login(
         )
         .await);
     };
-    let authenticated = authenticate(client, out, rt, &user, &database, peer).await?;
+    let authenticated =
+        authenticate(client, out, rt, &user, &database, Origin { peer, tls }).await?;
     let credential = server_credential(rt, &db, &user, authenticated);
     let key = PoolKey {
         database: database.clone(),
@@ -270,51 +310,133 @@ async fn login(
     Ok(Some(LoggedIn::Client(Box::new((session, lease)))))
 }
 
-/// Read startup packets, declining SSL/GSS encryption, until a StartupMessage; a
-/// CancelRequest is passed on to the right server.
-async fn startup(
-    client: &mut ClientReader,
-    out: &mut ClientWriter,
-    rt: &Runtime,
-) -> Result<Option<StartupMessage>, SessionError> {
+/// A client past the startup negotiation.
+struct Negotiated {
+    stream: Stream,
+    /// Bytes the client sent after its StartupMessage.
+    buffered: BytesMut,
+    startup: StartupMessage,
+    /// The TLS protocol and cipher (`SHOW CLIENTS`' `tls`); empty on plain TCP.
+    tls: String,
+}
+
+/// Read startup packets until a StartupMessage: an SSLRequest gets TLS when
+/// `client_tls_sslmode` offers it ('N' otherwise), a GSSENCRequest 'N', a
+/// CancelRequest is passed on to the right server. `None`: nothing more to do (a
+/// cancel, a client that left, or an error already told to the client).
+async fn negotiate(stream: Stream, peer: SocketAddr, rt: &Runtime) -> Option<Negotiated> {
+    let tls = rt.tls().client;
+    let mut reader =
+        FramedReader::with_read_chunk(stream, FrameDecoder::frontend(), CLIENT_READ_CHUNK);
+    let mut encrypted = String::new();
     for _ in 0..=MAX_NEGOTIATIONS {
-        match client.next_startup().await? {
-            None => return Ok(None),
-            Some(StartupPacket::SslRequest) | Some(StartupPacket::GssEncRequest) => {
-                out.write_all(b"N").await?;
-                out.flush().await?;
+        let packet = match reader.next_startup().await {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(FramedError::Protocol(e)) => {
+                info!(%peer, error = %e, "protocol violation during login");
+                let message = format!("invalid startup packet: {e}");
+                refuse_unsplit(reader.get_mut(), error(Severity::Fatal, "08P01", message)).await;
+                return None;
             }
-            Some(StartupPacket::Cancel(c)) => {
-                let key = <[u8; 4]>::try_from(&c.secret_key[..])
-                    .map(u32::from_be_bytes)
-                    .ok();
-                if let Some(target) = key.and_then(|k| rt.cancel_target(c.process_id, k)) {
-                    let timeout = rt.config().settings.server_connect_timeout;
-                    if let Err(e) = send_cancel(
-                        (&target.host, target.port),
-                        target.backend_pid,
-                        &target.cancel_key,
-                        timeout,
-                    )
-                    .await
-                    {
-                        debug!(error = %e, "forwarding a cancel request failed");
-                    }
+            Err(e) => {
+                debug!(%peer, error = %e, "client left during the startup negotiation");
+                return None;
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest if encrypted.is_empty() && tls.is_some() => {
+                let acceptor = tls.as_ref()?.acceptor.clone();
+                let (stream, rest) = reader.into_parts();
+                let Stream::Tcp(mut tcp) = stream else {
+                    return None;
+                };
+                if !rest.is_empty() {
+                    // Bytes sent before the handshake would be taken as having come
+                    // through it (CVE-2021-23222): refuse, like PostgreSQL.
+                    info!(%peer, "unencrypted data after SSLRequest");
+                    let message = "received unencrypted data after SSL request";
+                    refuse_unsplit(&mut tcp, error(Severity::Fatal, "08P01", message)).await;
+                    return None;
                 }
-                return Ok(None);
+                if tcp.write_all(b"S").await.is_err() {
+                    return None;
+                }
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(s) => Stream::TlsFromClient(Box::new(s)),
+                    Err(e) => {
+                        info!(%peer, error = %e, "TLS handshake with client failed");
+                        return None;
+                    }
+                };
+                encrypted = stream.tls_description();
+                reader = FramedReader::with_read_chunk(
+                    stream,
+                    FrameDecoder::frontend(),
+                    CLIENT_READ_CHUNK,
+                );
             }
-            Some(StartupPacket::Startup(m)) => return Ok(Some(m)),
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                let out = reader.get_mut();
+                if out.write_all(b"N").await.is_err() || out.flush().await.is_err() {
+                    return None;
+                }
+            }
+            StartupPacket::Cancel(c) => {
+                forward_cancel(rt, &c).await;
+                return None;
+            }
+            StartupPacket::Startup(startup) => {
+                if encrypted.is_empty() && tls.as_ref().is_some_and(|t| t.insists()) {
+                    info!(%peer, "refusing a client without TLS (client_tls_sslmode)");
+                    let e = error(Severity::Fatal, "08P01", "SSL required");
+                    refuse_unsplit(reader.get_mut(), e).await;
+                    return None;
+                }
+                let (stream, buffered) = reader.into_parts();
+                return Some(Negotiated {
+                    stream,
+                    buffered,
+                    startup,
+                    tls: encrypted,
+                });
+            }
         }
     }
-    Err(fail(
-        out,
-        error(
-            Severity::Fatal,
-            "08P01",
-            "too many encryption negotiation requests",
-        ),
-    )
-    .await)
+    let e = error(
+        Severity::Fatal,
+        "08P01",
+        "too many encryption negotiation requests",
+    );
+    refuse_unsplit(reader.get_mut(), e).await;
+    None
+}
+
+/// Tell a client `e` and half-close: the FIN goes out before the socket is dropped,
+/// so unread input (which makes the kernel send RST) does not destroy the message.
+async fn refuse_unsplit<S: AsyncWrite + Unpin>(stream: &mut S, e: ErrorResponse) {
+    fail(stream, e).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Pass a client's CancelRequest on to the server backend its session uses now.
+async fn forward_cancel(rt: &Runtime, c: &pgherd_protocol::CancelRequest) {
+    let key = <[u8; 4]>::try_from(&c.secret_key[..])
+        .map(u32::from_be_bytes)
+        .ok();
+    if let Some(target) = key.and_then(|k| rt.cancel_target(c.process_id, k)) {
+        let timeout = rt.config().settings.server_connect_timeout;
+        if let Err(e) = send_cancel(
+            (&target.host, target.port),
+            target.backend_pid,
+            &target.cancel_key,
+            timeout,
+        )
+        .await
+        {
+            debug!(error = %e, "forwarding a cancel request failed");
+        }
+    }
 }
 
 /// The tracked parameters from the StartupMessage; `Err(name)` for one PgBouncer would
@@ -357,7 +479,7 @@ pub(crate) async fn authenticate(
     rt: &Runtime,
     user: &str,
     database: &str,
-    peer: SocketAddr,
+    origin: Origin,
 ) -> Result<Authenticated, SessionError> {
     let config = rt.config();
     let userlist = rt.userlist();
@@ -372,7 +494,7 @@ pub(crate) async fn authenticate(
             queried_secret.clone()
         }
     };
-    let scram_keys = check_password(client, out, rt, user, database, peer, stored).await?;
+    let scram_keys = check_password(client, out, rt, user, database, origin, stored).await?;
     Ok(Authenticated {
         scram_keys,
         queried_secret,
@@ -450,12 +572,12 @@ async fn check_password(
     rt: &Runtime,
     user: &str,
     database: &str,
-    peer: SocketAddr,
+    origin: Origin,
     stored: Option<StoredPassword>,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>, SessionError> {
     let config = rt.config();
     let method = match config.settings.auth_type {
-        AuthType::Hba => match rt.hba_method(peer, database, user) {
+        AuthType::Hba => match rt.hba_method(origin.peer, origin.tls, database, user) {
             Some(m) => m,
             None => {
                 crate::metrics::count_login_failed(rt, database, user);
@@ -464,7 +586,7 @@ async fn check_password(
                     error(
                         Severity::Fatal,
                         "28000",
-                        format!("no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\"", peer.ip()),
+                        format!("no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\"", origin.peer.ip()),
                     ),
                 )
                 .await);

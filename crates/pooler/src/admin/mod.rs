@@ -23,8 +23,10 @@ mod show_users;
 mod show_version;
 mod shutdown;
 
+use crate::net::{ReadHalf, WriteHalf};
 use crate::runtime::{current_client, Runtime};
 use crate::server::FramedReader;
+use crate::session::Origin;
 use bytes::BytesMut;
 use command::Command;
 use output::Reply;
@@ -34,10 +36,8 @@ use pgherd_protocol::backend::{
 };
 use pgherd_protocol::frontend::Query;
 use pgherd_protocol::{Message, StartupMessage};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::{debug, info};
 
 /// The database name that reaches the console instead of a server.
@@ -46,8 +46,8 @@ pub const ADMIN_DATABASE: &str = "pgbouncer";
 /// The PgBouncer release whose console (commands, columns, types) this one mirrors.
 pub const PGBOUNCER_VERSION: &str = "1.25.1";
 
-type ClientReader = FramedReader<OwnedReadHalf>;
-type ClientWriter = BufWriter<OwnedWriteHalf>;
+type ClientReader = FramedReader<ReadHalf>;
+type ClientWriter = BufWriter<WriteHalf>;
 
 /// What a console user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,13 +137,15 @@ async fn ready(out: &mut ClientWriter) -> std::io::Result<()> {
 pub async fn serve(
     client: &mut ClientReader,
     out: &mut ClientWriter,
-    peer: SocketAddr,
+    origin: Origin,
     rt: &Arc<Runtime>,
     startup: &StartupMessage,
 ) {
+    let peer = origin.peer;
     let user = startup.user().to_string();
     // The password check of auth_type/auth_file, exactly as for a pooled database.
-    if let Err(e) = crate::session::authenticate(client, out, rt, &user, ADMIN_DATABASE, peer).await
+    if let Err(e) =
+        crate::session::authenticate(client, out, rt, &user, ADMIN_DATABASE, origin).await
     {
         debug!(%peer, %user, error = %e, "admin console login failed");
         return;

@@ -3,6 +3,7 @@
 use super::error::{LoginFailure, ServerError};
 use super::framed::FramedReader;
 use super::target::{ServerCredential, ServerTarget};
+use crate::net::{ReadHalf, Stream, WriteHalf};
 use bytes::{Bytes, BytesMut};
 use pgherd_protocol::auth::{
     md5_client_response, md5_response_from_hash, select_mechanism, ScramClient, SCRAM_KEY_LEN,
@@ -21,8 +22,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// How long [`ServerConnection::close`] waits to hand Terminate to the kernel.
@@ -40,8 +41,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// [`close`](Self::close) it.
 pub struct ServerConnection {
     id: u64,
-    reader: FramedReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: FramedReader<ReadHalf>,
+    writer: WriteHalf,
     peer: SocketAddr,
     local: SocketAddr,
     database: String,
@@ -56,6 +57,8 @@ pub struct ServerConnection {
     bytes_sent: u64,
     prepared_statements: HashSet<String>,
     query_timeout: Duration,
+    /// `TLSv1.3/<cipher>` when encrypted (SHOW SERVERS' `tls`), else empty.
+    tls: String,
 }
 
 impl fmt::Debug for ServerConnection {
@@ -79,6 +82,41 @@ fn scram_key(key: &[u8]) -> Result<[u8; SCRAM_KEY_LEN], LoginFailure> {
 
 fn is_fatal(e: &ErrorResponse) -> bool {
     matches!(e.severity(), Some("FATAL") | Some("PANIC"))
+}
+
+/// PostgreSQL's SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Ask for TLS when `server_tls_sslmode` says so; the server answers one byte, 'S'
+/// (handshake follows) or 'N' (plain TCP, refused when the mode insists).
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    target: &ServerTarget,
+    addr: &str,
+) -> Result<Stream, ServerError> {
+    if !target.tls.asks() {
+        return Ok(Stream::Tcp(tcp));
+    }
+    let tls_error = |reason: String| ServerError::Tls {
+        addr: addr.to_owned(),
+        reason,
+    };
+    tcp.write_all(&SSL_REQUEST).await?;
+    match tcp.read_u8().await? {
+        b'S' => match target.tls.connect(tcp, &target.host).await {
+            Ok(tls) => Ok(Stream::TlsToServer(Box::new(tls))),
+            Err(e) => Err(tls_error(e.to_string())),
+        },
+        b'N' if target.tls.insists() => Err(tls_error(format!(
+            "the server does not accept TLS connections (server_tls_sslmode = {})",
+            target.tls.mode.as_str()
+        ))),
+        b'N' => Ok(Stream::Tcp(tcp)),
+        other => Err(tls_error(format!(
+            "unexpected answer '{}' to SSLRequest",
+            other.escape_ascii()
+        ))),
+    }
 }
 
 impl ServerConnection {
@@ -110,7 +148,13 @@ impl ServerConnection {
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
-        let (read, write) = stream.into_split();
+        let stream =
+            match tokio::time::timeout_at(deadline, negotiate_tls(stream, target, &addr)).await {
+                Err(_) => return Err(timeout("negotiating TLS with")),
+                Ok(r) => r?,
+            };
+        let tls = stream.tls_description();
+        let (read, write) = stream.split();
         let now = Instant::now();
         let mut conn = ServerConnection {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -130,6 +174,7 @@ impl ServerConnection {
             bytes_sent: 0,
             prepared_statements: HashSet::new(),
             query_timeout: target.connect_timeout,
+            tls,
         };
         match tokio::time::timeout_at(deadline, conn.login(target, &addr)).await {
             Err(_) => Err(timeout("logging into")),
@@ -340,6 +385,11 @@ impl ServerConnection {
     }
 
     /// Unique within this process (never reused), for logs, `SHOW SERVERS` and maps.
+    /// The TLS protocol and cipher in use (`TLSv1.3/…`), empty on plain TCP.
+    pub fn tls(&self) -> &str {
+        &self.tls
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }

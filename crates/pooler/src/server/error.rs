@@ -46,6 +46,10 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// TLS could not be set up (`server_tls_sslmode`): the server declined it when
+    /// required, or the handshake or certificate check failed.
+    #[error("TLS with server {addr}: {reason}")]
+    Tls { addr: String, reason: String },
     /// A bounded wait ran out.
     #[error("timed out after {after:?} {during} server {addr}")]
     Timeout {
@@ -134,6 +138,9 @@ impl ServerError {
             ServerError::Login { .. } => "server login failed: authentication with the \
                                           database server failed"
                 .to_owned(),
+            ServerError::Tls { .. } => "server login failed: TLS with the database server \
+                                        failed (server_tls_sslmode)"
+                .to_owned(),
             _ => "server conn crashed?".to_owned(),
         };
         ErrorResponse::new(Severity::Fatal, sqlstate::CONNECTION_FAILURE, message)
@@ -146,6 +153,7 @@ impl ServerError {
             ServerError::Timeout { .. } => "timeout",
             ServerError::Auth { .. } => "auth",
             ServerError::Login { .. } => "login",
+            ServerError::Tls { .. } => "tls",
             ServerError::Protocol(_) | ServerError::UnexpectedMessage { .. } => "protocol",
             ServerError::Io(_) => "io",
             ServerError::Closed => "closed",

@@ -59,8 +59,8 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
 
     /// Continue with bytes already read from `inner` (e.g. after a TLS handshake
     /// or when handing a connection over).
-    pub fn with_buffer(inner: R, decoder: FrameDecoder, buffered: BytesMut) -> Self {
-        let mut r = FramedReader::new(inner, decoder);
+    pub fn with_buffer(inner: R, decoder: FrameDecoder, buffered: BytesMut, chunk: usize) -> Self {
+        let mut r = FramedReader::with_read_chunk(inner, decoder, chunk);
         r.buf = buffered;
         r
     }

@@ -1,7 +1,9 @@
 //! Where and as whom the pooler logs into a PostgreSQL server.
 
+use crate::tls::ServerTls;
 use pgherd_protocol::auth::is_md5_hash;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// PgBouncer's default `server_connect_timeout` (15 s).
@@ -58,7 +60,7 @@ impl fmt::Debug for ServerCredential {
 }
 
 /// One server login: address, database, user, secret and startup parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerTarget {
     /// Host name or IP address (TCP only).
     pub host: String,
@@ -75,6 +77,8 @@ pub struct ServerTarget {
     /// first ReadyForQuery (PgBouncer's `server_connect_timeout`). Also the default
     /// bound of [`ServerConnection::simple_query`](super::ServerConnection::simple_query).
     pub connect_timeout: Duration,
+    /// TLS toward the server (`server_tls_sslmode`).
+    pub tls: Arc<ServerTls>,
 }
 
 impl ServerTarget {
@@ -94,7 +98,13 @@ impl ServerTarget {
             credential: ServerCredential::None,
             startup_params: Vec::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: ServerTls::disabled(),
         }
+    }
+
+    pub fn with_tls(mut self, tls: Arc<ServerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn with_credential(mut self, credential: ServerCredential) -> Self {

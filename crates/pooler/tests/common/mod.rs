@@ -128,7 +128,7 @@ pub async fn pooler_with_userlist(pg: &Instance, settings: &str, userlist_text: 
     std::fs::write(&ini, ini_text(pg, port, &userlist, settings)).expect("ini");
     std::fs::write(&userlist, userlist_text).expect("userlist");
     let files = service::load(&ini).expect("config loads");
-    let rt = Runtime::new(files.config, files.userlist, files.hba);
+    let rt = Runtime::new(files.config, files.userlist, files.hba, files.tls);
     rt.set_config_path(&ini);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
