@@ -4,11 +4,93 @@
 //! streams split through tokio's `split`, whose lock per I/O call is small next to
 //! the encryption itself.
 
+use std::fmt;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{tcp, unix, TcpStream, UnixStream};
+use tokio::net::{tcp, unix, TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// Where a client connected from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// Through the Unix socket of the listener on `port` (the `.s.PGSQL.<port>` file).
+    Unix {
+        port: u16,
+    },
+}
+
+impl Peer {
+    /// The client's IP address; `None` over a Unix socket.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Peer::Tcp(a) => Some(a.ip()),
+            Peer::Unix { .. } => None,
+        }
+    }
+
+    /// `SHOW CLIENTS`' `addr` and `port`: PgBouncer shows "unix" and the listen port.
+    pub fn addr_and_port(&self) -> (String, u16) {
+        match self {
+            Peer::Tcp(a) => (a.ip().to_string(), a.port()),
+            Peer::Unix { port } => ("unix".to_string(), *port),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Unix { port } => write!(f, "unix:{port}"),
+        }
+    }
+}
+
+/// The socket file PostgreSQL clients look for in a socket directory.
+pub fn unix_socket_path(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!(".s.PGSQL.{port}"))
+}
+
+/// A bound listener: TCP, or a Unix socket (whose file is removed when dropped).
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+        port: u16,
+    },
+}
+
+impl Listener {
+    /// Wait for the next client; also its address (TCP) and the local address.
+    pub async fn accept(&self) -> io::Result<(Stream, Peer, Option<SocketAddr>)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, peer) = l.accept().await?;
+                // Small protocol messages: never wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().ok();
+                Ok((Stream::Tcp(stream), Peer::Tcp(peer), local))
+            }
+            Listener::Unix { listener, port, .. } => {
+                let (stream, _) = listener.accept().await?;
+                Ok((Stream::Unix(stream), Peer::Unix { port: *port }, None))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
 
 /// A connected stream, before it is split into a reader and a writer.
 pub enum Stream {
@@ -34,7 +116,23 @@ pub enum WriteHalf {
     Tls(tokio::io::WriteHalf<Stream>),
 }
 
+/// Connect to a server: over TCP (TCP_NODELAY) to a host name or IP address, or to
+/// the socket file in directory `host` when it starts with '/' (as libpq does).
+pub async fn connect(host: &str, port: u16) -> io::Result<Stream> {
+    if host.starts_with('/') {
+        let path = unix_socket_path(Path::new(host), port);
+        return Ok(Stream::Unix(UnixStream::connect(path).await?));
+    }
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok(Stream::Tcp(tcp))
+}
+
 impl Stream {
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, Stream::Tcp(_))
+    }
+
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Stream::Tcp(s) => {

@@ -266,8 +266,8 @@ pub enum ServerState {
 pub struct ServerInfo {
     /// Unique in the process (the console's `ptr`/`id`).
     pub id: u64,
-    pub addr: SocketAddr,
-    pub local_addr: SocketAddr,
+    pub addr: crate::net::Peer,
+    pub local_addr: Option<SocketAddr>,
     /// TLS protocol and cipher, empty on plain TCP.
     pub tls: String,
     pub backend_pid: i32,

@@ -8,6 +8,7 @@
 use crate::config::{
     AuthType, DatabaseConfig, HbaMethod, HbaRules, PoolMode, PoolerConfig, Userlist,
 };
+use crate::net::{Listener, Peer};
 use crate::pool::{ConnLimit, LimitKind, Pool, PoolKey, PoolLimits};
 use crate::server::{ServerCredential, ServerTarget};
 use crate::session;
@@ -18,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -68,7 +68,7 @@ pub struct ClientView {
 pub struct ClientInfo {
     /// Unique in the process (the console's `id`/`ptr`).
     pub id: u64,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     pub local_addr: Option<SocketAddr>,
     pub connect_time: SystemTime,
     view: Mutex<ClientView>,
@@ -253,7 +253,7 @@ impl Runtime {
     }
 
     /// A newly accepted client, listed until [`Runtime::remove_client`].
-    pub fn add_client(&self, peer: SocketAddr, local_addr: Option<SocketAddr>) -> Arc<ClientInfo> {
+    pub fn add_client(&self, peer: Peer, local_addr: Option<SocketAddr>) -> Arc<ClientInfo> {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(ClientInfo {
             id,
@@ -375,7 +375,7 @@ impl Runtime {
     /// `None`: rejected, or a method pgherd does not offer.
     pub fn hba_method(
         &self,
-        peer: SocketAddr,
+        peer: Peer,
         tls: bool,
         database: &str,
         user: &str,
@@ -385,9 +385,9 @@ impl Runtime {
             Err(p) => p.into_inner().clone(),
         }?;
         let conn = crate::config::ConnInfo {
-            local: false,
+            local: peer.ip().is_none(),
             tls,
-            addr: peer.ip(),
+            addr: peer.ip().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
             database,
             user,
             replication: false,
@@ -415,11 +415,15 @@ impl Runtime {
         let config = self.config();
         let s = &config.settings;
         let target = ServerTarget {
-            host: db
-                .host
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "127.0.0.1".into()),
+            // No host: the Unix socket in unix_socket_dir, as PgBouncer does.
+            host: db.host.first().cloned().unwrap_or_else(|| {
+                s.unix_socket_dir
+                    .as_deref()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("/tmp"))
+                    .display()
+                    .to_string()
+            }),
             port: db.port,
             database: db.dbname.clone().unwrap_or_else(|| key.database.clone()),
             user: db.user.clone().unwrap_or_else(|| key.user.clone()),
@@ -648,11 +652,7 @@ fn startup_params(db: &DatabaseConfig) -> Vec<(String, String)> {
 
 /// Accept clients until `shutdown` turns true; at most `max_client_conn` at once (the
 /// one over the limit is told so and closed, as PgBouncer does).
-pub async fn serve(
-    listener: TcpListener,
-    runtime: Arc<Runtime>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: Listener, runtime: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
     let max = runtime.config().settings.max_client_conn as usize;
     let slots = Arc::new(Semaphore::new(max));
     let mut console_shutdown = runtime.shutdown_requested();
@@ -662,7 +662,7 @@ pub async fn serve(
             _ = shutdown.wait_for(|s| *s) => break,
             _ = console_shutdown.wait_for(|s| *s) => break,
         };
-        let (stream, peer) = match accepted {
+        let (stream, peer, local) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -671,11 +671,10 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let runtime = runtime.clone();
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
-                let client = runtime.add_client(peer, stream.local_addr().ok());
+                let client = runtime.add_client(peer, local);
                 tokio::spawn(async move {
                     let mut killed = client.kill.subscribe();
                     let session = CURRENT_CLIENT

@@ -2,6 +2,7 @@
 //! auth_hba_file, bind the listeners, serve, reload on request, and shut down.
 
 use crate::config::{ConfigErrors, HbaRules, PoolerConfig, Userlist};
+use crate::net::{unix_socket_path, Listener};
 use crate::runtime::{self, Runtime};
 use crate::tls::TlsContexts;
 use std::net::SocketAddr;
@@ -25,7 +26,18 @@ pub enum ServiceError {
     },
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
-    #[error("listen_addr gives no address to listen on")]
+    #[error("cannot listen on Unix socket {}: {source}", path.display())]
+    ListenUnix {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Unix socket {} is in use: another pooler or PostgreSQL listens on port {port}", path.display())]
+    SocketInUse { path: PathBuf, port: u16 },
+    #[error("unix_socket_mode '{0}' is not an octal file mode")]
+    SocketMode(String),
+    #[error("unix_socket_group '{0}' is not a group on this system")]
+    SocketGroup(String),
+    #[error("listen_addr and unix_socket_dir give no address to listen on")]
     NoListenAddress,
 }
 
@@ -87,10 +99,70 @@ pub fn reload_runtime(runtime: &Runtime, path: &Path) -> Result<(), ServiceError
     Ok(())
 }
 
+/// Listen on `.s.PGSQL.<listen_port>` in `unix_socket_dir` (empty: no socket), with
+/// `unix_socket_mode` and `unix_socket_group`. A socket file nobody answers on is a
+/// leftover of a crash and is replaced; one that answers is another server's.
+fn bind_unix_socket(settings: &crate::config::Settings) -> Result<Option<Listener>, ServiceError> {
+    let Some(dir) = settings
+        .unix_socket_dir
+        .as_deref()
+        .filter(|d| !d.as_os_str().is_empty())
+    else {
+        return Ok(None);
+    };
+    let port = settings.listen_port;
+    let path = unix_socket_path(dir, port);
+    let mode_text = settings
+        .get("unix_socket_mode")
+        .unwrap_or_else(|| "0777".into());
+    let mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| ServiceError::SocketMode(mode_text.clone()))?;
+    let group = match settings.get("unix_socket_group").filter(|g| !g.is_empty()) {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(&name)
+                .ok()
+                .flatten()
+                .ok_or(ServiceError::SocketGroup(name))?
+                .gid,
+        ),
+        None => None,
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(ServiceError::SocketInUse { path, port });
+        }
+        warn!(path = %path.display(), "removing a stale Unix socket");
+        let _ = std::fs::remove_file(&path);
+    }
+    let listen_error = |source| ServiceError::ListenUnix {
+        path: path.clone(),
+        source,
+    };
+    let listener = tokio::net::UnixListener::bind(&path).map_err(listen_error)?;
+    // From here on the file is removed when the listener is dropped.
+    let listener = Listener::Unix {
+        listener,
+        path: path.clone(),
+        port,
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(listen_error)?;
+    if let Some(gid) = group {
+        nix::unistd::chown(&path, None, Some(gid))
+            .map_err(|e| listen_error(std::io::Error::from(e)))?;
+    }
+    info!(path = %path.display(), "listening");
+    Ok(Some(listener))
+}
+
 /// A running pooler.
 pub struct Service {
     pub runtime: Arc<Runtime>,
     pub addrs: Vec<SocketAddr>,
+    /// The Unix socket file clients can use (`unix_socket_dir`), if any.
+    pub unix_socket: Option<PathBuf>,
     /// Where `GET /metrics` is served (`metrics_listen`), if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     stop_accepting: watch::Sender<bool>,
@@ -104,7 +176,8 @@ impl Service {
     /// start accepting clients.
     pub async fn start(files: Files) -> Result<Service, ServiceError> {
         let addrs = runtime::listen_addrs(&files.config);
-        if addrs.is_empty() {
+        let unix_socket = bind_unix_socket(&files.config.settings)?;
+        if addrs.is_empty() && unix_socket.is_none() {
             return Err(ServiceError::NoListenAddress);
         }
         let conffile = files
@@ -127,8 +200,23 @@ impl Service {
             let local = listener.local_addr().unwrap_or(addr);
             info!(addr = %local, "listening");
             bound.push(local);
-            listeners.spawn(runtime::serve(listener, rt.clone(), rx.clone()));
+            listeners.spawn(runtime::serve(
+                Listener::Tcp(listener),
+                rt.clone(),
+                rx.clone(),
+            ));
         }
+        let unix_socket_path = match unix_socket {
+            Some(listener) => {
+                let path = match &listener {
+                    Listener::Unix { path, .. } => Some(path.clone()),
+                    Listener::Tcp(_) => None,
+                };
+                listeners.spawn(runtime::serve(listener, rt.clone(), rx.clone()));
+                path
+            }
+            None => None,
+        };
         let (metrics_addr, metrics) = match metrics_listen {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -145,6 +233,7 @@ impl Service {
         Ok(Service {
             runtime: rt,
             addrs: bound,
+            unix_socket: unix_socket_path,
             metrics_addr,
             stop_accepting,
             listeners,

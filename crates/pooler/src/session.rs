@@ -7,7 +7,7 @@
 //! mode client gives its server back).
 
 use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
-use crate::net::{ReadHalf, Stream, WriteHalf};
+use crate::net::{Peer, ReadHalf, Stream, WriteHalf};
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
 use crate::prepared::{self, ClientStatements, Responses};
 use crate::runtime::{CancelSlot, CancelTarget, Runtime};
@@ -20,12 +20,10 @@ use pgherd_protocol::backend::{
 };
 use pgherd_protocol::frontend::{PasswordMessage, SaslInitialResponse, SaslResponse};
 use pgherd_protocol::{Frame, FrameDecoder, Message, StartupMessage, StartupPacket};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 /// Startup parameters PgBouncer tracks per client and applies to whichever server the
@@ -87,8 +85,8 @@ async fn fail<W: AsyncWrite + Unpin>(out: &mut W, e: ErrorResponse) -> SessionEr
 }
 
 /// Turn away a client over `max_client_conn`, with PostgreSQL's "too many connections".
-pub async fn refuse(stream: TcpStream, peer: SocketAddr, reason: &'static str) {
-    let (read, write) = Stream::Tcp(stream).split();
+pub async fn refuse(stream: Stream, peer: Peer, reason: &'static str) {
+    let (read, write) = stream.split();
     let mut reader = FramedReader::new(read, FrameDecoder::frontend());
     let mut out = BufWriter::new(write);
     // Read its startup packet first, so a client that waits to be asked hears why.
@@ -98,20 +96,18 @@ pub async fn refuse(stream: TcpStream, peer: SocketAddr, reason: &'static str) {
 }
 
 /// Serve one client until it leaves or fails.
-pub async fn run(stream: TcpStream, peer: SocketAddr, rt: Arc<Runtime>) {
+pub async fn run(stream: Stream, peer: Peer, rt: Arc<Runtime>) {
     let login_timeout = rt.config().settings.client_login_timeout;
     let deadline = login_timeout.map(|t| tokio::time::Instant::now() + t);
     let negotiated = match deadline {
-        Some(d) => {
-            match tokio::time::timeout_at(d, negotiate(Stream::Tcp(stream), peer, &rt)).await {
-                Ok(n) => n,
-                Err(_) => {
-                    debug!(%peer, "client_login_timeout during the startup negotiation");
-                    return;
-                }
+        Some(d) => match tokio::time::timeout_at(d, negotiate(stream, peer, &rt)).await {
+            Ok(n) => n,
+            Err(_) => {
+                debug!(%peer, "client_login_timeout during the startup negotiation");
+                return;
             }
-        }
-        None => negotiate(Stream::Tcp(stream), peer, &rt).await,
+        },
+        None => negotiate(stream, peer, &rt).await,
     };
     let Some(Negotiated {
         stream,
@@ -185,14 +181,14 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, rt: Arc<Runtime>) {
 /// Where a client connects from, as authentication rules (auth_hba_file) see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin {
-    pub peer: SocketAddr,
+    pub peer: Peer,
     /// It negotiated TLS (`hostssl` lines match).
     pub tls: bool,
 }
 
 /// A logged-in client.
 struct Session {
-    peer: SocketAddr,
+    peer: Peer,
     user: String,
     database: String,
     mode: PoolMode,
@@ -217,7 +213,7 @@ enum LoggedIn {
 async fn login(
     client: &mut ClientReader,
     out: &mut ClientWriter,
-    peer: SocketAddr,
+    peer: Peer,
     tls: bool,
     startup: StartupMessage,
     rt: &Arc<Runtime>,
@@ -324,7 +320,7 @@ struct Negotiated {
 /// `client_tls_sslmode` offers it ('N' otherwise), a GSSENCRequest 'N', a
 /// CancelRequest is passed on to the right server. `None`: nothing more to do (a
 /// cancel, a client that left, or an error already told to the client).
-async fn negotiate(stream: Stream, peer: SocketAddr, rt: &Runtime) -> Option<Negotiated> {
+async fn negotiate(stream: Stream, peer: Peer, rt: &Runtime) -> Option<Negotiated> {
     let tls = rt.tls().client;
     let mut reader =
         FramedReader::with_read_chunk(stream, FrameDecoder::frontend(), CLIENT_READ_CHUNK);
@@ -345,7 +341,10 @@ async fn negotiate(stream: Stream, peer: SocketAddr, rt: &Runtime) -> Option<Neg
             }
         };
         match packet {
-            StartupPacket::SslRequest if encrypted.is_empty() && tls.is_some() => {
+            // TLS over TCP only: a Unix socket is local already (PostgreSQL agrees).
+            StartupPacket::SslRequest
+                if encrypted.is_empty() && tls.is_some() && reader.get_ref().is_tcp() =>
+            {
                 let acceptor = tls.as_ref()?.acceptor.clone();
                 let (stream, rest) = reader.into_parts();
                 let Stream::Tcp(mut tcp) = stream else {
@@ -387,7 +386,10 @@ async fn negotiate(stream: Stream, peer: SocketAddr, rt: &Runtime) -> Option<Neg
                 return None;
             }
             StartupPacket::Startup(startup) => {
-                if encrypted.is_empty() && tls.as_ref().is_some_and(|t| t.insists()) {
+                if encrypted.is_empty()
+                    && reader.get_ref().is_tcp()
+                    && tls.as_ref().is_some_and(|t| t.insists())
+                {
                     info!(%peer, "refusing a client without TLS (client_tls_sslmode)");
                     let e = error(Severity::Fatal, "08P01", "SSL required");
                     refuse_unsplit(reader.get_mut(), e).await;
@@ -586,7 +588,7 @@ async fn check_password(
                     error(
                         Severity::Fatal,
                         "28000",
-                        format!("no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\"", origin.peer.ip()),
+                        format!("no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\"", origin.peer.ip().map_or("[local]".to_string(), |ip| ip.to_string())),
                     ),
                 )
                 .await);
@@ -1198,9 +1200,10 @@ impl Session {
                 return Err(answer);
             }
         }
+        let target = self.pool.target();
         *lock(&self.cancel) = Some(CancelTarget {
-            host: lease.conn.addr().ip().to_string(),
-            port: lease.conn.addr().port(),
+            host: target.host.clone(),
+            port: target.port,
             backend_pid: lease.conn.backend_pid(),
             cancel_key: lease.conn.cancel_key().to_vec(),
         });
@@ -1231,11 +1234,15 @@ impl Session {
         let reusable = idle && (!reset_due || self.reset(&mut lease, settings).await);
         if pending > 0 && !lease.conn.is_broken() {
             // A query still runs for nobody: cancel it rather than let it hold the backend.
-            let addr = lease.conn.addr();
+            let target = self.pool.target();
             let (pid, key) = (lease.conn.backend_pid(), lease.conn.cancel_key().to_vec());
-            let host = addr.ip().to_string();
-            if let Err(e) =
-                send_cancel((&host, addr.port()), pid, &key, Duration::from_secs(2)).await
+            if let Err(e) = send_cancel(
+                (&target.host, target.port),
+                pid,
+                &key,
+                Duration::from_secs(2),
+            )
+            .await
             {
                 debug!(error = %e, "cancelling an abandoned query failed");
             }

@@ -7,7 +7,6 @@ use pgherd_protocol::startup::MAX_CANCEL_KEY_LENGTH;
 use pgherd_protocol::CancelRequest;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Ask the server at `addr` to cancel the query running in backend `pid`, proven by
 /// `key` (from its BackendKeyData). Succeeds once the server has read the request
@@ -20,7 +19,11 @@ pub async fn send_cancel(
     timeout: Duration,
 ) -> Result<(), ServerError> {
     let (host, port) = addr;
-    let addr_string = if host.contains(':') && !host.starts_with('[') {
+    let addr_string = if host.starts_with('/') {
+        crate::net::unix_socket_path(std::path::Path::new(host), port)
+            .display()
+            .to_string()
+    } else if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
@@ -40,7 +43,7 @@ pub async fn send_cancel(
         after: timeout,
     };
 
-    let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect((host, port))).await
+    let mut stream = match tokio::time::timeout_at(deadline, crate::net::connect(host, port)).await
     {
         Err(_) => return Err(timed_out("connecting to")),
         Ok(Err(source)) => {
@@ -51,7 +54,6 @@ pub async fn send_cancel(
         }
         Ok(Ok(s)) => s,
     };
-    stream.set_nodelay(true)?;
     let mut buf = BytesMut::new();
     CancelRequest {
         process_id: pid,

@@ -3,7 +3,7 @@
 use super::error::{LoginFailure, ServerError};
 use super::framed::FramedReader;
 use super::target::{ServerCredential, ServerTarget};
-use crate::net::{ReadHalf, Stream, WriteHalf};
+use crate::net::{Peer, ReadHalf, Stream, WriteHalf};
 use bytes::{Bytes, BytesMut};
 use pgherd_protocol::auth::{
     md5_client_response, md5_response_from_hash, select_mechanism, ScramClient, SCRAM_KEY_LEN,
@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// How long [`ServerConnection::close`] waits to hand Terminate to the kernel.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -43,8 +42,8 @@ pub struct ServerConnection {
     id: u64,
     reader: FramedReader<ReadHalf>,
     writer: WriteHalf,
-    peer: SocketAddr,
-    local: SocketAddr,
+    peer: Peer,
+    local: Option<SocketAddr>,
     database: String,
     user: String,
     backend_pid: i32,
@@ -90,10 +89,14 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 /// Ask for TLS when `server_tls_sslmode` says so; the server answers one byte, 'S'
 /// (handshake follows) or 'N' (plain TCP, refused when the mode insists).
 async fn negotiate_tls(
-    mut tcp: TcpStream,
+    stream: Stream,
     target: &ServerTarget,
     addr: &str,
 ) -> Result<Stream, ServerError> {
+    // PostgreSQL does not do TLS over Unix sockets (libpq does not ask there either).
+    let Stream::Tcp(mut tcp) = stream else {
+        return Ok(stream);
+    };
     if !target.tls.asks() {
         return Ok(Stream::Tcp(tcp));
     }
@@ -134,7 +137,7 @@ impl ServerConnection {
             after: target.connect_timeout,
         };
 
-        let connecting = TcpStream::connect((target.host.as_str(), target.port));
+        let connecting = crate::net::connect(&target.host, target.port);
         let stream = match tokio::time::timeout_at(deadline, connecting).await {
             Err(_) => return Err(timeout("connecting to")),
             Ok(Err(source)) => {
@@ -145,9 +148,10 @@ impl ServerConnection {
             }
             Ok(Ok(stream)) => stream,
         };
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
-        let local = stream.local_addr()?;
+        let (peer, local) = match &stream {
+            Stream::Tcp(tcp) => (Peer::Tcp(tcp.peer_addr()?), Some(tcp.local_addr()?)),
+            _ => (Peer::Unix { port: target.port }, None),
+        };
         let stream =
             match tokio::time::timeout_at(deadline, negotiate_tls(stream, target, &addr)).await {
                 Err(_) => return Err(timeout("negotiating TLS with")),
@@ -441,12 +445,12 @@ impl ServerConnection {
     }
 
     /// The server's address.
-    pub fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> Peer {
         self.peer
     }
 
-    /// Our end of the connection.
-    pub fn local_addr(&self) -> SocketAddr {
+    /// Our end of the connection (`None` over a Unix socket).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local
     }
 

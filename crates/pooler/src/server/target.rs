@@ -62,7 +62,7 @@ impl fmt::Debug for ServerCredential {
 /// One server login: address, database, user, secret and startup parameters.
 #[derive(Debug, Clone)]
 pub struct ServerTarget {
-    /// Host name or IP address (TCP only).
+    /// Host name or IP address, or a Unix socket directory (starts with '/').
     pub host: String,
     pub port: u16,
     /// The database on the server (`dbname` of the `[databases]` entry).
@@ -129,7 +129,11 @@ impl ServerTarget {
 
     /// `host:port` (IPv6 literals in brackets), as errors and logs name the server.
     pub fn addr_string(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
+        if self.host.starts_with('/') {
+            crate::net::unix_socket_path(std::path::Path::new(&self.host), self.port)
+                .display()
+                .to_string()
+        } else if self.host.contains(':') && !self.host.starts_with('[') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)

@@ -134,7 +134,11 @@ pub async fn pooler_with_userlist(pg: &Instance, settings: &str, userlist_text: 
         .await
         .expect("bind");
     let (stop, rx) = watch::channel(false);
-    let serve = tokio::spawn(runtime::serve(listener, rt.clone(), rx));
+    let serve = tokio::spawn(runtime::serve(
+        pgherd_pooler::net::Listener::Tcp(listener),
+        rt.clone(),
+        rx,
+    ));
     Pooler {
         port,
         rt,
