@@ -5,6 +5,8 @@ use clap::Parser;
 use pgherd_cli::{ctl, demo, node, pooler};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,9 +49,17 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGHERD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // The pooler may also log to its `logfile`; it opens the file once the config is read.
+    let logfile = matches!(cli.command, Command::Pooler(_)).then(pooler::LogFile::default);
+    let file_layer = logfile.clone().map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(f)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(file_layer)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -73,7 +83,7 @@ fn main() -> ExitCode {
                 })?;
                 node::run(&path, validate_config).await
             }
-            Command::Pooler(args) => pooler::run(args).await,
+            Command::Pooler(args) => pooler::run(args, logfile.unwrap_or_default()).await,
             Command::Ctl(args) => ctl::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
