@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod lean_writer;
 pub mod metrics;
 pub mod net;
 pub mod pool;

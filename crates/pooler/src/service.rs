@@ -19,17 +19,18 @@ use tracing::{info, warn};
 pub enum ServiceError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
-    #[error("cannot listen on {addr}: {source}")]
+    // `error`, not `source`: the message already says it (anyhow would repeat it).
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
-    #[error("cannot listen on Unix socket {}: {source}", path.display())]
+    #[error("cannot listen on Unix socket {}: {error}", path.display())]
     ListenUnix {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("Unix socket {} is in use: another pooler or PostgreSQL listens on port {port}", path.display())]
     SocketInUse { path: PathBuf, port: u16 },
@@ -136,9 +137,9 @@ fn bind_unix_socket(settings: &crate::config::Settings) -> Result<Option<Listene
         warn!(path = %path.display(), "removing a stale Unix socket");
         let _ = std::fs::remove_file(&path);
     }
-    let listen_error = |source| ServiceError::ListenUnix {
+    let listen_error = |error| ServiceError::ListenUnix {
         path: path.clone(),
-        source,
+        error,
     };
     let listener = tokio::net::UnixListener::bind(&path).map_err(listen_error)?;
     // From here on the file is removed when the listener is dropped.
@@ -196,7 +197,7 @@ impl Service {
         for addr in addrs {
             let listener = TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServiceError::Listen { addr, source })?;
+                .map_err(|error| ServiceError::Listen { addr, error })?;
             let local = listener.local_addr().unwrap_or(addr);
             info!(addr = %local, "listening");
             bound.push(local);
@@ -221,7 +222,7 @@ impl Service {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
                     .await
-                    .map_err(|source| ServiceError::Listen { addr, source })?;
+                    .map_err(|error| ServiceError::Listen { addr, error })?;
                 let local = listener.local_addr().unwrap_or(addr);
                 info!(addr = %local, "serving metrics on /metrics");
                 let (stop, rx) = watch::channel(false);

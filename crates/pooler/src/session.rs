@@ -7,6 +7,7 @@
 //! mode client gives its server back).
 
 use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
+use crate::lean_writer::LeanWriter;
 use crate::net::{Peer, ReadHalf, Stream, WriteHalf};
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
 use crate::prepared::{self, ClientStatements, Responses};
@@ -23,7 +24,7 @@ use pgherd_protocol::{Frame, FrameDecoder, Message, StartupMessage, StartupPacke
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 /// Startup parameters PgBouncer tracks per client and applies to whichever server the
@@ -47,7 +48,7 @@ const CLIENT_WRITE_BUFFER: usize = 2048;
 const MAX_NEGOTIATIONS: usize = 2;
 
 type ClientReader = FramedReader<ReadHalf>;
-type ClientWriter = BufWriter<WriteHalf>;
+type ClientWriter = LeanWriter<WriteHalf>;
 
 /// Why a session ended early; what the client is told is decided where it is raised.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +89,7 @@ async fn fail<W: AsyncWrite + Unpin>(out: &mut W, e: ErrorResponse) -> SessionEr
 pub async fn refuse(stream: Stream, peer: Peer, reason: &'static str) {
     let (read, write) = stream.split();
     let mut reader = FramedReader::new(read, FrameDecoder::frontend());
-    let mut out = BufWriter::new(write);
+    let mut out = LeanWriter::with_capacity(CLIENT_WRITE_BUFFER, write);
     // Read its startup packet first, so a client that waits to be asked hears why.
     let _ = tokio::time::timeout(Duration::from_secs(5), reader.next_startup()).await;
     info!(%peer, reason, "refusing client");
@@ -97,27 +98,44 @@ pub async fn refuse(stream: Stream, peer: Peer, reason: &'static str) {
 
 /// Serve one client until it leaves or fails.
 pub async fn run(stream: Stream, peer: Peer, rt: Arc<Runtime>) {
+    // Negotiation and login need far more state than a logged-in client: boxed, that
+    // memory is given back once the client is in.
+    let Some((session, lease, mut client, mut out)) = Box::pin(log_in(stream, peer, &rt)).await
+    else {
+        return;
+    };
+    let (pid, key) = (session.pid, session.key);
+    let result = session.serve(lease, &mut client, &mut out, &rt).await;
+    rt.unregister_client(pid, key);
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "session ended");
+    }
+}
+
+/// A logged-in client with its connection.
+type LoggedInClient = (Session, Option<Box<Lease>>, ClientReader, ClientWriter);
+
+/// Startup negotiation, login and welcome; an admin console client is served here to
+/// the end. `None`: nothing more to do.
+async fn log_in(stream: Stream, peer: Peer, rt: &Arc<Runtime>) -> Option<LoggedInClient> {
     let login_timeout = rt.config().settings.client_login_timeout;
     let deadline = login_timeout.map(|t| tokio::time::Instant::now() + t);
     let negotiated = match deadline {
-        Some(d) => match tokio::time::timeout_at(d, negotiate(stream, peer, &rt)).await {
+        Some(d) => match tokio::time::timeout_at(d, negotiate(stream, peer, rt)).await {
             Ok(n) => n,
             Err(_) => {
                 debug!(%peer, "client_login_timeout during the startup negotiation");
-                return;
+                return None;
             }
         },
-        None => negotiate(stream, peer, &rt).await,
+        None => negotiate(stream, peer, rt).await,
     };
-    let Some(Negotiated {
+    let Negotiated {
         stream,
         buffered,
         startup,
         tls,
-    }) = negotiated
-    else {
-        return;
-    };
+    } = negotiated?;
     if let Some(client) = crate::runtime::current_client() {
         client.set_tls(tls.clone());
     }
@@ -125,9 +143,10 @@ pub async fn run(stream: Stream, peer: Peer, rt: Arc<Runtime>) {
     // Small buffers: most clients sit idle most of the time, and both grow (or are
     // bypassed) for large messages.
     let mut client =
-        FramedReader::with_buffer(read, FrameDecoder::frontend(), buffered, CLIENT_READ_CHUNK);
-    let mut out = BufWriter::with_capacity(CLIENT_WRITE_BUFFER, write);
-    let login = login(&mut client, &mut out, peer, !tls.is_empty(), startup, &rt);
+        FramedReader::with_buffer(read, FrameDecoder::frontend(), buffered, CLIENT_READ_CHUNK)
+            .lean();
+    let mut out = LeanWriter::with_capacity(CLIENT_WRITE_BUFFER, write);
+    let login = login(&mut client, &mut out, peer, !tls.is_empty(), startup, rt);
     let logged_in = match deadline {
         Some(d) => match tokio::time::timeout_at(d, login).await {
             Ok(r) => r,
@@ -147,10 +166,17 @@ pub async fn run(stream: Stream, peer: Peer, rt: Arc<Runtime>) {
                 peer,
                 tls: !tls.is_empty(),
             };
-            crate::admin::serve(&mut client, &mut out, origin, &rt, &startup).await;
-            return;
+            Box::pin(crate::admin::serve(
+                &mut client,
+                &mut out,
+                origin,
+                rt,
+                &startup,
+            ))
+            .await;
+            return None;
         }
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(SessionError::Client(FramedError::Protocol(e))) => {
             // Garbage, a length beyond the limits, a malformed startup packet.
             info!(%peer, error = %e, "protocol violation during login");
@@ -163,19 +189,14 @@ pub async fn run(stream: Stream, peer: Peer, rt: Arc<Runtime>) {
                 ),
             )
             .await;
-            return;
+            return None;
         }
         Err(e) => {
             debug!(%peer, error = %e, "login ended");
-            return;
+            return None;
         }
     };
-    let (pid, key) = (session.pid, session.key);
-    let result = session.serve(lease, &mut client, &mut out, &rt).await;
-    rt.unregister_client(pid, key);
-    if let Err(e) = result {
-        debug!(%peer, error = %e, "session ended");
-    }
+    Some((session, lease, client, out))
 }
 
 /// Where a client connects from, as authentication rules (auth_hba_file) see it.
@@ -200,10 +221,20 @@ struct Session {
     cancel: CancelSlot,
 }
 
+/// How the next transaction starts.
+enum Start {
+    /// Waiting for the client.
+    Idle,
+    /// With this first message from the client.
+    Message(Frame),
+    /// With the server taken at login (session mode); boxed, as a Lease is large.
+    Attached(Box<Lease>),
+}
+
 /// Who got past the startup phase.
 enum LoggedIn {
     /// A client of a pooled database, with the server taken at login (if one was).
-    Client(Box<(Session, Option<Lease>)>),
+    Client(Box<(Session, Option<Box<Lease>>)>),
     /// A client of the admin console (`pgbouncer`), which authenticates it itself.
     Admin(StartupMessage),
 }
@@ -303,7 +334,10 @@ async fn login(
     .await?;
     out.flush().await?;
     info!(peer = %session.peer, user = %session.user, database = %session.database, mode = session.mode.as_str(), "client logged in");
-    Ok(Some(LoggedIn::Client(Box::new((session, lease)))))
+    Ok(Some(LoggedIn::Client(Box::new((
+        session,
+        lease.map(Box::new),
+    )))))
 }
 
 /// A client past the startup negotiation.
@@ -839,45 +873,73 @@ fn ready_for_queries_expected(tag: u8) -> usize {
 
 impl Session {
     /// Forward until the client leaves. `login` is the server connection taken at login.
+    ///
+    /// Between transactions this future holds little: everything a transaction needs
+    /// lives in a boxed future that exists only while the transaction runs, so an idle
+    /// client costs a few hundred bytes here rather than the whole state machine.
     async fn serve(
         self,
-        login: Option<Lease>,
+        login: Option<Box<Lease>>,
         client: &mut ClientReader,
         out: &mut ClientWriter,
         rt: &Runtime,
     ) -> Result<(), SessionError> {
-        let settings = rt.config().settings.clone();
-        let mut lease = match (self.mode, login) {
-            (PoolMode::Session, Some(login)) => match self.prepare(login).await {
-                Ok(l) => Some(l),
-                Err(e) => return Err(fail(out, e).await),
-            },
-            (_, Some(login)) => {
-                self.pool.release(login, true).await;
-                None
-            }
-            // Session mode too takes its server with the first message.
-            (_, None) => None,
-        };
-        // Queries and Syncs sent whose ReadyForQuery has not come back yet.
-        let mut pending = 0usize;
+        let config = rt.config();
+        let settings = &config.settings;
         let mut tracking = (self.mode != PoolMode::Session && settings.max_prepared_statements > 0)
             .then(|| Tracking {
                 statements: ClientStatements::default(),
                 responses: Responses::default(),
                 limit: settings.max_prepared_statements as usize,
             });
+        let mut next = match (self.mode, login) {
+            // Session mode keeps the server it logged in with.
+            (PoolMode::Session, Some(login)) => Start::Attached(login),
+            (_, Some(login)) => {
+                Box::pin(self.pool.release(*login, true)).await;
+                Start::Idle
+            }
+            // Session mode too takes its server with the first message.
+            (_, None) => Start::Idle,
+        };
         loop {
-            let Some(mut attached) = lease.take() else {
-                // Between transactions: wait for the client's next message, then a server.
-                let first = match self
+            if let Start::Idle = next {
+                // Between transactions: wait for the client's next message.
+                next = match self
                     .next_from_client(client, settings.client_idle_timeout)
-                    .await
+                    .await?
                 {
-                    Ok(Some(f)) if f.tag != b'X' => f,
-                    Ok(_) => return Ok(()),
-                    Err(e) => return Err(e),
+                    Some(f) if f.tag != b'X' => Start::Message(f),
+                    _ => return Ok(()),
                 };
+            }
+            let transaction = self.transaction(next, client, out, settings, &mut tracking);
+            if !Box::pin(transaction).await? {
+                return Ok(());
+            }
+            next = Start::Idle;
+        }
+    }
+
+    /// One transaction (transaction mode), or the rest of the session (session mode):
+    /// take a server unless attached already, forward until it is done. `Ok(false)`:
+    /// the client left.
+    async fn transaction(
+        &self,
+        start: Start,
+        client: &mut ClientReader,
+        out: &mut ClientWriter,
+        settings: &crate::config::Settings,
+        tracking: &mut Option<Tracking>,
+    ) -> Result<bool, SessionError> {
+        // Queries and Syncs sent whose ReadyForQuery has not come back yet.
+        let mut pending = 0usize;
+        let mut attached = match start {
+            Start::Attached(login) => match self.prepare(*login).await {
+                Ok(l) => l,
+                Err(e) => return Err(fail(out, e).await),
+            },
+            Start::Message(first) => {
                 let acquired = match self.pool.acquire().await {
                     Ok(l) => l,
                     Err(e) => return Err(fail(out, pool_error(&e)).await),
@@ -886,63 +948,53 @@ impl Session {
                     Ok(l) => l,
                     Err(e) => return Err(fail(out, e).await),
                 };
-                let (batch, gone) = match self.client_batch(
-                    first,
-                    client,
-                    &mut tracking,
-                    &mut attached,
-                    &mut pending,
-                ) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.pool.release(attached, false).await;
-                        return Err(fail(out, error(Severity::Fatal, "08P01", e.to_string())).await);
-                    }
-                };
+                let (batch, gone) =
+                    match self.client_batch(first, client, tracking, &mut attached, &mut pending) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            self.pool.release(attached, false).await;
+                            let e = error(Severity::Fatal, "08P01", e.to_string());
+                            return Err(fail(out, e).await);
+                        }
+                    };
                 if let Err(e) = attached.conn.write_all(&batch).await {
                     self.pool.release(attached, false).await;
                     return Err(fail(out, server_lost(&e.to_string())).await);
                 }
                 if gone {
-                    self.finish(attached, pending, &settings).await;
-                    return Ok(());
+                    self.finish(attached, pending, settings).await;
+                    return Ok(false);
                 }
-                self.synthetic_answers(out, &mut tracking).await?;
+                self.synthetic_answers(out, tracking).await?;
                 out.flush().await?;
-                lease = Some(attached);
-                continue;
-            };
-            match self
-                .pump(
-                    &mut attached,
-                    client,
-                    out,
-                    &mut pending,
-                    &settings,
-                    &mut tracking,
-                )
-                .await?
-            {
-                Pump::ClientGone => {
-                    self.finish(attached, pending, &settings).await;
-                    return Ok(());
-                }
-                Pump::TransactionDone => {
-                    self.detach();
-                    let reset = settings.server_reset_query_always;
-                    let reusable = !reset || self.reset(&mut attached, &settings).await;
-                    self.pool.release(attached, reusable).await;
-                }
-                Pump::Ended(which) => {
-                    info!(peer = %self.peer, user = %self.user, reason = which, "closing client");
-                    self.finish(attached, pending, &settings).await;
-                    return Err(fail(out, error(Severity::Fatal, "08P01", which)).await);
-                }
-                Pump::ServerFailed(why) => {
-                    self.detach();
-                    self.pool.release(attached, false).await;
-                    return Err(fail(out, server_lost(&why)).await);
-                }
+                attached
+            }
+            Start::Idle => return Ok(true),
+        };
+        match self
+            .pump(&mut attached, client, out, &mut pending, settings, tracking)
+            .await?
+        {
+            Pump::ClientGone => {
+                self.finish(attached, pending, settings).await;
+                Ok(false)
+            }
+            Pump::TransactionDone => {
+                self.detach();
+                let reset = settings.server_reset_query_always;
+                let reusable = !reset || self.reset(&mut attached, settings).await;
+                self.pool.release(attached, reusable).await;
+                Ok(true)
+            }
+            Pump::Ended(which) => {
+                info!(peer = %self.peer, user = %self.user, reason = which, "closing client");
+                self.finish(attached, pending, settings).await;
+                Err(fail(out, error(Severity::Fatal, "08P01", which)).await)
+            }
+            Pump::ServerFailed(why) => {
+                self.detach();
+                self.pool.release(attached, false).await;
+                Err(fail(out, server_lost(&why)).await)
             }
         }
     }

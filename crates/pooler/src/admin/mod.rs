@@ -23,6 +23,7 @@ mod show_users;
 mod show_version;
 mod shutdown;
 
+use crate::lean_writer::LeanWriter;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::runtime::{current_client, Runtime};
 use crate::server::FramedReader;
@@ -37,7 +38,7 @@ use pgherd_protocol::backend::{
 use pgherd_protocol::frontend::Query;
 use pgherd_protocol::{Message, StartupMessage};
 use std::sync::Arc;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tracing::{debug, info};
 
 /// The database name that reaches the console instead of a server.
@@ -47,7 +48,7 @@ pub const ADMIN_DATABASE: &str = "pgbouncer";
 pub const PGBOUNCER_VERSION: &str = "1.25.1";
 
 type ClientReader = FramedReader<ReadHalf>;
-type ClientWriter = BufWriter<WriteHalf>;
+type ClientWriter = LeanWriter<WriteHalf>;
 
 /// What a console user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

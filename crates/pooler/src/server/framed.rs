@@ -6,11 +6,17 @@
 
 use bytes::BytesMut;
 use pgherd_protocol::{Frame, FrameDecoder, ProtocolError, StartupPacket};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// How much room a read asks for when the buffer is full: PgBouncer's default
 /// `pkt_buf` (4096) doubled, enough for a typical result batch in one syscall.
 pub const DEFAULT_READ_CHUNK: usize = 8 * 1024;
+
+/// The most a lean reader takes per read while it holds no buffer.
+const LEAN_READ_MAX: usize = 4096;
 
 /// An idle buffer larger than this (after a large message) is given back, so a
 /// long-lived connection does not keep its largest message's allocation.
@@ -37,6 +43,8 @@ pub struct FramedReader<R> {
     decoder: FrameDecoder,
     chunk: usize,
     bytes_read: u64,
+    /// Hold no buffer between messages (see [`FramedReader::lean`]).
+    lean: bool,
 }
 
 impl<R: AsyncRead + Unpin> FramedReader<R> {
@@ -54,7 +62,16 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
             decoder,
             chunk: chunk.max(64),
             bytes_read: 0,
+            lean: false,
         }
+    }
+
+    /// Give the buffer back whenever it is empty, and wait for data without one (a
+    /// read lands on the stack first): an idle client then holds no read buffer, at
+    /// the price of one small allocation per message.
+    pub fn lean(mut self) -> Self {
+        self.lean = true;
+        self
     }
 
     /// Continue with bytes already read from `inner` (e.g. after a TLS handshake
@@ -109,8 +126,23 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
 
     /// One read into the buffer; `false` on EOF.
     async fn fill(&mut self) -> Result<bool, FramedError> {
-        if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+        if self.buf.is_empty() && (self.lean || self.buf.capacity() > SHRINK_ABOVE) {
             self.buf = BytesMut::new();
+        }
+        if self.lean && self.buf.is_empty() {
+            let room = self.chunk.min(LEAN_READ_MAX);
+            let (inner, buf) = (&mut self.inner, &mut self.buf);
+            // The stack array lives only inside one poll, not in this future's state.
+            let n = std::future::poll_fn(|cx| {
+                let mut stack = [MaybeUninit::<u8>::uninit(); LEAN_READ_MAX];
+                let mut read = ReadBuf::uninit(&mut stack[..room]);
+                ready!(Pin::new(&mut *inner).poll_read(cx, &mut read))?;
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok::<_, std::io::Error>(read.filled().len()))
+            })
+            .await?;
+            self.bytes_read += n as u64;
+            return Ok(n > 0);
         }
         if self.buf.capacity() - self.buf.len() < self.chunk / 2 {
             self.buf.reserve(self.chunk);
