@@ -61,10 +61,21 @@ fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(file_layer)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match pooler_threads(&cli.command) {
+        Ok(1) => tokio::runtime::Builder::new_current_thread(),
+        Ok(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+        Err(e) => {
+            eprintln!("pgherd: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgherd: error: cannot start the async runtime: {e}");
@@ -94,5 +105,26 @@ fn main() -> ExitCode {
             eprintln!("pgherd: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Worker threads of the async runtime; 0 means tokio's default (one per core).
+///
+/// The pooler runs on one thread, as PgBouncer does: next to PostgreSQL on a small
+/// machine, waking a second worker for each message costs more CPU than the second
+/// core gives back (bench/README.md measures it). `PGHERD_POOLER_THREADS=N` runs N
+/// workers instead. Everything else uses one worker per core.
+fn pooler_threads(command: &Command) -> Result<usize, String> {
+    if !matches!(command, Command::Pooler(_)) {
+        return Ok(0);
+    }
+    match std::env::var("PGHERD_POOLER_THREADS") {
+        Err(_) => Ok(1),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "PGHERD_POOLER_THREADS must be a number of threads from 1 to 1024, not '{v}'"
+            )),
+        },
     }
 }
