@@ -72,7 +72,9 @@ pub struct ClientInfo {
     pub local_addr: Option<SocketAddr>,
     pub connect_time: SystemTime,
     view: Mutex<ClientView>,
-    kill: watch::Sender<bool>,
+    /// `KILL` wakes the session's task, which then drops the session. (A Notify: a
+    /// watch channel would cost every idle client a few hundred bytes.)
+    kill_notify: tokio::sync::Notify,
 }
 
 impl ClientInfo {
@@ -120,7 +122,8 @@ impl ClientInfo {
     /// End this client's session (`KILL`): its connection and any server it holds
     /// are closed.
     pub fn kill(&self) {
-        self.kill.send_replace(true);
+        // A stored permit if the session is not waiting yet: it ends at its first wait.
+        self.kill_notify.notify_one();
     }
 }
 
@@ -132,12 +135,14 @@ struct PauseState {
 }
 
 /// Where to send a client's CancelRequest: the server backend it is attached to now.
+///
+/// Set each time a client attaches to a server, so nothing here allocates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u16,
     pub backend_pid: i32,
-    pub cancel_key: Vec<u8>,
+    pub cancel_key: bytes::Bytes,
 }
 
 /// A client's slot in the cancel registry, updated as it attaches to servers.
@@ -271,7 +276,7 @@ impl Runtime {
                 cancel_key: None,
                 tls: String::new(),
             }),
-            kill: watch::channel(false).0,
+            kill_notify: tokio::sync::Notify::new(),
         });
         lock(&self.clients).insert(id, info.clone());
         info
@@ -676,14 +681,13 @@ pub async fn serve(listener: Listener, runtime: Arc<Runtime>, mut shutdown: watc
             Ok(slot) => {
                 let client = runtime.add_client(peer, local);
                 tokio::spawn(async move {
-                    let mut killed = client.kill.subscribe();
                     let session = CURRENT_CLIENT
                         .scope(client.clone(), session::run(stream, peer, runtime.clone()));
                     // KILL drops the session: its sockets close, a held server is closed
                     // and its slot freed.
                     tokio::select! {
                         _ = session => {}
-                        _ = killed.wait_for(|k| *k) => debug!(%peer, "client killed"),
+                        _ = client.kill_notify.notified() => debug!(%peer, "client killed"),
                     }
                     runtime.remove_client(client.id);
                     drop(slot);

@@ -219,6 +219,8 @@ struct Session {
     pid: i32,
     key: u32,
     cancel: CancelSlot,
+    /// The pool's server host, shared with the cancel registry.
+    server_host: Arc<str>,
 }
 
 /// How the next transaction starts.
@@ -308,11 +310,12 @@ async fn login(
         user,
         database,
         mode,
-        pool,
         wanted,
         pid,
         key: key_secret,
         cancel,
+        server_host: Arc::from(pool.target().host.as_str()),
+        pool,
     };
     send(out, &Authentication::Ok).await?;
     for (name, value) in &parameters {
@@ -1252,12 +1255,11 @@ impl Session {
                 return Err(answer);
             }
         }
-        let target = self.pool.target();
         *lock(&self.cancel) = Some(CancelTarget {
-            host: target.host.clone(),
-            port: target.port,
+            host: self.server_host.clone(),
+            port: self.pool.target().port,
             backend_pid: lease.conn.backend_pid(),
-            cancel_key: lease.conn.cancel_key().to_vec(),
+            cancel_key: lease.conn.cancel_key_bytes(),
         });
         Ok(lease)
     }

@@ -394,6 +394,11 @@ impl ServerConnection {
         &self.tls
     }
 
+    /// The cancel key, shared (no copy).
+    pub fn cancel_key_bytes(&self) -> Bytes {
+        self.cancel_key.clone()
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }
