@@ -29,7 +29,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -322,11 +322,37 @@ struct StatsWindow {
     newer: (Instant, StatsSnapshot),
 }
 
+/// Grow or shrink a slot semaphore from `from` to `to` permits. Shrinking takes the
+/// permits back as they become free: clients queue behind that (the semaphore is
+/// fair), which is what a smaller pool means.
+fn resize(slots: &Arc<Semaphore>, from: usize, to: usize) {
+    if to > from {
+        slots.add_permits(to - from);
+    } else if to < from {
+        let n = u32::try_from(from - to).unwrap_or(u32::MAX);
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            if let Ok(p) = slots.acquire_many_owned(n).await {
+                p.forget();
+            }
+        });
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A pool of server connections for one (database, user).
 pub struct Pool {
     pub key: PoolKey,
-    target: ServerTarget,
-    limits: PoolLimits,
+    /// Both replaced by RELOAD ([`Pool::reconfigure`]).
+    target: RwLock<Arc<ServerTarget>>,
+    limits: RwLock<Arc<PoolLimits>>,
     slots: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
     idle: Mutex<VecDeque<Idle>>,
@@ -493,8 +519,8 @@ impl Pool {
             key,
             slots: Arc::new(Semaphore::new(limits.pool_size)),
             reserve: Arc::new(Semaphore::new(limits.reserve_pool_size)),
-            target,
-            limits,
+            target: RwLock::new(Arc::new(target)),
+            limits: RwLock::new(Arc::new(limits)),
             idle: Mutex::new(VecDeque::new()),
             stats: PoolStats::default(),
             servers: Arc::new(Mutex::new(BTreeMap::new())),
@@ -537,19 +563,47 @@ impl Pool {
         *lock(&self.welcome) = Some(parameters.to_vec());
     }
 
-    pub fn limits(&self) -> &PoolLimits {
-        &self.limits
+    pub fn limits(&self) -> Arc<PoolLimits> {
+        read(&self.limits).clone()
     }
 
-    pub fn target(&self) -> &ServerTarget {
-        &self.target
+    pub fn target(&self) -> Arc<ServerTarget> {
+        read(&self.target).clone()
     }
 
-    /// Servers lent to clients right now (a lent server holds a slot; idle ones do not).
+    /// Apply a reloaded configuration: new limits at once (a smaller pool takes back
+    /// slots as lent servers return, so clients wait rather than exceed it); a changed
+    /// server address, database, user or parameters reconnects like `RECONNECT`.
+    pub fn reconfigure(self: &Arc<Self>, target: ServerTarget, limits: PoolLimits) {
+        let old_limits = self.limits();
+        resize(&self.slots, old_limits.pool_size, limits.pool_size);
+        resize(
+            &self.reserve,
+            old_limits.reserve_pool_size,
+            limits.reserve_pool_size,
+        );
+        *write(&self.limits) = Arc::new(limits);
+        let old = self.target();
+        let moved = old.host != target.host
+            || old.port != target.port
+            || old.database != target.database
+            || old.user != target.user
+            || old.startup_params != target.startup_params
+            || old.tls.mode != target.tls.mode;
+        *write(&self.target) = Arc::new(target);
+        if moved {
+            info!(pool = ?self.key, "server settings changed: reconnecting");
+            let pool = self.clone();
+            tokio::spawn(async move { pool.reconnect().await });
+        }
+    }
+
+    /// Servers lent to clients right now.
     pub fn active(&self) -> usize {
-        let main = self.limits.pool_size - self.slots.available_permits();
-        let reserve = self.limits.reserve_pool_size - self.reserve.available_permits();
-        main + reserve
+        lock(&self.servers)
+            .values()
+            .filter(|s| s.state == ServerState::Active)
+            .count()
     }
 
     pub fn idle_count(&self) -> usize {
@@ -630,7 +684,7 @@ impl Pool {
             let _waiting = Waiting::new(&self.stats.clients_waiting);
             match self.wait_for_slot(started).await {
                 Ok(slot) => {
-                    let deadline = self.limits.query_wait_timeout.map(|t| started + t);
+                    let deadline = self.limits().query_wait_timeout.map(|t| started + t);
                     self.obtain(deadline).await.map(|o| (slot, o))
                 }
                 Err(e) => Err(e),
@@ -779,7 +833,8 @@ impl Pool {
     ) -> Result<(ServerConnection, ServerTicket), PoolError> {
         self.stats.server_connects.fetch_add(1, Ordering::Relaxed);
         let connecting = Waiting::new(&self.stats.servers_connecting);
-        let conn = ServerConnection::connect(&self.target).await;
+        let target = self.target();
+        let conn = ServerConnection::connect(&target).await;
         drop(connecting);
         match conn {
             Ok(conn) => {
@@ -789,7 +844,7 @@ impl Pool {
                 Ok((conn, ticket))
             }
             Err(e) => {
-                warn!(pool = ?self.key, error = %e, retry_after = ?self.limits.server_login_retry,
+                warn!(pool = ?self.key, error = %e, retry_after = ?self.limits().server_login_retry,
                     "server login failed");
                 *lock(&self.login_failure) = Some((Instant::now(), replay(&e)));
                 Err(e.into())
@@ -802,7 +857,7 @@ impl Pool {
     fn login_retry_pending(&self) -> Option<(ServerError, Instant)> {
         let failure = lock(&self.login_failure);
         let (at, e) = failure.as_ref()?;
-        let retry_at = *at + self.limits.server_login_retry;
+        let retry_at = *at + self.limits().server_login_retry;
         (Instant::now() < retry_at).then(|| (replay(e), retry_at))
     }
 
@@ -850,12 +905,12 @@ impl Pool {
     }
 
     async fn wait_for_slot(&self, started: Instant) -> Result<OwnedSemaphorePermit, PoolError> {
-        let deadline = self.limits.query_wait_timeout.map(|t| started + t);
+        let deadline = self.limits().query_wait_timeout.map(|t| started + t);
         self.wait_unpaused(deadline).await?;
         // First only the main slots; after reserve_pool_timeout the reserve too.
         let reserve_after = match (
-            self.limits.reserve_pool_size,
-            self.limits.reserve_pool_timeout,
+            self.limits().reserve_pool_size,
+            self.limits().reserve_pool_timeout,
         ) {
             (0, _) => None,
             (_, t) => Some(started + t.unwrap_or(Duration::ZERO)),
@@ -889,9 +944,9 @@ impl Pool {
                 since,
                 ticket,
             } = lock(&self.idle).pop_back()?;
-            let too_old = conn.created_at().elapsed() >= self.limits.server_lifetime;
+            let too_old = conn.created_at().elapsed() >= self.limits().server_lifetime;
             let idle_too_long = self
-                .limits
+                .limits()
                 .server_idle_timeout
                 .is_some_and(|t| since.elapsed() >= t);
             let stale = ticket.generation < self.generation();
@@ -900,8 +955,8 @@ impl Pool {
                 conn.close().await;
                 continue;
             }
-            if since.elapsed() >= self.limits.server_check_delay {
-                if let Some(q) = &self.limits.server_check_query {
+            if since.elapsed() >= self.limits().server_check_delay {
+                if let Some(q) = &self.limits().server_check_query {
                     if let Err(e) = conn.simple_query(q).await {
                         debug!(pool = ?self.key, server = conn.id(), error = %e, "server check failed");
                         conn.close().await;
@@ -976,7 +1031,7 @@ impl Pool {
     /// pool.
     fn min_servers(&self) -> usize {
         if self.used.load(Ordering::Relaxed) {
-            self.limits.min_pool_size.min(self.limits.pool_size)
+            self.limits().min_pool_size.min(self.limits().pool_size)
         } else {
             0
         }
@@ -1008,11 +1063,11 @@ impl Pool {
             while i < idle.len() {
                 let Some(it) = idle.get_mut(i) else { break };
                 let dead = !still_alive(&mut it.conn);
-                let too_old = it.conn.created_at().elapsed() >= self.limits.server_lifetime;
+                let too_old = it.conn.created_at().elapsed() >= self.limits().server_lifetime;
                 let stale = it.ticket.generation < generation;
                 let idle_too_long = total > keep
                     && self
-                        .limits
+                        .limits()
                         .server_idle_timeout
                         .is_some_and(|t| it.since.elapsed() >= t);
                 if dead || too_old || stale || idle_too_long {

@@ -340,7 +340,8 @@ impl Runtime {
     }
 
     /// Swap in re-read files (RELOAD, SIGHUP). Sessions pick the new settings up at
-    /// their next decision; existing pools keep their size until restart.
+    /// their next decision; existing pools are resized and, when their server moved,
+    /// reconnected.
     pub fn reload(
         &self,
         config: PoolerConfig,
@@ -352,6 +353,20 @@ impl Runtime {
         replace(&self.userlist, Arc::new(userlist));
         replace(&self.hba, hba.map(Arc::new));
         replace(&self.tls, tls);
+        // Existing pools take the new sizes, limits and server settings.
+        let config = self.config();
+        for pool in self.pools() {
+            let Some(mut db) = config.resolve_database(&pool.key.database) else {
+                continue;
+            };
+            let auth_user = db.auth_user.as_ref().or(config.settings.auth_user.as_ref());
+            if auth_user == Some(&pool.key.user) {
+                db = auth_lookup_database(&db);
+            }
+            let credential = pool.target().credential.clone();
+            let (target, limits) = self.pool_settings(&config, &pool.key, &db, credential);
+            pool.reconfigure(target, limits);
+        }
     }
 
     /// TLS toward clients and servers, as last loaded.
@@ -406,18 +421,14 @@ impl Runtime {
         }
     }
 
-    /// The pool for `key`, created on first use with the database's settings.
-    pub fn pool(
+    /// The server target and limits of `key`'s pool under `config`.
+    fn pool_settings(
         &self,
+        config: &PoolerConfig,
         key: &PoolKey,
         db: &DatabaseConfig,
         credential: ServerCredential,
-    ) -> Arc<Pool> {
-        let mut pools = lock(&self.pools);
-        if let Some(p) = pools.get(key) {
-            return p.clone();
-        }
-        let config = self.config();
+    ) -> (ServerTarget, PoolLimits) {
         let s = &config.settings;
         let target = ServerTarget {
             // No host: the Unix socket in unix_socket_dir, as PgBouncer does.
@@ -457,6 +468,24 @@ impl Runtime {
             min_pool_size: db.min_pool_size.unwrap_or(s.min_pool_size) as usize,
             server_login_retry: s.server_login_retry,
         };
+        (target, limits)
+    }
+
+    /// The pool for `key`, created on first use with the database's settings.
+    pub fn pool(
+        &self,
+        key: &PoolKey,
+        db: &DatabaseConfig,
+        credential: ServerCredential,
+    ) -> Arc<Pool> {
+        let mut pools = lock(&self.pools);
+        if let Some(p) = pools.get(key) {
+            return p.clone();
+        }
+        let config = self.config();
+        let s = &config.settings;
+        let (target, limits) = self.pool_settings(&config, key, db, credential);
+        let user = config.users.get(&key.user);
         // `[databases]`/`[users]` override the global limit; 0 there means unlimited.
         let max_db = db.max_db_connections.unwrap_or(s.max_db_connections);
         let max_user = user
@@ -635,6 +664,16 @@ async fn janitor_loop(
     }
     fills.shutdown().await;
     debug!("pool janitor stopped");
+}
+
+/// The database entry `auth_query` logs in with as `auth_user`: `auth_dbname` if set,
+/// and never the entry's forced `user`/`password`.
+pub(crate) fn auth_lookup_database(db: &DatabaseConfig) -> DatabaseConfig {
+    let mut lookup = db.clone();
+    lookup.dbname = db.auth_dbname.clone().or_else(|| db.dbname.clone());
+    lookup.user = None;
+    lookup.password = None;
+    lookup
 }
 
 /// Session parameters a `[databases]` entry asks the server for.

@@ -567,10 +567,7 @@ async fn auth_query(
         Some(Secret::Md5(h)) => ServerCredential::Md5Hash(h.clone()),
         _ => ServerCredential::None,
     };
-    let mut lookup_db = db.clone();
-    lookup_db.dbname = db.auth_dbname.clone().or_else(|| db.dbname.clone());
-    lookup_db.user = None;
-    lookup_db.password = None;
+    let lookup_db = crate::runtime::auth_lookup_database(db);
     let key = PoolKey {
         database: database.to_string(),
         user: auth_user.clone(),

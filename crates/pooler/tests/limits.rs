@@ -415,3 +415,101 @@ async fn janitor_closes_idle_servers_past_server_lifetime() {
     assert!(gone < Duration::from_secs(3), "closed after {gone:?}");
     c.batch_execute("SELECT 1").await.expect("next transaction");
 }
+
+/// Rewrite the pooler's pgbouncer.ini with `settings` and reload it, as `RELOAD` does.
+fn reload_with(p: &common::Pooler, pg: &Instance, settings: &str) {
+    let userlist = p.ini.with_file_name("userlist.txt");
+    std::fs::write(&p.ini, common::ini_text(pg, p.port, &userlist, settings)).expect("ini");
+    pgherd_pooler::service::reload_runtime(&p.rt, &p.ini).expect("reload");
+}
+
+/// Open `n` transaction-mode clients that each hold a server (inside BEGIN).
+async fn holders(port: u16, n: usize) -> Vec<tokio_postgres::Client> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let c = connect(port, "app", APP_PASSWORD, "appdb")
+            .await
+            .expect("login");
+        c.batch_execute("BEGIN; SELECT 1").await.expect("begin");
+        held.push(c);
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_grows_and_shrinks_pools_and_reconnects_moved_servers() {
+    let _serial = SERIAL.lock().await;
+    let server = postgres().await;
+    let pg = &server.pg;
+    let base = "pool_mode = transaction\nquery_wait_timeout = 2\n";
+    let p = pooler(pg, &format!("{base}default_pool_size = 2")).await;
+
+    // Two servers, both in transactions: a third client waits and times out.
+    let held = holders(p.port, 2).await;
+    let third = connect(p.port, "app", APP_PASSWORD, "appdb")
+        .await
+        .expect("login");
+    let e = third.simple_query("SELECT 1").await.expect_err("pool full");
+    assert_eq!(sqlstate(&e), "08P01", "{e}");
+
+    // default_pool_size = 4 by RELOAD: a new client gets a third server right away.
+    reload_with(&p, pg, &format!("{base}default_pool_size = 4"));
+    let more = holders(p.port, 2).await;
+    assert_eq!(server_connections(pg).await, 4);
+    drop(more);
+    for c in &held {
+        c.batch_execute("COMMIT").await.expect("commit");
+    }
+
+    // Back to 1: two transactions now take turns on one server.
+    reload_with(&p, pg, &format!("{base}default_pool_size = 1"));
+    let a = connect(p.port, "app", APP_PASSWORD, "appdb")
+        .await
+        .expect("a");
+    let b = connect(p.port, "app", APP_PASSWORD, "appdb")
+        .await
+        .expect("b");
+    let mut in_use = None;
+    for _ in 0..100 {
+        // The shrink takes slots back as servers return; the clients above are done.
+        a.batch_execute("BEGIN; SELECT 1").await.expect("a begins");
+        let blocked = tokio::time::timeout(Duration::from_millis(500), b.simple_query("SELECT 1"))
+            .await
+            .is_err();
+        a.batch_execute("COMMIT").await.expect("a commits");
+        if blocked {
+            in_use = Some(());
+            break;
+        }
+    }
+    assert!(in_use.is_some(), "b never had to wait for a's server");
+    b.simple_query("SELECT 1")
+        .await
+        .expect("b runs once a is done");
+
+    // A changed [databases] entry (here its application_name) reconnects the pool.
+    let before = app_pids(pg).await;
+    let userlist = p.ini.with_file_name("userlist.txt");
+    let text = common::ini_text(
+        pg,
+        p.port,
+        &userlist,
+        &format!("{base}default_pool_size = 1"),
+    )
+    .replace("dbname=postgres", "dbname=postgres application_name=moved");
+    std::fs::write(&p.ini, text).expect("ini");
+    pgherd_pooler::service::reload_runtime(&p.rt, &p.ini).expect("reload");
+    let row = a
+        .query_one(
+            "SELECT current_setting('application_name'), pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("query after the move");
+    let (name, pid): (String, i32) = (row.get(0), row.get(1));
+    assert_eq!(name, "moved");
+    assert!(
+        !before.contains(&pid),
+        "a new server connection: {pid} in {before:?}"
+    );
+}
