@@ -23,7 +23,7 @@ use pgherd_protocol::frontend::{PasswordMessage, SaslInitialResponse, SaslRespon
 use pgherd_protocol::{Frame, FrameDecoder, Message, StartupMessage, StartupPacket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
@@ -221,6 +221,55 @@ struct Session {
     cancel: CancelSlot,
     /// The pool's server host, shared with the cancel registry.
     server_host: Arc<str>,
+}
+
+/// What the server owes a client, and since when (SHOW STATS' query and transaction
+/// times).
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Queries and Syncs sent whose ReadyForQuery has not come back yet.
+    pending: usize,
+    /// When the oldest unanswered query went out.
+    query_started: Option<Instant>,
+    /// When the running transaction's first query went out.
+    xact_started: Option<Instant>,
+}
+
+impl InFlight {
+    /// `expected` more ReadyForQuery are owed (a Query or a Sync went out).
+    fn sent(&mut self, expected: usize) {
+        if expected == 0 {
+            return;
+        }
+        if self.pending == 0 || self.xact_started.is_none() {
+            let now = Instant::now();
+            self.query_started.get_or_insert(now);
+            self.xact_started.get_or_insert(now);
+        }
+        self.pending += expected;
+    }
+
+    /// A ReadyForQuery came back; `idle`: the transaction is over.
+    fn ready(&mut self, idle: bool, stats: &crate::pool::PoolStats) {
+        self.pending = self.pending.saturating_sub(1);
+        let now = Instant::now();
+        let micros = |since: Instant| now.duration_since(since).as_micros() as u64;
+        if let Some(t) = self.query_started.take() {
+            stats
+                .total_query_time_us
+                .fetch_add(micros(t), Ordering::Relaxed);
+        }
+        if self.pending > 0 {
+            self.query_started = Some(now);
+        }
+        if idle {
+            if let Some(t) = self.xact_started.take() {
+                stats
+                    .total_xact_time_us
+                    .fetch_add(micros(t), Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// How the next transaction starts.
@@ -933,7 +982,7 @@ impl Session {
         tracking: &mut Option<Tracking>,
     ) -> Result<bool, SessionError> {
         // Queries and Syncs sent whose ReadyForQuery has not come back yet.
-        let mut pending = 0usize;
+        let mut flight = InFlight::default();
         let mut attached = match start {
             Start::Attached(login) => match self.prepare(*login).await {
                 Ok(l) => l,
@@ -949,7 +998,7 @@ impl Session {
                     Err(e) => return Err(fail(out, e).await),
                 };
                 let (batch, gone) =
-                    match self.client_batch(first, client, tracking, &mut attached, &mut pending) {
+                    match self.client_batch(first, client, tracking, &mut attached, &mut flight) {
                         Ok(b) => b,
                         Err(e) => {
                             self.pool.release(attached, false).await;
@@ -962,7 +1011,7 @@ impl Session {
                     return Err(fail(out, server_lost(&e.to_string())).await);
                 }
                 if gone {
-                    self.finish(attached, pending, settings).await;
+                    self.finish(attached, flight.pending, settings).await;
                     return Ok(false);
                 }
                 self.synthetic_answers(out, tracking).await?;
@@ -972,11 +1021,11 @@ impl Session {
             Start::Idle => return Ok(true),
         };
         match self
-            .pump(&mut attached, client, out, &mut pending, settings, tracking)
+            .pump(&mut attached, client, out, &mut flight, settings, tracking)
             .await?
         {
             Pump::ClientGone => {
-                self.finish(attached, pending, settings).await;
+                self.finish(attached, flight.pending, settings).await;
                 Ok(false)
             }
             Pump::TransactionDone => {
@@ -988,7 +1037,7 @@ impl Session {
             }
             Pump::Ended(which) => {
                 info!(peer = %self.peer, user = %self.user, reason = which, "closing client");
-                self.finish(attached, pending, settings).await;
+                self.finish(attached, flight.pending, settings).await;
                 Err(fail(out, error(Severity::Fatal, "08P01", which)).await)
             }
             Pump::ServerFailed(why) => {
@@ -1006,7 +1055,7 @@ impl Session {
         lease: &mut Lease,
         client: &mut ClientReader,
         out: &mut ClientWriter,
-        pending: &mut usize,
+        flight: &mut InFlight,
         settings: &crate::config::Settings,
         tracking: &mut Option<Tracking>,
     ) -> Result<Pump, SessionError> {
@@ -1014,7 +1063,8 @@ impl Session {
         let mut sent_at = tokio::time::Instant::now();
         let mut ready_at = tokio::time::Instant::now();
         loop {
-            let (deadline, which) = self.next_timeout(lease, *pending, sent_at, ready_at, settings);
+            let (deadline, which) =
+                self.next_timeout(lease, flight.pending, sent_at, ready_at, settings);
             tokio::select! {
                 _ = sleep_until(deadline) => return Ok(Pump::Ended(which)),
                 frame = lease.conn.read_frame() => {
@@ -1026,7 +1076,7 @@ impl Session {
                         out.flush().await?;
                         return Ok(Pump::Ended(STATEMENT_MODE_TRANSACTION));
                     }
-                    let mut idle = self.answer(&frame, lease, out, pending, tracking).await?;
+                    let mut idle = self.answer(&frame, lease, out, flight, tracking).await?;
                     // Forward what already arrived in one write.
                     loop {
                         match lease.conn.next_buffered_frame() {
@@ -1034,18 +1084,18 @@ impl Session {
                                 out.flush().await?;
                                 return Ok(Pump::Ended(STATEMENT_MODE_TRANSACTION));
                             }
-                            Ok(Some(f)) => idle = self.answer(&f, lease, out, pending, tracking).await?,
+                            Ok(Some(f)) => idle = self.answer(&f, lease, out, flight, tracking).await?,
                             Ok(None) => break,
                             Err(e) => return Ok(Pump::ServerFailed(e.to_string())),
                         }
                     }
                     self.synthetic_answers(out, tracking).await?;
                     out.flush().await?;
-                    if frame.tag == ReadyForQuery::TAG || *pending == 0 {
+                    if frame.tag == ReadyForQuery::TAG || flight.pending == 0 {
                         ready_at = tokio::time::Instant::now();
                     }
                     let owed = tracking.as_ref().is_some_and(|t| !t.responses.is_empty());
-                    if idle && *pending == 0 && !owed && self.mode != PoolMode::Session {
+                    if idle && flight.pending == 0 && !owed && self.mode != PoolMode::Session {
                         return Ok(Pump::TransactionDone);
                     }
                 }
@@ -1058,7 +1108,7 @@ impl Session {
                             return Ok(Pump::ClientGone);
                         }
                     };
-                    let (batch, gone) = self.client_batch(first, client, tracking, lease, pending)?;
+                    let (batch, gone) = self.client_batch(first, client, tracking, lease, flight)?;
                     if !batch.is_empty() {
                         sent_at = tokio::time::Instant::now();
                         if let Err(e) = lease.conn.write_all(&batch).await {
@@ -1084,7 +1134,7 @@ impl Session {
         client: &mut ClientReader,
         tracking: &mut Option<Tracking>,
         lease: &mut Lease,
-        pending: &mut usize,
+        flight: &mut InFlight,
     ) -> Result<(BytesMut, bool), SessionError> {
         let mut batch = BytesMut::new();
         let mut next = Some(first);
@@ -1092,7 +1142,7 @@ impl Session {
             if f.tag == b'X' {
                 return Ok((batch, true));
             }
-            *pending += ready_for_queries_expected(f.tag);
+            flight.sent(ready_for_queries_expected(f.tag));
             self.count_query(&f);
             encode_for_server(&f, tracking, lease, &mut batch)?;
             next = client.next_buffered()?;
@@ -1143,7 +1193,7 @@ impl Session {
         frame: &Frame,
         lease: &mut Lease,
         out: &mut ClientWriter,
-        pending: &mut usize,
+        flight: &mut InFlight,
         tracking: &mut Option<Tracking>,
     ) -> Result<bool, SessionError> {
         if let Some(t) = tracking {
@@ -1157,7 +1207,7 @@ impl Session {
                 return Ok(false);
             }
         }
-        self.to_client(frame, out, pending).await
+        self.to_client(frame, out, flight).await
     }
 
     /// Frames of ours whose turn has come.
@@ -1180,7 +1230,7 @@ impl Session {
         &self,
         frame: &Frame,
         out: &mut ClientWriter,
-        pending: &mut usize,
+        flight: &mut InFlight,
     ) -> Result<bool, SessionError> {
         // Straight into the client's write buffer: no allocation per frame.
         let mut header = [0u8; 5];
@@ -1195,8 +1245,8 @@ impl Session {
         if frame.tag != ReadyForQuery::TAG {
             return Ok(false);
         }
-        *pending = pending.saturating_sub(1);
         let idle = frame.body.first() == Some(&b'I');
+        flight.ready(idle, stats);
         if idle {
             stats.total_xact_count.fetch_add(1, Ordering::Relaxed);
         }

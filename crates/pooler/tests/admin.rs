@@ -216,7 +216,9 @@ async fn show_commands_return_pgbouncer_columns_and_types() {
     let app = connect(p.port, "app", APP_PASSWORD, "appdb")
         .await
         .expect("app login");
-    app.simple_query("SELECT 1").await.expect("query");
+    app.simple_query("SELECT pg_sleep(0.05)")
+        .await
+        .expect("query");
     let c = admin(p.port).await;
 
     let stats = columns(&c, "SHOW STATS").await;
@@ -244,6 +246,11 @@ async fn show_commands_return_pgbouncer_columns_and_types() {
         .find(|r| r["database"] == "appdb")
         .expect("appdb stats");
     assert!(appdb["total_query_count"].parse::<u64>().unwrap() >= 1);
+    // Microseconds, as exporters expect: the 50 ms query counts in both.
+    for time in ["total_query_time", "total_xact_time"] {
+        let us: u64 = appdb[time].parse().unwrap();
+        assert!((50_000..10_000_000).contains(&us), "{time} = {us}");
+    }
     assert_eq!(
         columns(&c, "SHOW STATS_TOTALS").await[1],
         "server_assignment_count"
