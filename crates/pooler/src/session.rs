@@ -172,6 +172,7 @@ async fn log_in(stream: Stream, peer: Peer, rt: &Arc<Runtime>) -> Option<LoggedI
                 origin,
                 rt,
                 &startup,
+                deadline,
             ))
             .await;
             return None;

@@ -91,6 +91,19 @@ async fn hostile_clients_are_closed_and_others_are_unaffected() {
             "{:?}",
             started.elapsed()
         );
+        // A console login that never answers the password request: cut off the same way.
+        let mut console = Vec::new();
+        let params = b"user\0postgres\0database\0pgbouncer\0\0";
+        console.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
+        console.extend_from_slice(&196_608u32.to_be_bytes());
+        console.extend_from_slice(params);
+        let started = Instant::now();
+        refused(&send_and_drain(port, &console));
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "console login: {:?}",
+            started.elapsed()
+        );
         // Slowloris: the startup packet one byte a second; also bounded by the timeout.
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(8)))

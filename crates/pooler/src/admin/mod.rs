@@ -141,13 +141,28 @@ pub async fn serve(
     origin: Origin,
     rt: &Arc<Runtime>,
     startup: &StartupMessage,
+    login_deadline: Option<tokio::time::Instant>,
 ) {
     let peer = origin.peer;
     let user = startup.user().to_string();
-    // The password check of auth_type/auth_file, exactly as for a pooled database.
-    if let Err(e) =
-        crate::session::authenticate(client, out, rt, &user, ADMIN_DATABASE, origin).await
-    {
+    // The password check of auth_type/auth_file, exactly as for a pooled database,
+    // and within client_login_timeout like it (the session after it is not).
+    let auth = crate::session::authenticate(client, out, rt, &user, ADMIN_DATABASE, origin);
+    let authenticated = match login_deadline {
+        Some(d) => match tokio::time::timeout_at(d, auth).await {
+            Ok(r) => r,
+            Err(_) => {
+                info!(%peer, %user, "admin console: client_login_timeout");
+                let e = ErrorResponse::new(Severity::Fatal, "08P01", "client_login_timeout");
+                if send(out, &e).await.is_ok() {
+                    let _ = out.flush().await;
+                }
+                return;
+            }
+        },
+        None => auth.await,
+    };
+    if let Err(e) = authenticated {
         debug!(%peer, %user, error = %e, "admin console login failed");
         return;
     }
