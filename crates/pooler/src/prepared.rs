@@ -368,8 +368,99 @@ impl Responses {
     }
 }
 
+/// What a simple-protocol query does to prepared statements, as far as pooling in
+/// transaction mode cares (its first statement only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlPrepare {
+    /// `PREPARE …`: a statement on whichever server runs it, gone for the client's
+    /// next transaction; refused with a clear error.
+    Prepare,
+    /// `DEALLOCATE ALL` or `DISCARD ALL`: also drops the statements the pooler
+    /// prepared on that server.
+    DropsAll,
+    Other,
+}
+
+/// A query PostgreSQL itself answers with a clear error in place of a `PREPARE`: the
+/// error, and the transaction state after it, are then exactly the server's.
+pub const PREPARE_REFUSAL: &str = "DO $pgherd$ BEGIN RAISE EXCEPTION USING \
+    ERRCODE = 'feature_not_supported', \
+    MESSAGE = 'SQL PREPARE is not supported in transaction pooling mode', \
+    HINT = 'Use the extended protocol''s named statements (the pooler keeps them \
+    across transactions) or session pooling.'; END $pgherd$";
+
+/// Classify a simple query by its first keywords (after whitespace and comments).
+pub fn sql_prepare_kind(query: &[u8]) -> SqlPrepare {
+    let mut words = keywords(query);
+    let first = words.next();
+    let second = words.next();
+    let is = |w: Option<&[u8]>, k: &str| w.is_some_and(|w| w.eq_ignore_ascii_case(k.as_bytes()));
+    if is(first, "PREPARE") {
+        return SqlPrepare::Prepare;
+    }
+    let all = is(second, "ALL") || (is(second, "PREPARE") && is(words.next(), "ALL"));
+    if (is(first, "DEALLOCATE") || is(first, "DISCARD")) && all {
+        return SqlPrepare::DropsAll;
+    }
+    SqlPrepare::Other
+}
+
+/// The leading words of `sql`, skipping whitespace, `--` and `/* */` comments; stops
+/// at the first character that is neither.
+fn keywords(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = sql;
+    std::iter::from_fn(move || {
+        loop {
+            let trimmed = rest.trim_ascii_start();
+            if let Some(after) = trimmed.strip_prefix(b"--") {
+                rest = after
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(&[][..], |i| &after[i..]);
+            } else if let Some(after) = trimmed.strip_prefix(b"/*") {
+                rest = after
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(&[][..], |i| &after[i + 2..]);
+            } else {
+                rest = trimmed;
+                break;
+            }
+        }
+        let len = rest
+            .iter()
+            .position(|b| !b.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        if len == 0 {
+            return None;
+        }
+        let (word, after) = rest.split_at(len);
+        rest = after;
+        Some(word)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn simple_queries_are_classified_by_their_first_keywords() {
+        use super::{sql_prepare_kind as kind, SqlPrepare::*};
+        assert_eq!(kind(b"PREPARE p AS SELECT 1"), Prepare);
+        assert_eq!(
+            kind(b"  -- comment\n /* block */ prepare p(int) AS SELECT $1"),
+            Prepare
+        );
+        assert_eq!(kind(b"DEALLOCATE ALL"), DropsAll);
+        assert_eq!(kind(b"deallocate prepare all;"), DropsAll);
+        assert_eq!(kind(b"DISCARD ALL"), DropsAll);
+        assert_eq!(kind(b"DEALLOCATE p"), Other);
+        assert_eq!(kind(b"DISCARD PLANS"), Other);
+        assert_eq!(kind(b"SELECT 'PREPARE'"), Other);
+        assert_eq!(kind(b"EXECUTE p"), Other);
+        assert_eq!(kind(b""), Other);
+        assert_eq!(kind(b"/* unterminated"), Other);
+    }
+
     use super::*;
     use pgherd_protocol::frontend::{Execute, Sync};
 

@@ -881,10 +881,29 @@ struct Tracking {
 /// Encode a client frame for the server: rewritten when statements are tracked.
 fn encode_for_server(
     frame: &Frame,
+    mode: PoolMode,
     tracking: &mut Option<Tracking>,
     lease: &mut Lease,
     batch: &mut BytesMut,
 ) -> Result<(), SessionError> {
+    let refusal;
+    let mut frame = frame;
+    if frame.tag == b'Q' && mode != PoolMode::Session {
+        // SQL-level PREPARE cannot survive the change of server between transactions:
+        // the server answers it with a clear error instead. DEALLOCATE ALL and DISCARD
+        // ALL also drop the statements we prepared there.
+        let query = frame.body.strip_suffix(b"\0").unwrap_or(&frame.body);
+        match prepared::sql_prepare_kind(query) {
+            prepared::SqlPrepare::Prepare => {
+                let mut body = prepared::PREPARE_REFUSAL.as_bytes().to_vec();
+                body.push(0);
+                refusal = Frame::new(b'Q', body);
+                frame = &refusal;
+            }
+            prepared::SqlPrepare::DropsAll => lease.conn.prepared_statements().clear(),
+            prepared::SqlPrepare::Other => {}
+        }
+    }
     match tracking {
         Some(t) => prepared::rewrite(
             frame,
@@ -1145,7 +1164,7 @@ impl Session {
             }
             flight.sent(ready_for_queries_expected(f.tag));
             self.count_query(&f);
-            encode_for_server(&f, tracking, lease, &mut batch)?;
+            encode_for_server(&f, self.mode, tracking, lease, &mut batch)?;
             next = client.next_buffered()?;
         }
         Ok((batch, false))

@@ -271,6 +271,58 @@ async fn named_prepared_statements_work_across_transactions_in_transaction_mode(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_fails_clearly_and_deallocate_all_keeps_named_statements_working() {
+    let _serial = SERIAL.lock().await;
+    let server = postgres().await;
+    let p = pooler(
+        &server.pg,
+        "auth_type = md5\npool_mode = transaction\ndefault_pool_size = 1",
+    )
+    .await;
+    let c = client(p.port, APP_PASSWORD).await.expect("login");
+
+    // PREPARE would live on one server and vanish for the next transaction: refused.
+    let e = c
+        .simple_query("/* hi */ PREPARE p AS SELECT 1")
+        .await
+        .expect_err("PREPARE is refused");
+    assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("PREPARE is not supported"), "{message}");
+    // Inside a transaction it fails that transaction, as any error would.
+    c.batch_execute("BEGIN").await.expect("begin");
+    c.simple_query("PREPARE p AS SELECT 1")
+        .await
+        .expect_err("refused");
+    let e = c.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(sqlstate(&e), "25P02");
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+
+    // DEALLOCATE ALL drops the pooler's statements on that server too: a named
+    // statement prepared before it still runs after it.
+    let add = c.prepare("SELECT $1::int + 1").await.expect("prepare");
+    assert_eq!(
+        c.query_one(&add, &[&1i32]).await.unwrap().get::<_, i32>(0),
+        2
+    );
+    c.batch_execute("DEALLOCATE ALL")
+        .await
+        .expect("DEALLOCATE ALL");
+    assert_eq!(
+        c.query_one(&add, &[&2i32]).await.unwrap().get::<_, i32>(0),
+        3
+    );
+    c.batch_execute("DISCARD ALL").await.expect("DISCARD ALL");
+    assert_eq!(
+        c.query_one(&add, &[&3i32]).await.unwrap().get::<_, i32>(0),
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_and_idle_transaction_timeouts_close_the_client() {
     let _serial = SERIAL.lock().await;
     let server = postgres().await;
