@@ -97,18 +97,24 @@ pub async fn refuse(stream: Stream, peer: Peer, reason: &'static str) {
 }
 
 /// Serve one client until it leaves or fails.
-pub async fn run(stream: Stream, peer: Peer, rt: Arc<Runtime>) {
+pub fn run(
+    stream: Stream,
+    peer: Peer,
+    rt: Arc<Runtime>,
+) -> impl std::future::Future<Output = ()> + Send {
     // Negotiation and login need far more state than a logged-in client: boxed, that
-    // memory is given back once the client is in.
-    let Some((session, lease, mut client, mut out)) = Box::pin(log_in(stream, peer, &rt)).await
-    else {
-        return;
-    };
-    let (pid, key) = (session.pid, session.key);
-    let result = session.serve(lease, &mut client, &mut out, &rt).await;
-    rt.unregister_client(pid, key);
-    if let Err(e) = result {
-        debug!(%peer, error = %e, "session ended");
+    // memory is given back once the client is in. (Not an `async fn`: its arguments
+    // would keep a slot in the session's state for its whole life.)
+    let login = Box::pin(log_in(stream, peer, rt.clone()));
+    async move {
+        let Some((session, lease, mut client, mut out)) = login.await else {
+            return;
+        };
+        let result = session.serve(lease, &mut client, &mut out, &rt).await;
+        rt.unregister_client(session.pid, session.key);
+        if let Err(e) = result {
+            debug!(%peer, error = %e, "session ended");
+        }
     }
 }
 
@@ -117,7 +123,8 @@ type LoggedInClient = (Session, Option<Box<Lease>>, ClientReader, ClientWriter);
 
 /// Startup negotiation, login and welcome; an admin console client is served here to
 /// the end. `None`: nothing more to do.
-async fn log_in(stream: Stream, peer: Peer, rt: &Arc<Runtime>) -> Option<LoggedInClient> {
+async fn log_in(stream: Stream, peer: Peer, rt: Arc<Runtime>) -> Option<LoggedInClient> {
+    let rt = &rt;
     let login_timeout = rt.config().settings.client_login_timeout;
     let deadline = login_timeout.map(|t| tokio::time::Instant::now() + t);
     let negotiated = match deadline {
@@ -947,7 +954,7 @@ impl Session {
     /// lives in a boxed future that exists only while the transaction runs, so an idle
     /// client costs a few hundred bytes here rather than the whole state machine.
     async fn serve(
-        self,
+        &self,
         login: Option<Box<Lease>>,
         client: &mut ClientReader,
         out: &mut ClientWriter,
@@ -1289,16 +1296,17 @@ impl Session {
         client: &mut ClientReader,
         idle_timeout: Option<Duration>,
     ) -> Result<Option<Frame>, SessionError> {
-        let next = client.next();
+        // Awaited by every idle client: the timer (large) is boxed, and only when
+        // client_idle_timeout is set.
         let frame = match idle_timeout {
-            Some(t) => match tokio::time::timeout(t, next).await {
+            Some(t) => match Box::pin(tokio::time::timeout(t, client.next())).await {
                 Ok(f) => f,
                 Err(_) => {
                     info!(peer = %self.peer, "client_idle_timeout");
                     return Ok(None);
                 }
             },
-            None => next.await,
+            None => client.next().await,
         };
         match frame {
             Ok(f) => Ok(f),
