@@ -122,6 +122,9 @@ pub fn rewrite(
     responses: &mut Responses,
 ) -> Result<(), ProtocolError> {
     match frame.tag {
+        // The unnamed statement (the name is the body's first string, here empty)
+        // needs no tracking: forward it without decoding (and copying) the query.
+        b'P' if frame.body.first() == Some(&0) => forward(frame, out, responses),
         b'P' => {
             let parse = Parse::decode(&frame.body)?;
             if parse.statement.is_empty() {

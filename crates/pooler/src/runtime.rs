@@ -97,7 +97,10 @@ impl ClientInfo {
     /// The pool it uses (its database, and user unless the console set one already).
     pub fn set_pool(&self, key: &PoolKey) {
         let mut v = lock(&self.view);
-        v.database = Some(key.database.clone());
+        // Every transaction comes here: copy the names only when they change.
+        if v.database.as_deref() != Some(key.database.as_str()) {
+            v.database = Some(key.database.clone());
+        }
         if v.user.is_none() {
             v.user = Some(key.user.clone());
         }

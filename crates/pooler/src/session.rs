@@ -1163,7 +1163,8 @@ impl Session {
         lease: &mut Lease,
         flight: &mut InFlight,
     ) -> Result<(BytesMut, bool), SessionError> {
-        let mut batch = BytesMut::new();
+        // Room for this frame and what already arrived after it: one allocation.
+        let mut batch = BytesMut::with_capacity(first.wire_len() + client.buffered().len());
         let mut next = Some(first);
         while let Some(f) = next.take() {
             if f.tag == b'X' {
