@@ -897,6 +897,10 @@ impl Pool {
 
     /// Wait while the pool is paused, at most until `deadline`.
     async fn wait_unpaused(&self, deadline: Option<Instant>) -> Result<(), PoolError> {
+        // The usual case, without arming a timer.
+        if !*self.paused.borrow() {
+            return Ok(());
+        }
         let mut paused = self.paused.subscribe();
         tokio::select! {
             r = paused.wait_for(|p| !*p) => r.map(|_| ()).map_err(|_| PoolError::Closed),
@@ -905,13 +909,15 @@ impl Pool {
     }
 
     async fn wait_for_slot(&self, started: Instant) -> Result<OwnedSemaphorePermit, PoolError> {
-        let deadline = self.limits().query_wait_timeout.map(|t| started + t);
+        let limits = self.limits();
+        let deadline = limits.query_wait_timeout.map(|t| started + t);
         self.wait_unpaused(deadline).await?;
+        // A free slot right away: no timer to arm (the common case below the limit).
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
         // First only the main slots; after reserve_pool_timeout the reserve too.
-        let reserve_after = match (
-            self.limits().reserve_pool_size,
-            self.limits().reserve_pool_timeout,
-        ) {
+        let reserve_after = match (limits.reserve_pool_size, limits.reserve_pool_timeout) {
             (0, _) => None,
             (_, t) => Some(started + t.unwrap_or(Duration::ZERO)),
         };
