@@ -78,7 +78,8 @@ pub struct ConnLimit {
     pub kind: LimitKind,
     /// The database or user name.
     pub name: String,
-    max: usize,
+    /// Changed by RELOAD ([`ConnLimit::set_max`]).
+    max: AtomicUsize,
     permits: Arc<Semaphore>,
     /// The pools under this limit (to evict an idle connection from).
     pools: Mutex<Vec<Weak<Pool>>>,
@@ -91,7 +92,7 @@ impl std::fmt::Debug for ConnLimit {
         f.debug_struct("ConnLimit")
             .field("kind", &self.kind)
             .field("name", &self.name)
-            .field("max", &self.max)
+            .field("max", &self.max())
             .field("in_use", &self.in_use())
             .finish()
     }
@@ -102,7 +103,7 @@ impl ConnLimit {
         Arc::new(ConnLimit {
             kind,
             name: name.into(),
-            max,
+            max: AtomicUsize::new(max),
             permits: Arc::new(Semaphore::new(max)),
             pools: Mutex::new(Vec::new()),
             changes: watch::channel(0).0,
@@ -111,12 +112,20 @@ impl ConnLimit {
 
     /// The configured maximum.
     pub fn max(&self) -> usize {
-        self.max
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// A reloaded maximum: more permits at once; fewer as connections close (waiters
+    /// queue behind the shrink, as for a smaller pool).
+    pub fn set_max(&self, max: usize) {
+        let old = self.max.swap(max, Ordering::Relaxed);
+        resize(&self.permits, old, max);
+        self.bump();
     }
 
     /// Server connections counted against the limit now.
     pub fn in_use(&self) -> usize {
-        self.max.saturating_sub(self.permits.available_permits())
+        self.max().saturating_sub(self.permits.available_permits())
     }
 
     fn join(&self, pool: &Arc<Pool>) {
@@ -787,7 +796,7 @@ impl Pool {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(PoolError::WaitTimeout);
             }
-            debug!(pool = ?self.key, limit = ?full.kind, name = %full.name, max = full.max,
+            debug!(pool = ?self.key, limit = ?full.kind, name = %full.name, max = full.max(),
                 "waiting for a server connection under a shared limit");
             tokio::select! {
                 _ = limit_changed(&mut db_rx) => {}

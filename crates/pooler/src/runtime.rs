@@ -370,6 +370,36 @@ impl Runtime {
             let (target, limits) = self.pool_settings(&config, &pool.key, &db, credential);
             pool.reconfigure(target, limits);
         }
+        self.reload_conn_limits(&config);
+    }
+
+    /// New `max_db_connections`/`max_user_connections` for the limits pools already
+    /// count against. (A limit set where there was none applies to new pools only.)
+    fn reload_conn_limits(&self, config: &PoolerConfig) {
+        let s = &config.settings;
+        let limits: Vec<_> = lock(&self.conn_limits)
+            .iter()
+            .map(|((kind, name), limit)| (*kind, name.clone(), limit.clone()))
+            .collect();
+        for (kind, name, limit) in limits {
+            let max = match kind {
+                LimitKind::Database => match config.resolve_database(&name) {
+                    Some(db) => db.max_db_connections.unwrap_or(s.max_db_connections),
+                    None => continue,
+                },
+                LimitKind::User => config
+                    .users
+                    .get(&name)
+                    .and_then(|u| u.max_user_connections)
+                    .unwrap_or(s.max_user_connections),
+            };
+            // Unlimited now: as many permits as the semaphore takes.
+            let max = max.map_or(Semaphore::MAX_PERMITS / 2, |n| n as usize);
+            if max != limit.max() {
+                info!(limit = ?kind, %name, max, "connection limit changed");
+                limit.set_max(max);
+            }
+        }
     }
 
     /// TLS toward clients and servers, as last loaded.

@@ -513,3 +513,29 @@ async fn reload_grows_and_shrinks_pools_and_reconnects_moved_servers() {
         "a new server connection: {pid} in {before:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_changes_max_db_connections_of_existing_pools() {
+    let _serial = SERIAL.lock().await;
+    let server = postgres().await;
+    let pg = &server.pg;
+    let base = "pool_mode = transaction\nquery_wait_timeout = 2\ndefault_pool_size = 5\n";
+    let p = pooler(pg, &format!("{base}max_db_connections = 1")).await;
+
+    // One server for the database: a second transaction waits and times out.
+    let held = holders(p.port, 1).await;
+    let second = connect(p.port, "app", APP_PASSWORD, "appdb")
+        .await
+        .expect("login");
+    let e = second
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("over the limit");
+    assert_eq!(sqlstate(&e), "08P01", "{e}");
+
+    // Raised to 3 by RELOAD: two more transactions run next to the first.
+    reload_with(&p, pg, &format!("{base}max_db_connections = 3"));
+    let more = holders(p.port, 2).await;
+    assert_eq!(server_connections(pg).await, 3);
+    drop((held, more));
+}
