@@ -71,7 +71,7 @@ fn temp() -> PgTempDir {
 #[test]
 fn unreachable_etcd_is_named() {
     let dir = temp();
-    let etcd_port = free_port();
+    let (_reserved, etcd_port) = pgherd_testkit::refusing_port();
     let out = run_node(
         dir.path(),
         &config(dir.path(), etcd_port, free_port(), ""),

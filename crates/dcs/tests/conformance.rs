@@ -734,7 +734,8 @@ etcd_tests! {
 #[tokio::test]
 async fn etcd_connect_fails_clearly_when_nothing_listens() {
     init_tracing();
-    let endpoint = format!("http://127.0.0.1:{}", pgherd_testkit::free_port());
+    let (_reserved, port) = pgherd_testkit::refusing_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
     let start = Instant::now();
     let r = EtcdDcs::connect(
         std::slice::from_ref(&endpoint),

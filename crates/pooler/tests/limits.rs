@@ -346,7 +346,7 @@ async fn server_login_retry_fails_waiting_and_new_clients_fast_then_retries() {
 async fn closed_server_port_fails_quickly_and_is_not_retried_within_server_login_retry() {
     let _serial = SERIAL.lock().await;
     let server = postgres().await;
-    let closed = pgherd_testkit::free_port();
+    let (_reserved, closed) = pgherd_testkit::refusing_port();
     let settings = format!(
         "auth_type = md5\nserver_login_retry = 15\n\
          [databases]\ndeaddb = host=127.0.0.1 port={closed} dbname=postgres\n"

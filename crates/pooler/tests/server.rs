@@ -473,7 +473,7 @@ async fn login_to_a_silent_server_times_out() {
 
 #[tokio::test]
 async fn refused_connection_names_the_address() {
-    let port = free_port(); // nothing listens there any more
+    let (_reserved, port) = pgherd_testkit::refusing_port();
     let t = ServerTarget::new("127.0.0.1", port, "db", "u");
     let err = ServerConnection::connect(&t).await.expect_err("refused");
     match &err {
@@ -675,7 +675,7 @@ async fn cancel_request_stops_a_running_query() {
 
 #[tokio::test]
 async fn cancel_to_a_closed_port_fails_with_connect() {
-    let port = free_port();
+    let (_reserved, port) = pgherd_testkit::refusing_port();
     let err = send_cancel(
         ("127.0.0.1", port),
         1,

@@ -14,6 +14,18 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// A loopback port where connections are refused, reserved while the returned socket
+/// lives: it is bound but not listening, so no other test can take it meanwhile (a
+/// port from [`free_port`] that nobody listens on can be taken at any time).
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(([127, 0, 0, 1], 0).into())
+        .expect("bind an ephemeral loopback port");
+    let port = socket.local_addr().expect("local addr").port();
+    (socket, port)
+}
+
 /// Poll `check` every `every` until it returns `Some`, or fail after `within`.
 pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, every: Duration, mut check: F) -> T
 where
