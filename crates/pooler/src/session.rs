@@ -374,8 +374,27 @@ async fn login(
         server_host: Arc::from(pool.target().host.as_str()),
         pool,
     };
+    if let Err(e) = welcome(out, &session, &parameters).await {
+        // The client left before it was in: its cancel key goes with it.
+        rt.unregister_client(pid, key_secret);
+        return Err(e);
+    }
+    info!(peer = %session.peer, user = %session.user, database = %session.database, mode = session.mode.as_str(), "client logged in");
+    Ok(Some(LoggedIn::Client(Box::new((
+        session,
+        lease.map(Box::new),
+    )))))
+}
+
+/// AuthenticationOk, the server's parameters (with the client's own tracked values),
+/// the pooler's BackendKeyData and ReadyForQuery, in one flush.
+async fn welcome(
+    out: &mut ClientWriter,
+    session: &Session,
+    parameters: &[(String, String)],
+) -> Result<(), SessionError> {
     send(out, &Authentication::Ok).await?;
-    for (name, value) in &parameters {
+    for (name, value) in parameters {
         let value = session
             .wanted
             .iter()
@@ -384,20 +403,13 @@ async fn login(
             .unwrap_or(value);
         send(out, &ParameterStatus::new(name.clone(), value)).await?;
     }
-    send(out, &BackendKeyData::new(pid, key_secret)).await?;
-    send(
-        out,
-        &ReadyForQuery {
-            status: TransactionStatus::Idle,
-        },
-    )
-    .await?;
+    send(out, &BackendKeyData::new(session.pid, session.key)).await?;
+    let ready = ReadyForQuery {
+        status: TransactionStatus::Idle,
+    };
+    send(out, &ready).await?;
     out.flush().await?;
-    info!(peer = %session.peer, user = %session.user, database = %session.database, mode = session.mode.as_str(), "client logged in");
-    Ok(Some(LoggedIn::Client(Box::new((
-        session,
-        lease.map(Box::new),
-    )))))
+    Ok(())
 }
 
 /// A client past the startup negotiation.
