@@ -5,6 +5,10 @@ use clap::Parser;
 use pgherd_cli::{ctl, demo, node, pooler};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long the runtime's leftover tasks get once the command is done.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -99,6 +103,9 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
         }
     });
+    // Whatever still runs (a blocking task, a child's pipe) gets a moment, not forever:
+    // a failed start must end the process.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -174,6 +174,13 @@ async fn a_second_pooler_with_the_same_pidfile_refuses_to_start() {
     let setting = format!("pidfile = {}", pidfile.display());
     let first = Pooler::start(dir.path(), "first", &setting);
     first.wait_listening().await;
+    // Its port answering is not proof enough (another test may hold a port number for
+    // a moment): wait for its pidfile too.
+    let written = format!("{}\n", first.pid());
+    wait_until("the first pidfile", WITHIN, EVERY, || async {
+        (fs::read_to_string(&pidfile).ok().as_deref() == Some(written.as_str())).then_some(())
+    })
+    .await;
 
     let mut second = Pooler::start(dir.path(), "second", &setting);
     let status = second.wait_exit().await;
