@@ -6,12 +6,44 @@ pub mod pg;
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a test server to listen on.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`, 32768–60999 by
+/// default): a port from that range can become the source port of any outgoing
+/// connection, or another `bind(0)`, between this call and the server's bind. A
+/// process-wide counter from a per-process start keeps concurrent tests apart.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = fixed_port_range();
+    let span = u32::from(high - low);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span.min(2000) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
     l.local_addr().expect("local addr").port()
+}
+
+/// Ports tests may pick: from 10000 up to the start of the ephemeral range.
+fn fixed_port_range() -> (u16, u16) {
+    const LOW: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_start > LOW + 1000 {
+        (LOW, ephemeral_start)
+    } else {
+        // An unusual range: above it instead.
+        (61_000, 65_000)
+    }
 }
 
 /// A loopback port where connections are refused, reserved while the returned socket
