@@ -70,11 +70,14 @@ async fn clients_and_servers_over_unix_sockets() {
             "appdb = host={} port={pg_port} dbname=postgres",
             pg_socket_dir(&server.pg)
         ),
-        "auth_type = md5\n",
+        "auth_type = md5\nunix_socket_mode = 0700\n",
     )
     .await;
     let socket = dir.path().join(format!(".s.PGSQL.{port}"));
     assert_eq!(service.unix_socket.as_deref(), Some(socket.as_path()));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "unix_socket_mode applies");
 
     // psql through the pooler's socket; the server connection is a socket too
     // (inet_server_addr() is NULL there).

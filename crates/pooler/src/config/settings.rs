@@ -522,6 +522,10 @@ pub(crate) enum Applied {
     Unknown,
 }
 
+/// Settings kept as text that pgherd does act on (read with [`Settings::get`] where
+/// they are used), so setting them is no reason for a warning.
+const READ_AS_TEXT: &[&str] = &["unix_socket_mode", "unix_socket_group"];
+
 impl Settings {
     /// Set `key` (lower-case) from its text `value`, with PgBouncer's rules.
     pub(crate) fn set(&mut self, key: &str, value: &str) -> Result<Applied, ValueError> {
@@ -538,7 +542,7 @@ impl Settings {
                 Kind::Octal => format!("{:04o}", parse_octal(v)?),
                 Kind::Typed => v.to_string(),
             };
-            let differs = normalized != def.default;
+            let differs = normalized != def.default && !READ_AS_TEXT.contains(&key);
             self.passive.0.insert(key.to_string(), normalized);
             return Ok(if differs {
                 Applied::NotImplemented
