@@ -51,24 +51,6 @@ fn pki() -> Pki {
     }
 }
 
-/// psql `-c sql` with a libpq connection string; Ok(stdout) or Err(stderr).
-async fn psql(conninfo: &str, sql: &str) -> Result<String, String> {
-    let mut cmd = tokio::process::Command::new("psql");
-    cmd.args(["-X", "-A", "-t", "-c", sql, conninfo])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("psql finishes in time")
-        .expect("psql runs");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 /// What the server (or pooler) said, not just "db error".
 fn message(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
@@ -96,8 +78,13 @@ async fn clients_get_tls_with_a_certificate_they_can_verify_and_plain_ones_are_r
         "{base} sslmode=verify-full sslrootcert={}",
         pki.ca.display()
     );
-    assert_eq!(psql(&verified, "SELECT 40 + 2").await.unwrap(), "42");
-    let info = psql(&verified, "\\conninfo").await.unwrap();
+    assert_eq!(
+        psql(&verified, APP_PASSWORD, "SELECT 40 + 2")
+            .await
+            .unwrap(),
+        "42"
+    );
+    let info = psql(&verified, APP_PASSWORD, "\\conninfo").await.unwrap();
     assert!(info.contains("SSL connection"), "{info}");
 
     // The wrong CA: libpq refuses the pooler's certificate.
@@ -105,11 +92,11 @@ async fn clients_get_tls_with_a_certificate_they_can_verify_and_plain_ones_are_r
         "{base} sslmode=verify-full sslrootcert={}",
         pki.other_ca.display()
     );
-    let err = psql(&wrong, "SELECT 1").await.unwrap_err();
+    let err = psql(&wrong, APP_PASSWORD, "SELECT 1").await.unwrap_err();
     assert!(err.contains("certificate verify failed"), "{err}");
 
     // client_tls_sslmode = require: a client on plain TCP is told so.
-    let err = psql(&format!("{base} sslmode=disable"), "SELECT 1")
+    let err = psql(&format!("{base} sslmode=disable"), APP_PASSWORD, "SELECT 1")
         .await
         .unwrap_err();
     assert!(err.contains("SSL required"), "{err}");
@@ -127,13 +114,21 @@ async fn prefer_serves_both_tls_and_plain_clients() {
     let pki = pki();
     let pooler = pooler(&server.pg, &client_tls_settings(&pki, "prefer")).await;
     let base = format!("host=127.0.0.1 port={} user=app dbname=appdb", pooler.port);
-    let tls = psql(&format!("{base} sslmode=require"), "\\conninfo")
-        .await
-        .unwrap();
+    let tls = psql(
+        &format!("{base} sslmode=require"),
+        APP_PASSWORD,
+        "\\conninfo",
+    )
+    .await
+    .unwrap();
     assert!(tls.contains("SSL connection"), "{tls}");
-    let plain = psql(&format!("{base} sslmode=disable"), "\\conninfo")
-        .await
-        .unwrap();
+    let plain = psql(
+        &format!("{base} sslmode=disable"),
+        APP_PASSWORD,
+        "\\conninfo",
+    )
+    .await
+    .unwrap();
     assert!(!plain.contains("SSL connection"), "{plain}");
     let c = connect(pooler.port, "app", APP_PASSWORD, "appdb")
         .await

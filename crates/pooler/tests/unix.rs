@@ -40,23 +40,6 @@ async fn start(dir: &Path, port: u16, databases: &str, settings: &str) -> Servic
         .expect("pooler starts")
 }
 
-async fn psql(conninfo: &str, password: &str, sql: &str) -> Result<String, String> {
-    let mut cmd = tokio::process::Command::new("psql");
-    cmd.args(["-X", "-A", "-t", "-F", "|", "-c", sql, conninfo])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("psql finishes in time")
-        .expect("psql runs");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 #[tokio::test]
 async fn clients_and_servers_over_unix_sockets() {
     let server = postgres("unix").await;

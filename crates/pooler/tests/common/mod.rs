@@ -184,3 +184,22 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| e.to_string())
 }
+
+/// psql `-c sql` (unaligned, tuples only, `|` between columns) with a libpq connection
+/// string and `password`; Ok(stdout) or Err(stderr).
+pub async fn psql(conninfo: &str, password: &str, sql: &str) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new("psql");
+    cmd.args(["-X", "-A", "-t", "-F", "|", "-c", sql, conninfo])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("psql finishes in time")
+        .expect("psql runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
