@@ -201,7 +201,7 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
     );
     // Its API reports it once the tick that started it has published.
     let mut status = serde_json::Value::Null;
-    for _ in 0..40 {
+    for _ in 0..80 {
         status = old.api("/patroni").await.1;
         if status["state"] == "running" {
             break;

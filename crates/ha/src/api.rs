@@ -312,6 +312,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::HaConfig;
 
     #[test]
     fn lag_limits_parse_like_patroni() {
@@ -320,5 +321,31 @@ mod tests {
         assert_eq!(parse_size("1 kB"), Some(1024));
         assert_eq!(parse_size("abc"), None);
         assert_eq!(parse_size("5XB"), None);
+    }
+
+    #[test]
+    fn a_standby_still_recovering_is_starting_not_running() {
+        let mut s = NodeStatus::new(
+            "node2",
+            "demo",
+            String::new(),
+            String::new(),
+            HaConfig {
+                ttl: 30_000,
+                loop_wait: 10_000,
+                retry_timeout: 10_000,
+                maximum_lag_on_failover: 1 << 20,
+                use_pg_rewind: true,
+                use_slots: true,
+                paused: false,
+            },
+            Default::default(),
+        );
+        s.role = Role::Replica;
+        s.state = "starting".into();
+        let body = patroni_json(&s);
+        assert_eq!(body["state"], "starting");
+        assert!(body.get("xlog").is_none(), "{body}");
+        assert!(!is_running_replica(&s));
     }
 }

@@ -802,7 +802,9 @@ impl Agent {
                 .as_ref()
                 .is_some_and(|w| *w != self.effective_parameters());
         self.status.update(|s| {
-            s.running = running;
+            // "running" for the API (health checks, /patroni) means answering queries: a
+            // postmaster still recovering towards consistency is "starting".
+            s.running = local.is_some();
             s.in_recovery = local.as_ref().is_some_and(|l| l.in_recovery);
             s.timeline = local.as_ref().and_then(|l| l.timeline);
             s.wal_lsn = local.as_ref().and_then(|l| l.wal_lsn);
@@ -812,7 +814,7 @@ impl Agent {
             s.last_tick = Some(Instant::now());
             s.ha = self.dynamic.ha.clone();
             s.system_identifier = self.system_identifier.clone();
-            if !running {
+            if local.is_none() {
                 s.replication.clear();
             }
         });

@@ -38,6 +38,7 @@ pub struct NodeStatus {
     /// Patroni's `state`: `running`, `streaming`, `stopped`, `starting`, `creating replica`, ...
     pub state: String,
     pub role: Role,
+    /// PostgreSQL answers queries (a postmaster still recovering is not running yet).
     pub running: bool,
     pub in_recovery: bool,
     pub timeline: Option<u32>,
