@@ -29,6 +29,12 @@ impl<W: AsyncWrite + Unpin> LeanWriter<W> {
         }
     }
 
+    /// The inner writer, once everything buffered has gone out (`None` otherwise: the
+    /// unsent bytes would be lost).
+    pub fn into_inner(self) -> Option<W> {
+        (self.written >= self.buf.len()).then_some(self.inner)
+    }
+
     /// Write out what is buffered (keeping the allocation for the writes that follow).
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod lean_writer;
 pub mod metrics;
 pub mod net;
+pub mod park;
 pub mod pool;
 pub mod prepared;
 pub mod runtime;

@@ -109,11 +109,66 @@ pub enum ReadHalf {
     Tls(tokio::io::ReadHalf<Stream>),
 }
 
+impl ReadHalf {
+    /// A plain TCP or Unix socket (not TLS).
+    pub fn is_plain(&self) -> bool {
+        !matches!(self, ReadHalf::Tls(_))
+    }
+}
+
 /// The writing half of a [`Stream`].
 pub enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
     Unix(unix::OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<Stream>),
+}
+
+/// A plain client socket taken out of Tokio's reactor while its client is parked
+/// (see [`crate::park`]); TLS streams are never parked.
+#[derive(Debug)]
+pub enum ParkedSocket {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl ParkedSocket {
+    /// Put the two halves of a plain stream back together and take the socket out of
+    /// Tokio's reactor. `Err` gives the halves back unchanged (TLS, or not one pair);
+    /// `Ok(Err(_))`: the reactor refused to let go, and the socket is closed.
+    #[allow(clippy::type_complexity)]
+    pub fn from_halves(
+        read: ReadHalf,
+        write: WriteHalf,
+    ) -> Result<io::Result<Self>, (ReadHalf, WriteHalf)> {
+        match (read, write) {
+            (ReadHalf::Tcp(r), WriteHalf::Tcp(w)) => match r.reunite(w) {
+                Ok(s) => Ok(s.into_std().map(ParkedSocket::Tcp)),
+                Err(e) => Err((ReadHalf::Tcp(e.0), WriteHalf::Tcp(e.1))),
+            },
+            (ReadHalf::Unix(r), WriteHalf::Unix(w)) => match r.reunite(w) {
+                Ok(s) => Ok(s.into_std().map(ParkedSocket::Unix)),
+                Err(e) => Err((ReadHalf::Unix(e.0), WriteHalf::Unix(e.1))),
+            },
+            (r, w) => Err((r, w)),
+        }
+    }
+
+    /// Back into Tokio's reactor (the socket stayed non-blocking).
+    pub fn into_stream(self) -> io::Result<Stream> {
+        Ok(match self {
+            ParkedSocket::Tcp(s) => Stream::Tcp(TcpStream::from_std(s)?),
+            ParkedSocket::Unix(s) => Stream::Unix(UnixStream::from_std(s)?),
+        })
+    }
+}
+
+impl std::os::fd::AsFd for ParkedSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            ParkedSocket::Tcp(s) => s.as_fd(),
+            ParkedSocket::Unix(s) => s.as_fd(),
+        }
+    }
 }
 
 /// Connect to a server: over TCP (TCP_NODELAY) to a host name or IP address, or to

@@ -9,17 +9,19 @@ use crate::config::{
     AuthType, DatabaseConfig, HbaMethod, HbaRules, PoolMode, PoolerConfig, Userlist,
 };
 use crate::net::{Listener, Peer};
+use crate::park::{self as park, ParkedClient, Parker};
 use crate::pool::{ConnLimit, LimitKind, Pool, PoolKey, PoolLimits};
 use crate::server::{ServerCredential, ServerTarget};
-use crate::session;
+use crate::session::{self, ParkedSession};
 use crate::tls::TlsContexts;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
@@ -75,6 +77,8 @@ pub struct ClientInfo {
     /// `KILL` wakes the session's task, which then drops the session. (A Notify: a
     /// watch channel would cost every idle client a few hundred bytes.)
     kill_notify: tokio::sync::Notify,
+    /// `KILL` was asked (seen by a session about to park).
+    killed: AtomicBool,
 }
 
 impl ClientInfo {
@@ -126,6 +130,7 @@ impl ClientInfo {
     /// are closed.
     pub fn kill(&self) {
         // A stored permit if the session is not waiting yet: it ends at its first wait.
+        self.killed.store(true, Ordering::Relaxed);
         self.kill_notify.notify_one();
     }
 }
@@ -191,6 +196,8 @@ pub struct Runtime {
     conn_limits: Mutex<HashMap<(LimitKind, String), Arc<ConnLimit>>>,
     janitor: Mutex<Janitor>,
     janitor_stop: watch::Sender<bool>,
+    /// Idle clients without a task; started by the first listener.
+    parker: OnceLock<(Arc<Parker>, JoinHandle<()>)>,
     cancels: Mutex<HashMap<(i32, u32), CancelSlot>>,
     next_pid: AtomicI32,
     clients: Mutex<BTreeMap<u64, Arc<ClientInfo>>>,
@@ -217,6 +224,7 @@ impl Runtime {
             conn_limits: Mutex::new(HashMap::new()),
             janitor: Mutex::new(Janitor::NotStarted),
             janitor_stop: watch::channel(false).0,
+            parker: OnceLock::new(),
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             clients: Mutex::new(BTreeMap::new()),
@@ -280,9 +288,43 @@ impl Runtime {
                 tls: String::new(),
             }),
             kill_notify: tokio::sync::Notify::new(),
+            killed: AtomicBool::new(false),
         });
         lock(&self.clients).insert(id, info.clone());
         info
+    }
+
+    /// The parker for idle clients, once a listener has started it.
+    pub fn parker(&self) -> Option<&Parker> {
+        self.parker.get().map(|(p, _)| &**p)
+    }
+
+    /// Start parking idle clients (once; inside a Tokio runtime). Without it every
+    /// client keeps its task.
+    fn start_parker(self: &Arc<Self>) {
+        if self.parker.get().is_some() {
+            return;
+        }
+        match Parker::new() {
+            Ok(parker) => {
+                let parker = Arc::new(parker);
+                let task = tokio::spawn(park::run(parker.clone(), Arc::downgrade(self)));
+                if let Err((_, task)) = self.parker.set((parker, task)) {
+                    task.abort();
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot park idle clients: each keeps its task"),
+        }
+    }
+
+    /// End a client's session (`KILL`): its connection and any server it holds are
+    /// closed, whether it runs or is parked.
+    pub fn kill_client(&self, client: &ClientInfo) {
+        client.kill();
+        if let Some(parked) = self.parker().and_then(|p| p.unpark(client.id)) {
+            self.remove_client(client.id);
+            parked.session.end(self);
+        }
     }
 
     /// Forget a client that left; also its cancel key.
@@ -653,6 +695,9 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        if let Some((_, task)) = self.parker.get() {
+            task.abort();
+        }
         self.janitor_stop.send_replace(true);
         if let Janitor::Running(task) =
             std::mem::replace(&mut *lock(&self.janitor), Janitor::Stopped)
@@ -730,6 +775,7 @@ fn startup_params(db: &DatabaseConfig) -> Vec<(String, String)> {
 /// Accept clients until `shutdown` turns true; at most `max_client_conn` at once (the
 /// one over the limit is told so and closed, as PgBouncer does).
 pub async fn serve(listener: Listener, runtime: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    runtime.start_parker();
     let max = runtime.config().settings.max_client_conn as usize;
     let slots = Arc::new(Semaphore::new(max));
     let mut console_shutdown = runtime.shutdown_requested();
@@ -752,18 +798,8 @@ pub async fn serve(listener: Listener, runtime: Arc<Runtime>, mut shutdown: watc
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
                 let client = runtime.add_client(peer, local);
-                tokio::spawn(async move {
-                    let session = CURRENT_CLIENT
-                        .scope(client.clone(), session::run(stream, peer, runtime.clone()));
-                    // KILL drops the session: its sockets close, a held server is closed
-                    // and its slot freed.
-                    tokio::select! {
-                        _ = session => {}
-                        _ = client.kill_notify.notified() => debug!(%peer, "client killed"),
-                    }
-                    runtime.remove_client(client.id);
-                    drop(slot);
-                });
+                let session = session::run(stream, peer, runtime.clone());
+                spawn_client(runtime, client, slot, session);
             }
             Err(_) => {
                 tokio::spawn(session::refuse(
@@ -776,6 +812,69 @@ pub async fn serve(listener: Listener, runtime: Arc<Runtime>, mut shutdown: watc
     }
     // Shutting down: no more min_pool_size fills or janitor passes.
     runtime.signal_janitor_stop();
+}
+
+/// Run a client's session in its own task, as [`CURRENT_CLIENT`], until it leaves, is
+/// killed or parks.
+fn spawn_client(
+    runtime: Arc<Runtime>,
+    client: Arc<ClientInfo>,
+    slot: OwnedSemaphorePermit,
+    session: impl Future<Output = Option<ParkedSession>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let peer = client.peer;
+        let session = CURRENT_CLIENT.scope(client.clone(), session);
+        // KILL drops the session: its sockets close, a held server is closed and its
+        // slot freed.
+        let parked = tokio::select! {
+            parked = session => parked,
+            _ = client.kill_notify.notified() => {
+                debug!(%peer, "client killed");
+                None
+            }
+        };
+        if let Some(session) = parked {
+            let Some(parker) = runtime.parker() else {
+                // Sessions park only when there is a parker.
+                runtime.remove_client(client.id);
+                session.end(&runtime);
+                return;
+            };
+            let id = client.id;
+            let parked = ParkedClient {
+                session,
+                client,
+                slot,
+            };
+            match parker.park(parked) {
+                Ok(()) => {
+                    // A KILL that came while parking may have missed it in the parker.
+                    if let Some(killed) =
+                        parker.unpark_if(id, |c| c.client.killed.load(Ordering::Relaxed))
+                    {
+                        runtime.remove_client(id);
+                        killed.session.end(&runtime);
+                    }
+                }
+                Err(parked) => resume_client(&runtime, parked),
+            }
+            return;
+        }
+        runtime.remove_client(client.id);
+        drop(slot);
+    });
+}
+
+/// Serve a parked client again, in a new task.
+pub(crate) fn resume_client(runtime: &Arc<Runtime>, parked: ParkedClient) {
+    let ParkedClient {
+        session,
+        client,
+        slot,
+    } = parked;
+    let session = session::resume(session, runtime.clone());
+    spawn_client(runtime.clone(), client, slot, session);
 }
 
 /// The address a listener should bind for the `[pgbouncer]` settings.

@@ -8,7 +8,8 @@
 
 use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
 use crate::lean_writer::LeanWriter;
-use crate::net::{Peer, ReadHalf, Stream, WriteHalf};
+use crate::net::{ParkedSocket, Peer, ReadHalf, Stream, WriteHalf};
+use crate::park::Parker;
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
 use crate::prepared::{self, ClientStatements, Responses};
 use crate::runtime::{CancelSlot, CancelTarget, Runtime};
@@ -96,25 +97,80 @@ pub async fn refuse(stream: Stream, peer: Peer, reason: &'static str) {
     let _ = fail(&mut out, error(Severity::Fatal, "53300", reason)).await;
 }
 
-/// Serve one client until it leaves or fails.
+/// Serve one client until it leaves, fails or parks (then its state is returned for
+/// the [`crate::park::Parker`]).
 pub fn run(
     stream: Stream,
     peer: Peer,
     rt: Arc<Runtime>,
-) -> impl std::future::Future<Output = ()> + Send {
+) -> impl std::future::Future<Output = Option<ParkedSession>> + Send {
     // Negotiation and login need far more state than a logged-in client: boxed, that
     // memory is given back once the client is in. (Not an `async fn`: its arguments
     // would keep a slot in the session's state for its whole life.)
     let login = Box::pin(log_in(stream, peer, rt.clone()));
     async move {
-        let Some((session, lease, mut client, mut out)) = login.await else {
-            return;
+        let (session, lease, client, out) = login.await?;
+        let tracking = session.new_tracking(&rt.config().settings);
+        session
+            .serve_until_parked(lease, tracking, client, out, &rt)
+            .await
+    }
+}
+
+/// Serve a parked client again (its socket turned readable). Called inside the Tokio
+/// runtime: the socket goes back into its reactor here.
+pub fn resume(
+    parked: ParkedSession,
+    rt: Arc<Runtime>,
+) -> impl std::future::Future<Output = Option<ParkedSession>> + Send {
+    let ParkedSession {
+        session,
+        tracking,
+        socket,
+        ..
+    } = parked;
+    let stream = socket.into_stream();
+    async move {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(peer = %session.peer, error = %e, "cannot resume a parked client");
+                rt.unregister_client(session.pid, session.key);
+                return None;
+            }
         };
-        let result = session.serve(lease, &mut client, &mut out, &rt).await;
-        rt.unregister_client(session.pid, session.key);
-        if let Err(e) = result {
-            debug!(%peer, error = %e, "session ended");
-        }
+        let (read, write) = stream.split();
+        let client =
+            FramedReader::with_read_chunk(read, FrameDecoder::frontend(), CLIENT_READ_CHUNK).lean();
+        let out = LeanWriter::with_capacity(CLIENT_WRITE_BUFFER, write);
+        session
+            .serve_until_parked(None, tracking, client, out, &rt)
+            .await
+    }
+}
+
+/// A logged-in client idle between transactions, without a task: what its session
+/// needs to go on, and its socket (out of Tokio's reactor).
+pub struct ParkedSession {
+    session: Session,
+    tracking: Option<Tracking>,
+    socket: ParkedSocket,
+    idle_since: Instant,
+}
+
+impl ParkedSession {
+    pub fn socket(&self) -> &ParkedSocket {
+        &self.socket
+    }
+
+    /// Since when the client has sent nothing (for `client_idle_timeout`).
+    pub fn idle_since(&self) -> Instant {
+        self.idle_since
+    }
+
+    /// Close the client's connection (`KILL`, `client_idle_timeout`).
+    pub fn end(self, rt: &Runtime) {
+        rt.unregister_client(self.session.pid, self.session.key);
     }
 }
 
@@ -205,6 +261,46 @@ async fn log_in(stream: Stream, peer: Peer, rt: Arc<Runtime>) -> Option<LoggedIn
         }
     };
     Some((session, lease, client, out))
+}
+
+/// How serving a logged-in client ended.
+enum Served {
+    /// It left, failed or was told why it must go.
+    Left,
+    /// It is idle (since then) and may park.
+    Parks(Instant),
+}
+
+/// What an idle client did next.
+enum Next {
+    Frame(Frame),
+    /// Left (EOF, error, client_idle_timeout).
+    Left,
+    /// Nothing for two parker ticks: park.
+    Park,
+}
+
+impl From<Option<Frame>> for Next {
+    fn from(f: Option<Frame>) -> Next {
+        f.map_or(Next::Left, Next::Frame)
+    }
+}
+
+/// The client's next message, or [`Next::Park`] once it has been idle through two of
+/// the parker's ticks with nothing half-read.
+async fn next_or_park(client: &mut ClientReader, parker: &Parker) -> Result<Next, FramedError> {
+    let since = parker.epoch();
+    loop {
+        let tick = parker.next_tick();
+        tokio::select! {
+            biased;
+            f = client.next() => return f.map(Next::from),
+            _ = tick => {}
+        }
+        if parker.epoch() >= since + 2 && client.buffered().is_empty() {
+            return Ok(Next::Park);
+        }
+    }
 }
 
 /// Where a client connects from, as authentication rules (auth_hba_file) see it.
@@ -378,6 +474,15 @@ async fn login(
         // The client left before it was in: its cancel key goes with it.
         rt.unregister_client(pid, key_secret);
         return Err(e);
+    }
+    if let Some(c) = crate::runtime::current_client() {
+        // SHOW CLIENTS lists it from now on, before its first query.
+        let application_name = session
+            .wanted
+            .iter()
+            .find(|(n, _)| n == "application_name")
+            .map(|(_, v)| v.as_str());
+        c.set_login(&session.user, &session.database, application_name);
     }
     info!(peer = %session.peer, user = %session.user, database = %session.database, mode = session.mode.as_str(), "client logged in");
     Ok(Some(LoggedIn::Client(Box::new((
@@ -965,21 +1070,74 @@ impl Session {
     /// Between transactions this future holds little: everything a transaction needs
     /// lives in a boxed future that exists only while the transaction runs, so an idle
     /// client costs a few hundred bytes here rather than the whole state machine.
+    /// The prepared statements this client's named statements are tracked in, unless
+    /// it keeps one server for the whole session.
+    fn new_tracking(&self, settings: &crate::config::Settings) -> Option<Tracking> {
+        (self.mode != PoolMode::Session && settings.max_prepared_statements > 0).then(|| Tracking {
+            statements: ClientStatements::default(),
+            responses: Responses::default(),
+            limit: settings.max_prepared_statements as usize,
+        })
+    }
+
+    /// Serve the client until it leaves or fails (`None`), or until it parks: then its
+    /// state, to be resumed when its socket turns readable.
+    async fn serve_until_parked(
+        self,
+        login: Option<Box<Lease>>,
+        mut tracking: Option<Tracking>,
+        mut client: ClientReader,
+        mut out: ClientWriter,
+        rt: &Runtime,
+    ) -> Option<ParkedSession> {
+        match self
+            .serve(login, &mut tracking, &mut client, &mut out, rt)
+            .await
+        {
+            Ok(Served::Parks(idle_since)) => {
+                // Only a plain socket with nothing buffered either way parks.
+                let (read, _) = client.into_parts();
+                match out
+                    .into_inner()
+                    .map(|write| ParkedSocket::from_halves(read, write))
+                {
+                    Some(Ok(Ok(socket))) => {
+                        return Some(ParkedSession {
+                            session: self,
+                            tracking,
+                            socket,
+                            idle_since,
+                        })
+                    }
+                    Some(Ok(Err(e))) => {
+                        debug!(peer = %self.peer, error = %e, "client lost while parking")
+                    }
+                    _ => warn!(peer = %self.peer, "client cannot park: closing it"),
+                }
+            }
+            Ok(Served::Left) => {}
+            Err(e) => debug!(peer = %self.peer, error = %e, "session ended"),
+        }
+        rt.unregister_client(self.pid, self.key);
+        None
+    }
+
     async fn serve(
         &self,
         login: Option<Box<Lease>>,
+        tracking: &mut Option<Tracking>,
         client: &mut ClientReader,
         out: &mut ClientWriter,
         rt: &Runtime,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Served, SessionError> {
         let config = rt.config();
         let settings = &config.settings;
-        let mut tracking = (self.mode != PoolMode::Session && settings.max_prepared_statements > 0)
-            .then(|| Tracking {
-                statements: ClientStatements::default(),
-                responses: Responses::default(),
-                limit: settings.max_prepared_statements as usize,
-            });
+        // TLS state cannot leave the task: only plain sockets park.
+        let parker = if client.get_ref().is_plain() {
+            rt.parker()
+        } else {
+            None
+        };
         let mut next = match (self.mode, login) {
             // Session mode keeps the server it logged in with.
             (PoolMode::Session, Some(login)) => Start::Attached(login),
@@ -993,17 +1151,21 @@ impl Session {
         loop {
             if let Start::Idle = next {
                 // Between transactions: wait for the client's next message.
+                let idle_since = parker.map(|_| Instant::now());
                 next = match self
-                    .next_from_client(client, settings.client_idle_timeout)
+                    .next_from_client(client, settings.client_idle_timeout, parker)
                     .await?
                 {
-                    Some(f) if f.tag != b'X' => Start::Message(f),
-                    _ => return Ok(()),
+                    Next::Frame(f) if f.tag != b'X' => Start::Message(f),
+                    Next::Park => {
+                        return Ok(Served::Parks(idle_since.unwrap_or_else(Instant::now)))
+                    }
+                    _ => return Ok(Served::Left),
                 };
             }
-            let transaction = self.transaction(next, client, out, settings, &mut tracking);
+            let transaction = self.transaction(next, client, out, settings, tracking);
             if !Box::pin(transaction).await? {
-                return Ok(());
+                return Ok(Served::Left);
             }
             next = Start::Idle;
         }
@@ -1308,24 +1470,31 @@ impl Session {
         &self,
         client: &mut ClientReader,
         idle_timeout: Option<Duration>,
-    ) -> Result<Option<Frame>, SessionError> {
+        parker: Option<&Parker>,
+    ) -> Result<Next, SessionError> {
+        let wait = async {
+            match parker {
+                Some(parker) => next_or_park(client, parker).await,
+                None => client.next().await.map(Next::from),
+            }
+        };
         // Awaited by every idle client: the timer (large) is boxed, and only when
         // client_idle_timeout is set.
-        let frame = match idle_timeout {
-            Some(t) => match Box::pin(tokio::time::timeout(t, client.next())).await {
+        let next = match idle_timeout {
+            Some(t) => match Box::pin(tokio::time::timeout(t, wait)).await {
                 Ok(f) => f,
                 Err(_) => {
                     info!(peer = %self.peer, "client_idle_timeout");
-                    return Ok(None);
+                    return Ok(Next::Left);
                 }
             },
-            None => client.next().await,
+            None => wait.await,
         };
-        match frame {
-            Ok(f) => Ok(f),
+        match next {
+            Ok(n) => Ok(n),
             Err(e) => {
                 debug!(peer = %self.peer, error = %e, "client connection failed");
-                Ok(None)
+                Ok(Next::Left)
             }
         }
     }

@@ -37,7 +37,7 @@ pub async fn run(ctx: &Ctx<'_>, db: Option<&str>) -> Result<Reply, AdminError> {
             (None, Some(_)) => true,
         };
         if hit {
-            c.kill();
+            ctx.rt.kill_client(&c);
             killed += 1;
         }
     }

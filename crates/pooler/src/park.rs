@@ -1,0 +1,222 @@
+//! Parking idle clients.
+//!
+//! A logged-in client between transactions needs no task: nothing happens until it
+//! sends something. A task and its socket's registration with Tokio's reactor cost
+//! about 1.4 KB per client, most of an idle client's memory (PgBouncer keeps under
+//! 1 KB in all). So a plain (non-TLS) client that has been idle through two ticks of
+//! [`PARK_TICK`] hands its session state to the [`Parker`]: its socket moves into one
+//! epoll set that a single task watches, and its session waits in a table. When the
+//! socket turns readable (a message, or the client leaving) the session resumes in a
+//! new task; busy clients never park, so the hot path pays nothing but one wait-list
+//! entry while idle.
+
+use crate::runtime::{self, ClientInfo, Runtime};
+use crate::session::ParkedSession;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tracing::{info, warn};
+
+/// How often idle sessions are asked to park, and parked ones checked for
+/// `client_idle_timeout`. A client parks after one to two ticks of idleness.
+pub const PARK_TICK: Duration = Duration::from_secs(1);
+
+/// Ready sockets taken from the epoll set per wake-up.
+const EVENTS_PER_WAKE: usize = 64;
+
+/// A parked client: its session, its entry in the client list and its
+/// `max_client_conn` slot.
+pub struct ParkedClient {
+    pub session: ParkedSession,
+    pub client: Arc<ClientInfo>,
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// The epoll set, readable (for Tokio) when a parked socket is.
+struct EpollSet(Epoll);
+
+impl AsRawFd for EpollSet {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0 .0.as_raw_fd()
+    }
+}
+
+/// The parked clients of one [`Runtime`].
+pub struct Parker {
+    epoll: AsyncFd<EpollSet>,
+    parked: Mutex<HashMap<u64, ParkedClient>>,
+    /// Advanced at every tick; a session parks once it has waited through two.
+    epoch: AtomicU64,
+    /// Wakes every idle session at each tick.
+    tick: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Parker {
+    /// A parker with an empty epoll set (inside a Tokio runtime).
+    pub fn new() -> io::Result<Parker> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+        // SAFETY: `EpollSet` owns its descriptor, which stays open and the same until
+        // the AsyncFd (and with it the EpollSet) is dropped.
+        let epoll = unsafe { AsyncFd::register_with_interest(EpollSet(epoll), Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Parker {
+            epoll,
+            parked: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            tick: Notify::new(),
+        })
+    }
+
+    /// The current tick.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Resolves at the next tick (register before checking [`Parker::epoch`]).
+    pub fn next_tick(&self) -> tokio::sync::futures::Notified<'_> {
+        self.tick.notified()
+    }
+
+    /// How many clients are parked.
+    pub fn len(&self) -> usize {
+        lock(&self.parked).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Park `c` until its socket turns readable; `Err` gives it back (the epoll set
+    /// refused the socket).
+    #[allow(clippy::result_large_err)]
+    pub fn park(&self, c: ParkedClient) -> Result<(), ParkedClient> {
+        let id = c.client.id;
+        // Level-triggered, once: bytes that came in before this call wake it at once.
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
+        let mut parked = lock(&self.parked);
+        if let Err(e) = self
+            .epoll
+            .get_ref()
+            .0
+            .add(c.session.socket(), EpollEvent::new(flags, id))
+        {
+            warn!(error = %e, "cannot park an idle client: its session keeps its task");
+            return Err(c);
+        }
+        parked.insert(id, c);
+        Ok(())
+    }
+
+    /// Take client `id` out (its socket leaves the epoll set), if it is parked.
+    pub fn unpark(&self, id: u64) -> Option<ParkedClient> {
+        let c = lock(&self.parked).remove(&id)?;
+        let _ = self.epoll.get_ref().0.delete(c.session.socket());
+        Some(c)
+    }
+
+    /// Take client `id` out if it is parked and `pred` holds for it.
+    pub fn unpark_if(
+        &self,
+        id: u64,
+        pred: impl FnOnce(&ParkedClient) -> bool,
+    ) -> Option<ParkedClient> {
+        let c = {
+            let mut parked = lock(&self.parked);
+            if !parked.get(&id).is_some_and(pred) {
+                return None;
+            }
+            parked.remove(&id)?
+        };
+        let _ = self.epoll.get_ref().0.delete(c.session.socket());
+        Some(c)
+    }
+
+    /// Wait until some parked sockets are readable and take their clients out.
+    async fn ready(&self) -> io::Result<Vec<ParkedClient>> {
+        loop {
+            let mut guard = self.epoll.readable().await?;
+            let mut events = [EpollEvent::empty(); EVENTS_PER_WAKE];
+            let n = match guard.get_inner().0.wait(&mut events, EpollTimeout::ZERO) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n < events.len() {
+                guard.clear_ready();
+            }
+            let ready: Vec<ParkedClient> = events[..n]
+                .iter()
+                .filter_map(|e| self.unpark(e.data()))
+                .collect();
+            if !ready.is_empty() {
+                return Ok(ready);
+            }
+        }
+    }
+
+    /// One tick: advance the epoch, wake the idle sessions (those idle for two ticks
+    /// park), and take out the parked clients idle longer than `idle_timeout`.
+    fn tick(&self, idle_timeout: Option<Duration>) -> Vec<ParkedClient> {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        self.tick.notify_waiters();
+        let Some(timeout) = idle_timeout else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let expired: Vec<u64> = lock(&self.parked)
+            .iter()
+            .filter(|(_, c)| now.duration_since(c.session.idle_since()) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|id| self.unpark(id))
+            .collect()
+    }
+}
+
+/// Drive `parker` for `rt`: resume clients whose sockets turn readable, tick every
+/// [`PARK_TICK`]. Ends when the runtime is gone.
+pub async fn run(parker: Arc<Parker>, rt: Weak<Runtime>) {
+    let mut ticks = tokio::time::interval(PARK_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ready = parker.ready() => {
+                let Some(rt) = rt.upgrade() else { return };
+                match ready {
+                    Ok(clients) => {
+                        for c in clients {
+                            runtime::resume_client(&rt, c);
+                        }
+                    }
+                    Err(e) => {
+                        // Cannot happen with a valid epoll descriptor; do not spin.
+                        warn!(error = %e, "waiting on parked clients failed");
+                        tokio::time::sleep(PARK_TICK).await;
+                    }
+                }
+            }
+            _ = ticks.tick() => {
+                let Some(rt) = rt.upgrade() else { return };
+                let idle_timeout = rt.config().settings.client_idle_timeout;
+                for c in parker.tick(idle_timeout) {
+                    info!(peer = %c.client.peer, "client_idle_timeout");
+                    rt.remove_client(c.client.id);
+                    c.session.end(&rt);
+                }
+            }
+        }
+    }
+}
