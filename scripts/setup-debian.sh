@@ -3,11 +3,11 @@
 # PostgreSQL 15 server binaries, etcd (for multi-host clusters and the tests), protoc
 # (the etcd client's build needs it), and for the compatibility tests HAProxy (its
 # `option httpchk OPTIONS /primary` must route to the primary) and Patroni (its
-# `patronictl` must read a pgherd cluster). Installs only what is missing; uses sudo
-# when not root.
+# `patronictl` must read a pgherd cluster), and gcc and make (jemalloc, pgherd's
+# allocator, is built from C). Installs only what is missing; uses sudo when not root.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-client-15 etcd-server protobuf-compiler haproxy patroni)
+packages=(postgresql-15 postgresql-client-15 etcd-server protobuf-compiler haproxy patroni gcc make)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

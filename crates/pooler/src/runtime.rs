@@ -873,6 +873,7 @@ pub(crate) fn resume_client(runtime: &Arc<Runtime>, parked: ParkedClient) {
         client,
         slot,
     } = parked;
+    tracing::trace!(peer = %client.peer, "resuming a parked client");
     let session = session::resume(session, runtime.clone());
     spawn_client(runtime.clone(), client, slot, session);
 }

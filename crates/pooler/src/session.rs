@@ -143,6 +143,7 @@ pub fn resume(
         let client =
             FramedReader::with_read_chunk(read, FrameDecoder::frontend(), CLIENT_READ_CHUNK).lean();
         let out = LeanWriter::with_capacity(CLIENT_WRITE_BUFFER, write);
+        let tracking = tracking.or_else(|| session.new_tracking(&rt.config().settings));
         session
             .serve_until_parked(None, tracking, client, out, &rt)
             .await
@@ -153,7 +154,8 @@ pub fn resume(
 /// needs to go on, and its socket (out of Tokio's reactor).
 pub struct ParkedSession {
     session: Session,
-    tracking: Option<Tracking>,
+    /// Kept only when it holds statements.
+    tracking: Option<Box<Tracking>>,
     socket: ParkedSocket,
     idle_since: Instant,
 }
@@ -1006,7 +1008,7 @@ struct Tracking {
 fn encode_for_server(
     frame: &Frame,
     mode: PoolMode,
-    tracking: &mut Option<Tracking>,
+    tracking: &mut Option<Box<Tracking>>,
     lease: &mut Lease,
     batch: &mut BytesMut,
 ) -> Result<(), SessionError> {
@@ -1072,60 +1074,67 @@ impl Session {
     /// client costs a few hundred bytes here rather than the whole state machine.
     /// The prepared statements this client's named statements are tracked in, unless
     /// it keeps one server for the whole session.
-    fn new_tracking(&self, settings: &crate::config::Settings) -> Option<Tracking> {
-        (self.mode != PoolMode::Session && settings.max_prepared_statements > 0).then(|| Tracking {
-            statements: ClientStatements::default(),
-            responses: Responses::default(),
-            limit: settings.max_prepared_statements as usize,
+    fn new_tracking(&self, settings: &crate::config::Settings) -> Option<Box<Tracking>> {
+        (self.mode != PoolMode::Session && settings.max_prepared_statements > 0).then(|| {
+            Box::new(Tracking {
+                statements: ClientStatements::default(),
+                responses: Responses::default(),
+                limit: settings.max_prepared_statements as usize,
+            })
         })
     }
 
     /// Serve the client until it leaves or fails (`None`), or until it parks: then its
-    /// state, to be resumed when its socket turns readable.
-    async fn serve_until_parked(
+    /// state, to be resumed when its socket turns readable. (Not an `async fn`: its
+    /// arguments would be stored twice in the future, which lives as long as the client.)
+    #[allow(clippy::manual_async_fn)]
+    fn serve_until_parked<'a>(
         self,
         login: Option<Box<Lease>>,
-        mut tracking: Option<Tracking>,
+        mut tracking: Option<Box<Tracking>>,
         mut client: ClientReader,
         mut out: ClientWriter,
-        rt: &Runtime,
-    ) -> Option<ParkedSession> {
-        match self
-            .serve(login, &mut tracking, &mut client, &mut out, rt)
-            .await
-        {
-            Ok(Served::Parks(idle_since)) => {
-                // Only a plain socket with nothing buffered either way parks.
-                let (read, _) = client.into_parts();
-                match out
-                    .into_inner()
-                    .map(|write| ParkedSocket::from_halves(read, write))
-                {
-                    Some(Ok(Ok(socket))) => {
-                        return Some(ParkedSession {
-                            session: self,
-                            tracking,
-                            socket,
-                            idle_since,
-                        })
+        rt: &'a Runtime,
+    ) -> impl std::future::Future<Output = Option<ParkedSession>> + Send + 'a {
+        async move {
+            match self
+                .serve(login, &mut tracking, &mut client, &mut out, rt)
+                .await
+            {
+                Ok(Served::Parks(idle_since)) => {
+                    // Only a plain socket with nothing buffered either way parks.
+                    let (read, _) = client.into_parts();
+                    match out
+                        .into_inner()
+                        .map(|write| ParkedSocket::from_halves(read, write))
+                    {
+                        Some(Ok(Ok(socket))) => {
+                            return Some(ParkedSession {
+                                session: self,
+                                // Made again on resuming, unless it holds statements.
+                                tracking: tracking.filter(|t| !t.statements.is_empty()),
+                                socket,
+                                idle_since,
+                            });
+                        }
+                        Some(Ok(Err(e))) => {
+                            debug!(peer = %self.peer, error = %e, "client lost while parking")
+                        }
+                        _ => warn!(peer = %self.peer, "client cannot park: closing it"),
                     }
-                    Some(Ok(Err(e))) => {
-                        debug!(peer = %self.peer, error = %e, "client lost while parking")
-                    }
-                    _ => warn!(peer = %self.peer, "client cannot park: closing it"),
                 }
+                Ok(Served::Left) => {}
+                Err(e) => debug!(peer = %self.peer, error = %e, "session ended"),
             }
-            Ok(Served::Left) => {}
-            Err(e) => debug!(peer = %self.peer, error = %e, "session ended"),
+            rt.unregister_client(self.pid, self.key);
+            None
         }
-        rt.unregister_client(self.pid, self.key);
-        None
     }
 
     async fn serve(
         &self,
         login: Option<Box<Lease>>,
-        tracking: &mut Option<Tracking>,
+        tracking: &mut Option<Box<Tracking>>,
         client: &mut ClientReader,
         out: &mut ClientWriter,
         rt: &Runtime,
@@ -1180,7 +1189,7 @@ impl Session {
         client: &mut ClientReader,
         out: &mut ClientWriter,
         settings: &crate::config::Settings,
-        tracking: &mut Option<Tracking>,
+        tracking: &mut Option<Box<Tracking>>,
     ) -> Result<bool, SessionError> {
         // Queries and Syncs sent whose ReadyForQuery has not come back yet.
         let mut flight = InFlight::default();
@@ -1258,7 +1267,7 @@ impl Session {
         out: &mut ClientWriter,
         flight: &mut InFlight,
         settings: &crate::config::Settings,
-        tracking: &mut Option<Tracking>,
+        tracking: &mut Option<Box<Tracking>>,
     ) -> Result<Pump, SessionError> {
         // When the client last sent something, and the server last said ReadyForQuery.
         let mut sent_at = tokio::time::Instant::now();
@@ -1333,7 +1342,7 @@ impl Session {
         &self,
         first: Frame,
         client: &mut ClientReader,
-        tracking: &mut Option<Tracking>,
+        tracking: &mut Option<Box<Tracking>>,
         lease: &mut Lease,
         flight: &mut InFlight,
     ) -> Result<(BytesMut, bool), SessionError> {
@@ -1396,7 +1405,7 @@ impl Session {
         lease: &mut Lease,
         out: &mut ClientWriter,
         flight: &mut InFlight,
-        tracking: &mut Option<Tracking>,
+        tracking: &mut Option<Box<Tracking>>,
     ) -> Result<bool, SessionError> {
         if let Some(t) = tracking {
             let mut ours = BytesMut::new();
@@ -1416,7 +1425,7 @@ impl Session {
     async fn synthetic_answers(
         &self,
         out: &mut ClientWriter,
-        tracking: &mut Option<Tracking>,
+        tracking: &mut Option<Box<Tracking>>,
     ) -> Result<(), SessionError> {
         if let Some(t) = tracking {
             let mut ours = BytesMut::new();

@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 /// Tests in this file share the machine: one PostgreSQL at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// Longest wait for a client to park (it parks after one to two 1-second ticks).
+/// Longest wait for a client to park (it parks after 0.25 to 0.5 s of idleness).
 const PARK_WAIT: Duration = Duration::from_secs(6);
 
 async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
