@@ -12,8 +12,25 @@ use std::time::Duration;
 /// cannot reuse or return those holes (an idle pooler kept about 3 KB of RSS per idle
 /// client that held 0.8 KB); jemalloc's size classes reuse them, and with the decay
 /// times set in .cargo/config.toml give freed pages back at once.
+/// [`flush_allocator_cache`] returns what its thread cache holds.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Give jemalloc's thread cache back to its arenas (then, decay 0, to the kernel): the
+/// pooler calls it when a burst of idle clients has parked and their tasks' memory sits
+/// in that cache.
+fn flush_allocator_cache() {
+    // SAFETY: "thread.tcache.flush" takes no input and writes no output.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"thread.tcache.flush".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+    }
+}
 
 /// How long the runtime's leftover tasks get once the command is done.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
@@ -55,6 +72,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    pgherd_pooler::park::set_memory_release(flush_allocator_cache);
     let default_level = match cli.command {
         Command::Node { .. } | Command::Pooler(_) => "info",
         _ => "warn",

@@ -10,18 +10,18 @@
 //! new task; busy clients never park, so the hot path pays nothing but one wait-list
 //! entry while idle.
 
-use crate::runtime::{self, ClientInfo, Runtime};
+use crate::runtime::{self, ClientSlot, Runtime};
 use crate::session::ParkedSession;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 /// How often idle sessions are asked to park, and parked ones checked for
@@ -30,15 +30,26 @@ use tracing::{info, warn};
 /// memory would stay with the process), late enough that busy clients do not park.
 pub const PARK_TICK: Duration = Duration::from_millis(250);
 
+/// Clients that, once parked in a burst, make it worth calling the memory release hook.
+const RELEASE_AFTER_PARKING: usize = 64;
+
+/// What the binary's allocator does to give back memory that parked clients' tasks
+/// left in its caches (set once, by the binary that chose the allocator).
+static RELEASE_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// Set the hook called after a burst of clients has parked.
+pub fn set_memory_release(release: fn()) {
+    let _ = RELEASE_MEMORY.set(release);
+}
+
 /// Ready sockets taken from the epoll set per wake-up.
 const EVENTS_PER_WAKE: usize = 64;
 
-/// A parked client: its session, its entry in the client list and its
+/// A parked client: its session (with its entry in the client list) and its
 /// `max_client_conn` slot.
 pub struct ParkedClient {
     pub session: ParkedSession,
-    pub client: Arc<ClientInfo>,
-    pub slot: OwnedSemaphorePermit,
+    pub slot: ClientSlot,
 }
 
 /// The epoll set, readable (for Tokio) when a parked socket is.
@@ -104,7 +115,7 @@ impl Parker {
     /// refused the socket).
     #[allow(clippy::result_large_err)]
     pub fn park(&self, c: ParkedClient) -> Result<(), ParkedClient> {
-        let id = c.client.id;
+        let id = c.session.client().id;
         // Level-triggered, once: bytes that came in before this call wake it at once.
         let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
         let mut parked = lock(&self.parked);
@@ -176,10 +187,14 @@ impl Parker {
         let Some(timeout) = idle_timeout else {
             return Vec::new();
         };
-        let now = Instant::now();
+        let epoch = self.epoch();
+        // Counted from the tick before the one it went idle in: never early.
         let expired: Vec<u64> = lock(&self.parked)
             .iter()
-            .filter(|(_, c)| now.duration_since(c.session.idle_since()) >= timeout)
+            .filter(|(_, c)| {
+                let ticks = epoch.saturating_sub(c.session.idle_tick() + 1);
+                PARK_TICK.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX)) >= timeout
+            })
             .map(|(id, _)| *id)
             .collect();
         expired
@@ -192,6 +207,8 @@ impl Parker {
 /// Drive `parker` for `rt`: resume clients whose sockets turn readable, tick every
 /// [`PARK_TICK`]. Ends when the runtime is gone.
 pub async fn run(parker: Arc<Parker>, rt: Weak<Runtime>) {
+    // Clients parked since the last release, and how many were parked at the last tick.
+    let (mut parked_since_release, mut parked_before) = (0, 0);
     let mut ticks = tokio::time::interval(PARK_TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -215,10 +232,21 @@ pub async fn run(parker: Arc<Parker>, rt: Weak<Runtime>) {
                 let Some(rt) = rt.upgrade() else { return };
                 let idle_timeout = rt.config().settings.client_idle_timeout;
                 for c in parker.tick(idle_timeout) {
-                    info!(peer = %c.client.peer, "client_idle_timeout");
-                    rt.remove_client(c.client.id);
+                    info!(peer = %c.session.client().peer, "client_idle_timeout");
+                    rt.remove_client(c.session.client().id);
                     c.session.end(&rt);
                 }
+                // Once a burst has parked (the count stopped rising), release its memory.
+                let parked = parker.len();
+                if parked > parked_before {
+                    parked_since_release += parked - parked_before;
+                } else if parked_since_release >= RELEASE_AFTER_PARKING {
+                    parked_since_release = 0;
+                    if let Some(release) = RELEASE_MEMORY.get() {
+                        release();
+                    }
+                }
+                parked_before = parked;
             }
         }
     }

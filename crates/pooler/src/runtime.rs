@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
@@ -145,10 +145,10 @@ struct PauseState {
 /// Where to send a client's CancelRequest: the server backend it is attached to now.
 ///
 /// Set each time a client attaches to a server, so nothing here allocates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub host: Arc<str>,
-    pub port: u16,
+    /// The pool's server (host and port).
+    pub server: Arc<ServerTarget>,
     pub backend_pid: i32,
     pub cancel_key: bytes::Bytes,
 }
@@ -795,13 +795,13 @@ pub async fn serve(listener: Listener, runtime: Arc<Runtime>, mut shutdown: watc
             }
         };
         let runtime = runtime.clone();
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
+        match ClientSlot::take(&slots) {
+            Some(slot) => {
                 let client = runtime.add_client(peer, local);
-                let session = session::run(stream, peer, runtime.clone());
+                let session = session::run(stream, client.clone(), runtime.clone());
                 spawn_client(runtime, client, slot, session);
             }
-            Err(_) => {
+            None => {
                 tokio::spawn(session::refuse(
                     stream,
                     peer,
@@ -814,12 +814,30 @@ pub async fn serve(listener: Listener, runtime: Arc<Runtime>, mut shutdown: watc
     runtime.signal_janitor_stop();
 }
 
+/// A client's place under `max_client_conn`, given back when dropped. (A pointer:
+/// tokio's OwnedSemaphorePermit takes twice that in every parked client.)
+pub struct ClientSlot(Arc<Semaphore>);
+
+impl ClientSlot {
+    fn take(slots: &Arc<Semaphore>) -> Option<ClientSlot> {
+        let permit = slots.try_acquire().ok()?;
+        permit.forget();
+        Some(ClientSlot(slots.clone()))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
+}
+
 /// Run a client's session in its own task, as [`CURRENT_CLIENT`], until it leaves, is
 /// killed or parks.
 fn spawn_client(
     runtime: Arc<Runtime>,
     client: Arc<ClientInfo>,
-    slot: OwnedSemaphorePermit,
+    slot: ClientSlot,
     session: impl Future<Output = Option<ParkedSession>> + Send + 'static,
 ) {
     tokio::spawn(async move {
@@ -842,16 +860,13 @@ fn spawn_client(
                 return;
             };
             let id = client.id;
-            let parked = ParkedClient {
-                session,
-                client,
-                slot,
-            };
+            drop(client);
+            let parked = ParkedClient { session, slot };
             match parker.park(parked) {
                 Ok(()) => {
                     // A KILL that came while parking may have missed it in the parker.
                     if let Some(killed) =
-                        parker.unpark_if(id, |c| c.client.killed.load(Ordering::Relaxed))
+                        parker.unpark_if(id, |c| c.session.client().killed.load(Ordering::Relaxed))
                     {
                         runtime.remove_client(id);
                         killed.session.end(&runtime);
@@ -868,11 +883,8 @@ fn spawn_client(
 
 /// Serve a parked client again, in a new task.
 pub(crate) fn resume_client(runtime: &Arc<Runtime>, parked: ParkedClient) {
-    let ParkedClient {
-        session,
-        client,
-        slot,
-    } = parked;
+    let ParkedClient { session, slot } = parked;
+    let client = session.client().clone();
     tracing::trace!(peer = %client.peer, "resuming a parked client");
     let session = session::resume(session, runtime.clone());
     spawn_client(runtime.clone(), client, slot, session);

@@ -12,7 +12,7 @@ use crate::net::{ParkedSocket, Peer, ReadHalf, Stream, WriteHalf};
 use crate::park::Parker;
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
 use crate::prepared::{self, ClientStatements, Responses};
-use crate::runtime::{CancelSlot, CancelTarget, Runtime};
+use crate::runtime::{CancelSlot, CancelTarget, ClientInfo, Runtime};
 use crate::server::{send_cancel, FramedError, FramedReader, ServerCredential};
 use bytes::BytesMut;
 use pgherd_protocol::auth::{Md5Server, ScramServer, StoredPassword};
@@ -101,13 +101,13 @@ pub async fn refuse(stream: Stream, peer: Peer, reason: &'static str) {
 /// the [`crate::park::Parker`]).
 pub fn run(
     stream: Stream,
-    peer: Peer,
+    info: Arc<ClientInfo>,
     rt: Arc<Runtime>,
 ) -> impl std::future::Future<Output = Option<ParkedSession>> + Send {
     // Negotiation and login need far more state than a logged-in client: boxed, that
     // memory is given back once the client is in. (Not an `async fn`: its arguments
     // would keep a slot in the session's state for its whole life.)
-    let login = Box::pin(log_in(stream, peer, rt.clone()));
+    let login = Box::pin(log_in(stream, info, rt.clone()));
     async move {
         let (session, lease, client, out) = login.await?;
         let tracking = session.new_tracking(&rt.config().settings);
@@ -134,7 +134,7 @@ pub fn resume(
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                warn!(peer = %session.peer, error = %e, "cannot resume a parked client");
+                warn!(peer = %session.info.peer, error = %e, "cannot resume a parked client");
                 rt.unregister_client(session.pid, session.key);
                 return None;
             }
@@ -157,17 +157,24 @@ pub struct ParkedSession {
     /// Kept only when it holds statements.
     tracking: Option<Box<Tracking>>,
     socket: ParkedSocket,
-    idle_since: Instant,
+    /// The parker's tick when it went idle.
+    idle_tick: u64,
 }
 
 impl ParkedSession {
+    /// The client's entry in the client list.
+    pub fn client(&self) -> &Arc<ClientInfo> {
+        &self.session.info
+    }
+
     pub fn socket(&self) -> &ParkedSocket {
         &self.socket
     }
 
-    /// Since when the client has sent nothing (for `client_idle_timeout`).
-    pub fn idle_since(&self) -> Instant {
-        self.idle_since
+    /// The parker's tick since which the client has sent nothing (for
+    /// `client_idle_timeout`).
+    pub fn idle_tick(&self) -> u64 {
+        self.idle_tick
     }
 
     /// Close the client's connection (`KILL`, `client_idle_timeout`).
@@ -181,8 +188,9 @@ type LoggedInClient = (Session, Option<Box<Lease>>, ClientReader, ClientWriter);
 
 /// Startup negotiation, login and welcome; an admin console client is served here to
 /// the end. `None`: nothing more to do.
-async fn log_in(stream: Stream, peer: Peer, rt: Arc<Runtime>) -> Option<LoggedInClient> {
+async fn log_in(stream: Stream, info: Arc<ClientInfo>, rt: Arc<Runtime>) -> Option<LoggedInClient> {
     let rt = &rt;
+    let peer = info.peer;
     let login_timeout = rt.config().settings.client_login_timeout;
     let deadline = login_timeout.map(|t| tokio::time::Instant::now() + t);
     let negotiated = match deadline {
@@ -201,9 +209,7 @@ async fn log_in(stream: Stream, peer: Peer, rt: Arc<Runtime>) -> Option<LoggedIn
         startup,
         tls,
     } = negotiated?;
-    if let Some(client) = crate::runtime::current_client() {
-        client.set_tls(tls.clone());
-    }
+    info.set_tls(tls.clone());
     let (read, write) = stream.split();
     // Small buffers: most clients sit idle most of the time, and both grow (or are
     // bypassed) for large messages.
@@ -211,7 +217,7 @@ async fn log_in(stream: Stream, peer: Peer, rt: Arc<Runtime>) -> Option<LoggedIn
         FramedReader::with_buffer(read, FrameDecoder::frontend(), buffered, CLIENT_READ_CHUNK)
             .lean();
     let mut out = LeanWriter::with_capacity(CLIENT_WRITE_BUFFER, write);
-    let login = login(&mut client, &mut out, peer, !tls.is_empty(), startup, rt);
+    let login = login(&mut client, &mut out, &info, !tls.is_empty(), startup, rt);
     let logged_in = match deadline {
         Some(d) => match tokio::time::timeout_at(d, login).await {
             Ok(r) => r,
@@ -269,8 +275,8 @@ async fn log_in(stream: Stream, peer: Peer, rt: Arc<Runtime>) -> Option<LoggedIn
 enum Served {
     /// It left, failed or was told why it must go.
     Left,
-    /// It is idle (since then) and may park.
-    Parks(Instant),
+    /// It is idle (since this parker tick) and may park.
+    Parks(u64),
 }
 
 /// What an idle client did next.
@@ -315,7 +321,8 @@ pub struct Origin {
 
 /// A logged-in client.
 struct Session {
-    peer: Peer,
+    /// The client's entry in the client list (its address, what SHOW CLIENTS shows).
+    info: Arc<ClientInfo>,
     user: String,
     database: String,
     mode: PoolMode,
@@ -325,8 +332,6 @@ struct Session {
     pid: i32,
     key: u32,
     cancel: CancelSlot,
-    /// The pool's server host, shared with the cancel registry.
-    server_host: Arc<str>,
 }
 
 /// What the server owes a client, and since when (SHOW STATS' query and transaction
@@ -401,11 +406,12 @@ enum LoggedIn {
 async fn login(
     client: &mut ClientReader,
     out: &mut ClientWriter,
-    peer: Peer,
+    info: &Arc<ClientInfo>,
     tls: bool,
     startup: StartupMessage,
     rt: &Arc<Runtime>,
 ) -> Result<Option<LoggedIn>, SessionError> {
+    let peer = info.peer;
     let user = startup.user().to_string();
     let database = startup.database().to_string();
     let config = rt.config();
@@ -461,7 +467,7 @@ async fn login(
     };
     let (pid, key_secret, cancel) = rt.register_client();
     let session = Session {
-        peer,
+        info: info.clone(),
         user,
         database,
         mode,
@@ -469,7 +475,6 @@ async fn login(
         pid,
         key: key_secret,
         cancel,
-        server_host: Arc::from(pool.target().host.as_str()),
         pool,
     };
     if let Err(e) = welcome(out, &session, &parameters).await {
@@ -477,16 +482,14 @@ async fn login(
         rt.unregister_client(pid, key_secret);
         return Err(e);
     }
-    if let Some(c) = crate::runtime::current_client() {
-        // SHOW CLIENTS lists it from now on, before its first query.
-        let application_name = session
-            .wanted
-            .iter()
-            .find(|(n, _)| n == "application_name")
-            .map(|(_, v)| v.as_str());
-        c.set_login(&session.user, &session.database, application_name);
-    }
-    info!(peer = %session.peer, user = %session.user, database = %session.database, mode = session.mode.as_str(), "client logged in");
+    // SHOW CLIENTS lists it from now on, before its first query.
+    let application_name = session
+        .wanted
+        .iter()
+        .find(|(n, _)| n == "application_name")
+        .map(|(_, v)| v.as_str());
+    info.set_login(&session.user, &session.database, application_name);
+    info!(peer = %session.info.peer, user = %session.user, database = %session.database, mode = session.mode.as_str(), "client logged in");
     Ok(Some(LoggedIn::Client(Box::new((
         session,
         lease.map(Box::new),
@@ -642,7 +645,7 @@ async fn forward_cancel(rt: &Runtime, c: &pgherd_protocol::CancelRequest) {
     if let Some(target) = key.and_then(|k| rt.cancel_target(c.process_id, k)) {
         let timeout = rt.config().settings.server_connect_timeout;
         if let Err(e) = send_cancel(
-            (&target.host, target.port),
+            (&target.server.host, target.server.port),
             target.backend_pid,
             &target.cancel_key,
             timeout,
@@ -1101,7 +1104,7 @@ impl Session {
                 .serve(login, &mut tracking, &mut client, &mut out, rt)
                 .await
             {
-                Ok(Served::Parks(idle_since)) => {
+                Ok(Served::Parks(idle_tick)) => {
                     // Only a plain socket with nothing buffered either way parks.
                     let (read, _) = client.into_parts();
                     match out
@@ -1114,17 +1117,17 @@ impl Session {
                                 // Made again on resuming, unless it holds statements.
                                 tracking: tracking.filter(|t| !t.statements.is_empty()),
                                 socket,
-                                idle_since,
+                                idle_tick,
                             });
                         }
                         Some(Ok(Err(e))) => {
-                            debug!(peer = %self.peer, error = %e, "client lost while parking")
+                            debug!(peer = %self.info.peer, error = %e, "client lost while parking")
                         }
-                        _ => warn!(peer = %self.peer, "client cannot park: closing it"),
+                        _ => warn!(peer = %self.info.peer, "client cannot park: closing it"),
                     }
                 }
                 Ok(Served::Left) => {}
-                Err(e) => debug!(peer = %self.peer, error = %e, "session ended"),
+                Err(e) => debug!(peer = %self.info.peer, error = %e, "session ended"),
             }
             rt.unregister_client(self.pid, self.key);
             None
@@ -1160,15 +1163,13 @@ impl Session {
         loop {
             if let Start::Idle = next {
                 // Between transactions: wait for the client's next message.
-                let idle_since = parker.map(|_| Instant::now());
+                let idle_tick = parker.map_or(0, Parker::epoch);
                 next = match self
                     .next_from_client(client, settings.client_idle_timeout, parker)
                     .await?
                 {
                     Next::Frame(f) if f.tag != b'X' => Start::Message(f),
-                    Next::Park => {
-                        return Ok(Served::Parks(idle_since.unwrap_or_else(Instant::now)))
-                    }
+                    Next::Park => return Ok(Served::Parks(idle_tick)),
                     _ => return Ok(Served::Left),
                 };
             }
@@ -1246,7 +1247,7 @@ impl Session {
                 Ok(true)
             }
             Pump::Ended(which) => {
-                info!(peer = %self.peer, user = %self.user, reason = which, "closing client");
+                info!(peer = %self.info.peer, user = %self.user, reason = which, "closing client");
                 self.finish(attached, flight.pending, settings).await;
                 Err(fail(out, error(Severity::Fatal, "08P01", which)).await)
             }
@@ -1314,7 +1315,7 @@ impl Session {
                         Ok(Some(f)) if f.tag != b'X' => f,
                         Ok(_) => return Ok(Pump::ClientGone),
                         Err(e) => {
-                            debug!(peer = %self.peer, error = %e, "client connection failed");
+                            debug!(peer = %self.info.peer, error = %e, "client connection failed");
                             return Ok(Pump::ClientGone);
                         }
                     };
@@ -1493,7 +1494,7 @@ impl Session {
             Some(t) => match Box::pin(tokio::time::timeout(t, wait)).await {
                 Ok(f) => f,
                 Err(_) => {
-                    info!(peer = %self.peer, "client_idle_timeout");
+                    info!(peer = %self.info.peer, "client_idle_timeout");
                     return Ok(Next::Left);
                 }
             },
@@ -1502,7 +1503,7 @@ impl Session {
         match next {
             Ok(n) => Ok(n),
             Err(e) => {
-                debug!(peer = %self.peer, error = %e, "client connection failed");
+                debug!(peer = %self.info.peer, error = %e, "client connection failed");
                 Ok(Next::Left)
             }
         }
@@ -1522,8 +1523,7 @@ impl Session {
             }
         }
         *lock(&self.cancel) = Some(CancelTarget {
-            host: self.server_host.clone(),
-            port: self.pool.target().port,
+            server: self.pool.target(),
             backend_pid: lease.conn.backend_pid(),
             cancel_key: lease.conn.cancel_key_bytes(),
         });
@@ -1568,7 +1568,7 @@ impl Session {
             }
         }
         self.pool.release(lease, reusable).await;
-        info!(peer = %self.peer, user = %self.user, database = %self.database, "client left");
+        info!(peer = %self.info.peer, user = %self.user, database = %self.database, "client left");
     }
 }
 
