@@ -687,7 +687,7 @@ impl Pool {
         let client = current_client();
         if let Some(c) = &client {
             c.set_pool(&self.key);
-            c.set_state(ClientState::Waiting);
+            c.set_waiting(started);
         }
         let waited = {
             let _waiting = Waiting::new(&self.stats.clients_waiting);
@@ -699,7 +699,9 @@ impl Pool {
                 Err(e) => Err(e),
             }
         };
-        self.stats.wait_histogram.observe(started.elapsed());
+        // One clock read for the wait's statistics, one for the assignment.
+        let waited_for = started.elapsed();
+        self.stats.wait_histogram.observe(waited_for);
         let (slot, obtained) = match waited {
             Ok(w) => w,
             Err(e) => {
@@ -710,7 +712,7 @@ impl Pool {
                 return Err(e);
             }
         };
-        let waited = started.elapsed().as_micros() as u64;
+        let waited = waited_for.as_micros() as u64;
         self.stats
             .total_wait_us
             .fetch_add(waited, Ordering::Relaxed);
@@ -732,9 +734,10 @@ impl Pool {
             .server_assignments
             .fetch_add(1, Ordering::Relaxed);
         let link = client.as_ref().map(|c| c.id);
+        let now = Instant::now();
         ticket.update(|s| {
             s.state = ServerState::Active;
-            s.since = Instant::now();
+            s.since = now;
             s.request_time = SystemTime::now();
             s.link = link;
         });
@@ -745,7 +748,7 @@ impl Pool {
         Ok(Lease {
             conn,
             _slot: slot,
-            acquired_at: Instant::now(),
+            acquired_at: now,
             ticket,
         })
     }
@@ -1016,15 +1019,16 @@ impl Pool {
     /// Put a server connection in the idle list; a client waiting for a shared limit
     /// may evict it.
     fn push_idle(&self, conn: ServerConnection, ticket: ServerTicket) {
+        let now = Instant::now();
         ticket.update(|s| {
             s.state = ServerState::Idle;
-            s.since = Instant::now();
+            s.since = now;
             s.request_time = SystemTime::now();
             s.link = None;
         });
         lock(&self.idle).push_back(Idle {
             conn,
-            since: Instant::now(),
+            since: now,
             ticket,
         });
         // Only when someone waits: this is on every release's path.

@@ -86,6 +86,14 @@ impl ClientInfo {
         lock(&self.view).clone()
     }
 
+    /// Waiting for a server since `since` (read by the caller, which needs it too).
+    pub fn set_waiting(&self, since: Instant) {
+        let mut v = lock(&self.view);
+        v.state = ClientState::Waiting;
+        v.waiting_since = Some(since);
+        v.request_time = SystemTime::now();
+    }
+
     pub fn set_state(&self, state: ClientState) {
         let mut v = lock(&self.view);
         v.state = state;

@@ -1270,9 +1270,14 @@ impl Session {
         settings: &crate::config::Settings,
         tracking: &mut Option<Box<Tracking>>,
     ) -> Result<Pump, SessionError> {
-        // When the client last sent something, and the server last said ReadyForQuery.
-        let mut sent_at = tokio::time::Instant::now();
-        let mut ready_at = tokio::time::Instant::now();
+        // When the client last sent something, and the server last said ReadyForQuery:
+        // read from the clock only when a timeout needs them.
+        let timed = settings.query_timeout.is_some()
+            || settings.idle_transaction_timeout.is_some()
+            || settings.client_idle_timeout.is_some();
+        let clock = || timed.then(tokio::time::Instant::now);
+        let mut sent_at = clock();
+        let mut ready_at = sent_at;
         loop {
             let (deadline, which) =
                 self.next_timeout(lease, flight.pending, sent_at, ready_at, settings);
@@ -1303,7 +1308,7 @@ impl Session {
                     self.synthetic_answers(out, tracking).await?;
                     out.flush().await?;
                     if frame.tag == ReadyForQuery::TAG || flight.pending == 0 {
-                        ready_at = tokio::time::Instant::now();
+                        ready_at = clock();
                     }
                     let owed = tracking.as_ref().is_some_and(|t| !t.responses.is_empty());
                     if idle && flight.pending == 0 && !owed && self.mode != PoolMode::Session {
@@ -1321,7 +1326,7 @@ impl Session {
                     };
                     let (batch, gone) = self.client_batch(first, client, tracking, lease, flight)?;
                     if !batch.is_empty() {
-                        sent_at = tokio::time::Instant::now();
+                        sent_at = clock();
                         if let Err(e) = lease.conn.write_all(&batch).await {
                             return Ok(Pump::ServerFailed(e.to_string()));
                         }
@@ -1369,10 +1374,14 @@ impl Session {
         &self,
         lease: &Lease,
         pending: usize,
-        sent_at: tokio::time::Instant,
-        ready_at: tokio::time::Instant,
+        sent_at: Option<tokio::time::Instant>,
+        ready_at: Option<tokio::time::Instant>,
         settings: &crate::config::Settings,
     ) -> (Option<tokio::time::Instant>, &'static str) {
+        // Both are read whenever any of these timeouts is set.
+        let (Some(sent_at), Some(ready_at)) = (sent_at, ready_at) else {
+            return (None, "");
+        };
         if pending > 0 {
             return (settings.query_timeout.map(|t| sent_at + t), "query_timeout");
         }
