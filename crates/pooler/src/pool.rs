@@ -719,7 +719,9 @@ impl Pool {
         self.stats.max_wait_us.fetch_max(waited, Ordering::Relaxed);
         let (conn, ticket) = match obtained {
             Obtained::Idle(idle) => idle,
-            Obtained::New(permits) => match self.connect_new(permits).await {
+            // Boxed: a login's state is large and rare; every acquire's future would
+            // carry it.
+            Obtained::New(permits) => match Box::pin(self.connect_new(permits)).await {
                 Ok(c) => c,
                 Err(e) => {
                     crate::metrics::count_pool_error(&self.key, &e);
@@ -1002,7 +1004,9 @@ impl Pool {
             conn.touch();
             self.push_idle(conn, ticket);
         } else {
-            conn.close().await;
+            // Boxed: the connection moves into it, so this future (awaited after every
+            // transaction) does not hold one.
+            Box::pin(conn.close()).await;
             drop(ticket);
         }
         // `_slot` drops here: the next waiting client gets it.

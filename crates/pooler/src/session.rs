@@ -1222,7 +1222,7 @@ impl Session {
                     return Err(fail(out, server_lost(&e.to_string())).await);
                 }
                 if gone {
-                    self.finish(attached, flight.pending, settings).await;
+                    Box::pin(self.finish(attached, flight.pending, settings)).await;
                     return Ok(false);
                 }
                 self.synthetic_answers(out, tracking).await?;
@@ -1236,7 +1236,7 @@ impl Session {
             .await?
         {
             Pump::ClientGone => {
-                self.finish(attached, flight.pending, settings).await;
+                Box::pin(self.finish(attached, flight.pending, settings)).await;
                 Ok(false)
             }
             Pump::TransactionDone => {
@@ -1248,7 +1248,7 @@ impl Session {
             }
             Pump::Ended(which) => {
                 info!(peer = %self.info.peer, user = %self.user, reason = which, "closing client");
-                self.finish(attached, flight.pending, settings).await;
+                Box::pin(self.finish(attached, flight.pending, settings)).await;
                 Err(fail(out, error(Severity::Fatal, "08P01", which)).await)
             }
             Pump::ServerFailed(why) => {
@@ -1524,18 +1524,30 @@ impl Session {
             if lease.conn.parameter(name) == Some(value.as_str()) {
                 continue;
             }
-            let sql = format!("SET {name} TO {}", quote_literal(value));
-            if let Err(e) = lease.conn.simple_query(&sql).await {
-                let answer = e.to_client_error();
-                self.pool.release(lease, false).await;
-                return Err(answer);
-            }
+            // Boxed: rare, and every transaction's future would carry its state.
+            lease = Box::pin(self.set_parameter(lease, name, value)).await?;
         }
         *lock(&self.cancel) = Some(CancelTarget {
             server: self.pool.target(),
             backend_pid: lease.conn.backend_pid(),
             cancel_key: lease.conn.cancel_key_bytes(),
         });
+        Ok(lease)
+    }
+
+    /// `SET name TO value` on the server; on failure the server is closed.
+    async fn set_parameter(
+        &self,
+        mut lease: Lease,
+        name: &str,
+        value: &str,
+    ) -> Result<Lease, ErrorResponse> {
+        let sql = format!("SET {name} TO {}", quote_literal(value));
+        if let Err(e) = lease.conn.simple_query(&sql).await {
+            let answer = e.to_client_error();
+            self.pool.release(lease, false).await;
+            return Err(answer);
+        }
         Ok(lease)
     }
 
