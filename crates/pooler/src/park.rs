@@ -2,7 +2,7 @@
 //!
 //! A logged-in client between transactions needs no task: nothing happens until it
 //! sends something. A task and its socket's registration with Tokio's reactor cost
-//! about 1.4 KB per client, most of an idle client's memory (PgBouncer keeps under
+//! about 2.5 KB per client, most of an idle client's memory (PgBouncer keeps under
 //! 1 KB in all). So a plain (non-TLS) client that has been idle through two ticks of
 //! [`PARK_TICK`] hands its session state to the [`Parker`]: its socket moves into one
 //! epoll set that a single task watches, and its session waits in a table. When the
