@@ -11,12 +11,12 @@ use std::time::Duration;
 /// short-lived login and task memory between long-lived client state. glibc's heap
 /// cannot reuse or return those holes (an idle pooler kept about 3 KB of RSS per idle
 /// client that held 0.8 KB); jemalloc's size classes reuse them, and with the decay
-/// times set in .cargo/config.toml give freed pages back at once.
+/// settings in .cargo/config.toml give freed pages back within half a second.
 /// [`flush_allocator_cache`] returns what its thread cache holds.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Give jemalloc's thread cache back to its arenas (then, decay 0, to the kernel): the
+/// Give jemalloc's thread cache back to its arenas (and from there to the kernel): the
 /// pooler calls it when a burst of idle clients has parked and their tasks' memory sits
 /// in that cache.
 fn flush_allocator_cache() {
