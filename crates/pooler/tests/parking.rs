@@ -22,6 +22,13 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// A tokio-postgres client of `app` on `appdb` through the pooler.
+async fn app_client(port: u16) -> tokio_postgres::Client {
+    connect(port, "app", APP_PASSWORD, "appdb")
+        .await
+        .expect("app logs in")
+}
+
 fn parked(p: &common::Pooler) -> usize {
     p.rt.parker().map_or(0, |k| k.len())
 }
@@ -100,15 +107,9 @@ async fn parked_clients_leave_time_out_and_can_be_killed() {
 
     // A client that leaves while parked is forgotten, and its max_client_conn slot
     // is free again.
-    let a = connect(p.port, "app", APP_PASSWORD, "appdb")
-        .await
-        .expect("a");
-    let b = connect(p.port, "app", APP_PASSWORD, "appdb")
-        .await
-        .expect("b");
-    let c = connect(p.port, "app", APP_PASSWORD, "appdb")
-        .await
-        .expect("c");
+    let a = app_client(p.port).await;
+    let b = app_client(p.port).await;
+    let c = app_client(p.port).await;
     wait_until("three clients park", PARK_WAIT, || parked(&p) == 3).await;
     drop(c);
     wait_until("the client that left is forgotten", PARK_WAIT, || {
@@ -133,9 +134,7 @@ async fn parked_clients_leave_time_out_and_can_be_killed() {
     drop(console);
 
     // client_idle_timeout reaches a parked client.
-    let d = connect(p.port, "app", APP_PASSWORD, "appdb")
-        .await
-        .expect("d");
+    let d = app_client(p.port).await;
     let started = Instant::now();
     wait_until("d parks", PARK_WAIT, || parked(&p) == 1).await;
     wait_until("d times out", Duration::from_secs(10), || d.is_closed()).await;
