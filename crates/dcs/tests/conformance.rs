@@ -4,6 +4,7 @@
 //! Each behaviour is written once as a generic async fn over a [`Harness`]; the thin
 //! `memory_*` / `etcd_*` tests at the bottom run it on one backend.
 
+use pgherd_dcs::etcd::rpc::EtcdClient;
 use pgherd_dcs::keys::KeyLayout;
 use pgherd_dcs::{
     Dcs, DcsError, EtcdDcs, FailoverRequest, HistoryEntry, MemberData, MemoryDcs, MemoryStore,
@@ -96,9 +97,8 @@ impl EtcdHarness {
             endpoint,
         }
     }
-    async fn raw_client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint.as_str()], None)
-            .await
+    fn raw_client(&self) -> EtcdClient {
+        EtcdClient::new(std::slice::from_ref(&self.endpoint), RETRY_TIMEOUT)
             .expect("raw etcd client")
     }
 }
@@ -124,13 +124,11 @@ impl Harness for EtcdHarness {
         self.server.lock().unwrap().resume();
     }
     async fn raw(&self, key: &str) -> Option<Vec<u8>> {
-        let mut c = self.raw_client().await;
-        let r = c.get(key, None).await.expect("raw get");
-        r.kvs().first().map(|kv| kv.value().to_vec())
+        let r = self.raw_client().range(key, false).await.expect("raw get");
+        r.kvs.into_iter().next().map(|kv| kv.value)
     }
     async fn put_raw(&self, key: &str, value: &[u8]) {
-        let mut c = self.raw_client().await;
-        c.put(key, value, None).await.expect("raw put");
+        self.raw_client().put(key, value, 0).await.expect("raw put");
     }
 }
 

@@ -10,6 +10,11 @@
 //! (e.g. to a paused or partitioned etcd) is never reused, the client is rebuilt on the
 //! next call after any call that found etcd unreachable. Building a client is cheap (it
 //! connects lazily).
+//!
+//! The gRPC calls themselves are in [`rpc`], with hand-written protobuf messages, so the
+//! build needs no `protoc`.
+
+pub mod rpc;
 
 use crate::codec::{parse_cluster, to_json, RawKv};
 use crate::keys::KeyLayout;
@@ -17,9 +22,7 @@ use crate::{
     Cluster, ClusterStatus, Dcs, DcsError, FailoverRequest, HistoryEntry, MemberData, Result,
     SyncState,
 };
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use rpc::{Compare, EtcdClient, RequestOp, ResponseHeader, RpcError, WatchCreateRequest};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -43,7 +46,7 @@ fn ttl_secs(ttl: Duration) -> i64 {
 }
 
 struct ClientSlot {
-    client: Client,
+    client: EtcdClient,
     /// Set after a call found etcd unreachable: the next call builds a fresh client.
     stale: bool,
 }
@@ -69,38 +72,9 @@ pub struct EtcdDcs {
     own_writes: Mutex<VecDeque<i64>>,
 }
 
-fn connect_options(retry_timeout: Duration) -> ConnectOptions {
-    ConnectOptions::new().with_connect_timeout(retry_timeout)
-}
-
-/// Whether an etcd client error means "could not talk to etcd" (retrying may help).
-fn is_unreachable(e: &etcd_client::Error) -> bool {
-    use etcd_client::Error as E;
-    match e {
-        E::TransportError(_) | E::IoError(_) | E::LeaseKeepAliveError(_) | E::WatchError(_) => true,
-        E::GRpcStatus(s) => matches!(
-            i32::from(s.code()),
-            GRPC_CANCELLED | GRPC_UNKNOWN | GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE
-        ),
-        _ => false,
-    }
-}
-
-// gRPC status codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html); tonic is
-// not a direct dependency, so compare by number. etcd answers UNAVAILABLE for "no
-// leader" and "request timed out", and tonic maps connection failures to it too.
-const GRPC_CANCELLED: i32 = 1;
-const GRPC_UNKNOWN: i32 = 2;
-const GRPC_DEADLINE_EXCEEDED: i32 = 4;
-const GRPC_UNAVAILABLE: i32 = 14;
-
-/// A keep-alive answer saying the lease no longer exists (TTL <= 0 or not found).
-fn is_lease_gone(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
-        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
-        _ => false,
-    }
+/// The revision an answer's header carries.
+fn revision(header: &Option<ResponseHeader>) -> Option<i64> {
+    header.as_ref().map(|h| h.revision)
 }
 
 impl EtcdDcs {
@@ -119,10 +93,11 @@ impl EtcdDcs {
         }
         let at = endpoints.join(",");
         let keys = KeyLayout::new(namespace, scope);
+        let client = EtcdClient::new(endpoints, retry_timeout)
+            .map_err(|e| DcsError::Request(e.to_string()))?;
         let probe = async {
-            let client = Client::connect(endpoints, Some(connect_options(retry_timeout))).await?;
-            client.kv_client().get(keys.leader(), None).await?;
-            Ok::<_, etcd_client::Error>(client)
+            client.range(keys.leader(), false).await?;
+            Ok::<_, RpcError>(client)
         };
         let client = match tokio::time::timeout(retry_timeout, probe).await {
             Ok(Ok(c)) => c,
@@ -168,7 +143,7 @@ impl EtcdDcs {
     }
 
     /// The current client, rebuilt first if the last call found etcd unreachable.
-    async fn client(&self) -> std::result::Result<Client, etcd_client::Error> {
+    async fn client(&self) -> std::result::Result<EtcdClient, RpcError> {
         let (client, stale) = {
             let slot = lock(&self.client);
             (slot.client.clone(), slot.stale)
@@ -177,8 +152,7 @@ impl EtcdDcs {
             return Ok(client);
         }
         tracing::debug!(member = %self.member, "rebuilding the etcd client");
-        let fresh =
-            Client::connect(&self.endpoints, Some(connect_options(self.retry_timeout()))).await?;
+        let fresh = EtcdClient::new(&self.endpoints, self.retry_timeout())?;
         let mut slot = lock(&self.client);
         slot.client = fresh.clone();
         slot.stale = false;
@@ -186,8 +160,8 @@ impl EtcdDcs {
     }
 
     /// Map a client error, remembering to rebuild the client if etcd was unreachable.
-    fn error(&self, what: &str, e: etcd_client::Error) -> DcsError {
-        if is_unreachable(&e) {
+    fn error(&self, what: &str, e: RpcError) -> DcsError {
+        if e.is_unreachable() {
             self.mark_stale();
             DcsError::Unreachable(format!("etcd {what}: {e}"))
         } else {
@@ -199,7 +173,7 @@ impl EtcdDcs {
     async fn bounded<T>(
         &self,
         what: &str,
-        fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+        fut: impl Future<Output = std::result::Result<T, RpcError>>,
     ) -> Result<T> {
         let rt = self.retry_timeout();
         match tokio::time::timeout(rt, fut).await {
@@ -227,9 +201,9 @@ impl EtcdDcs {
     /// it is gone. Returns the lease id. Called with the lease lock held.
     async fn renew_lease(
         &self,
-        client: &Client,
+        client: &EtcdClient,
         slot: &mut Option<Lease>,
-    ) -> std::result::Result<i64, etcd_client::Error> {
+    ) -> std::result::Result<i64, RpcError> {
         let want = ttl_secs(*lock(&self.ttl));
         if let Some(lease) = *slot {
             if lease.ttl_secs != want {
@@ -237,11 +211,9 @@ impl EtcdDcs {
                 // touch_member rebind our keys to it, the old one just runs out.
                 tracing::info!(member = %self.member, old = lease.ttl_secs, new = want, "lease TTL changed, granting a new lease");
             } else {
-                // keep_alive() opens a stream, sends one request and reads one answer; it
-                // fails with "lease not found" when the answer's TTL is <= 0.
-                match client.lease_client().keep_alive(lease.id).await {
+                match client.lease_keep_alive_once(lease.id).await {
                     Ok(_) => return Ok(lease.id),
-                    Err(e) if is_lease_gone(&e) => {
+                    Err(e) if e.is_lease_gone() => {
                         tracing::warn!(member = %self.member, lease = lease.id, "lease expired, granting a new one");
                     }
                     Err(e) => return Err(e),
@@ -249,13 +221,13 @@ impl EtcdDcs {
             }
             *slot = None;
         }
-        let granted = client.lease_client().grant(want, None).await?;
-        tracing::debug!(member = %self.member, lease = granted.id(), ttl = granted.ttl(), "granted lease");
+        let granted = client.lease_grant(want).await?;
+        tracing::debug!(member = %self.member, lease = granted.id, ttl = granted.ttl, "granted lease");
         *slot = Some(Lease {
-            id: granted.id(),
+            id: granted.id,
             ttl_secs: want,
         });
-        Ok(granted.id())
+        Ok(granted.id)
     }
 
     /// Compare-and-set put by `mod_revision` (`Some(0)`: only if absent).
@@ -267,27 +239,24 @@ impl EtcdDcs {
         expected: Option<i64>,
     ) -> Result<bool> {
         self.bounded(what, async {
-            let mut kv = self.client().await?.kv_client();
+            let client = self.client().await?;
             match expected {
                 None => {
-                    let r = kv.put(key, value, None).await?;
-                    self.own(r.header().map(|h| h.revision()));
+                    let r = client.put(key, value, 0).await?;
+                    self.own(revision(&r.header));
                     Ok(true)
                 }
                 Some(v) => {
                     let cmp = if v == 0 {
-                        Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+                        Compare::create_revision(key.clone(), 0)
                     } else {
-                        Compare::mod_revision(key.clone(), CompareOp::Equal, v)
+                        Compare::mod_revision(key.clone(), v)
                     };
-                    let txn = Txn::new()
-                        .when([cmp])
-                        .and_then([TxnOp::put(key, value, None)]);
-                    let r = kv.txn(txn).await?;
-                    if r.succeeded() {
-                        self.own(r.header().map(|h| h.revision()));
+                    let r = client.txn(cmp, RequestOp::put(key, value, 0)).await?;
+                    if r.succeeded {
+                        self.own(revision(&r.header));
                     }
-                    Ok(r.succeeded())
+                    Ok(r.succeeded)
                 }
             }
         })
@@ -296,9 +265,9 @@ impl EtcdDcs {
 
     async fn delete(&self, what: &str, key: String) -> Result<()> {
         self.bounded(what, async {
-            let r = self.client().await?.kv_client().delete(key, None).await?;
-            if r.deleted() > 0 {
-                self.own(r.header().map(|h| h.revision()));
+            let r = self.client().await?.delete(key).await?;
+            if r.deleted > 0 {
+                self.own(revision(&r.header));
             }
             Ok(())
         })
@@ -324,17 +293,16 @@ impl Dcs for EtcdDcs {
         let prefix = self.keys.prefix().to_string();
         let resp = self
             .bounded("get_cluster", async {
-                let mut kv = self.client().await?.kv_client();
-                kv.get(prefix, Some(GetOptions::new().with_prefix())).await
+                self.client().await?.range(prefix, true).await
             })
             .await?;
-        if let Some(h) = resp.header() {
-            self.last_seen.store(h.revision(), Ordering::SeqCst);
+        if let Some(rev) = revision(&resp.header) {
+            self.last_seen.store(rev, Ordering::SeqCst);
         }
-        let kvs = resp.kvs().iter().map(|kv| RawKv {
-            key: kv.key(),
-            value: kv.value(),
-            mod_revision: kv.mod_revision(),
+        let kvs = resp.kvs.iter().map(|kv| RawKv {
+            key: &kv.key,
+            value: &kv.value,
+            mod_revision: kv.mod_revision,
         });
         parse_cluster(&self.keys, kvs)
     }
@@ -372,18 +340,16 @@ impl Dcs for EtcdDcs {
             let mut slot = self.lease.lock().await;
             let client = self.client().await?;
             let lease = self.renew_lease(&client, &mut slot).await?;
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key,
-                    self.member.clone(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )]);
-            let r = client.kv_client().txn(txn).await?;
-            if r.succeeded() {
-                self.own(r.header().map(|h| h.revision()));
+            let r = client
+                .txn(
+                    Compare::create_revision(key.clone(), 0),
+                    RequestOp::put(key, self.member.clone(), lease),
+                )
+                .await?;
+            if r.succeeded {
+                self.own(revision(&r.header));
             }
-            Ok(r.succeeded())
+            Ok(r.succeeded)
         })
         .await
     }
@@ -395,32 +361,29 @@ impl Dcs for EtcdDcs {
             let mut slot = self.lease.lock().await;
             let client = self.client().await?;
             let lease = self.renew_lease(&client, &mut slot).await?;
-            let mut kv = client.kv_client();
-            let resp = kv.get(key.clone(), None).await?;
-            let Some(cur) = resp.kvs().first() else {
+            let resp = client.range(key.clone(), false).await?;
+            let Some(cur) = resp.kvs.first() else {
                 return Ok(false);
             };
-            if cur.value() != self.member.as_bytes() {
+            if cur.value != self.member.as_bytes() {
                 return Ok(false);
             }
-            if cur.lease() == lease {
+            if cur.lease == lease {
                 return Ok(true);
             }
             // Ours but bound to an older lease (TTL change, agent restart): rebind it,
             // unless someone changed it meanwhile.
-            tracing::info!(member = %self.member, old = cur.lease(), new = lease, "rebinding the leader key to our current lease");
-            let txn = Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, cur.mod_revision())])
-                .and_then([TxnOp::put(
-                    key,
-                    self.member.clone(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )]);
-            let r = kv.txn(txn).await?;
-            if r.succeeded() {
-                self.own(r.header().map(|h| h.revision()));
+            tracing::info!(member = %self.member, old = cur.lease, new = lease, "rebinding the leader key to our current lease");
+            let r = client
+                .txn(
+                    Compare::mod_revision(key.clone(), cur.mod_revision),
+                    RequestOp::put(key, self.member.clone(), lease),
+                )
+                .await?;
+            if r.succeeded {
+                self.own(revision(&r.header));
             }
-            Ok(r.succeeded())
+            Ok(r.succeeded)
         })
         .await
     }
@@ -428,18 +391,18 @@ impl Dcs for EtcdDcs {
     async fn delete_leader(&self) -> Result<bool> {
         let key = self.keys.leader();
         self.bounded("delete_leader", async {
-            let txn = Txn::new()
-                .when([Compare::value(
-                    key.clone(),
-                    CompareOp::Equal,
-                    self.member.clone(),
-                )])
-                .and_then([TxnOp::delete(key, None)]);
-            let r = self.client().await?.kv_client().txn(txn).await?;
-            if r.succeeded() {
-                self.own(r.header().map(|h| h.revision()));
+            let r = self
+                .client()
+                .await?
+                .txn(
+                    Compare::value(key.clone(), self.member.clone()),
+                    RequestOp::delete(key),
+                )
+                .await?;
+            if r.succeeded {
+                self.own(revision(&r.header));
             }
-            Ok(r.succeeded())
+            Ok(r.succeeded)
         })
         .await
     }
@@ -451,18 +414,14 @@ impl Dcs for EtcdDcs {
             let mut slot = self.lease.lock().await;
             let client = self.client().await?;
             let lease = self.renew_lease(&client, &mut slot).await?;
-            let r = client
-                .kv_client()
-                .put(key, value, Some(PutOptions::new().with_lease(lease)))
-                .await;
-            match r {
+            match client.put(key, value, lease).await {
                 Ok(r) => {
-                    self.own(r.header().map(|h| h.revision()));
+                    self.own(revision(&r.header));
                     Ok(())
                 }
                 Err(e) => {
                     // The lease vanished between renewal and put: forget it.
-                    if is_lease_gone(&e) {
+                    if e.is_lease_gone() {
                         *slot = None;
                     }
                     Err(e)
@@ -502,26 +461,24 @@ impl Dcs for EtcdDcs {
     async fn delete_failover(&self, expected_version: Option<i64>) -> Result<bool> {
         let key = self.keys.failover();
         self.bounded("delete_failover", async {
-            let mut kv = self.client().await?.kv_client();
+            let client = self.client().await?;
             let Some(v) = expected_version else {
-                let r = kv.delete(key, None).await?;
-                if r.deleted() > 0 {
-                    self.own(r.header().map(|h| h.revision()));
+                let r = client.delete(key).await?;
+                if r.deleted > 0 {
+                    self.own(revision(&r.header));
                 }
                 return Ok(true);
             };
             let cmp = if v == 0 {
-                Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+                Compare::create_revision(key.clone(), 0)
             } else {
-                Compare::mod_revision(key.clone(), CompareOp::Equal, v)
+                Compare::mod_revision(key.clone(), v)
             };
-            let r = kv
-                .txn(Txn::new().when([cmp]).and_then([TxnOp::delete(key, None)]))
-                .await?;
-            if r.succeeded() && v != 0 {
-                self.own(r.header().map(|h| h.revision()));
+            let r = client.txn(cmp, RequestOp::delete(key)).await?;
+            if r.succeeded && v != 0 {
+                self.own(revision(&r.header));
             }
-            Ok(r.succeeded())
+            Ok(r.succeeded)
         })
         .await
     }
@@ -553,15 +510,10 @@ impl Dcs for EtcdDcs {
         let prefix = self.keys.prefix().to_string();
         let since = self.last_seen.load(Ordering::SeqCst);
         // Start right after the last snapshot so nothing between it and now is missed.
-        let mut opts = WatchOptions::new().with_prefix();
-        if since > 0 {
-            opts = opts.with_start_revision(since + 1);
-        }
+        let start = if since > 0 { since + 1 } else { 0 };
+        let create = WatchCreateRequest::prefix(prefix, start);
         let mut stream = self
-            .bounded("watch", async {
-                let mut wc = self.client().await?.watch_client();
-                wc.watch(prefix, Some(opts)).await
-            })
+            .bounded("watch", async { self.client().await?.watch(create).await })
             .await?;
         let mut watch_id = None;
         // Bounded by `deadline`: each turn waits for one message, at most until then.
@@ -575,21 +527,18 @@ impl Dcs for EtcdDcs {
                 }
                 Ok(Ok(Some(m))) => m,
             };
-            watch_id = Some(msg.watch_id());
+            watch_id = Some(msg.watch_id);
             if since == 0 {
                 // Never read a snapshot: remember where this watch started so the next
                 // watch call does not miss what happens in between.
-                if let Some(h) = msg.header() {
-                    let _ = self.last_seen.compare_exchange(
-                        0,
-                        h.revision(),
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    );
+                if let Some(rev) = revision(&msg.header) {
+                    let _ =
+                        self.last_seen
+                            .compare_exchange(0, rev, Ordering::SeqCst, Ordering::SeqCst);
                 }
             }
-            if msg.canceled() {
-                if msg.compact_revision() > 0 {
+            if msg.canceled {
+                if msg.compact_revision > 0 {
                     // Our start revision was compacted away: we cannot know what changed,
                     // so report a change and let the caller read a fresh snapshot.
                     self.last_seen.store(0, Ordering::SeqCst);
@@ -597,17 +546,17 @@ impl Dcs for EtcdDcs {
                 }
                 break Err(DcsError::Request(format!(
                     "etcd cancelled the watch: {}",
-                    msg.cancel_reason()
+                    msg.cancel_reason
                 )));
             }
             let own = lock(&self.own_writes).clone();
             let mut newest_foreign = None;
             let mut newest = None;
-            for ev in msg.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let rev = kv.mod_revision();
+            for ev in &msg.events {
+                let Some(kv) = &ev.kv else { continue };
+                let rev = kv.mod_revision;
                 newest = newest.max(Some(rev));
-                let key = String::from_utf8_lossy(kv.key());
+                let key = String::from_utf8_lossy(&kv.key);
                 if !own.contains(&rev) && self.keys.wakes_watchers(&key) {
                     newest_foreign = newest_foreign.max(Some(rev));
                 }
