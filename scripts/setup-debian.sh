@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# Install what pgherd needs to build, run its demo and run its tests on Debian/Ubuntu:
-# PostgreSQL 15 server binaries, etcd (for multi-host clusters and the tests), protoc
-# (the etcd client's build needs it), and for the compatibility tests HAProxy (its
-# `option httpchk OPTIONS /primary` must route to the primary) and Patroni (its
-# `patronictl` must read a pgherd cluster), and gcc and make (jemalloc, pgherd's
-# allocator, is built from C). Installs only what is missing; uses sudo when not root.
+# Install what pgherd needs to build, run its demo and run its tests on Debian 12
+# (bookworm): PostgreSQL 15's server and client programs (the demo, the agent and the
+# tests run them; pgbench and psql drive the pooler tests), etcd (multi-host clusters and
+# the tests), HAProxy (its `option httpchk OPTIONS /primary` must route to the primary)
+# and Patroni (its `patronictl` must read a pgherd cluster) for the compatibility tests,
+# gcc and make (ring and jemalloc, pgherd's allocator, are built from C; rustc links
+# with cc), and curl (scripts/check-fresh-build.sh asks the REST API). Building needs no
+# protoc: the etcd client's messages are written in Rust.
+# Installs only what is missing, with sudo when not root.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-client-15 etcd-server protobuf-compiler haproxy patroni gcc make)
+packages=(postgresql-15 postgresql-client-15 etcd-server haproxy patroni gcc make curl)
+
+if ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
+  cat >&2 <<'MSG'
+setup-debian.sh needs Debian's apt-get. Elsewhere, install by hand: PostgreSQL 15 (server
+and client programs; set postgresql.bin_dir or put pg_config on PATH), etcd 3.4 or newer,
+a C compiler and make, and for the compatibility tests HAProxy and Patroni. See README.md.
+MSG
+  exit 1
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,9 +28,18 @@ done
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "missing ${missing[*]}, and sudo is not there to install them: run this as root" >&2; exit 1; }
+    sudo="sudo"
+  fi
   echo "installing: ${missing[*]}"
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  for p in "${missing[@]}"; do
+    if ! apt-cache show "$p" >/dev/null 2>&1; then
+      echo "package $p is not available from this system's apt sources (PostgreSQL 15 is in Debian 12; on other releases add PostgreSQL's own apt repository first)" >&2
+      exit 1
+    fi
+  done
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
