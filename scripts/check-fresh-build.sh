@@ -54,12 +54,14 @@ WORK="$(mktemp -d /var/tmp/pgherd-fresh.XXXXXX)"
 chmod 755 "$WORK"
 FAILED=0
 DEMO_PID=""
+hidden=()
 cleanup() {
   if [ -n "$DEMO_PID" ] && kill -0 "$DEMO_PID" 2>/dev/null; then
     kill -INT "$DEMO_PID" 2>/dev/null || true
     sleep 5
     kill -KILL "$DEMO_PID" 2>/dev/null || true
   fi
+  for m in "${hidden[@]}"; do umount "$m" 2>/dev/null || true; done
   if [ "$KEEP" -eq 1 ]; then echo "kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -82,12 +84,13 @@ as_user scripts/setup-debian.sh >"$WORK/setup.log" 2>&1 || { echo "FAIL: scripts
 # What a fresh machine does not have: protoc and protobuf's .proto include files.
 unset PROTOC PROTOC_INCLUDE
 : >"$WORK/not-protoc" && chmod 644 "$WORK/not-protoc"
-hidden=()
 IFS=: read -r -a path_dirs <<<"$PATH"
 for d in "${path_dirs[@]}" /usr/bin /usr/local/bin; do
-  if [ -f "$d/protoc" ] && [[ " ${hidden[*]} " != *" $d/protoc "* ]]; then
-    mount --bind "$WORK/not-protoc" "$d/protoc"
-    hidden+=("$d/protoc")
+  [ -f "$d/protoc" ] || continue
+  real="$(realpath "$d/protoc")"   # /bin is often /usr/bin
+  if [[ " ${hidden[*]} " != *" $real "* ]]; then
+    mount --bind "$WORK/not-protoc" "$real"
+    hidden+=("$real")
   fi
 done
 for d in /usr/include/google /usr/local/include/google; do
@@ -97,8 +100,9 @@ for d in /usr/include/google /usr/local/include/google; do
   fi
 done
 echo "hidden: ${hidden[*]:-nothing (none present)}"
-if command -v protoc >/dev/null; then
-  echo "FAIL: protoc is still on PATH at $(command -v protoc)" >&2
+# (bash's `command -v` also names a file that is not executable.)
+if found="$(command -v protoc)" && [ -x "$found" ]; then
+  echo "FAIL: protoc is still on PATH at $found" >&2
   exit 1
 fi
 
