@@ -100,7 +100,32 @@ fn server_name(parse: &Parse) -> String {
     format!("PGHERD_{:016x}", h.finish())
 }
 
+/// Whether `frame` is a Parse of a named statement (the only kind tracked).
+pub fn is_named_parse(frame: &Frame) -> bool {
+    frame.tag == b'P' && frame.body.first().is_some_and(|&b| b != 0)
+}
+
 impl ClientStatements {
+    /// Remember a named Parse without sending it anywhere: the statement is prepared on
+    /// the server that runs the client's first Bind or Describe of it. Used for a client
+    /// that only prepares (Parse, then Sync) while it holds no server.
+    pub fn remember_parse(&mut self, frame: &Frame) -> Result<(), ProtocolError> {
+        self.remember(Parse::decode(&frame.body)?);
+        Ok(())
+    }
+
+    fn remember(&mut self, parse: Parse) -> Statement {
+        let name = server_name(&parse);
+        let mut renamed = BytesMut::new();
+        parse.encode_renamed(&name, &mut renamed);
+        let statement = Statement {
+            server_name: name,
+            parse: renamed.freeze(),
+        };
+        self.by_name.insert(parse.statement, statement.clone());
+        statement
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
@@ -130,16 +155,9 @@ pub fn rewrite(
             if parse.statement.is_empty() {
                 return forward(frame, out, responses);
             }
-            let name = server_name(&parse);
-            let mut renamed = BytesMut::new();
-            parse.encode_renamed(&name, &mut renamed);
-            client.by_name.insert(
-                parse.statement.clone(),
-                Statement {
-                    server_name: name.clone(),
-                    parse: renamed.clone().freeze(),
-                },
-            );
+            let statement = client.remember(parse);
+            let name = statement.server_name;
+            let renamed = statement.parse;
             if prepared.contains(&name) {
                 responses.push(Expect::Synthetic(frame_bytes(&ParseComplete)));
             } else {

@@ -17,8 +17,8 @@ use crate::server::{send_cancel, FramedError, FramedReader, ServerCredential};
 use bytes::BytesMut;
 use pgherd_protocol::auth::{Md5Server, ScramServer, StoredPassword};
 use pgherd_protocol::backend::{
-    Authentication, BackendKeyData, ErrorResponse, ParameterStatus, ReadyForQuery, Severity,
-    TransactionStatus,
+    Authentication, BackendKeyData, ErrorResponse, ParameterStatus, ParseComplete, ReadyForQuery,
+    Severity, TransactionStatus,
 };
 use pgherd_protocol::frontend::{PasswordMessage, SaslInitialResponse, SaslResponse};
 use pgherd_protocol::{Frame, FrameDecoder, Message, StartupMessage, StartupPacket};
@@ -382,6 +382,20 @@ impl InFlight {
         }
     }
 }
+
+/// How [`Session::prepare_only`] left a client that started with a named Parse.
+enum PrepareOnly {
+    /// Every message up to its Sync was answered without a server.
+    Answered,
+    /// The client left.
+    Left,
+    /// `next` needs a server; `earlier` were received before it and not answered.
+    NeedsServer { earlier: Vec<Frame>, next: Frame },
+}
+
+/// Bounds on what [`Session::prepare_only`] holds before taking a server anyway.
+const PREPARE_ONLY_MAX_FRAMES: usize = 64;
+const PREPARE_ONLY_MAX_BYTES: usize = 1 << 20;
 
 /// How the next transaction starts.
 enum Start {
@@ -1200,6 +1214,17 @@ impl Session {
                 Err(e) => return Err(fail(out, e).await),
             },
             Start::Message(first) => {
+                // A client that only prepares needs no server (see prepare_only).
+                let (earlier, first) = match tracking.as_deref_mut() {
+                    Some(t) if prepared::is_named_parse(&first) => {
+                        match Box::pin(self.prepare_only(first, client, out, t, settings)).await? {
+                            PrepareOnly::Answered => return Ok(true),
+                            PrepareOnly::Left => return Ok(false),
+                            PrepareOnly::NeedsServer { earlier, next } => (earlier, next),
+                        }
+                    }
+                    _ => (Vec::new(), first),
+                };
                 let acquired = match self.pool.acquire().await {
                     Ok(l) => l,
                     Err(e) => return Err(fail(out, pool_error(&e)).await),
@@ -1208,15 +1233,21 @@ impl Session {
                     Ok(l) => l,
                     Err(e) => return Err(fail(out, e).await),
                 };
-                let (batch, gone) =
-                    match self.client_batch(first, client, tracking, &mut attached, &mut flight) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            self.pool.release(attached, false).await;
-                            let e = error(Severity::Fatal, "08P01", e.to_string());
-                            return Err(fail(out, e).await);
-                        }
-                    };
+                let (batch, gone) = match self.client_batch(
+                    earlier,
+                    first,
+                    client,
+                    tracking,
+                    &mut attached,
+                    &mut flight,
+                ) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.pool.release(attached, false).await;
+                        let e = error(Severity::Fatal, "08P01", e.to_string());
+                        return Err(fail(out, e).await);
+                    }
+                };
                 if let Err(e) = attached.conn.write_all(&batch).await {
                     self.pool.release(attached, false).await;
                     return Err(fail(out, server_lost(&e.to_string())).await);
@@ -1324,7 +1355,8 @@ impl Session {
                             return Ok(Pump::ClientGone);
                         }
                     };
-                    let (batch, gone) = self.client_batch(first, client, tracking, lease, flight)?;
+                    let (batch, gone) =
+                        self.client_batch(Vec::new(), first, client, tracking, lease, flight)?;
                     if !batch.is_empty() {
                         sent_at = clock();
                         if let Err(e) = lease.conn.write_all(&batch).await {
@@ -1342,18 +1374,26 @@ impl Session {
         }
     }
 
-    /// `first` and every client frame already received after it, encoded for the server
-    /// in one buffer (one send). `true`: the client said Terminate.
+    /// `earlier` (received before, not sent yet), `first` and every client frame already
+    /// received after it, encoded for the server in one buffer (one send). `true`: the
+    /// client said Terminate.
     fn client_batch(
         &self,
+        earlier: Vec<Frame>,
         first: Frame,
         client: &mut ClientReader,
         tracking: &mut Option<Box<Tracking>>,
         lease: &mut Lease,
         flight: &mut InFlight,
     ) -> Result<(BytesMut, bool), SessionError> {
-        // Room for this frame and what already arrived after it: one allocation.
-        let mut batch = BytesMut::with_capacity(first.wire_len() + client.buffered().len());
+        // Room for these frames and what already arrived after them: one allocation.
+        let held: usize = earlier.iter().map(Frame::wire_len).sum();
+        let mut batch = BytesMut::with_capacity(held + first.wire_len() + client.buffered().len());
+        for f in &earlier {
+            flight.sent(ready_for_queries_expected(f.tag));
+            self.count_query(f);
+            encode_for_server(f, self.mode, tracking, lease, &mut batch)?;
+        }
         let mut next = Some(first);
         while let Some(f) = next.take() {
             if f.tag == b'X' {
@@ -1365,6 +1405,100 @@ impl Session {
             next = client.next_buffered()?;
         }
         Ok((batch, false))
+    }
+
+    /// Between transactions, a client whose messages are named Parses (and Flushes) up
+    /// to a Sync — libpq's `PQprepare` — is answered without a server: the statements
+    /// are remembered and prepared on whichever server runs the client's first Bind or
+    /// Describe of them (as for any tracked statement), each Parse gets a ParseComplete
+    /// and the Sync a ReadyForQuery. A client that prepares while it cannot be given a
+    /// server — pgbench `-M prepared` prepares synchronously, and its other clients on
+    /// the same thread may hold every server of the pool mid-transaction — then does not
+    /// wait for one; a mistake in a statement's text is reported at that first Bind or
+    /// Describe. Any other message before the Sync takes a server as usual and the held
+    /// frames go first.
+    async fn prepare_only(
+        &self,
+        first: Frame,
+        client: &mut ClientReader,
+        out: &mut ClientWriter,
+        tracking: &mut Tracking,
+        settings: &crate::config::Settings,
+    ) -> Result<PrepareOnly, SessionError> {
+        let mut held = vec![first];
+        let mut held_bytes = held[0].wire_len();
+        loop {
+            let next = match client.next_buffered()? {
+                Some(f) => f,
+                None => {
+                    // The rest of the batch is on its way: answer what a Flush asked for.
+                    out.flush().await?;
+                    match self
+                        .next_from_client(client, settings.client_idle_timeout, None)
+                        .await?
+                    {
+                        Next::Frame(f) => f,
+                        _ => return Ok(PrepareOnly::Left),
+                    }
+                }
+            };
+            let too_much = held.len() >= PREPARE_ONLY_MAX_FRAMES
+                || held_bytes + next.wire_len() > PREPARE_ONLY_MAX_BYTES;
+            match next.tag {
+                b'P' if prepared::is_named_parse(&next) && !too_much => {
+                    held_bytes += next.wire_len();
+                    held.push(next);
+                }
+                // Flush: the client may wait for these answers before it sends Sync.
+                b'H' => {
+                    self.answer_parses(&mut held, out, tracking).await?;
+                    held_bytes = 0;
+                }
+                b'S' => {
+                    self.answer_parses(&mut held, out, tracking).await?;
+                    self.count_query(&next);
+                    let mut ready = BytesMut::new();
+                    ReadyForQuery {
+                        status: TransactionStatus::Idle,
+                    }
+                    .encode(&mut ready);
+                    out.write_all(&ready).await?;
+                    out.flush().await?;
+                    return Ok(PrepareOnly::Answered);
+                }
+                b'X' => return Ok(PrepareOnly::Left),
+                _ => {
+                    return Ok(PrepareOnly::NeedsServer {
+                        earlier: held,
+                        next,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Remember each held Parse and give the client its ParseComplete.
+    async fn answer_parses(
+        &self,
+        held: &mut Vec<Frame>,
+        out: &mut ClientWriter,
+        tracking: &mut Tracking,
+    ) -> Result<(), SessionError> {
+        let mut answers = BytesMut::new();
+        for parse in held.drain(..) {
+            self.count_query(&parse);
+            if let Err(e) = tracking.statements.remember_parse(&parse) {
+                let e = error(
+                    Severity::Fatal,
+                    "08P01",
+                    format!("malformed client message: {e}"),
+                );
+                return Err(fail(out, e).await);
+            }
+            ParseComplete.encode(&mut answers);
+        }
+        out.write_all(&answers).await?;
+        Ok(())
     }
 
     /// The first timeout that applies while attached, and its name:
