@@ -57,8 +57,9 @@ DEMO_PID=""
 hidden=()
 cleanup() {
   if [ -n "$DEMO_PID" ] && kill -0 "$DEMO_PID" 2>/dev/null; then
-    kill -INT "$DEMO_PID" 2>/dev/null || true
-    sleep 5
+    pkill -INT -f "^$WORK/target/release/pgherd demo" 2>/dev/null || true
+    sleep 10
+    pkill -KILL -f "^$WORK/target/release/pgherd demo" 2>/dev/null || true
     kill -KILL "$DEMO_PID" 2>/dev/null || true
   fi
   for m in "${hidden[@]}"; do umount "$m" 2>/dev/null || true; done
@@ -120,10 +121,10 @@ fi
 
 echo "== step 2: scripts/setup-debian.sh && cargo run --release -p pgherd-cli -- demo"
 DEMO_LOG="$WORK/demo.log"
-# setsid: the demo gets its own process group, as in a terminal, so Ctrl-C is sent
-# to the demo alone.
-as_user setsid bash -c 'scripts/setup-debian.sh && exec cargo run --release -p pgherd-cli -- demo' \
-  </dev/null >"$DEMO_LOG" 2>&1 &
+: >"$DEMO_LOG"
+[ -z "${PGHERD_FRESH_AS:-}" ] || chown "$PGHERD_FRESH_AS" "$DEMO_LOG"
+as_user bash -c 'scripts/setup-debian.sh && exec cargo run --release -p pgherd-cli -- demo' \
+  </dev/null >>"$DEMO_LOG" 2>&1 &
 DEMO_PID=$!
 
 # Wait for the first "primary <name> <uri> REST: <url>" line: build, then bootstrap.
@@ -141,7 +142,7 @@ if [ -z "$primary_line" ]; then
 fi
 uri="$(awk '{print $3}' <<<"$primary_line")"
 rest="$(awk '{print $5}' <<<"$primary_line")"
-sed -n '/^+ Cluster/,/^replica/p' "$DEMO_LOG" | sed 's/postgres:[^@]*@/postgres:***@/'
+sed -n '/^+ Cluster/,/^replica/p' "$DEMO_LOG" | sed -E 's#(postgres://[^:]*:)[^@]*@#\1***@#'
 
 # Served: a query through the printed URI, Patroni's /primary check on the REST URL.
 if answer="$(timeout 20 psql "$uri" -XAtc "select 'served by ' || inet_server_port()" 2>&1)"; then
@@ -158,17 +159,24 @@ else
   FAILED=1
 fi
 
-# Ctrl-C: the demo stops its members and exits by itself.
-kill -INT -- "-$DEMO_PID" 2>/dev/null || kill -INT "$DEMO_PID"
-deadline=$((SECONDS + STOP_TIMEOUT))
-while [ $SECONDS -lt $deadline ] && kill -0 "$DEMO_PID" 2>/dev/null; do sleep 1; done
-if kill -0 "$DEMO_PID" 2>/dev/null; then
-  echo "FAIL: the demo was still running ${STOP_TIMEOUT} s after Ctrl-C"
+# Ctrl-C: SIGINT to the demo process (cargo run leaves it to its child), which stops
+# its members and exits by itself.
+demo_proc="$(pgrep -f "^$CARGO_TARGET_DIR/release/pgherd demo" | head -n 1 || true)"
+if [ -z "$demo_proc" ]; then
+  echo "FAIL: no running '$CARGO_TARGET_DIR/release/pgherd demo' process to stop"
   FAILED=1
 else
-  wait "$DEMO_PID" 2>/dev/null || true
-  echo "PASS: the demo exited after Ctrl-C"
+  kill -INT "$demo_proc"
+  deadline=$((SECONDS + STOP_TIMEOUT))
+  while [ $SECONDS -lt $deadline ] && kill -0 "$demo_proc" 2>/dev/null; do sleep 1; done
+  if kill -0 "$demo_proc" 2>/dev/null; then
+    echo "FAIL: the demo was still running ${STOP_TIMEOUT} s after Ctrl-C"
+    FAILED=1
+  else
+    echo "PASS: the demo exited ${STOP_TIMEOUT:+within ${STOP_TIMEOUT} s }after Ctrl-C"
+  fi
 fi
+wait "$DEMO_PID" 2>/dev/null || true
 DEMO_PID=""
 
 if [ "$FAILED" -eq 0 ]; then echo "fresh build: PASS"; else echo "fresh build: FAIL"; fi
