@@ -619,6 +619,21 @@ impl Pool {
         lock(&self.idle).len()
     }
 
+    /// The pool's hand-off invariant, checked in one atomic look: no idle, usable
+    /// server connection while one of its clients waits for one. `Err` says what was
+    /// seen.
+    pub fn check_invariant(&self) -> Result<(), String> {
+        let idle = self.idle_count();
+        let waiting = self.stats.clients_waiting.load(Ordering::Relaxed);
+        if idle > 0 && waiting > 0 && !self.is_paused() {
+            return Err(format!(
+                "pool {:?}: {idle} idle server(s) while {waiting} client(s) wait",
+                self.key
+            ));
+        }
+        Ok(())
+    }
+
     /// Every server connection of this pool, oldest first.
     pub fn servers(&self) -> Vec<ServerInfo> {
         lock(&self.servers).values().cloned().collect()
