@@ -19,8 +19,9 @@
 //! [`PoolStats`]: crate::pool::PoolStats
 //! [`PoolStats::wait_histogram`]: crate::pool::PoolStats::wait_histogram
 
-use crate::pool::{Pool, PoolError, PoolKey, ServerState};
-use crate::runtime::{current_client, ClientState, Runtime};
+use crate::client::{current_client, ClientState};
+use crate::pool::{Pool, PoolKey, ServerState};
+use crate::runtime::Runtime;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
@@ -30,42 +31,18 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     prometheus_text, text, DescriptorEncoder, EncodeLabelSet, EncodeMetric,
 };
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::warn;
-
-/// Upper bounds (seconds) of the wait histogram's buckets: from a free slot at once to
-/// PgBouncer's default `query_wait_timeout` (120 s).
-const WAIT_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-];
-
-/// How long clients waited for a server in one pool (`pgherd_pooler_client_wait_seconds`).
-#[derive(Debug, Clone)]
-pub struct WaitHistogram(Histogram);
-
-impl Default for WaitHistogram {
-    fn default() -> Self {
-        WaitHistogram(Histogram::new(WAIT_BUCKETS.iter().copied()))
-    }
-}
-
-impl WaitHistogram {
-    pub fn observe(&self, waited: Duration) {
-        self.0.observe(waited.as_secs_f64());
-    }
-}
 
 /// The `kind` label of `pgherd_pooler_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,33 +105,27 @@ struct ErrorLabels {
     kind: &'static str,
 }
 
-/// Error counters of the process (every runtime in it).
-static ERRORS: LazyLock<Family<ErrorLabels, Counter>> = LazyLock::new(Family::default);
+/// Errors of clients (failed logins, servers lost under them) in the process (every
+/// runtime in it). The pools count their own (`query_wait_timeout`, failed server
+/// logins) in [`crate::pool::PoolStats`].
+static ERRORS: LazyLock<Mutex<HashMap<ErrorLabels, u64>>> = LazyLock::new(Default::default);
 
 fn count(database: &str, user: &str, kind: ErrorKind) {
-    ERRORS
-        .get_or_create(&ErrorLabels {
-            database: database.to_string(),
-            user: user.to_string(),
-            kind: kind.as_str(),
-        })
-        .inc();
+    let labels = ErrorLabels {
+        database: database.to_string(),
+        user: user.to_string(),
+        kind: kind.as_str(),
+    };
+    *ERRORS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(labels)
+        .or_default() += 1;
 }
 
 /// Count an error of `pool`.
 pub fn count_error(pool: &PoolKey, kind: ErrorKind) {
     count(&pool.database, &pool.user, kind);
-}
-
-/// Count why a client got no server from `pool` (nothing for a pool being closed).
-pub fn count_pool_error(pool: &PoolKey, e: &PoolError) {
-    let kind = match e {
-        PoolError::WaitTimeout => ErrorKind::QueryWaitTimeout,
-        // Failed now, or less than server_login_retry ago.
-        PoolError::Server(_) => ErrorKind::ServerLoginFailed,
-        PoolError::Closed => return,
-    };
-    count_error(pool, kind);
 }
 
 /// Count an error of the client whose session runs in this task (labelled with the
@@ -450,24 +421,48 @@ impl Collector for Scrape {
         )?;
 
         // Every kind for every pool, at zero until it happens.
+        let mut errors: BTreeMap<(String, String, &'static str), u64> = ERRORS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(l, n)| ((l.database.clone(), l.user.clone(), l.kind), *n))
+            .collect();
         for p in &pools {
+            let of_pool =
+                |kind: ErrorKind| (p.key.database.clone(), p.key.user.clone(), kind.as_str());
             for kind in ErrorKind::ALL {
-                drop(ERRORS.get_or_create(&ErrorLabels {
-                    database: p.key.database.clone(),
-                    user: p.key.user.clone(),
-                    kind: kind.as_str(),
-                }));
+                errors.entry(of_pool(kind)).or_default();
+            }
+            let counted = [
+                (ErrorKind::QueryWaitTimeout, &p.stats.wait_timeouts),
+                (ErrorKind::ServerLoginFailed, &p.stats.server_login_failures),
+            ];
+            for (kind, n) in counted {
+                *errors.entry(of_pool(kind)).or_default() += n.load(Ordering::Relaxed);
             }
         }
-        let errors = ERRORS.clone();
-        let metric = enc.encode_descriptor(
+        let rows: Vec<_> = errors
+            .into_iter()
+            .map(|((database, user, kind), n)| {
+                (
+                    ErrorLabels {
+                        database,
+                        user,
+                        kind,
+                    },
+                    ConstCounter::new(n),
+                )
+            })
+            .collect();
+        family(
+            &mut enc,
             "pgherd_pooler_errors",
             "Errors by kind: login_failed, query_wait_timeout, server_login_failed, \
-             server_lost (counted for the whole process).",
+             server_lost (login_failed and server_lost counted for the whole process).",
             None,
             MetricType::Counter,
-        )?;
-        errors.encode(metric)
+            &rows,
+        )
     }
 }
 

@@ -2,9 +2,8 @@
 //! the client registry the admin console lists (and `KILL`s); plus the listener that
 //! hands each client to a session.
 //!
-//! Each client's session runs inside [`CURRENT_CLIENT`]'s scope, so the pool can say
-//! which client waits for or holds which server without the session passing it along.
 
+use crate::client::{current_client, ClientInfo};
 use crate::config::{
     AuthType, DatabaseConfig, HbaMethod, HbaRules, PoolMode, PoolerConfig, Userlist,
 };
@@ -18,130 +17,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
-
-tokio::task_local! {
-    /// The client whose session runs in this task.
-    pub static CURRENT_CLIENT: Arc<ClientInfo>;
-}
-
-/// The client whose session runs in this task, if any.
-pub fn current_client() -> Option<Arc<ClientInfo>> {
-    CURRENT_CLIENT.try_with(|c| c.clone()).ok()
-}
-
-/// Where a client is, in `SHOW CLIENTS`' words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientState {
-    /// Connected, not logged in yet (not listed by `SHOW CLIENTS`, like PgBouncer).
-    Login,
-    /// Logged in: idle, or holding a server.
-    Active,
-    /// Waiting for a server (or for `RESUME`).
-    Waiting,
-}
-
-/// What the console shows of a client; changes as the session goes.
-#[derive(Debug, Clone)]
-pub struct ClientView {
-    pub state: ClientState,
-    pub user: Option<String>,
-    pub database: Option<String>,
-    pub application_name: Option<String>,
-    /// The server connection it holds (the pool's server id).
-    pub link: Option<u64>,
-    /// When it last asked for a server.
-    pub request_time: SystemTime,
-    /// Since when it waits (for `wait`, `maxwait`).
-    pub waiting_since: Option<Instant>,
-    /// Its BackendKeyData, once sent.
-    pub cancel_key: Option<(i32, u32)>,
-    /// TLS protocol and cipher (`TLSv1.3/…`), empty on plain TCP.
-    pub tls: String,
-}
-
-/// One connected client.
-#[derive(Debug)]
-pub struct ClientInfo {
-    /// Unique in the process (the console's `id`/`ptr`).
-    pub id: u64,
-    pub peer: Peer,
-    pub local_addr: Option<SocketAddr>,
-    pub connect_time: SystemTime,
-    view: Mutex<ClientView>,
-    /// `KILL` wakes the session's task, which then drops the session. (A Notify: a
-    /// watch channel would cost every idle client a few hundred bytes.)
-    kill_notify: tokio::sync::Notify,
-    /// `KILL` was asked (seen by a session about to park).
-    killed: AtomicBool,
-}
-
-impl ClientInfo {
-    pub fn view(&self) -> ClientView {
-        lock(&self.view).clone()
-    }
-
-    /// Waiting for a server since `since` (read by the caller, which needs it too).
-    pub fn set_waiting(&self, since: Instant) {
-        let mut v = lock(&self.view);
-        v.state = ClientState::Waiting;
-        v.waiting_since = Some(since);
-        v.request_time = SystemTime::now();
-    }
-
-    pub fn set_state(&self, state: ClientState) {
-        let mut v = lock(&self.view);
-        v.state = state;
-        match state {
-            ClientState::Waiting => {
-                v.waiting_since = Some(Instant::now());
-                v.request_time = SystemTime::now();
-            }
-            _ => v.waiting_since = None,
-        }
-    }
-
-    /// The pool it uses (its database, and user unless the console set one already).
-    pub fn set_pool(&self, key: &PoolKey) {
-        let mut v = lock(&self.view);
-        // Every transaction comes here: copy the names only when they change.
-        if v.database.as_deref() != Some(key.database.as_str()) {
-            v.database = Some(key.database.clone());
-        }
-        if v.user.is_none() {
-            v.user = Some(key.user.clone());
-        }
-    }
-
-    pub fn set_login(&self, user: &str, database: &str, application_name: Option<&str>) {
-        let mut v = lock(&self.view);
-        v.user = Some(user.to_string());
-        v.database = Some(database.to_string());
-        v.application_name = application_name.map(str::to_string);
-        v.state = ClientState::Active;
-    }
-
-    pub fn set_tls(&self, description: String) {
-        lock(&self.view).tls = description;
-    }
-
-    pub fn set_link(&self, server: Option<u64>) {
-        lock(&self.view).link = server;
-    }
-
-    /// End this client's session (`KILL`): its connection and any server it holds
-    /// are closed.
-    pub fn kill(&self) {
-        // A stored permit if the session is not waiting yet: it ends at its first wait.
-        self.killed.store(true, Ordering::Relaxed);
-        self.kill_notify.notify_one();
-    }
-}
 
 /// Clients, servers and pools paused by `PAUSE`.
 #[derive(Debug, Default)]
@@ -279,25 +160,7 @@ impl Runtime {
     /// A newly accepted client, listed until [`Runtime::remove_client`].
     pub fn add_client(&self, peer: Peer, local_addr: Option<SocketAddr>) -> Arc<ClientInfo> {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let info = Arc::new(ClientInfo {
-            id,
-            peer,
-            local_addr,
-            connect_time: SystemTime::now(),
-            view: Mutex::new(ClientView {
-                state: ClientState::Login,
-                user: None,
-                database: None,
-                application_name: None,
-                link: None,
-                request_time: SystemTime::now(),
-                waiting_since: None,
-                cancel_key: None,
-                tls: String::new(),
-            }),
-            kill_notify: tokio::sync::Notify::new(),
-            killed: AtomicBool::new(false),
-        });
+        let info = Arc::new(ClientInfo::new(id, peer, local_addr));
         lock(&self.clients).insert(id, info.clone());
         info
     }
@@ -682,7 +545,7 @@ impl Runtime {
             if let std::collections::hash_map::Entry::Vacant(e) = cancels.entry((pid, key)) {
                 e.insert(slot.clone());
                 if let Some(c) = current_client() {
-                    lock(&c.view).cancel_key = Some((pid, key));
+                    c.set_cancel_key(pid, key);
                 }
                 return (pid, key, slot);
             }
@@ -840,7 +703,7 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Run a client's session in its own task, as [`CURRENT_CLIENT`], until it leaves, is
+/// Run a client's session in its own task, as [`crate::client::CURRENT_CLIENT`], until it leaves, is
 /// killed or parks.
 fn spawn_client(
     runtime: Arc<Runtime>,
@@ -850,12 +713,12 @@ fn spawn_client(
 ) {
     tokio::spawn(async move {
         let peer = client.peer;
-        let session = CURRENT_CLIENT.scope(client.clone(), session);
+        let session = crate::client::CURRENT_CLIENT.scope(client.clone(), session);
         // KILL drops the session: its sockets close, a held server is closed and its
         // slot freed.
         let parked = tokio::select! {
             parked = session => parked,
-            _ = client.kill_notify.notified() => {
+            _ = client.killed_notified() => {
                 debug!(%peer, "client killed");
                 None
             }
@@ -873,9 +736,7 @@ fn spawn_client(
             match parker.park(parked) {
                 Ok(()) => {
                     // A KILL that came while parking may have missed it in the parker.
-                    if let Some(killed) =
-                        parker.unpark_if(id, |c| c.session.client().killed.load(Ordering::Relaxed))
-                    {
+                    if let Some(killed) = parker.unpark_if(id, |c| c.session.client().is_killed()) {
                         runtime.remove_client(id);
                         killed.session.end(&runtime);
                     }

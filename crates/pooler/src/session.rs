@@ -6,13 +6,14 @@
 //! server's ReadyForQuery answers the last outstanding query (the moment a transaction-
 //! mode client gives its server back).
 
+use crate::client::ClientInfo;
 use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
 use crate::lean_writer::LeanWriter;
 use crate::net::{ParkedSocket, Peer, ReadHalf, Stream, WriteHalf};
 use crate::park::Parker;
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
 use crate::prepared::{self, ClientStatements, Responses};
-use crate::runtime::{CancelSlot, CancelTarget, ClientInfo, Runtime};
+use crate::runtime::{CancelSlot, CancelTarget, Runtime};
 use crate::server::{send_cancel, FramedError, FramedReader, ServerCredential};
 use bytes::BytesMut;
 use pgherd_protocol::auth::{Md5Server, ScramServer, StoredPassword};
@@ -471,7 +472,7 @@ async fn login(
     // the client thinks it is in).
     let (parameters, lease) = match pool.welcome_parameters() {
         Some(p) => (p, None),
-        None => match pool.acquire().await {
+        None => match pool.acquire(Some(info)).await {
             Ok(l) => {
                 pool.set_welcome_parameters(l.conn.parameters());
                 (l.conn.parameters().to_vec(), Some(l))
@@ -766,7 +767,8 @@ async fn auth_query(
         user: auth_user.clone(),
     };
     let pool = rt.pool(&key, &lookup_db, credential);
-    let mut lease = match pool.acquire().await {
+    // The client logs in: it is not waiting in this pool in SHOW CLIENTS' sense.
+    let mut lease = match pool.acquire(None).await {
         Ok(l) => l,
         Err(e) => {
             warn!(auth_user = %auth_user, error = %e, "auth_query: cannot log in as auth_user");
@@ -774,7 +776,7 @@ async fn auth_query(
         }
     };
     let row = lease.conn.query_first_row(&sql).await;
-    pool.release(lease, row.is_ok()).await;
+    pool.release(lease, row.is_ok(), None).await;
     match row {
         Ok(Some(row)) => row
             .get(1)
@@ -1168,7 +1170,7 @@ impl Session {
             // Session mode keeps the server it logged in with.
             (PoolMode::Session, Some(login)) => Start::Attached(login),
             (_, Some(login)) => {
-                Box::pin(self.pool.release(*login, true)).await;
+                Box::pin(self.pool.release(*login, true, Some(&self.info))).await;
                 Start::Idle
             }
             // Session mode too takes its server with the first message.
@@ -1225,7 +1227,7 @@ impl Session {
                     }
                     _ => (Vec::new(), first),
                 };
-                let acquired = match self.pool.acquire().await {
+                let acquired = match self.pool.acquire(Some(&self.info)).await {
                     Ok(l) => l,
                     Err(e) => return Err(fail(out, pool_error(&e)).await),
                 };
@@ -1243,13 +1245,13 @@ impl Session {
                 ) {
                     Ok(b) => b,
                     Err(e) => {
-                        self.pool.release(attached, false).await;
+                        self.pool.release(attached, false, Some(&self.info)).await;
                         let e = error(Severity::Fatal, "08P01", e.to_string());
                         return Err(fail(out, e).await);
                     }
                 };
                 if let Err(e) = attached.conn.write_all(&batch).await {
-                    self.pool.release(attached, false).await;
+                    self.pool.release(attached, false, Some(&self.info)).await;
                     return Err(fail(out, server_lost(&e.to_string())).await);
                 }
                 if gone {
@@ -1274,7 +1276,9 @@ impl Session {
                 self.detach();
                 let reset = settings.server_reset_query_always;
                 let reusable = !reset || self.reset(&mut attached, settings).await;
-                self.pool.release(attached, reusable).await;
+                self.pool
+                    .release(attached, reusable, Some(&self.info))
+                    .await;
                 Ok(true)
             }
             Pump::Ended(which) => {
@@ -1284,7 +1288,7 @@ impl Session {
             }
             Pump::ServerFailed(why) => {
                 self.detach();
-                self.pool.release(attached, false).await;
+                self.pool.release(attached, false, Some(&self.info)).await;
                 Err(fail(out, server_lost(&why)).await)
             }
         }
@@ -1679,7 +1683,7 @@ impl Session {
         let sql = format!("SET {name} TO {}", quote_literal(value));
         if let Err(e) = lease.conn.simple_query(&sql).await {
             let answer = e.to_client_error();
-            self.pool.release(lease, false).await;
+            self.pool.release(lease, false, Some(&self.info)).await;
             return Err(answer);
         }
         Ok(lease)
@@ -1722,7 +1726,7 @@ impl Session {
                 debug!(error = %e, "cancelling an abandoned query failed");
             }
         }
-        self.pool.release(lease, reusable).await;
+        self.pool.release(lease, reusable, Some(&self.info)).await;
         info!(peer = %self.info.peer, user = %self.user, database = %self.database, "client left");
     }
 }

@@ -23,9 +23,10 @@ mod show_users;
 mod show_version;
 mod shutdown;
 
+use crate::client::current_client;
 use crate::lean_writer::LeanWriter;
 use crate::net::{ReadHalf, WriteHalf};
-use crate::runtime::{current_client, Runtime};
+use crate::runtime::Runtime;
 use crate::server::FramedReader;
 use crate::session::Origin;
 use bytes::BytesMut;

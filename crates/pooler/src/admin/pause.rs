@@ -1,7 +1,7 @@
 //! `PAUSE [db]` and `RESUME [db]`.
 //!
-//! PAUSE marks the pools paused (new transactions wait in `Pool::acquire` before taking a
-//! slot), waits until no server is lent any more (running transactions finished), then
+//! PAUSE marks the pools paused (new transactions queue in `Pool::acquire`, counted as
+//! waiting, until RESUME), waits until no server is lent any more (running transactions finished), then
 //! closes the idle servers, as PgBouncer does. The wait is bounded: when it runs out
 //! the pools stay paused and the command reports it.
 

@@ -2,8 +2,9 @@
 //! columns (`socket_header` in its admin.c).
 
 use super::output::{client_ptr, int, server_ptr, text, timestamp, Rows, Type};
+use crate::client::ClientState;
 use crate::pool::ServerState;
-use crate::runtime::{ClientState, Runtime};
+use crate::runtime::Runtime;
 use std::time::Instant;
 
 const COLUMNS: &[(&str, Type)] = &[

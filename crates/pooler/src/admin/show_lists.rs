@@ -1,7 +1,8 @@
 //! `SHOW LISTS`: sizes of the pooler's internal lists, PgBouncer's names.
 
 use super::output::{int, text, Rows, Type};
-use crate::runtime::{ClientState, Runtime};
+use crate::client::ClientState;
+use crate::runtime::Runtime;
 
 pub fn run(rt: &Runtime) -> Rows {
     let config = rt.config();

@@ -2,8 +2,9 @@
 
 use super::output::{int, text, Rows, Type};
 use super::ADMIN_DATABASE;
+use crate::client::ClientState;
 use crate::pool::ServerState;
-use crate::runtime::{ClientState, Runtime};
+use crate::runtime::Runtime;
 use std::time::Instant;
 
 const COLUMNS: &[(&str, Type)] = &[

@@ -1,14 +1,17 @@
 //! One pool of server connections per (database, user), PgBouncer style.
 //!
-//! A connection slot is a semaphore permit: `pool_size` of them, plus `reserve_pool_size`
-//! more that a client may take after waiting `reserve_pool_timeout`. A client holds its
-//! permit for as long as it holds the server connection (the whole session in session
-//! mode, one transaction in transaction mode), so the permits count active servers and
-//! the semaphore's queue is the list of waiting clients.
+//! A pool holds at most `pool_size` server connections (lent, idle or logging in),
+//! plus `reserve_pool_size` more for a client that waited `reserve_pool_timeout`. Its
+//! [`queue`] is the one place where a free server meets a waiting client: a server given
+//! back goes straight to the client that waited longest, and only to the idle list when
+//! nobody waits; room freed by a closed server or a failed login goes to the next
+//! client as a login. So a pool never holds an idle, usable server while one of its
+//! clients waits ([`Pool::check_invariant`]; asserted after every hand-off in debug
+//! builds).
 //!
 //! For the admin console every server connection is listed in [`Pool::servers`] while
 //! it lives (a [`ServerTicket`] removes it when the connection is dropped); a pool can be
-//! paused (`PAUSE`: new transactions wait before taking a slot) and can be told that
+//! paused (`PAUSE`: clients queue and are served on `RESUME`) and can be told that
 //! its connections are stale (`RECONNECT`: a generation counter, checked on release).
 //!
 //! Limits beyond one pool, PgBouncer style: every server connection (lent, idle or
@@ -22,9 +25,13 @@
 //! close idle connections that died or outlived `server_idle_timeout` /
 //! `server_lifetime`, and keep `min_pool_size` connections open once the pool was used.
 
-use crate::runtime::{current_client, ClientState};
+mod queue;
+
+use crate::client::{ClientInfo, ClientState};
 use crate::server::{ServerConnection, ServerError, ServerTarget};
-use std::collections::{BTreeMap, VecDeque};
+use prometheus_client::metrics::histogram::Histogram;
+use queue::{Capacity, Env, Grant, Logins, Outcome, Queue};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -162,7 +169,7 @@ impl ConnLimit {
         let Some((_, pool)) = oldest else {
             return false;
         };
-        let Some(idle) = lock(&pool.idle).pop_front() else {
+        let Some(idle) = lock(&pool.queue).take_oldest_idle() else {
             // Taken meanwhile: something changed, the caller looks again.
             return true;
         };
@@ -170,6 +177,7 @@ impl ConnLimit {
             "closing an idle server connection for another pool");
         idle.conn.close().await;
         drop(idle.ticket);
+        pool.hand_off();
         true
     }
 }
@@ -224,8 +232,47 @@ pub struct PoolStats {
     pub server_assignments: AtomicU64,
     /// Server logins in progress (`sv_login`).
     pub servers_connecting: AtomicUsize,
-    /// Each client's wait for a slot, for `/metrics`.
-    pub wait_histogram: crate::metrics::WaitHistogram,
+    /// Each client's wait for a server, for `/metrics`.
+    pub wait_histogram: WaitHistogram,
+    /// Clients that waited `query_wait_timeout` in vain.
+    pub wait_timeouts: AtomicU64,
+    /// Clients that got a failed server login (now, or within `server_login_retry`).
+    pub server_login_failures: AtomicU64,
+}
+
+impl PoolStats {
+    /// Count why a client got no server (nothing for a pool being closed).
+    fn count_error(&self, e: &PoolError) {
+        let counter = match e {
+            PoolError::WaitTimeout => &self.wait_timeouts,
+            PoolError::Server(_) => &self.server_login_failures,
+            PoolError::Closed => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds (seconds) of the wait histogram's buckets: from a free server at once
+/// to PgBouncer's default `query_wait_timeout` (120 s).
+const WAIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// How long clients waited for a server in one pool
+/// (`pgherd_pooler_client_wait_seconds`).
+#[derive(Debug, Clone)]
+pub struct WaitHistogram(pub Histogram);
+
+impl Default for WaitHistogram {
+    fn default() -> Self {
+        WaitHistogram(Histogram::new(WAIT_BUCKETS.iter().copied()))
+    }
+}
+
+impl WaitHistogram {
+    pub fn observe(&self, waited: Duration) {
+        self.0.observe(waited.as_secs_f64());
+    }
 }
 
 /// A point-in-time copy of the cumulative counters, for `SHOW STATS` averages.
@@ -319,11 +366,13 @@ impl Drop for ServerTicket {
 
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
-struct Idle {
+/// A server connection with its registry entry: what the queue holds and hands out.
+struct Pooled {
     conn: ServerConnection,
-    since: Instant,
     ticket: ServerTicket,
 }
+
+type PoolQueue = Queue<Pooled, Permits>;
 
 /// Snapshots taken every `stats_period` (lazily, when stats are read).
 struct StatsWindow {
@@ -362,9 +411,8 @@ pub struct Pool {
     /// Both replaced by RELOAD ([`Pool::reconfigure`]).
     target: RwLock<Arc<ServerTarget>>,
     limits: RwLock<Arc<PoolLimits>>,
-    slots: Arc<Semaphore>,
-    reserve: Arc<Semaphore>,
-    idle: Mutex<VecDeque<Idle>>,
+    /// Idle servers, waiting clients, lent and logging-in counts: the hand-off.
+    queue: Mutex<PoolQueue>,
     pub stats: PoolStats,
     servers: ServerRegistry,
     generation: AtomicU64,
@@ -378,20 +426,9 @@ pub struct Pool {
     filling: AtomicBool,
     /// The last failed server login and when it happened (`server_login_retry`).
     login_failure: Mutex<Option<(Instant, ServerError)>>,
-    /// Bumped when a connection goes to the idle list (for clients that wait out
-    /// `server_login_retry` for one).
-    idle_changes: watch::Sender<u64>,
     /// The server's ParameterStatus values from this pool's first login: what later
     /// clients are welcomed with, so logging in needs no free server (PgBouncer too).
     welcome: Mutex<Option<Vec<(String, String)>>>,
-}
-
-/// What a client gets after its wait: an idle server, or the right to log in a new one.
-// Lives on the stack for one call and is moved once: not worth a box.
-#[allow(clippy::large_enum_variant)]
-enum Obtained {
-    Idle((ServerConnection, ServerTicket)),
-    New(Permits),
 }
 
 /// A copy of a login failure, for the clients that get it during `server_login_retry`.
@@ -460,9 +497,32 @@ async fn limit_changed(rx: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
-/// While waiting for a shared limit, look again this often even without a change (a
-/// permit freed by a racing client that took and gave it back tells nobody).
-const LIMIT_RECHECK: Duration = Duration::from_millis(200);
+/// A waiting client looks again this often even without news: a login retry that ran
+/// out, a shared-limit permit freed by a racing client that took and gave it back.
+const RECHECK: Duration = Duration::from_millis(200);
+
+/// Idle servers one client may find failing `server_check_query` before it gives up.
+const MAX_CHECK_FAILURES: usize = 64;
+
+/// Close servers the hand-off dropped (dead, too old, over the pool's size) without
+/// holding up whoever made the change.
+fn close_in_background(doomed: Vec<Pooled>) {
+    if doomed.is_empty() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                for p in doomed {
+                    p.conn.close().await;
+                    drop(p.ticket);
+                }
+            });
+        }
+        // No runtime (a pool dropped at exit): dropping closes the sockets.
+        Err(_) => drop(doomed),
+    }
+}
 
 /// Clears a flag when dropped.
 struct FlagGuard<'a>(&'a AtomicBool);
@@ -473,12 +533,86 @@ impl Drop for FlagGuard<'_> {
     }
 }
 
-/// A server connection lent to one client, with the slot it occupies.
+/// A server connection lent to one client. Given back with [`Pool::release`]; dropped
+/// instead (the client was killed), the connection closes and its room in the pool is
+/// free again.
 pub struct Lease {
     pub conn: ServerConnection,
-    _slot: OwnedSemaphorePermit,
     pub acquired_at: Instant,
     ticket: ServerTicket,
+    lent: LentSlot,
+}
+
+/// A lent server's place in its pool's count; tells the pool when it is gone without
+/// being given back.
+struct LentSlot(Option<Arc<Pool>>);
+
+impl LentSlot {
+    /// The server is being given back through the queue, which counts it there.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for LentSlot {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            pool.with_queue(|q, env, out| q.lent_gone(env, out));
+        }
+    }
+}
+
+/// A login's place in its pool's count while it runs: if the login fails or is
+/// abandoned (the client left), the room goes to the next client.
+struct LoginSlot<'a> {
+    pool: &'a Pool,
+    /// A fill for `min_pool_size` rather than a client's login.
+    fill: bool,
+    armed: bool,
+}
+
+impl Drop for LoginSlot<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let fill = self.fill;
+            self.pool.with_queue(|q, env, out| {
+                if fill {
+                    q.fill_done(None, env, out)
+                } else {
+                    q.login_done(false, env, out)
+                }
+            });
+        }
+    }
+}
+
+/// A client's place in its pool's queue while it waits; leaving it (timeout, client
+/// gone) gives a grant it did not pick up to the next client.
+struct WaitTicket<'a> {
+    pool: &'a Pool,
+    id: u64,
+    done: bool,
+}
+
+impl WaitTicket<'_> {
+    fn poll_grant(&mut self, cx: &mut Context<'_>) -> Poll<Grant<Pooled, Permits>> {
+        match lock(&self.pool.queue).poll_grant(self.id, cx.waker()) {
+            Some(g) => {
+                self.done = true;
+                Poll::Ready(g)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for WaitTicket<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let id = self.id;
+            self.pool.with_queue(|q, env, out| q.leave(id, env, out));
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -526,11 +660,9 @@ impl Pool {
         let now = Instant::now();
         let pool = Arc::new(Pool {
             key,
-            slots: Arc::new(Semaphore::new(limits.pool_size)),
-            reserve: Arc::new(Semaphore::new(limits.reserve_pool_size)),
             target: RwLock::new(Arc::new(target)),
             limits: RwLock::new(Arc::new(limits)),
-            idle: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             stats: PoolStats::default(),
             servers: Arc::new(Mutex::new(BTreeMap::new())),
             generation: AtomicU64::new(0),
@@ -544,7 +676,6 @@ impl Pool {
             used: AtomicBool::new(false),
             filling: AtomicBool::new(false),
             login_failure: Mutex::new(None),
-            idle_changes: watch::channel(0).0,
             welcome: Mutex::new(None),
         });
         for limit in [&pool.db_limit, &pool.user_limit].into_iter().flatten() {
@@ -584,14 +715,9 @@ impl Pool {
     /// slots as lent servers return, so clients wait rather than exceed it); a changed
     /// server address, database, user or parameters reconnects like `RECONNECT`.
     pub fn reconfigure(self: &Arc<Self>, target: ServerTarget, limits: PoolLimits) {
-        let old_limits = self.limits();
-        resize(&self.slots, old_limits.pool_size, limits.pool_size);
-        resize(
-            &self.reserve,
-            old_limits.reserve_pool_size,
-            limits.reserve_pool_size,
-        );
         *write(&self.limits) = Arc::new(limits);
+        // A larger pool serves waiting clients at once.
+        self.hand_off();
         let old = self.target();
         let moved = old.host != target.host
             || old.port != target.port
@@ -616,22 +742,23 @@ impl Pool {
     }
 
     pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+        lock(&self.queue).idle_len()
     }
 
     /// The pool's hand-off invariant, checked in one atomic look: no idle, usable
     /// server connection while one of its clients waits for one. `Err` says what was
     /// seen.
     pub fn check_invariant(&self) -> Result<(), String> {
-        let idle = self.idle_count();
-        let waiting = self.stats.clients_waiting.load(Ordering::Relaxed);
-        if idle > 0 && waiting > 0 && !self.is_paused() {
-            return Err(format!(
-                "pool {:?}: {idle} idle server(s) while {waiting} client(s) wait",
-                self.key
-            ));
-        }
-        Ok(())
+        let paused = self.is_paused();
+        lock(&self.queue)
+            .check(paused)
+            .map_err(|e| format!("pool {:?}: {e}", self.key))
+    }
+
+    /// Clients waiting for a server of this pool now (queued, or granted one and not
+    /// running yet).
+    pub fn waiting(&self) -> usize {
+        lock(&self.queue).waiting()
     }
 
     /// Every server connection of this pool, oldest first.
@@ -647,6 +774,9 @@ impl Pool {
     /// `PAUSE`/`RESUME`: while paused, clients wait before taking a slot.
     pub fn set_paused(&self, paused: bool) {
         self.paused.send_replace(paused);
+        if !paused {
+            self.hand_off();
+        }
     }
 
     pub fn is_paused(&self) -> bool {
@@ -692,65 +822,100 @@ impl Pool {
         w.older
     }
 
-    /// Wait for a slot (up to `query_wait_timeout`), then lend an idle server or log in a
-    /// new one (waiting, within the same bound, for the database's and user's shared
-    /// limits). During `server_login_retry` after a failed login, a client that needs a
-    /// new server gets that failure at once.
-    pub async fn acquire(&self) -> Result<Lease, PoolError> {
+    /// Run `f` on the queue under its lock, with what the hand-off needs to know of the
+    /// pool now; then wake the clients it served and close the servers it dropped.
+    fn with_queue<R>(
+        &self,
+        f: impl FnOnce(&mut PoolQueue, &mut Env<'_, Pooled, Permits>, &mut Outcome<Pooled>) -> R,
+    ) -> (R, bool) {
+        let limits = self.limits();
+        let generation = self.generation();
+        let now = Instant::now();
+        let capacity = Capacity {
+            pool_size: limits.pool_size,
+            reserve_pool_size: limits.reserve_pool_size,
+            paused: self.is_paused(),
+            logins: if self.login_retrying(now) {
+                Logins::Retrying
+            } else {
+                Logins::Allowed
+            },
+        };
+        let mut usable = |p: &mut Pooled, since: Instant| {
+            let fresh = now.saturating_duration_since(p.conn.created_at()) < limits.server_lifetime;
+            let idle_ok = limits
+                .server_idle_timeout
+                .is_none_or(|t| now.saturating_duration_since(since) < t);
+            let current = p.ticket.generation >= generation;
+            let ok = fresh && idle_ok && current && still_alive(&mut p.conn);
+            if !ok {
+                debug!(pool = ?self.key, server = p.conn.id(), fresh, idle_ok, current,
+                    "closing an idle server connection instead of lending it");
+            }
+            ok
+        };
+        let mut permits = || self.try_permits().ok();
+        let mut env = Env {
+            capacity,
+            now,
+            usable: &mut usable,
+            permits: &mut permits,
+        };
+        let mut out = Outcome::default();
+        let r = f(&mut lock(&self.queue), &mut env, &mut out);
+        out.wake_all();
+        close_in_background(std::mem::take(&mut out.doomed));
+        (r, out.limit_full)
+    }
+
+    /// Serve waiting clients with what the pool has now (after a change that the queue
+    /// does not see itself: a pause lifted, a larger pool, a login retry over, a shared
+    /// limit with room again).
+    pub fn hand_off(&self) {
+        self.with_queue(|q, env, out| q.hand_off(env, out));
+    }
+
+    /// Lend a server: an idle one, or a new login, in the order clients asked, waiting
+    /// up to `query_wait_timeout` (also while the pool is paused, and for the
+    /// database's and user's shared limits). During `server_login_retry` after a
+    /// failed login, a client gets that failure at once when the pool has no server
+    /// that could come back to it.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        client: Option<&ClientInfo>,
+    ) -> Result<Lease, PoolError> {
         let started = Instant::now();
         self.used.store(true, Ordering::Relaxed);
-        let client = current_client();
-        if let Some(c) = &client {
-            c.set_pool(&self.key);
+        if let Some(c) = client {
+            c.set_pool(&self.key.database, &self.key.user);
             c.set_waiting(started);
         }
-        let waited = {
+        let obtained = {
             let _waiting = Waiting::new(&self.stats.clients_waiting);
-            match self.wait_for_slot(started).await {
-                Ok(slot) => {
-                    let deadline = self.limits().query_wait_timeout.map(|t| started + t);
-                    self.obtain(deadline).await.map(|o| (slot, o))
-                }
-                Err(e) => Err(e),
-            }
+            self.obtain(started).await
         };
-        // One clock read for the wait's statistics, one for the assignment.
         let waited_for = started.elapsed();
-        self.stats.wait_histogram.observe(waited_for);
-        let (slot, obtained) = match waited {
-            Ok(w) => w,
+        let Pooled { conn, ticket } = match obtained {
+            Ok(p) => p,
             Err(e) => {
-                crate::metrics::count_pool_error(&self.key, &e);
-                if let Some(c) = &client {
+                self.stats.wait_histogram.observe(waited_for);
+                self.stats.count_error(&e);
+                if let Some(c) = client {
                     c.set_state(ClientState::Active);
                 }
                 return Err(e);
             }
         };
+        self.stats.wait_histogram.observe(waited_for);
         let waited = waited_for.as_micros() as u64;
         self.stats
             .total_wait_us
             .fetch_add(waited, Ordering::Relaxed);
         self.stats.max_wait_us.fetch_max(waited, Ordering::Relaxed);
-        let (conn, ticket) = match obtained {
-            Obtained::Idle(idle) => idle,
-            // Boxed: a login's state is large and rare; every acquire's future would
-            // carry it.
-            Obtained::New(permits) => match Box::pin(self.connect_new(permits)).await {
-                Ok(c) => c,
-                Err(e) => {
-                    crate::metrics::count_pool_error(&self.key, &e);
-                    if let Some(c) = &client {
-                        c.set_state(ClientState::Active);
-                    }
-                    return Err(e);
-                }
-            },
-        };
         self.stats
             .server_assignments
             .fetch_add(1, Ordering::Relaxed);
-        let link = client.as_ref().map(|c| c.id);
+        let link = client.map(|c| c.id);
         let now = Instant::now();
         ticket.update(|s| {
             s.state = ServerState::Active;
@@ -758,73 +923,116 @@ impl Pool {
             s.request_time = SystemTime::now();
             s.link = link;
         });
-        if let Some(c) = &client {
+        if let Some(c) = client {
             c.set_state(ClientState::Active);
             c.set_link(Some(ticket.id));
         }
         Ok(Lease {
             conn,
-            _slot: slot,
             acquired_at: now,
             ticket,
+            lent: LentSlot(Some(self.clone())),
         })
     }
 
-    /// With a slot in hand: an idle server, else the permits for a new login, evicting
-    /// an idle connection of another pool or waiting (until `deadline`) while a shared
-    /// limit is full.
-    async fn obtain(&self, deadline: Option<Instant>) -> Result<Obtained, PoolError> {
-        // Each pass returns, or closed an idle connection, or waited for a change, a
-        // recheck interval or the deadline: bounded by the deadline and the number of
-        // idle connections.
-        loop {
-            if let Some(idle) = self.take_idle().await {
-                return Ok(Obtained::Idle(idle));
-            }
-            if let Some((e, retry_at)) = self.login_retry_pending() {
-                // PgBouncer's fast fail: with no server connection to wait for, the
-                // client gets the login failure now. With some (lent to others), it
-                // waits for one of them, or for the retry.
-                if lock(&self.servers).is_empty() {
-                    return Err(PoolError::Server(e));
+    /// Wait for a grant and turn it into a server: check an idle one that sat past
+    /// `server_check_delay`, or log in a new one.
+    async fn obtain(&self, started: Instant) -> Result<Pooled, PoolError> {
+        let limits = self.limits();
+        let deadline = limits.query_wait_timeout.map(|t| started + t);
+        let reserve_at = (limits.reserve_pool_size > 0)
+            .then(|| started + limits.reserve_pool_timeout.unwrap_or(Duration::ZERO));
+        // Each pass ends with a server, an error, or a server closed that failed its
+        // check (bounded by the pool's servers); and all passes by `deadline`.
+        for _ in 0..MAX_CHECK_FAILURES {
+            match self.wait_grant(reserve_at, deadline).await? {
+                Grant::Server(mut p, since) => {
+                    if since.elapsed() >= limits.server_check_delay {
+                        if let Some(q) = &limits.server_check_query {
+                            if let Err(e) = p.conn.simple_query(q).await {
+                                debug!(pool = ?self.key, server = p.conn.id(), error = %e,
+                                    "server check failed");
+                                self.with_queue(|q, env, out| q.lent_gone(env, out));
+                                close_in_background(vec![p]);
+                                continue;
+                            }
+                        }
+                    }
+                    return Ok(p);
                 }
-                let mut idle_rx = self.idle_changes.subscribe();
-                if !lock(&self.idle).is_empty() {
-                    continue;
+                Grant::Login(permits) => {
+                    let mut slot = LoginSlot {
+                        pool: self,
+                        fill: false,
+                        armed: true,
+                    };
+                    // Boxed: a login's state is large and rare; every acquire's future
+                    // would carry it.
+                    let p = Box::pin(self.connect_new(permits)).await?;
+                    slot.armed = false;
+                    self.with_queue(|q, env, out| q.login_done(true, env, out));
+                    return Ok(p);
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(PoolError::WaitTimeout);
+                Grant::LoginFailing => {
+                    return Err(match self.login_retry_pending() {
+                        Some((e, _)) => PoolError::Server(e),
+                        // The retry time passed meanwhile: nothing failed for this client.
+                        None => PoolError::WaitTimeout,
+                    });
                 }
-                tokio::select! {
-                    _ = idle_rx.changed() => {}
-                    _ = tokio::time::sleep_until(retry_at.into()) => {}
-                    _ = tokio::time::sleep(LIMIT_RECHECK) => {}
-                    _ = sleep_until(deadline) => return Err(PoolError::WaitTimeout),
-                }
-                continue;
-            }
-            // Subscribe before looking, so a change right after the look wakes us.
-            let mut db_rx = self.db_limit.as_ref().map(|l| l.changes.subscribe());
-            let mut user_rx = self.user_limit.as_ref().map(|l| l.changes.subscribe());
-            let full = match self.try_permits() {
-                Ok(p) => return Ok(Obtained::New(p)),
-                Err(full) => full,
-            };
-            if full.evict_idle().await {
-                continue;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(PoolError::WaitTimeout);
-            }
-            debug!(pool = ?self.key, limit = ?full.kind, name = %full.name, max = full.max(),
-                "waiting for a server connection under a shared limit");
-            tokio::select! {
-                _ = limit_changed(&mut db_rx) => {}
-                _ = limit_changed(&mut user_rx) => {}
-                _ = tokio::time::sleep(LIMIT_RECHECK) => {}
-                _ = sleep_until(deadline) => return Err(PoolError::WaitTimeout),
             }
         }
+        Err(PoolError::WaitTimeout)
+    }
+
+    /// Take a grant at once, or queue and wait for one until `deadline`. While queued,
+    /// look again when the reserve pool opens for this client, when a shared limit has
+    /// room, and every [`RECHECK`] (a login retry that ran out; a shared limit full of
+    /// another pool's idle servers, one of which is then closed).
+    async fn wait_grant(
+        &self,
+        reserve_at: Option<Instant>,
+        deadline: Option<Instant>,
+    ) -> Result<Grant<Pooled, Permits>, PoolError> {
+        let (asked, mut limit_full) = self.with_queue(|q, env, out| q.ask(reserve_at, env, out));
+        let id = match asked {
+            Ok(grant) => return Ok(grant),
+            Err(id) => id,
+        };
+        let mut ticket = WaitTicket {
+            pool: self,
+            id,
+            done: false,
+        };
+        let mut db_rx = self.db_limit.as_ref().map(|l| l.changes.subscribe());
+        let mut user_rx = self.user_limit.as_ref().map(|l| l.changes.subscribe());
+        let mut reserve_pending = reserve_at.filter(|r| Instant::now() < *r);
+        // Bounded by `deadline` (or the client's life without one): each pass waits.
+        loop {
+            if limit_full {
+                if let Some(full) = self.full_limit() {
+                    full.evict_idle().await;
+                }
+            }
+            tokio::select! {
+                grant = std::future::poll_fn(|cx| ticket.poll_grant(cx)) => return Ok(grant),
+                _ = sleep_until(reserve_pending) => reserve_pending = None,
+                _ = limit_changed(&mut db_rx) => {}
+                _ = limit_changed(&mut user_rx) => {}
+                _ = tokio::time::sleep(RECHECK) => {}
+                _ = sleep_until(deadline) => return Err(PoolError::WaitTimeout),
+            }
+            limit_full = self.with_queue(|q, env, out| q.hand_off(env, out)).1;
+        }
+    }
+
+    /// A shared limit of this pool that has no room, if any.
+    fn full_limit(&self) -> Option<Arc<ConnLimit>> {
+        [&self.db_limit, &self.user_limit]
+            .into_iter()
+            .flatten()
+            .find(|l| l.is_full())
+            .cloned()
     }
 
     /// The shared-limit permits for one more server connection, or the limit that is
@@ -856,10 +1064,7 @@ impl Pool {
 
     /// Log in a new server connection holding `permits`; a failure is remembered for
     /// `server_login_retry`.
-    async fn connect_new(
-        &self,
-        permits: Permits,
-    ) -> Result<(ServerConnection, ServerTicket), PoolError> {
+    async fn connect_new(&self, permits: Permits) -> Result<Pooled, PoolError> {
         self.stats.server_connects.fetch_add(1, Ordering::Relaxed);
         let connecting = Waiting::new(&self.stats.servers_connecting);
         let target = self.target();
@@ -870,7 +1075,7 @@ impl Pool {
                 lock(&self.login_failure).take();
                 debug!(pool = ?self.key, server = conn.id(), "new server connection");
                 let ticket = self.register(&conn, permits);
-                Ok((conn, ticket))
+                Ok(Pooled { conn, ticket })
             }
             Err(e) => {
                 warn!(pool = ?self.key, error = %e, retry_after = ?self.limits().server_login_retry,
@@ -893,7 +1098,14 @@ impl Pool {
     /// Whether the last server login failed less than `server_login_retry` ago (no new
     /// login is made until then).
     pub fn login_retry_wait(&self) -> bool {
-        self.login_retry_pending().is_some()
+        self.login_retrying(Instant::now())
+    }
+
+    /// [`Pool::login_retry_wait`] at `now`, without copying the failure.
+    fn login_retrying(&self, now: Instant) -> bool {
+        lock(&self.login_failure)
+            .as_ref()
+            .is_some_and(|(at, _)| now < *at + self.limits().server_login_retry)
     }
 
     fn register(&self, conn: &ServerConnection, permits: Permits) -> ServerTicket {
@@ -924,136 +1136,54 @@ impl Pool {
         }
     }
 
-    /// Wait while the pool is paused, at most until `deadline`.
-    async fn wait_unpaused(&self, deadline: Option<Instant>) -> Result<(), PoolError> {
-        // The usual case, without arming a timer.
-        if !*self.paused.borrow() {
-            return Ok(());
-        }
-        let mut paused = self.paused.subscribe();
-        tokio::select! {
-            r = paused.wait_for(|p| !*p) => r.map(|_| ()).map_err(|_| PoolError::Closed),
-            _ = sleep_until(deadline) => Err(PoolError::WaitTimeout),
-        }
-    }
-
-    async fn wait_for_slot(&self, started: Instant) -> Result<OwnedSemaphorePermit, PoolError> {
-        let limits = self.limits();
-        let deadline = limits.query_wait_timeout.map(|t| started + t);
-        self.wait_unpaused(deadline).await?;
-        // A free slot right away: no timer to arm (the common case below the limit).
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        // First only the main slots; after reserve_pool_timeout the reserve too.
-        let reserve_after = match (limits.reserve_pool_size, limits.reserve_pool_timeout) {
-            (0, _) => None,
-            (_, t) => Some(started + t.unwrap_or(Duration::ZERO)),
-        };
-        let first_phase_end = match (reserve_after, deadline) {
-            (Some(r), Some(d)) => Some(r.min(d)),
-            (r, d) => r.or(d),
-        };
-        tokio::select! {
-            permit = self.slots.clone().acquire_owned() => return permit.map_err(|_| PoolError::Closed),
-            _ = sleep_until(first_phase_end) => {}
-        }
-        if reserve_after.is_none() || deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(PoolError::WaitTimeout);
-        }
-        tokio::select! {
-            permit = self.slots.clone().acquire_owned() => permit.map_err(|_| PoolError::Closed),
-            permit = self.reserve.clone().acquire_owned() => {
-                info!(pool = ?self.key, "using the reserve pool");
-                permit.map_err(|_| PoolError::Closed)
-            }
-            _ = sleep_until(deadline) => Err(PoolError::WaitTimeout),
-        }
-    }
-
-    /// The freshest usable idle connection; stale or broken ones are closed on the way.
-    async fn take_idle(&self) -> Option<(ServerConnection, ServerTicket)> {
-        loop {
-            let Idle {
-                mut conn,
-                since,
-                ticket,
-            } = lock(&self.idle).pop_back()?;
-            let too_old = conn.created_at().elapsed() >= self.limits().server_lifetime;
-            let idle_too_long = self
-                .limits()
-                .server_idle_timeout
-                .is_some_and(|t| since.elapsed() >= t);
-            let stale = ticket.generation < self.generation();
-            if !still_alive(&mut conn) || too_old || idle_too_long || stale {
-                debug!(pool = ?self.key, server = conn.id(), too_old, idle_too_long, stale, "closing server connection");
-                conn.close().await;
-                continue;
-            }
-            if since.elapsed() >= self.limits().server_check_delay {
-                if let Some(q) = &self.limits().server_check_query {
-                    if let Err(e) = conn.simple_query(q).await {
-                        debug!(pool = ?self.key, server = conn.id(), error = %e, "server check failed");
-                        conn.close().await;
-                        continue;
-                    }
-                }
-            }
-            return Some((conn, ticket));
-        }
-    }
-
-    /// Give a server back. `reusable`: it is idle (ReadyForQuery 'I') and reset.
-    pub async fn release(&self, lease: Lease, reusable: bool) {
-        let Lease {
-            mut conn,
-            _slot,
-            ticket,
-            ..
-        } = lease;
-        if let Some(c) = current_client() {
+    /// Give a server back. `reusable`: it is idle (ReadyForQuery 'I') and reset. The
+    /// queue hands it to the next waiting client, or keeps it idle. `client` holds it
+    /// no more.
+    pub async fn release(&self, lease: Lease, reusable: bool, client: Option<&ClientInfo>) {
+        if let Some(c) = client {
             c.set_link(None);
         }
+        let Lease {
+            mut conn,
+            ticket,
+            mut lent,
+            ..
+        } = lease;
+        lent.disarm();
         let stale = ticket.generation < self.generation();
         if reusable && !conn.is_broken() && !stale {
             conn.touch();
-            self.push_idle(conn, ticket);
+            let now = Instant::now();
+            ticket.update(|s| {
+                s.state = ServerState::Idle;
+                s.since = now;
+                s.request_time = SystemTime::now();
+                s.link = None;
+            });
+            let server = Pooled { conn, ticket };
+            self.with_queue(|q, env, out| q.give_back(server, env, out));
+            self.bump_full_limits();
         } else {
+            self.with_queue(|q, env, out| q.lent_gone(env, out));
             // Boxed: the connection moves into it, so this future (awaited after every
             // transaction) does not hold one.
             Box::pin(conn.close()).await;
             drop(ticket);
         }
-        // `_slot` drops here: the next waiting client gets it.
     }
 
     /// Close every idle connection (RECONNECT, shutdown, a primary that was demoted).
     pub async fn close_idle(&self) {
-        let idle: Vec<Idle> = lock(&self.idle).drain(..).collect();
+        let idle = lock(&self.queue).drain_idle();
         for i in idle {
             i.conn.close().await;
         }
+        self.hand_off();
     }
 
-    /// Put a server connection in the idle list; a client waiting for a shared limit
-    /// may evict it.
-    fn push_idle(&self, conn: ServerConnection, ticket: ServerTicket) {
-        let now = Instant::now();
-        ticket.update(|s| {
-            s.state = ServerState::Idle;
-            s.since = now;
-            s.request_time = SystemTime::now();
-            s.link = None;
-        });
-        lock(&self.idle).push_back(Idle {
-            conn,
-            since: now,
-            ticket,
-        });
-        // Only when someone waits: this is on every release's path.
-        if self.idle_changes.receiver_count() > 0 {
-            self.idle_changes.send_modify(|v| *v = v.wrapping_add(1));
-        }
+    /// A server went idle: a client of another pool waiting for a full shared limit may
+    /// evict it.
+    fn bump_full_limits(&self) {
         for limit in [&self.db_limit, &self.user_limit].into_iter().flatten() {
             if limit.is_full() {
                 limit.bump();
@@ -1062,7 +1192,7 @@ impl Pool {
     }
 
     fn oldest_idle_since(&self) -> Option<Instant> {
-        lock(&self.idle).front().map(|i| i.since)
+        lock(&self.queue).oldest_idle_since()
     }
 
     /// `min_pool_size` in effect: capped at `pool_size`, and 0 until a client used the
@@ -1094,37 +1224,32 @@ impl Pool {
         let keep = self.min_servers();
         let mut total = self.server_count();
         let generation = self.generation();
-        let mut doomed = Vec::new();
-        {
-            let mut idle = lock(&self.idle);
-            let mut i = 0;
-            while i < idle.len() {
-                let Some(it) = idle.get_mut(i) else { break };
-                let dead = !still_alive(&mut it.conn);
-                let too_old = it.conn.created_at().elapsed() >= self.limits().server_lifetime;
-                let stale = it.ticket.generation < generation;
-                let idle_too_long = total > keep
-                    && self
-                        .limits()
-                        .server_idle_timeout
-                        .is_some_and(|t| it.since.elapsed() >= t);
-                if dead || too_old || stale || idle_too_long {
-                    if let Some(gone) = idle.remove(i) {
-                        debug!(pool = ?self.key, server = gone.conn.id(), dead, too_old, stale,
-                            idle_too_long, "janitor closing server connection");
-                        doomed.push(gone);
-                        total = total.saturating_sub(1);
-                    }
-                } else {
-                    i += 1;
-                }
+        let limits = self.limits();
+        let now = Instant::now();
+        let doomed = lock(&self.queue).remove_idle(|p, since| {
+            let dead = !still_alive(&mut p.conn);
+            let too_old =
+                now.saturating_duration_since(p.conn.created_at()) >= limits.server_lifetime;
+            let stale = p.ticket.generation < generation;
+            let idle_too_long = total > keep
+                && limits
+                    .server_idle_timeout
+                    .is_some_and(|t| now.saturating_duration_since(since) >= t);
+            let gone = dead || too_old || stale || idle_too_long;
+            if gone {
+                debug!(pool = ?self.key, server = p.conn.id(), dead, too_old, stale,
+                    idle_too_long, "janitor closing server connection");
+                total = total.saturating_sub(1);
             }
-        }
+            gone
+        });
         let closed = doomed.len();
         for gone in doomed {
             gone.conn.close().await;
             drop(gone.ticket);
         }
+        // Also what no event announces: a login retry that ran out.
+        self.hand_off();
         closed
     }
 
@@ -1139,19 +1264,29 @@ impl Pool {
         let _filling = FlagGuard(&self.filling);
         let min = self.min_servers();
         for _ in 0..min {
-            if self.server_count() >= min || self.is_paused() || self.login_retry_wait() {
+            if self.server_count() >= min {
                 return;
             }
-            let Ok(permits) = self.try_permits() else {
+            let (permits, _) = self.with_queue(|q, env, _| q.start_fill(min, env));
+            let Some(permits) = permits else {
                 return;
             };
-            match self.connect_new(permits).await {
-                Ok((conn, ticket)) => {
-                    debug!(pool = ?self.key, server = conn.id(), "opened for min_pool_size");
-                    self.push_idle(conn, ticket);
-                }
-                Err(_) => return,
-            }
+            let mut slot = LoginSlot {
+                pool: self,
+                fill: true,
+                armed: true,
+            };
+            let Ok(server) = self.connect_new(permits).await else {
+                return;
+            };
+            slot.armed = false;
+            debug!(pool = ?self.key, server = server.conn.id(), "opened for min_pool_size");
+            let now = Instant::now();
+            server.ticket.update(|s| {
+                s.state = ServerState::Idle;
+                s.since = now;
+            });
+            self.with_queue(|q, env, out| q.fill_done(Some(server), env, out));
         }
     }
 }

@@ -1,0 +1,171 @@
+//! One connected client as the admin console and metrics see it: where it is in its
+//! session (logging in, active, waiting for a server), its names, the server it holds.
+//! The session and the pool write it as things happen; `SHOW CLIENTS`, `SHOW POOLS`
+//! and `/metrics` read it.
+
+use crate::net::Peer;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+tokio::task_local! {
+    /// The client whose session runs in this task.
+    pub static CURRENT_CLIENT: Arc<ClientInfo>;
+}
+
+/// The client whose session runs in this task, if any.
+pub fn current_client() -> Option<Arc<ClientInfo>> {
+    CURRENT_CLIENT.try_with(|c| c.clone()).ok()
+}
+
+/// Where a client is, in `SHOW CLIENTS`' words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Connected, not logged in yet (not listed by `SHOW CLIENTS`, like PgBouncer).
+    Login,
+    /// Logged in: idle, or holding a server.
+    Active,
+    /// Waiting for a server (or for `RESUME`).
+    Waiting,
+}
+
+/// What the console shows of a client; changes as the session goes.
+#[derive(Debug, Clone)]
+pub struct ClientView {
+    pub state: ClientState,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application_name: Option<String>,
+    /// The server connection it holds (the pool's server id).
+    pub link: Option<u64>,
+    /// When it last asked for a server.
+    pub request_time: SystemTime,
+    /// Since when it waits (for `wait`, `maxwait`).
+    pub waiting_since: Option<Instant>,
+    /// Its BackendKeyData, once sent.
+    pub cancel_key: Option<(i32, u32)>,
+    /// TLS protocol and cipher (`TLSv1.3/…`), empty on plain TCP.
+    pub tls: String,
+}
+
+/// One connected client.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// Unique in the process (the console's `id`/`ptr`).
+    pub id: u64,
+    pub peer: Peer,
+    pub local_addr: Option<SocketAddr>,
+    pub connect_time: SystemTime,
+    view: Mutex<ClientView>,
+    /// `KILL` wakes the session's task, which then drops the session. (A Notify: a
+    /// watch channel would cost every idle client a few hundred bytes.)
+    kill_notify: tokio::sync::Notify,
+    /// `KILL` was asked (seen by a session about to park).
+    killed: AtomicBool,
+}
+
+impl ClientInfo {
+    /// A client just accepted, not logged in yet.
+    pub fn new(id: u64, peer: Peer, local_addr: Option<SocketAddr>) -> ClientInfo {
+        ClientInfo {
+            id,
+            peer,
+            local_addr,
+            connect_time: SystemTime::now(),
+            view: Mutex::new(ClientView {
+                state: ClientState::Login,
+                user: None,
+                database: None,
+                application_name: None,
+                link: None,
+                request_time: SystemTime::now(),
+                waiting_since: None,
+                cancel_key: None,
+                tls: String::new(),
+            }),
+            kill_notify: tokio::sync::Notify::new(),
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn view(&self) -> ClientView {
+        lock(&self.view).clone()
+    }
+
+    /// Waiting for a server since `since` (read by the caller, which needs it too).
+    pub fn set_waiting(&self, since: Instant) {
+        let mut v = lock(&self.view);
+        v.state = ClientState::Waiting;
+        v.waiting_since = Some(since);
+        v.request_time = SystemTime::now();
+    }
+
+    pub fn set_state(&self, state: ClientState) {
+        let mut v = lock(&self.view);
+        v.state = state;
+        match state {
+            ClientState::Waiting => {
+                v.waiting_since = Some(Instant::now());
+                v.request_time = SystemTime::now();
+            }
+            _ => v.waiting_since = None,
+        }
+    }
+
+    /// The pool it uses (its database, and user unless the console set one already).
+    pub fn set_pool(&self, database: &str, user: &str) {
+        let mut v = lock(&self.view);
+        // Every transaction comes here: copy the names only when they change.
+        if v.database.as_deref() != Some(database) {
+            v.database = Some(database.to_string());
+        }
+        if v.user.is_none() {
+            v.user = Some(user.to_string());
+        }
+    }
+
+    pub fn set_login(&self, user: &str, database: &str, application_name: Option<&str>) {
+        let mut v = lock(&self.view);
+        v.user = Some(user.to_string());
+        v.database = Some(database.to_string());
+        v.application_name = application_name.map(str::to_string);
+        v.state = ClientState::Active;
+    }
+
+    pub fn set_tls(&self, description: String) {
+        lock(&self.view).tls = description;
+    }
+
+    pub fn set_link(&self, server: Option<u64>) {
+        lock(&self.view).link = server;
+    }
+
+    /// Its BackendKeyData, once sent (CancelRequests carrying it find its server).
+    pub fn set_cancel_key(&self, pid: i32, key: u32) {
+        lock(&self.view).cancel_key = Some((pid, key));
+    }
+
+    /// Whether `KILL` was asked for this client.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when `KILL` is asked (or was, before this was first polled).
+    pub async fn killed_notified(&self) {
+        self.kill_notify.notified().await
+    }
+
+    /// End this client's session (`KILL`): its connection and any server it holds
+    /// are closed.
+    pub fn kill(&self) {
+        // A stored permit if the session is not waiting yet: it ends at its first wait.
+        self.killed.store(true, Ordering::Relaxed);
+        self.kill_notify.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A plain record, consistent between statements: a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
