@@ -356,6 +356,17 @@ impl ServerTicket {
             f(info);
         }
     }
+
+    /// Listed as `state` (lent to client `link`, if known) from now on.
+    fn set_state(&self, state: ServerState, link: Option<u64>) {
+        let now = Instant::now();
+        self.update(|s| {
+            s.state = state;
+            s.since = now;
+            s.request_time = SystemTime::now();
+            s.link = link;
+        });
+    }
 }
 
 impl Drop for ServerTicket {
@@ -915,21 +926,14 @@ impl Pool {
         self.stats
             .server_assignments
             .fetch_add(1, Ordering::Relaxed);
-        let link = client.map(|c| c.id);
-        let now = Instant::now();
-        ticket.update(|s| {
-            s.state = ServerState::Active;
-            s.since = now;
-            s.request_time = SystemTime::now();
-            s.link = link;
-        });
+        ticket.set_state(ServerState::Active, client.map(|c| c.id));
         if let Some(c) = client {
             c.set_state(ClientState::Active);
             c.set_link(Some(ticket.id));
         }
         Ok(Lease {
             conn,
-            acquired_at: now,
+            acquired_at: Instant::now(),
             ticket,
             lent: LentSlot(Some(self.clone())),
         })
@@ -1153,13 +1157,7 @@ impl Pool {
         let stale = ticket.generation < self.generation();
         if reusable && !conn.is_broken() && !stale {
             conn.touch();
-            let now = Instant::now();
-            ticket.update(|s| {
-                s.state = ServerState::Idle;
-                s.since = now;
-                s.request_time = SystemTime::now();
-                s.link = None;
-            });
+            ticket.set_state(ServerState::Idle, None);
             let server = Pooled { conn, ticket };
             self.with_queue(|q, env, out| q.give_back(server, env, out));
             self.bump_full_limits();
@@ -1281,11 +1279,7 @@ impl Pool {
             };
             slot.armed = false;
             debug!(pool = ?self.key, server = server.conn.id(), "opened for min_pool_size");
-            let now = Instant::now();
-            server.ticket.update(|s| {
-                s.state = ServerState::Idle;
-                s.since = now;
-            });
+            server.ticket.set_state(ServerState::Idle, None);
             self.with_queue(|q, env, out| q.fill_done(Some(server), env, out));
         }
     }
