@@ -75,6 +75,8 @@ struct Ctx {
     pool_size: AtomicUsize,
     /// The chaos's events: (seconds since the start, what).
     events: Mutex<Vec<(f64, String)>>,
+    /// The latest cancel requests clients sent: (when, client, sent after its answer).
+    cancels: Mutex<std::collections::VecDeque<(Instant, i32, bool)>>,
 }
 
 #[derive(Default)]
@@ -131,6 +133,41 @@ impl Ctx {
         if events.len() < 10_000 {
             events.push((self.started.elapsed().as_secs_f64(), detail));
         }
+    }
+
+    fn cancel_sent(&self, id: i32, at: Instant, after_answer: bool) {
+        let mut c = self
+            .cancels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.len() >= 2000 {
+            c.pop_front();
+        }
+        c.push_back((at, id, after_answer));
+    }
+
+    /// Other clients' cancel requests in the last second, for a stray 57014.
+    fn recent_cancels(&self, not: i32) -> String {
+        let c = self
+            .cancels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent: Vec<String> = c
+            .iter()
+            .filter(|(at, id, _)| *id != not && at.elapsed() < Duration::from_secs(1))
+            .map(|(at, id, after)| {
+                format!(
+                    "client {id} {} ms ago{}",
+                    at.elapsed().as_millis(),
+                    if *after {
+                        " (sent after its answer)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        format!("other clients' cancel requests in the last second: {recent:?}")
     }
 
     fn last_event(&self) -> String {
@@ -552,6 +589,15 @@ impl Worker {
                 self.recover().await;
             }
             Ok(Err(Fail::Wrong(m))) => {
+                let m = if m.contains("57014") {
+                    format!(
+                        "{m} [own last cancel: {:?} ago; {}]",
+                        self.cancelled_at.map(|t| t.elapsed()),
+                        self.ctx.recent_cancels(self.id)
+                    )
+                } else {
+                    m
+                };
                 self.ctx.fail(&self.who(), format!("{name}: {m}"));
                 if let Some(c) = self.conn.take() {
                     c.abort();
@@ -867,11 +913,26 @@ impl Worker {
         let c = conn(&self.conn)?;
         let token = c.client.cancel_token();
         let params: [&(dyn ToSql + Sync); 2] = [&secs, &v];
-        let (res, cancelled) = tokio::join!(c.client.query_one(&c.sleep, &params), async {
-            tokio::time::sleep(delay).await;
-            token.cancel_query(NoTls).await
-        });
+        let ((res, answered_at), (cancelled, sent_at)) = tokio::join!(
+            async {
+                let r = c.client.query_one(&c.sleep, &params).await;
+                (r, Instant::now())
+            },
+            async {
+                tokio::time::sleep(delay).await;
+                let at = Instant::now();
+                (token.cancel_query(NoTls).await, at)
+            }
+        );
         self.cancelled_at = Some(Instant::now());
+        let after_answer = sent_at >= answered_at;
+        self.ctx.cancel_sent(self.id, sent_at, after_answer);
+        if after_answer {
+            self.ctx.explained(
+                "cancelled pg_sleep (expected)",
+                "cancel request sent after the answer",
+            );
+        }
         if let Err(e) = cancelled {
             return Err(Fail::Wrong(format!("cancel request failed: {e}")));
         }
@@ -1388,6 +1449,7 @@ async fn random_workload_with_chaos_serves_every_client_with_right_answers() {
         started: Instant::now(),
         pool_size: AtomicUsize::new(BASE_POOL_SIZE),
         events: Mutex::new(Vec::new()),
+        cancels: Mutex::default(),
     });
 
     let monitor_done = Arc::new(AtomicBool::new(false));
