@@ -10,7 +10,7 @@ use crate::config::{
 use crate::net::{Listener, Peer};
 use crate::park::{self as park, ParkedClient, Parker};
 use crate::pool::{ConnLimit, LimitKind, Pool, PoolKey, PoolLimits};
-use crate::server::{ServerCredential, ServerTarget};
+use crate::server::{CancelInFlight, CancelsInFlight, ServerCredential, ServerTarget};
 use crate::session::{self, ParkedSession};
 use crate::tls::TlsContexts;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -40,6 +40,8 @@ pub struct CancelTarget {
     pub server: Arc<ServerTarget>,
     pub backend_pid: i32,
     pub cancel_key: bytes::Bytes,
+    /// The backend's cancels in flight, so its server is not lent on meanwhile.
+    pub cancels: Arc<CancelsInFlight>,
 }
 
 /// A client's slot in the cancel registry, updated as it attaches to servers.
@@ -557,10 +559,14 @@ impl Runtime {
     }
 
     /// Where a CancelRequest for (pid, key) should go, if that client is attached.
-    pub fn cancel_target(&self, pid: i32, key: u32) -> Option<CancelTarget> {
+    /// The cancel is counted as in flight from here (under the client's slot lock, so
+    /// a session that detaches from the server afterwards sees it when giving the
+    /// server back) until the returned guard drops.
+    pub fn cancel_target(&self, pid: i32, key: u32) -> Option<(CancelTarget, CancelInFlight)> {
         let slot = lock(&self.cancels).get(&(pid, key)).cloned()?;
-        let target = lock(&slot).clone();
-        target
+        let slot = lock(&slot);
+        let target = slot.as_ref()?;
+        Some((target.clone(), target.cancels.start()))
     }
 }
 

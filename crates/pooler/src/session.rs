@@ -657,7 +657,7 @@ async fn forward_cancel(rt: &Runtime, c: &pgherd_protocol::CancelRequest) {
     let key = <[u8; 4]>::try_from(&c.secret_key[..])
         .map(u32::from_be_bytes)
         .ok();
-    if let Some(target) = key.and_then(|k| rt.cancel_target(c.process_id, k)) {
+    if let Some((target, _in_flight)) = key.and_then(|k| rt.cancel_target(c.process_id, k)) {
         let timeout = rt.config().settings.server_connect_timeout;
         if let Err(e) = send_cancel(
             (&target.server.host, target.server.port),
@@ -1245,12 +1245,14 @@ impl Session {
                 ) {
                     Ok(b) => b,
                     Err(e) => {
+                        self.detach();
                         self.pool.release(attached, false, Some(&self.info)).await;
                         let e = error(Severity::Fatal, "08P01", e.to_string());
                         return Err(fail(out, e).await);
                     }
                 };
                 if let Err(e) = attached.conn.write_all(&batch).await {
+                    self.detach();
                     self.pool.release(attached, false, Some(&self.info)).await;
                     return Err(fail(out, server_lost(&e.to_string())).await);
                 }
@@ -1669,6 +1671,7 @@ impl Session {
             server: self.pool.target(),
             backend_pid: lease.conn.backend_pid(),
             cancel_key: lease.conn.cancel_key_bytes(),
+            cancels: lease.conn.cancels().clone(),
         });
         Ok(lease)
     }

@@ -512,6 +512,10 @@ async fn limit_changed(rx: &mut Option<watch::Receiver<u64>>) {
 /// out, a shared-limit permit freed by a racing client that took and gave it back.
 const RECHECK: Duration = Duration::from_millis(200);
 
+/// How long a server given back waits for cancel requests still on their way to it
+/// before it is closed instead of lent again.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+
 /// Idle servers one client may find failing `server_check_query` before it gives up.
 const MAX_CHECK_FAILURES: usize = 64;
 
@@ -1155,7 +1159,11 @@ impl Pool {
         } = lease;
         lent.disarm();
         let stale = ticket.generation < self.generation();
-        if reusable && !conn.is_broken() && !stale {
+        // A cancel on its way could hit the next client's query: wait for it (boxed:
+        // rare), or close the server if it takes too long.
+        let cancels_done =
+            !conn.cancels().pending() || Box::pin(conn.cancels().wait_done(CANCEL_WAIT)).await;
+        if reusable && cancels_done && !conn.is_broken() && !stale {
             conn.touch();
             ticket.set_state(ServerState::Idle, None);
             let server = Pooled { conn, ticket };

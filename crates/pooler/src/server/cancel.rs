@@ -5,8 +5,62 @@ use super::error::ServerError;
 use bytes::{Bytes, BytesMut};
 use pgherd_protocol::startup::MAX_CANCEL_KEY_LENGTH;
 use pgherd_protocol::CancelRequest;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// The cancel requests on their way to one server backend. A server is not lent to
+/// another client while one is in flight: it could cancel that client's query instead
+/// (PgBouncer's `sv_being_canceled`).
+#[derive(Debug, Default)]
+pub struct CancelsInFlight {
+    count: AtomicUsize,
+    done: Notify,
+}
+
+/// One cancel request in flight; done when dropped.
+#[derive(Debug)]
+pub struct CancelInFlight(Arc<CancelsInFlight>);
+
+impl CancelsInFlight {
+    /// A cancel request starts (call it where the target is looked up, so that whoever
+    /// gives the server back afterwards sees it).
+    pub fn start(self: &Arc<Self>) -> CancelInFlight {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        CancelInFlight(self.clone())
+    }
+
+    pub fn pending(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Wait until no cancel request is in flight; `false` if `timeout` ran out first.
+    pub async fn wait_done(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Each pass ends when a cancel finishes or at the deadline.
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.pending() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return !self.pending();
+            }
+        }
+    }
+}
+
+impl Drop for CancelInFlight {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
+}
 
 /// Ask the server at `addr` to cancel the query running in backend `pid`, proven by
 /// `key` (from its BackendKeyData). Succeeds once the server has read the request

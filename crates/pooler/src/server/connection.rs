@@ -1,5 +1,6 @@
 //! One logged-in connection to a PostgreSQL server.
 
+use super::cancel::CancelsInFlight;
 use super::error::{LoginFailure, ServerError};
 use super::framed::FramedReader;
 use super::target::{ServerCredential, ServerTarget};
@@ -21,6 +22,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
@@ -58,6 +60,8 @@ pub struct ServerConnection {
     query_timeout: Duration,
     /// `TLSv1.3/<cipher>` when encrypted (SHOW SERVERS' `tls`), else empty.
     tls: String,
+    /// Cancel requests on their way to this backend.
+    cancels: Arc<CancelsInFlight>,
 }
 
 impl fmt::Debug for ServerConnection {
@@ -179,6 +183,7 @@ impl ServerConnection {
             prepared_statements: HashSet::new(),
             query_timeout: target.connect_timeout,
             tls,
+            cancels: Arc::default(),
         };
         match tokio::time::timeout_at(deadline, conn.login(target, &addr)).await {
             Err(_) => Err(timeout("logging into")),
@@ -397,6 +402,11 @@ impl ServerConnection {
     /// The cancel key, shared (no copy).
     pub fn cancel_key_bytes(&self) -> Bytes {
         self.cancel_key.clone()
+    }
+
+    /// The cancel requests on their way to this backend (see [`CancelsInFlight`]).
+    pub fn cancels(&self) -> &Arc<CancelsInFlight> {
+        &self.cancels
     }
 
     pub fn id(&self) -> u64 {

@@ -20,7 +20,7 @@ mod error;
 pub mod framed;
 mod target;
 
-pub use cancel::send_cancel;
+pub use cancel::{send_cancel, CancelInFlight, CancelsInFlight};
 pub use connection::ServerConnection;
 pub use error::{LoginFailure, ServerError};
 pub use framed::{FramedError, FramedReader};
