@@ -17,7 +17,10 @@
 //! The server answers messages in order, so [`Responses`] keeps one expectation per
 //! message sent (or answered by us) and decides, per server frame, whether the client
 //! sees it. After an error in the extended protocol the server skips everything up to
-//! Sync, and so do we.
+//! Sync, and so do we. While nothing of ours is expected, plain messages (unnamed
+//! statements, simple queries) are only counted, not listed: their answers pass
+//! through untouched, frame by frame or in whole spans
+//! ([`Responses::passes_everything`]).
 
 use bytes::{Bytes, BytesMut};
 use pgherd_protocol::backend::{CloseComplete, ParseComplete};
@@ -54,6 +57,9 @@ enum Expect {
     Swallow { tag: u8, unprepare: Option<String> },
     /// A frame the client gets from us, in its turn, without the server.
     Synthetic(Bytes),
+    /// Everything up to this many ReadyForQuery answers plain messages that were sent
+    /// while nothing was tracked: passed on as it comes.
+    Passthrough { ready_for_queries: usize },
 }
 
 /// Expected answers, in order.
@@ -65,6 +71,13 @@ pub struct Responses {
     skipping: bool,
     /// Statements sent while skipping: the server never prepared them.
     unprepared: Vec<String>,
+    /// Plain messages sent while the queue was empty, not listed in it: the
+    /// ReadyForQuery answers they are owed (each ended with a Sync, Query or
+    /// FunctionCall)...
+    untracked_ready: usize,
+    /// ...and the types of those sent after the last of those, still unanswered (a
+    /// pipeline flushed without Sync).
+    unsynced: VecDeque<u8>,
 }
 
 /// The frame that completes the answer to a client message of type `tag`.
@@ -78,6 +91,11 @@ fn completes(tag: u8, answer: u8) -> bool {
         // Sync, simple Query and FunctionCall end with ReadyForQuery.
         _ => answer == b'Z',
     }
+}
+
+/// Messages whose answer ends with ReadyForQuery: Sync, simple Query, FunctionCall.
+fn ends_with_ready(tag: u8) -> bool {
+    matches!(tag, b'S' | b'Q' | b'F')
 }
 
 /// Messages the server sends at any time, outside the answer to any one message.
@@ -231,10 +249,7 @@ fn forward(
     frame.encode(out);
     // Flush and the COPY stream get no answer of their own.
     if !matches!(frame.tag, b'H' | b'd' | b'c' | b'f') {
-        responses.push(Expect::Forward {
-            tag: frame.tag,
-            unprepare: None,
-        });
+        responses.forward_plain(frame.tag);
     }
     Ok(())
 }
@@ -285,7 +300,72 @@ fn make_room(
 }
 
 impl Responses {
+    /// A plain message goes to the server: listed if anything is tracked, else only
+    /// counted.
+    fn forward_plain(&mut self, tag: u8) {
+        if !self.queue.is_empty() || self.skipping {
+            self.push(Expect::Forward {
+                tag,
+                unprepare: None,
+            });
+            return;
+        }
+        if ends_with_ready(tag) {
+            self.untracked_ready += 1;
+            self.unsynced.clear();
+        } else {
+            self.unsynced.push_back(tag);
+        }
+    }
+
+    /// Nothing is tracked: every server frame goes to the client as it is (after
+    /// [`Responses::on_untracked_frame`]).
+    pub fn passes_everything(&self) -> bool {
+        self.queue.is_empty() && !self.skipping && self.unprepared.is_empty()
+    }
+
+    /// Account for a server frame while [`Responses::passes_everything`].
+    pub fn on_untracked_frame(&mut self, tag: u8) {
+        if asynchronous(tag) {
+            return;
+        }
+        if self.untracked_ready > 0 {
+            // An answer to a message before the last counted Sync.
+            if tag == b'Z' {
+                self.untracked_ready -= 1;
+            }
+            return;
+        }
+        let Some(&sent) = self.unsynced.front() else {
+            return;
+        };
+        if tag == b'E' {
+            // The server now skips to a Sync the client has not sent yet.
+            self.unsynced.clear();
+            self.skipping = true;
+        } else if completes(sent, tag) {
+            self.unsynced.pop_front();
+        }
+    }
+
+    /// Before anything is listed: what was only counted goes first.
+    fn list_untracked(&mut self) {
+        if self.untracked_ready > 0 {
+            self.queue.push_back(Expect::Passthrough {
+                ready_for_queries: self.untracked_ready,
+            });
+            self.untracked_ready = 0;
+        }
+        for tag in self.unsynced.drain(..) {
+            self.queue.push_back(Expect::Forward {
+                tag,
+                unprepare: None,
+            });
+        }
+    }
+
     fn push(&mut self, e: Expect) {
+        self.list_untracked();
         if self.skipping {
             match e {
                 Expect::Forward { tag: b'S', .. } => self.skipping = false,
@@ -306,7 +386,10 @@ impl Responses {
 
     /// Nothing owed either way: safe to hand the server to another client.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty() && !self.skipping
+        self.queue.is_empty()
+            && !self.skipping
+            && self.untracked_ready == 0
+            && self.unsynced.is_empty()
     }
 
     /// Frames of ours whose turn has come (before the next server answer).
@@ -327,12 +410,27 @@ impl Responses {
         if asynchronous(tag) {
             return true;
         }
-        let Some(front) = self.queue.front().cloned() else {
+        if self.queue.is_empty() && !self.skipping {
+            self.on_untracked_frame(tag);
+            return true;
+        }
+        let Some(front) = self.queue.front_mut() else {
             // Nothing expected (e.g. a FATAL error before closing): pass it on.
             return true;
         };
+        if let Expect::Passthrough { ready_for_queries } = front {
+            if tag == b'Z' {
+                *ready_for_queries -= 1;
+                if *ready_for_queries == 0 {
+                    self.queue.pop_front();
+                }
+            }
+            return true;
+        }
+        let front = front.clone();
         match front {
             Expect::Synthetic(_) => true,
+            Expect::Passthrough { .. } => true,
             Expect::Swallow {
                 tag: want,
                 unprepare,

@@ -1320,31 +1320,26 @@ impl Session {
                 self.next_timeout(lease, flight.pending, sent_at, ready_at, settings);
             tokio::select! {
                 _ = sleep_until(deadline) => return Ok(Pump::Ended(which)),
-                frame = lease.conn.read_frame() => {
-                    let frame = match frame {
-                        Ok(f) => f,
-                        Err(e) => return Ok(Pump::ServerFailed(e.to_string())),
+                ready = lease.conn.wait_frame() => {
+                    if let Err(e) = ready {
+                        return Ok(Pump::ServerFailed(e.to_string()));
+                    }
+                    // Nothing to rewrite or hold back: everything that arrived goes on
+                    // in one piece.
+                    let whole = self.mode != PoolMode::Statement
+                        && tracking.as_ref().is_none_or(|t| t.responses.passes_everything());
+                    let answered = if whole {
+                        self.forward_whole(lease, out, flight, tracking).await?
+                    } else {
+                        self.forward_each(lease, out, flight, tracking).await?
                     };
-                    if self.opens_transaction_in_statement_mode(&frame) {
-                        out.flush().await?;
-                        return Ok(Pump::Ended(STATEMENT_MODE_TRANSACTION));
-                    }
-                    let mut idle = self.answer(&frame, lease, out, flight, tracking).await?;
-                    // Forward what already arrived in one write.
-                    loop {
-                        match lease.conn.next_buffered_frame() {
-                            Ok(Some(f)) if self.opens_transaction_in_statement_mode(&f) => {
-                                out.flush().await?;
-                                return Ok(Pump::Ended(STATEMENT_MODE_TRANSACTION));
-                            }
-                            Ok(Some(f)) => idle = self.answer(&f, lease, out, flight, tracking).await?,
-                            Ok(None) => break,
-                            Err(e) => return Ok(Pump::ServerFailed(e.to_string())),
-                        }
-                    }
+                    let (idle, saw_ready) = match answered {
+                        Ok(a) => a,
+                        Err(pump) => return Ok(pump),
+                    };
                     self.synthetic_answers(out, tracking).await?;
                     out.flush().await?;
-                    if frame.tag == ReadyForQuery::TAG || flight.pending == 0 {
+                    if saw_ready || flight.pending == 0 {
                         ready_at = clock();
                     }
                     let owed = tracking.as_ref().is_some_and(|t| !t.responses.is_empty());
@@ -1376,6 +1371,73 @@ impl Session {
                     self.synthetic_answers(out, tracking).await?;
                     out.flush().await?;
                 }
+            }
+        }
+    }
+
+    /// Pass every whole frame the server sent on to the client in one write, untouched.
+    /// `(idle, saw_ready)`: the last frame is a ReadyForQuery saying the server is idle;
+    /// some frame was a ReadyForQuery. `Err`: how the pump ends.
+    async fn forward_whole(
+        &self,
+        lease: &mut Lease,
+        out: &mut ClientWriter,
+        flight: &mut InFlight,
+        tracking: &mut Option<Box<Tracking>>,
+    ) -> Result<Result<(bool, bool), Pump>, SessionError> {
+        let stats = &self.pool.stats;
+        let (mut idle, mut saw_ready, mut transactions) = (false, false, 0);
+        let span = lease.conn.take_frames(|tag, body| {
+            if let Some(t) = tracking.as_deref_mut() {
+                t.responses.on_untracked_frame(tag);
+            }
+            idle = tag == ReadyForQuery::TAG && body.first() == Some(&b'I');
+            if tag == ReadyForQuery::TAG {
+                saw_ready = true;
+                flight.ready(idle, stats);
+                transactions += u64::from(idle);
+            }
+        });
+        let span = match span {
+            Ok(span) => span,
+            Err(e) => return Ok(Err(Pump::ServerFailed(e.to_string()))),
+        };
+        stats
+            .total_sent
+            .fetch_add(span.len() as u64, Ordering::Relaxed);
+        if transactions > 0 {
+            stats
+                .total_xact_count
+                .fetch_add(transactions, Ordering::Relaxed);
+        }
+        out.write_all(&span).await?;
+        Ok(Ok((idle, saw_ready)))
+    }
+
+    /// Pass the frames the server sent on one by one, through the prepared-statement
+    /// bookkeeping and the statement-mode check; same answer as
+    /// [`Session::forward_whole`].
+    async fn forward_each(
+        &self,
+        lease: &mut Lease,
+        out: &mut ClientWriter,
+        flight: &mut InFlight,
+        tracking: &mut Option<Box<Tracking>>,
+    ) -> Result<Result<(bool, bool), Pump>, SessionError> {
+        let (mut idle, mut saw_ready) = (false, false);
+        // Bounded by what is buffered.
+        loop {
+            match lease.conn.next_buffered_frame() {
+                Ok(Some(f)) if self.opens_transaction_in_statement_mode(&f) => {
+                    out.flush().await?;
+                    return Ok(Err(Pump::Ended(STATEMENT_MODE_TRANSACTION)));
+                }
+                Ok(Some(f)) => {
+                    saw_ready |= f.tag == ReadyForQuery::TAG;
+                    idle = self.answer(&f, lease, out, flight, tracking).await?;
+                }
+                Ok(None) => return Ok(Ok((idle, saw_ready))),
+                Err(e) => return Ok(Err(Pump::ServerFailed(e.to_string()))),
             }
         }
     }

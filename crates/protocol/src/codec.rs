@@ -127,8 +127,28 @@ impl FrameDecoder {
 
     /// Split the next whole frame off `src`; `Ok(None)` when more bytes are needed.
     pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        let total = match self.frame_len(src)? {
+            FrameLen::Whole(total) => total,
+            FrameLen::Partial(total) => {
+                // Safe to reserve now: the announced length is within the limit.
+                if let Some(total) = total {
+                    src.reserve(total - src.len());
+                }
+                return Ok(None);
+            }
+        };
+        let tag = src[0];
+        src.advance(HEADER_LEN);
+        let body = src.split_to(total - HEADER_LEN).freeze();
+        Ok(Some(Frame { tag, body }))
+    }
+
+    /// How long the frame at the start of `src` is on the wire (type byte, length and
+    /// body), checked against this decoder's limits, and whether all of it is there.
+    /// Lets a forwarder pass whole frames on without splitting them off one by one.
+    pub fn frame_len(&self, src: &[u8]) -> Result<FrameLen, ProtocolError> {
         let Some(&tag) = src.first() else {
-            return Ok(None);
+            return Ok(FrameLen::Partial(None));
         };
         let limit = match self.limit {
             FrameLimit::Frontend => {
@@ -137,7 +157,7 @@ impl FrameDecoder {
             FrameLimit::Uniform(limit) => limit,
         };
         if src.len() < HEADER_LEN {
-            return Ok(None);
+            return Ok(FrameLen::Partial(None));
         }
         let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]);
         if len < 4 {
@@ -148,15 +168,21 @@ impl FrameDecoder {
         }
         // len <= limit <= u32::MAX, which fits usize on every target we build for.
         let total = 1 + len as usize;
-        if src.len() < total {
-            // Safe to reserve now: `len` is within the limit.
-            src.reserve(total - src.len());
-            return Ok(None);
-        }
-        src.advance(HEADER_LEN);
-        let body = src.split_to(total - HEADER_LEN).freeze();
-        Ok(Some(Frame { tag, body }))
+        Ok(if src.len() < total {
+            FrameLen::Partial(Some(total))
+        } else {
+            FrameLen::Whole(total)
+        })
     }
+}
+
+/// What [`FrameDecoder::frame_len`] found at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameLen {
+    /// A whole frame of this many bytes (type byte and length included).
+    Whole(usize),
+    /// Not all of it yet; its total length once the header is there.
+    Partial(Option<usize>),
 }
 
 impl Default for FrameDecoder {

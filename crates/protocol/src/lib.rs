@@ -26,7 +26,7 @@ mod message;
 pub mod startup;
 
 pub use backend::BackendMessage;
-pub use codec::{Frame, FrameDecoder, FrameLimit};
+pub use codec::{Frame, FrameDecoder, FrameLen, FrameLimit};
 pub use copy::{CopyData, CopyDone, CopyFail};
 pub use error::{AuthError, ErrorKind, ProtocolError, UserFacingError};
 pub use frontend::FrontendMessage;

@@ -512,8 +512,54 @@ impl ServerConnection {
                 return Err(e.into());
             }
         };
-        self.observe(&frame)?;
+        self.observe(frame.tag, &frame.body)?;
         Ok(frame)
+    }
+
+    /// Wait until a whole frame from the server is buffered (cancel-safe); then
+    /// [`take_frames`](Self::take_frames) has at least one.
+    pub async fn wait_frame(&mut self) -> Result<(), ServerError> {
+        match self.reader.wait_frame().await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.broken = true;
+                Err(ServerError::Closed)
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Every whole frame received so far as one span of wire bytes, to pass on
+    /// untouched; `each` sees every frame's type and body, in order, after the
+    /// connection recorded what it needs (as [`read_frame`](Self::read_frame) does).
+    pub fn take_frames(
+        &mut self,
+        mut each: impl FnMut(u8, &[u8]),
+    ) -> Result<BytesMut, ServerError> {
+        let span = match self.reader.take_whole_frames() {
+            Ok(span) => span,
+            Err(e) => {
+                self.broken = true;
+                return Err(e.into());
+            }
+        };
+        // The frames were checked whole: each header's length fits in the span.
+        let mut at = 0;
+        while at + 5 <= span.len() {
+            let tag = span[at];
+            let len = u32::from_be_bytes([span[at + 1], span[at + 2], span[at + 3], span[at + 4]]);
+            let end = at + 1 + len as usize;
+            let Some(body) = span.get(at + 5..end) else {
+                break;
+            };
+            self.observe(tag, body)?;
+            each(tag, body);
+            at = end;
+        }
+        Ok(span)
     }
 
     /// The next frame already received, without waiting for the socket (see
@@ -527,25 +573,25 @@ impl ServerConnection {
                 return Err(e.into());
             }
         };
-        self.observe(&frame)?;
+        self.observe(frame.tag, &frame.body)?;
         Ok(Some(frame))
     }
 
-    fn observe(&mut self, frame: &Frame) -> Result<(), ServerError> {
-        match frame.tag {
+    fn observe(&mut self, tag: u8, body: &[u8]) -> Result<(), ServerError> {
+        match tag {
             ReadyForQuery::TAG => {
-                let z = ReadyForQuery::decode(&frame.body).map_err(|e| self.violation(e))?;
+                let z = ReadyForQuery::decode(body).map_err(|e| self.violation(e))?;
                 self.transaction_status = Some(z.status);
             }
             ParameterStatus::TAG => {
-                let p = ParameterStatus::decode(&frame.body).map_err(|e| self.violation(e))?;
+                let p = ParameterStatus::decode(body).map_err(|e| self.violation(e))?;
                 match self.parameters.iter_mut().find(|(n, _)| *n == p.name) {
                     Some(slot) => slot.1 = p.value,
                     None => self.parameters.push((p.name, p.value)),
                 }
             }
             ErrorResponse::TAG => {
-                let e = ErrorResponse::decode(&frame.body).map_err(|e| self.violation(e))?;
+                let e = ErrorResponse::decode(body).map_err(|e| self.violation(e))?;
                 if is_fatal(&e) {
                     tracing::debug!(server = %self.peer, id = self.id, error = %e,
                         "server reported a fatal error");

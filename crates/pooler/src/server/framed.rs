@@ -5,7 +5,7 @@
 //! read before a `select!` drops the future stay in the buffer for the next call.
 
 use bytes::BytesMut;
-use pgherd_protocol::{Frame, FrameDecoder, ProtocolError, StartupPacket};
+use pgherd_protocol::{Frame, FrameDecoder, FrameLen, ProtocolError, StartupPacket};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Poll};
@@ -99,6 +99,34 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
     /// everything that arrived in one write.
     pub fn next_buffered(&mut self) -> Result<Option<Frame>, FramedError> {
         Ok(self.decoder.decode(&mut self.buf)?)
+    }
+
+    /// Wait until at least one whole frame is buffered; `Ok(false)` on a clean EOF
+    /// (between messages). Cancel-safe.
+    pub async fn wait_frame(&mut self) -> Result<bool, FramedError> {
+        loop {
+            match self.decoder.frame_len(&self.buf)? {
+                FrameLen::Whole(_) => return Ok(true),
+                // Room for the rest at once: the announced length is within the limit.
+                FrameLen::Partial(Some(total)) => self.buf.reserve(total - self.buf.len()),
+                FrameLen::Partial(None) => {}
+            }
+            if !self.fill().await? {
+                return self.eof::<()>().map(|_| false);
+            }
+        }
+    }
+
+    /// Every whole frame in the buffer, split off as one span of wire bytes (a partial
+    /// frame stays buffered): a forwarder passes them on in one write without taking
+    /// them apart.
+    pub fn take_whole_frames(&mut self) -> Result<BytesMut, FramedError> {
+        let mut end = 0;
+        // Each pass moves past one whole frame; bounded by the buffer.
+        while let FrameLen::Whole(len) = self.decoder.frame_len(&self.buf[end..])? {
+            end += len;
+        }
+        Ok(self.buf.split_to(end))
     }
 
     /// The next startup-phase packet (StartupMessage, SSLRequest, GSSENCRequest,
