@@ -827,4 +827,72 @@ mod tests {
         assert_eq!(answer(b"12ZTDCZ", &mut r, &mut prepared), b"12ZTDCZ");
         assert!(prepared.is_empty() && r.is_empty());
     }
+
+    #[test]
+    fn plain_messages_sent_untracked_are_answered_before_a_named_statement() {
+        let mut prepared = HashSet::new();
+        let mut r = Responses::default();
+        let mut c = ClientStatements::default();
+        // Counted, not listed: their answers pass through untouched.
+        send(
+            &[parse("", "SELECT 1"), bind(""), execute(), frame(&Sync)],
+            &mut c,
+            &mut prepared,
+            &mut r,
+        );
+        assert!(r.passes_everything() && !r.is_empty());
+        // Before those answers come, a named statement the server lacks: our Parse's
+        // ParseComplete must be swallowed, not the unnamed one's.
+        send(
+            &[bind("s9"), execute(), frame(&Sync)],
+            &mut c,
+            &mut prepared,
+            &mut r,
+        );
+        c.remember_parse(&parse("s9", "SELECT 9")).expect("parse");
+        let out = send(
+            &[bind("s9"), execute(), frame(&Sync)],
+            &mut c,
+            &mut prepared,
+            &mut r,
+        );
+        assert_eq!(tags(&out), b"PBES");
+        assert!(!r.passes_everything());
+        // Untracked batch, then the unnamed Bind of an unknown name (forwarded, the
+        // server fails it), then ours.
+        assert_eq!(
+            answer(b"12CZ" as &[u8], &mut r, &mut prepared),
+            b"12CZ",
+            "the untracked batch passes whole"
+        );
+        assert_eq!(answer(b"EZ", &mut r, &mut prepared), b"EZ");
+        assert_eq!(answer(b"12CZ", &mut r, &mut prepared), b"2CZ");
+        assert!(r.is_empty() && r.passes_everything());
+    }
+
+    #[test]
+    fn an_error_in_an_unsynced_untracked_pipeline_skips_to_the_sync() {
+        let mut prepared = HashSet::new();
+        let mut r = Responses::default();
+        let mut c = ClientStatements::default();
+        let flush = frame(&pgherd_protocol::frontend::Flush);
+        send(
+            &[parse("", "SELEC 1"), flush],
+            &mut c,
+            &mut prepared,
+            &mut r,
+        );
+        assert!(r.passes_everything());
+        r.on_untracked_frame(b'E');
+        // The server skips to the Sync: a named Parse sent meanwhile gets no answer.
+        send(
+            &[parse("s1", "SELECT 1"), frame(&Sync)],
+            &mut c,
+            &mut prepared,
+            &mut r,
+        );
+        assert_eq!(answer(b"Z", &mut r, &mut prepared), b"Z");
+        assert!(r.is_empty());
+        assert!(prepared.is_empty(), "never prepared on the server");
+    }
 }
