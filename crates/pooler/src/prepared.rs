@@ -93,6 +93,40 @@ fn completes(tag: u8, answer: u8) -> bool {
     }
 }
 
+/// Whether `rewrite` would pass this client message on unchanged, whatever statements
+/// the client has: nothing in it names a statement of the client's (unnamed
+/// statements, portals, Execute, Sync, Flush, simple queries, COPY data). Terminate is
+/// not plain: the caller handles it.
+pub fn is_plain(tag: u8, body: &[u8]) -> bool {
+    // A statement or portal name is a C string; empty is one NUL byte.
+    let unnamed = |name: &[u8]| name.first() == Some(&0);
+    match tag {
+        b'P' => unnamed(body),
+        // Bind: portal name, then statement name.
+        b'B' => body
+            .iter()
+            .position(|&b| b == 0)
+            .is_some_and(|end| unnamed(&body[end + 1..])),
+        // Describe, Close: 'S' or 'P', then the name; portals are never tracked.
+        b'D' | b'C' => match body.first() {
+            Some(b'P') => true,
+            Some(b'S') => unnamed(&body[1..]),
+            _ => false,
+        },
+        b'X' => false,
+        _ => true,
+    }
+}
+
+impl Responses {
+    /// A plain message ([`is_plain`]) went to the server as it was.
+    pub fn note_plain(&mut self, tag: u8) {
+        if !matches!(tag, b'H' | b'd' | b'c' | b'f') {
+            self.forward_plain(tag);
+        }
+    }
+}
+
 /// Messages whose answer ends with ReadyForQuery: Sync, simple Query, FunctionCall.
 fn ends_with_ready(tag: u8) -> bool {
     matches!(tag, b'S' | b'Q' | b'F')

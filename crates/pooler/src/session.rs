@@ -14,6 +14,7 @@ use crate::park::Parker;
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
 use crate::prepared::{self, ClientStatements, Responses};
 use crate::runtime::{CancelSlot, CancelTarget, Runtime};
+use crate::server::framed::WholeFrames;
 use crate::server::{send_cancel, FramedError, FramedReader, ServerCredential};
 use bytes::BytesMut;
 use pgherd_protocol::auth::{Md5Server, ScramServer, StoredPassword};
@@ -1347,8 +1348,24 @@ impl Session {
                         return Ok(Pump::TransactionDone);
                     }
                 }
-                frame = client.next() => {
-                    let first = match frame {
+                ready = client.wait_frame() => {
+                    match ready {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(Pump::ClientGone),
+                        Err(e) => {
+                            debug!(peer = %self.info.peer, error = %e, "client connection failed");
+                            return Ok(Pump::ClientGone);
+                        }
+                    }
+                    // Nothing to rewrite: what arrived goes to the server as it is.
+                    if self.all_plain(client, tracking) {
+                        sent_at = clock();
+                        if let Err(e) = self.send_plain(client, tracking, lease, flight).await {
+                            return Ok(Pump::ServerFailed(e));
+                        }
+                        continue;
+                    }
+                    let first = match client.next_buffered() {
                         Ok(Some(f)) if f.tag != b'X' => f,
                         Ok(_) => return Ok(Pump::ClientGone),
                         Err(e) => {
@@ -1440,6 +1457,61 @@ impl Session {
                 Err(e) => return Ok(Err(Pump::ServerFailed(e.to_string()))),
             }
         }
+    }
+
+    /// Whether every whole frame the client sent can go to the server untouched: no
+    /// prepared-statement bookkeeping is pending for this client and none of them
+    /// names a statement, is a Terminate, or is a SQL `PREPARE` that transaction mode
+    /// refuses.
+    fn all_plain(&self, client: &ClientReader, tracking: &Option<Box<Tracking>>) -> bool {
+        if tracking
+            .as_ref()
+            .is_some_and(|t| !t.responses.passes_everything())
+        {
+            return false;
+        }
+        client.whole_frames().all(|(tag, body)| {
+            let untracked = tracking.is_none() && tag != b'X';
+            let refused = tag == b'Q'
+                && self.mode != PoolMode::Session
+                && prepared::sql_prepare_kind(body.strip_suffix(b"\0").unwrap_or(body))
+                    == prepared::SqlPrepare::Prepare;
+            (untracked || prepared::is_plain(tag, body)) && !refused
+        })
+    }
+
+    /// Send every whole frame the client sent to the server in one write, as it is
+    /// ([`Session::all_plain`] said so), counting what each owes. `Err`: the server
+    /// connection failed.
+    async fn send_plain(
+        &self,
+        client: &mut ClientReader,
+        tracking: &mut Option<Box<Tracking>>,
+        lease: &mut Lease,
+        flight: &mut InFlight,
+    ) -> Result<(), String> {
+        let span = client.take_whole_frames().map_err(|e| e.to_string())?;
+        let stats = &self.pool.stats;
+        stats
+            .total_received
+            .fetch_add(span.len() as u64, Ordering::Relaxed);
+        for (tag, body) in WholeFrames::new(&span, FrameDecoder::frontend()) {
+            let expected = ready_for_queries_expected(tag);
+            flight.sent(expected);
+            if expected > 0 {
+                stats.total_query_count.fetch_add(1, Ordering::Relaxed);
+            }
+            if tag == b'Q' && self.mode != PoolMode::Session {
+                let query = body.strip_suffix(b"\0").unwrap_or(body);
+                if prepared::sql_prepare_kind(query) == prepared::SqlPrepare::DropsAll {
+                    lease.conn.prepared_statements().clear();
+                }
+            }
+            if let Some(t) = tracking.as_deref_mut() {
+                t.responses.note_plain(tag);
+            }
+        }
+        lease.conn.write_all(&span).await.map_err(|e| e.to_string())
     }
 
     /// `earlier` (received before, not sent yet), `first` and every client frame already

@@ -117,6 +117,14 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
         }
     }
 
+    /// Every whole frame in the buffer as (type, body), in order, without taking them.
+    pub fn whole_frames(&self) -> WholeFrames<'_> {
+        WholeFrames {
+            buf: &self.buf,
+            decoder: self.decoder,
+        }
+    }
+
     /// Every whole frame in the buffer, split off as one span of wire bytes (a partial
     /// frame stays buffered): a forwarder passes them on in one write without taking
     /// them apart.
@@ -178,6 +186,33 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
         let n = self.inner.read_buf(&mut self.buf).await?;
         self.bytes_read += n as u64;
         Ok(n > 0)
+    }
+}
+
+/// The whole frames at the start of a buffer, as (type, body); see
+/// [`FramedReader::whole_frames`]. Ends at a partial or invalid frame.
+pub struct WholeFrames<'a> {
+    buf: &'a [u8],
+    decoder: FrameDecoder,
+}
+
+impl<'a> WholeFrames<'a> {
+    /// The whole frames at the start of `buf`.
+    pub fn new(buf: &'a [u8], decoder: FrameDecoder) -> Self {
+        WholeFrames { buf, decoder }
+    }
+}
+
+impl<'a> Iterator for WholeFrames<'a> {
+    type Item = (u8, &'a [u8]);
+
+    fn next(&mut self) -> Option<(u8, &'a [u8])> {
+        let FrameLen::Whole(len) = self.decoder.frame_len(self.buf).ok()? else {
+            return None;
+        };
+        let (frame, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Some((frame[0], &frame[5..]))
     }
 }
 
