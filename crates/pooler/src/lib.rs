@@ -19,6 +19,7 @@
 //! pools, cancel keys) and [`park`] into both.
 
 pub mod admin;
+pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod lean_writer;

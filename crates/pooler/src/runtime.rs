@@ -3,21 +3,23 @@
 //! hands each client to a session.
 //!
 
-use crate::client::{current_client, ClientInfo};
+use crate::cancel::CancelRegistry;
+use crate::cancel::{CancelSlot, CancelTarget};
+use crate::client::ClientInfo;
 use crate::config::{
     AuthType, DatabaseConfig, HbaMethod, HbaRules, PoolMode, PoolerConfig, Userlist,
 };
 use crate::net::{Listener, Peer};
 use crate::park::{self as park, ParkedClient, Parker};
 use crate::pool::{ConnLimit, LimitKind, Pool, PoolKey, PoolLimits};
-use crate::server::{CancelInFlight, CancelsInFlight, ServerCredential, ServerTarget};
+use crate::server::{CancelInFlight, ServerCredential, ServerTarget};
 use crate::session::{self, ParkedSession};
 use crate::tls::TlsContexts;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Semaphore};
@@ -30,22 +32,6 @@ struct PauseState {
     all: bool,
     databases: BTreeSet<String>,
 }
-
-/// Where to send a client's CancelRequest: the server backend it is attached to now.
-///
-/// Set each time a client attaches to a server, so nothing here allocates.
-#[derive(Debug, Clone)]
-pub struct CancelTarget {
-    /// The pool's server (host and port).
-    pub server: Arc<ServerTarget>,
-    pub backend_pid: i32,
-    pub cancel_key: bytes::Bytes,
-    /// The backend's cancels in flight, so its server is not lent on meanwhile.
-    pub cancels: Arc<CancelsInFlight>,
-}
-
-/// A client's slot in the cancel registry, updated as it attaches to servers.
-pub type CancelSlot = Arc<Mutex<Option<CancelTarget>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain maps that are consistent between statements: a poisoned lock is still usable.
@@ -89,8 +75,7 @@ pub struct Runtime {
     janitor_stop: watch::Sender<bool>,
     /// Idle clients without a task; started by the first listener.
     parker: OnceLock<(Arc<Parker>, JoinHandle<()>)>,
-    cancels: Mutex<HashMap<(i32, u32), CancelSlot>>,
-    next_pid: AtomicI32,
+    cancels: CancelRegistry,
     clients: Mutex<BTreeMap<u64, Arc<ClientInfo>>>,
     next_client: AtomicU64,
     paused: Mutex<PauseState>,
@@ -116,8 +101,7 @@ impl Runtime {
             janitor: Mutex::new(Janitor::NotStarted),
             janitor_stop: watch::channel(false).0,
             parker: OnceLock::new(),
-            cancels: Mutex::new(HashMap::new()),
-            next_pid: AtomicI32::new(1),
+            cancels: CancelRegistry::default(),
             clients: Mutex::new(BTreeMap::new()),
             next_client: AtomicU64::new(1),
             paused: Mutex::new(PauseState::default()),
@@ -536,37 +520,19 @@ impl Runtime {
         lock(&self.pools).values().cloned().collect()
     }
 
-    /// A fresh (process id, secret key) for a client's BackendKeyData, registered so a
-    /// CancelRequest carrying it finds the client's server.
+    /// A fresh (process id, secret key) for a client's BackendKeyData (see
+    /// [`CancelRegistry::register`]).
     pub fn register_client(&self) -> (i32, u32, CancelSlot) {
-        let slot: CancelSlot = Arc::new(Mutex::new(None));
-        let mut cancels = lock(&self.cancels);
-        loop {
-            let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
-            let key = rand::random::<u32>();
-            if let std::collections::hash_map::Entry::Vacant(e) = cancels.entry((pid, key)) {
-                e.insert(slot.clone());
-                if let Some(c) = current_client() {
-                    c.set_cancel_key(pid, key);
-                }
-                return (pid, key, slot);
-            }
-        }
+        self.cancels.register()
     }
 
     pub fn unregister_client(&self, pid: i32, key: u32) {
-        lock(&self.cancels).remove(&(pid, key));
+        self.cancels.unregister(pid, key);
     }
 
-    /// Where a CancelRequest for (pid, key) should go, if that client is attached.
-    /// The cancel is counted as in flight from here (under the client's slot lock, so
-    /// a session that detaches from the server afterwards sees it when giving the
-    /// server back) until the returned guard drops.
+    /// Where a CancelRequest for (pid, key) should go (see [`CancelRegistry::target`]).
     pub fn cancel_target(&self, pid: i32, key: u32) -> Option<(CancelTarget, CancelInFlight)> {
-        let slot = lock(&self.cancels).get(&(pid, key)).cloned()?;
-        let slot = lock(&slot);
-        let target = slot.as_ref()?;
-        Some((target.clone(), target.cancels.start()))
+        self.cancels.target(pid, key)
     }
 }
 

@@ -6,6 +6,7 @@
 //! server's ReadyForQuery answers the last outstanding query (the moment a transaction-
 //! mode client gives its server back).
 
+use crate::cancel::{CancelSlot, CancelTarget};
 use crate::client::ClientInfo;
 use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
 use crate::lean_writer::LeanWriter;
@@ -13,7 +14,7 @@ use crate::net::{ParkedSocket, Peer, ReadHalf, Stream, WriteHalf};
 use crate::park::Parker;
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
 use crate::prepared::{self, ClientStatements, Responses};
-use crate::runtime::{CancelSlot, CancelTarget, Runtime};
+use crate::runtime::Runtime;
 use crate::server::{send_cancel, FramedError, FramedReader, ServerCredential};
 use bytes::BytesMut;
 use pgherd_protocol::auth::{Md5Server, ScramServer, StoredPassword};
