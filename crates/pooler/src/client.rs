@@ -4,8 +4,9 @@
 //! and `/metrics` read it.
 
 use crate::net::Peer;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -162,6 +163,42 @@ impl ClientInfo {
         // A stored permit if the session is not waiting yet: it ends at its first wait.
         self.killed.store(true, Ordering::Relaxed);
         self.kill_notify.notify_one();
+    }
+}
+
+/// The connected clients, in connection order: what `SHOW CLIENTS` lists and `KILL`
+/// finds.
+pub struct ClientRegistry {
+    clients: Mutex<BTreeMap<u64, Arc<ClientInfo>>>,
+    next_id: AtomicU64,
+}
+
+impl Default for ClientRegistry {
+    fn default() -> Self {
+        ClientRegistry {
+            clients: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+impl ClientRegistry {
+    /// A newly accepted client, listed until [`ClientRegistry::remove`].
+    pub fn add(&self, peer: Peer, local_addr: Option<SocketAddr>) -> Arc<ClientInfo> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let info = Arc::new(ClientInfo::new(id, peer, local_addr));
+        lock(&self.clients).insert(id, info.clone());
+        info
+    }
+
+    /// Forget a client that left; returns its record, if it was listed.
+    pub fn remove(&self, id: u64) -> Option<Arc<ClientInfo>> {
+        lock(&self.clients).remove(&id)
+    }
+
+    /// Every connected client, in connection order.
+    pub fn list(&self) -> Vec<Arc<ClientInfo>> {
+        lock(&self.clients).values().cloned().collect()
     }
 }
 

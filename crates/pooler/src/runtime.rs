@@ -5,7 +5,7 @@
 
 use crate::cancel::CancelRegistry;
 use crate::cancel::{CancelSlot, CancelTarget};
-use crate::client::ClientInfo;
+use crate::client::{ClientInfo, ClientRegistry};
 use crate::config::{
     AuthType, DatabaseConfig, HbaMethod, HbaRules, PoolMode, PoolerConfig, Userlist,
 };
@@ -15,11 +15,10 @@ use crate::pool::{ConnLimit, LimitKind, Pool, PoolKey, PoolLimits};
 use crate::server::{CancelInFlight, ServerCredential, ServerTarget};
 use crate::session::{self, ParkedSession};
 use crate::tls::TlsContexts;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Semaphore};
@@ -76,8 +75,7 @@ pub struct Runtime {
     /// Idle clients without a task; started by the first listener.
     parker: OnceLock<(Arc<Parker>, JoinHandle<()>)>,
     cancels: CancelRegistry,
-    clients: Mutex<BTreeMap<u64, Arc<ClientInfo>>>,
-    next_client: AtomicU64,
+    clients: ClientRegistry,
     paused: Mutex<PauseState>,
     shutdown: watch::Sender<bool>,
     config_path: RwLock<Option<PathBuf>>,
@@ -102,8 +100,7 @@ impl Runtime {
             janitor_stop: watch::channel(false).0,
             parker: OnceLock::new(),
             cancels: CancelRegistry::default(),
-            clients: Mutex::new(BTreeMap::new()),
-            next_client: AtomicU64::new(1),
+            clients: ClientRegistry::default(),
             paused: Mutex::new(PauseState::default()),
             shutdown: watch::channel(false).0,
             config_path: RwLock::new(None),
@@ -145,10 +142,7 @@ impl Runtime {
 
     /// A newly accepted client, listed until [`Runtime::remove_client`].
     pub fn add_client(&self, peer: Peer, local_addr: Option<SocketAddr>) -> Arc<ClientInfo> {
-        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let info = Arc::new(ClientInfo::new(id, peer, local_addr));
-        lock(&self.clients).insert(id, info.clone());
-        info
+        self.clients.add(peer, local_addr)
     }
 
     /// The parker for idle clients, once a listener has started it.
@@ -186,7 +180,7 @@ impl Runtime {
 
     /// Forget a client that left; also its cancel key.
     pub fn remove_client(&self, id: u64) {
-        let removed = lock(&self.clients).remove(&id);
+        let removed = self.clients.remove(id);
         if let Some((pid, key)) = removed.and_then(|c| c.view().cancel_key) {
             self.unregister_client(pid, key);
         }
@@ -194,7 +188,7 @@ impl Runtime {
 
     /// Every connected client, in connection order.
     pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
-        lock(&self.clients).values().cloned().collect()
+        self.clients.list()
     }
 
     /// `PAUSE [db]`: new transactions on those pools wait until `RESUME`. Returns the
