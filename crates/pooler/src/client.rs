@@ -4,10 +4,10 @@
 //! and `/metrics` read it.
 
 use crate::net::Peer;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 tokio::task_local! {
@@ -200,6 +200,71 @@ impl ClientRegistry {
     pub fn list(&self) -> Vec<Arc<ClientInfo>> {
         lock(&self.clients).values().cloned().collect()
     }
+}
+
+/// What went wrong for a client or a pool (the `kind` label of
+/// `pgherd_pooler_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A client failed authentication (wrong password, unknown user, hba reject).
+    LoginFailed,
+    /// A client waited `query_wait_timeout` without getting a server.
+    QueryWaitTimeout,
+    /// The pooler could not connect or log in to the server (or did not try again
+    /// yet, within `server_login_retry` of a failure).
+    ServerLoginFailed,
+    /// A server connection broke while a client was using it.
+    ServerLost,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 4] = [
+        ErrorKind::LoginFailed,
+        ErrorKind::QueryWaitTimeout,
+        ErrorKind::ServerLoginFailed,
+        ErrorKind::ServerLost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::LoginFailed => "login_failed",
+            ErrorKind::QueryWaitTimeout => "query_wait_timeout",
+            ErrorKind::ServerLoginFailed => "server_login_failed",
+            ErrorKind::ServerLost => "server_lost",
+        }
+    }
+}
+
+/// Errors of clients (failed logins, servers lost under them) in the process (every
+/// runtime in it), by (database, user, kind). The pools count their own
+/// (`query_wait_timeout`, failed server logins) in [`crate::pool::PoolStats`].
+static ERRORS: LazyLock<Mutex<HashMap<ErrorKey, u64>>> = LazyLock::new(Default::default);
+
+/// (database, user, kind) of a client error.
+pub type ErrorKey = (String, String, ErrorKind);
+
+/// Count an error of a client of `database` as `user`. The caller decides which names
+/// may become labels (only configured ones: no one can create series at will).
+pub fn count_error(database: &str, user: &str, kind: ErrorKind) {
+    *lock(&ERRORS)
+        .entry((database.to_string(), user.to_string(), kind))
+        .or_default() += 1;
+}
+
+/// Count an error of the client whose session runs in this task (labelled with the
+/// pool it uses; nothing when it has none yet).
+pub fn count_client_error(kind: ErrorKind) {
+    let Some(view) = current_client().map(|c| c.view()) else {
+        return;
+    };
+    if let (Some(database), Some(user)) = (view.database, view.user) {
+        count_error(&database, &user, kind);
+    }
+}
+
+/// The client errors counted so far, by (database, user, kind).
+pub fn client_errors() -> Vec<(ErrorKey, u64)> {
+    lock(&ERRORS).iter().map(|(k, n)| (k.clone(), *n)).collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -7,7 +7,7 @@
 //! mode client gives its server back).
 
 use crate::cancel::{CancelSlot, CancelTarget};
-use crate::client::ClientInfo;
+use crate::client::{count_client_error, count_error, ClientInfo, ErrorKind};
 use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
 use crate::lean_writer::LeanWriter;
 use crate::net::{ParkedSocket, Peer, ReadHalf, Stream, WriteHalf};
@@ -797,6 +797,20 @@ fn quote_e_literal(value: &str) -> String {
     format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// Count a failed login. The names come from the client, so only configured ones are
+/// used as labels (others are reported as empty): no one can create series at will.
+fn count_login_failed(rt: &Runtime, database: &str, user: &str) {
+    let config = rt.config();
+    let known_db = config.databases.contains_key(database)
+        || rt.pools().iter().any(|p| p.key.database == database);
+    let known_user = rt.userlist().get(user).is_some() || config.users.contains_key(user);
+    count_error(
+        if known_db { database } else { "" },
+        if known_user { user } else { "" },
+        ErrorKind::LoginFailed,
+    );
+}
+
 /// Check the client's password against `stored` per `auth_type` (or the hba method).
 async fn check_password(
     client: &mut ClientReader,
@@ -812,7 +826,7 @@ async fn check_password(
         AuthType::Hba => match rt.hba_method(origin.peer, origin.tls, database, user) {
             Some(m) => m,
             None => {
-                crate::metrics::count_login_failed(rt, database, user);
+                count_login_failed(rt, database, user);
                 return Err(fail(
                     out,
                     error(
@@ -827,7 +841,7 @@ async fn check_password(
         other => other,
     };
     let denied = || {
-        crate::metrics::count_login_failed(rt, database, user);
+        count_login_failed(rt, database, user);
         error(
             Severity::Fatal,
             "28P01",
@@ -1754,6 +1768,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 fn server_lost(why: &str) -> ErrorResponse {
     debug!(reason = why, "server connection lost");
-    crate::metrics::count_client_error(crate::metrics::ErrorKind::ServerLost);
+    count_client_error(ErrorKind::ServerLost);
     error(Severity::Fatal, "08006", "server conn crashed?")
 }
