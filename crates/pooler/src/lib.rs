@@ -23,6 +23,7 @@ pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod lean_writer;
+pub mod live;
 pub mod metrics;
 pub mod net;
 pub mod park;

@@ -6,9 +6,8 @@
 use crate::cancel::CancelRegistry;
 use crate::cancel::{CancelSlot, CancelTarget};
 use crate::client::{ClientInfo, ClientRegistry};
-use crate::config::{
-    AuthType, DatabaseConfig, HbaMethod, HbaRules, PoolMode, PoolerConfig, Userlist,
-};
+use crate::config::{AuthType, DatabaseConfig, HbaRules, PoolMode, PoolerConfig, Userlist};
+use crate::live::LiveConfig;
 use crate::net::{Listener, Peer};
 use crate::park::{self as park, ParkedClient, Parker};
 use crate::pool::{ConnLimit, LimitKind, Pool, PoolKey, PoolLimits};
@@ -63,10 +62,7 @@ enum Janitor {
 
 /// Everything the sessions share.
 pub struct Runtime {
-    config: RwLock<Arc<PoolerConfig>>,
-    userlist: RwLock<Arc<Userlist>>,
-    hba: RwLock<Option<Arc<HbaRules>>>,
-    tls: RwLock<TlsContexts>,
+    live: Arc<LiveConfig>,
     pools: PoolMap,
     /// `max_db_connections` and `max_user_connections`, by database or user name.
     conn_limits: Mutex<HashMap<(LimitKind, String), Arc<ConnLimit>>>,
@@ -90,10 +86,7 @@ impl Runtime {
         tls: TlsContexts,
     ) -> Arc<Runtime> {
         Arc::new(Runtime {
-            config: RwLock::new(Arc::new(config)),
-            userlist: RwLock::new(Arc::new(userlist)),
-            hba: RwLock::new(hba.map(Arc::new)),
-            tls: RwLock::new(tls),
+            live: Arc::new(LiveConfig::new(config, userlist, hba, tls)),
             pools: Arc::new(Mutex::new(HashMap::new())),
             conn_limits: Mutex::new(HashMap::new()),
             janitor: Mutex::new(Janitor::NotStarted),
@@ -115,7 +108,7 @@ impl Runtime {
 
     /// Replace only the configuration (the console's `SET`).
     pub fn set_config(&self, config: PoolerConfig) {
-        replace(&self.config, Arc::new(config));
+        self.live.set_config(config);
     }
 
     /// The file `RELOAD` re-reads.
@@ -245,10 +238,7 @@ impl Runtime {
         hba: Option<HbaRules>,
         tls: TlsContexts,
     ) {
-        replace(&self.config, Arc::new(config));
-        replace(&self.userlist, Arc::new(userlist));
-        replace(&self.hba, hba.map(Arc::new));
-        replace(&self.tls, tls);
+        self.live.replace(config, userlist, hba, tls);
         // Existing pools take the new sizes, limits and server settings.
         let config = self.config();
         for pool in self.pools() {
@@ -295,30 +285,26 @@ impl Runtime {
         }
     }
 
+    /// The configuration in force.
+    pub fn live(&self) -> &Arc<LiveConfig> {
+        &self.live
+    }
+
     /// TLS toward clients and servers, as last loaded.
     pub fn tls(&self) -> TlsContexts {
-        match self.tls.read() {
-            Ok(t) => t.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.live.tls()
     }
 
     pub fn config(&self) -> Arc<PoolerConfig> {
-        match self.config.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.live.config()
     }
 
     pub fn userlist(&self) -> Arc<Userlist> {
-        match self.userlist.read() {
-            Ok(u) => u.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.live.userlist()
     }
 
-    /// The method `auth_hba_file` prescribes for a TCP client (first matching line);
-    /// `None`: rejected, or a method pgherd does not offer.
+    /// The method `auth_hba_file` prescribes for a TCP client (see
+    /// [`LiveConfig::hba_method`]).
     pub fn hba_method(
         &self,
         peer: Peer,
@@ -326,25 +312,7 @@ impl Runtime {
         database: &str,
         user: &str,
     ) -> Option<AuthType> {
-        let hba = match self.hba.read() {
-            Ok(h) => h.clone(),
-            Err(p) => p.into_inner().clone(),
-        }?;
-        let conn = crate::config::ConnInfo {
-            local: peer.ip().is_none(),
-            tls,
-            addr: peer.ip().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
-            database,
-            user,
-            replication: false,
-        };
-        match hba.matches(&conn)? {
-            HbaMethod::Trust => Some(AuthType::Trust),
-            HbaMethod::Md5 => Some(AuthType::Md5),
-            HbaMethod::ScramSha256 => Some(AuthType::ScramSha256),
-            HbaMethod::Password => Some(AuthType::Plain),
-            HbaMethod::Reject | HbaMethod::Cert | HbaMethod::Peer => None,
-        }
+        self.live.hba_method(peer, tls, database, user)
     }
 
     /// The server target and limits of `key`'s pool under `config`.
