@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod net;
 pub mod park;
 pub mod pool;
+pub mod pools;
 pub mod prepared;
 pub mod runtime;
 pub mod server;

@@ -762,7 +762,7 @@ async fn auth_query(
         Some(Secret::Md5(h)) => ServerCredential::Md5Hash(h.clone()),
         _ => ServerCredential::None,
     };
-    let lookup_db = crate::runtime::auth_lookup_database(db);
+    let lookup_db = crate::pools::auth_lookup_database(db);
     let key = PoolKey {
         database: database.to_string(),
         user: auth_user.clone(),
