@@ -9,7 +9,7 @@ use crate::client::{ClientInfo, ClientRegistry};
 use crate::config::{AuthType, DatabaseConfig, HbaRules, PoolMode, PoolerConfig, Userlist};
 use crate::live::LiveConfig;
 use crate::net::{Listener, Peer};
-use crate::park::{self as park, ParkedClient, Parker};
+use crate::park::{self as park, ParkOwner, Parkable, Parker};
 use crate::pool::{ConnLimit, Pool, PoolKey};
 use crate::pools::Pools;
 use crate::server::{CancelInFlight, ServerCredential};
@@ -17,12 +17,13 @@ use crate::session::{self, ParkedSession};
 use crate::tls::TlsContexts;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 fn replace<T>(slot: &RwLock<T>, value: T) {
     match slot.write() {
@@ -36,7 +37,7 @@ pub struct Runtime {
     live: Arc<LiveConfig>,
     pools: Arc<Pools>,
     /// Idle clients without a task; started by the first listener.
-    parker: OnceLock<(Arc<Parker>, JoinHandle<()>)>,
+    parker: OnceLock<(Arc<Parker<ParkedClient>>, JoinHandle<()>)>,
     cancels: CancelRegistry,
     clients: ClientRegistry,
     shutdown: watch::Sender<bool>,
@@ -103,7 +104,7 @@ impl Runtime {
     }
 
     /// The parker for idle clients, once a listener has started it.
-    pub fn parker(&self) -> Option<&Parker> {
+    pub fn parker(&self) -> Option<&Parker<ParkedClient>> {
         self.parker.get().map(|(p, _)| &**p)
     }
 
@@ -385,8 +386,45 @@ fn spawn_client(
     });
 }
 
+/// A parked client: its session (with its entry in the client list) and its
+/// `max_client_conn` slot.
+pub struct ParkedClient {
+    pub session: ParkedSession,
+    pub slot: ClientSlot,
+}
+
+impl Parkable for ParkedClient {
+    fn id(&self) -> u64 {
+        self.session.client().id
+    }
+
+    fn socket(&self) -> BorrowedFd<'_> {
+        self.session.socket().as_fd()
+    }
+
+    fn idle_tick(&self) -> u64 {
+        self.session.idle_tick()
+    }
+}
+
+impl ParkOwner<ParkedClient> for Runtime {
+    fn resume(self: &Arc<Self>, parked: ParkedClient) {
+        resume_client(self, parked);
+    }
+
+    fn expire(&self, parked: ParkedClient) {
+        info!(peer = %parked.session.client().peer, "client_idle_timeout");
+        self.remove_client(parked.session.client().id);
+        parked.session.end(self);
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        self.config().settings.client_idle_timeout
+    }
+}
+
 /// Serve a parked client again, in a new task.
-pub(crate) fn resume_client(runtime: &Arc<Runtime>, parked: ParkedClient) {
+fn resume_client(runtime: &Arc<Runtime>, parked: ParkedClient) {
     let ParkedClient { session, slot } = parked;
     let client = session.client().clone();
     tracing::trace!(peer = %client.peer, "resuming a parked client");

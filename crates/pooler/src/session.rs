@@ -11,7 +11,7 @@ use crate::client::{count_client_error, count_error, ClientInfo, ErrorKind};
 use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
 use crate::lean_writer::LeanWriter;
 use crate::net::{ParkedSocket, Peer, ReadHalf, Stream, WriteHalf};
-use crate::park::Parker;
+use crate::park::Ticks;
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
 use crate::prepared::{self, ClientStatements, Responses};
 use crate::runtime::Runtime;
@@ -100,7 +100,7 @@ pub async fn refuse(stream: Stream, peer: Peer, reason: &'static str) {
 }
 
 /// Serve one client until it leaves, fails or parks (then its state is returned for
-/// the [`crate::park::Parker`]).
+/// the parker).
 pub fn run(
     stream: Stream,
     info: Arc<ClientInfo>,
@@ -298,7 +298,7 @@ impl From<Option<Frame>> for Next {
 
 /// The client's next message, or [`Next::Park`] once it has been idle through two of
 /// the parker's ticks with nothing half-read.
-async fn next_or_park(client: &mut ClientReader, parker: &Parker) -> Result<Next, FramedError> {
+async fn next_or_park(client: &mut ClientReader, parker: &Ticks) -> Result<Next, FramedError> {
     let since = parker.epoch();
     loop {
         let tick = parker.next_tick();
@@ -1177,7 +1177,7 @@ impl Session {
         let settings = &config.settings;
         // TLS state cannot leave the task: only plain sockets park.
         let parker = if client.get_ref().is_plain() {
-            rt.parker()
+            rt.parker().map(|p| &**p.ticks())
         } else {
             None
         };
@@ -1194,7 +1194,7 @@ impl Session {
         loop {
             if let Start::Idle = next {
                 // Between transactions: wait for the client's next message.
-                let idle_tick = parker.map_or(0, Parker::epoch);
+                let idle_tick = parker.map_or(0, Ticks::epoch);
                 next = match self
                     .next_from_client(client, settings.client_idle_timeout, parker)
                     .await?
@@ -1644,7 +1644,7 @@ impl Session {
         &self,
         client: &mut ClientReader,
         idle_timeout: Option<Duration>,
-        parker: Option<&Parker>,
+        parker: Option<&Ticks>,
     ) -> Result<Next, SessionError> {
         let wait = async {
             match parker {
