@@ -1,8 +1,9 @@
-//! The pooler's shared state: configuration, secrets, pools, the cancel-key registry and
-//! the client registry the admin console lists (and `KILL`s); plus the listener that
-//! hands each client to a session.
-//!
+//! The top-level composition: the parts sessions share ([`SessionContext`]: the
+//! configuration in force, the pool map, the cancel-key registry), the client registry
+//! the admin console lists (and `KILL`s), the parker, shutdown; plus the listener that
+//! hands each client to a session, and a console client to the admin console.
 
+use crate::admin;
 use crate::cancel::CancelRegistry;
 use crate::cancel::{CancelSlot, CancelTarget};
 use crate::client::{ClientInfo, ClientRegistry};
@@ -13,7 +14,7 @@ use crate::park::{self as park, ParkOwner, Parkable, Parker};
 use crate::pool::{ConnLimit, Pool, PoolKey};
 use crate::pools::Pools;
 use crate::server::{CancelInFlight, ServerCredential};
-use crate::session::{self, ParkedSession};
+use crate::session::{self, Ended, ParkedSession, SessionContext};
 use crate::tls::TlsContexts;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,13 +33,12 @@ fn replace<T>(slot: &RwLock<T>, value: T) {
     }
 }
 
-/// Everything the sessions share.
+/// The pooler's parts, composed.
 pub struct Runtime {
-    live: Arc<LiveConfig>,
-    pools: Arc<Pools>,
+    /// What sessions share (and the console and metrics read).
+    ctx: Arc<SessionContext>,
     /// Idle clients without a task; started by the first listener.
     parker: OnceLock<(Arc<Parker<ParkedClient>>, JoinHandle<()>)>,
-    cancels: CancelRegistry,
     clients: ClientRegistry,
     shutdown: watch::Sender<bool>,
     config_path: RwLock<Option<PathBuf>>,
@@ -54,16 +54,25 @@ impl Runtime {
     ) -> Arc<Runtime> {
         let live = Arc::new(LiveConfig::new(config, userlist, hba, tls));
         let shutdown = watch::channel(false).0;
-        Arc::new(Runtime {
+        let ctx = SessionContext {
             pools: Arc::new(Pools::new(live.clone(), shutdown.subscribe())),
             live,
-            parker: OnceLock::new(),
             cancels: CancelRegistry::default(),
+            ticks: OnceLock::new(),
+        };
+        Arc::new(Runtime {
+            ctx: Arc::new(ctx),
+            parker: OnceLock::new(),
             clients: ClientRegistry::default(),
             shutdown,
             config_path: RwLock::new(None),
             started: SystemTime::now(),
         })
+    }
+
+    /// What sessions share: the configuration in force, the pool map, the cancel keys.
+    pub fn session_context(&self) -> &Arc<SessionContext> {
+        &self.ctx
     }
 
     /// When this runtime was created.
@@ -73,7 +82,7 @@ impl Runtime {
 
     /// Replace only the configuration (the console's `SET`).
     pub fn set_config(&self, config: PoolerConfig) {
-        self.live.set_config(config);
+        self.ctx.live.set_config(config);
     }
 
     /// The file `RELOAD` re-reads.
@@ -117,9 +126,12 @@ impl Runtime {
         match Parker::new() {
             Ok(parker) => {
                 let parker = Arc::new(parker);
+                let ticks = parker.ticks().clone();
                 let task = tokio::spawn(park::run(parker.clone(), Arc::downgrade(self)));
-                if let Err((_, task)) = self.parker.set((parker, task)) {
-                    task.abort();
+                match self.parker.set((parker, task)) {
+                    // Sessions park from now on.
+                    Ok(()) => _ = self.ctx.ticks.set(ticks),
+                    Err((_, task)) => task.abort(),
                 }
             }
             Err(e) => warn!(error = %e, "cannot park idle clients: each keeps its task"),
@@ -132,7 +144,7 @@ impl Runtime {
         client.kill();
         if let Some(parked) = self.parker().and_then(|p| p.unpark(client.id)) {
             self.remove_client(client.id);
-            parked.session.end(self);
+            parked.session.end(&self.ctx);
         }
     }
 
@@ -152,22 +164,22 @@ impl Runtime {
     /// `PAUSE [db]`: new transactions on those pools wait until `RESUME`. Returns the
     /// pools now paused (to wait for their running transactions).
     pub fn pause(&self, database: Option<&str>) -> Vec<Arc<Pool>> {
-        self.pools.pause(database)
+        self.ctx.pools.pause(database)
     }
 
     /// `RESUME [db]`; `false` if it was not paused.
     pub fn resume(&self, database: Option<&str>) -> bool {
-        self.pools.resume(database)
+        self.ctx.pools.resume(database)
     }
 
     /// Whether everything is paused (`PAUSE` without a database).
     pub fn is_paused_all(&self) -> bool {
-        self.pools.is_paused_all()
+        self.ctx.pools.is_paused_all()
     }
 
     /// Whether `database` was paused by name (`SHOW DATABASES`' `paused`).
     pub fn is_database_paused(&self, database: &str) -> bool {
-        self.pools.is_database_paused(database)
+        self.ctx.pools.is_database_paused(database)
     }
 
     /// Swap in re-read files (RELOAD, SIGHUP). Sessions pick the new settings up at
@@ -180,26 +192,26 @@ impl Runtime {
         hba: Option<HbaRules>,
         tls: TlsContexts,
     ) {
-        self.live.replace(config, userlist, hba, tls);
-        self.pools.reconfigure();
+        self.ctx.live.replace(config, userlist, hba, tls);
+        self.ctx.pools.reconfigure();
     }
 
     /// The configuration in force.
     pub fn live(&self) -> &Arc<LiveConfig> {
-        &self.live
+        &self.ctx.live
     }
 
     /// TLS toward clients and servers, as last loaded.
     pub fn tls(&self) -> TlsContexts {
-        self.live.tls()
+        self.ctx.live.tls()
     }
 
     pub fn config(&self) -> Arc<PoolerConfig> {
-        self.live.config()
+        self.ctx.live.config()
     }
 
     pub fn userlist(&self) -> Arc<Userlist> {
-        self.live.userlist()
+        self.ctx.live.userlist()
     }
 
     /// The method `auth_hba_file` prescribes for a TCP client (see
@@ -211,12 +223,12 @@ impl Runtime {
         database: &str,
         user: &str,
     ) -> Option<AuthType> {
-        self.live.hba_method(peer, tls, database, user)
+        self.ctx.live.hba_method(peer, tls, database, user)
     }
 
     /// The pool map.
     pub fn pool_map(&self) -> &Arc<Pools> {
-        &self.pools
+        &self.ctx.pools
     }
 
     /// The pool for `key`, created on first use with the database's settings.
@@ -226,48 +238,48 @@ impl Runtime {
         db: &DatabaseConfig,
         credential: ServerCredential,
     ) -> Arc<Pool> {
-        self.pools.pool(key, db, credential)
+        self.ctx.pools.pool(key, db, credential)
     }
 
     /// `max_db_connections` of `database` as the pools use it (`None`: unlimited or no
     /// pool yet).
     pub fn db_connection_limit(&self, database: &str) -> Option<Arc<ConnLimit>> {
-        self.pools.db_connection_limit(database)
+        self.ctx.pools.db_connection_limit(database)
     }
 
     /// `max_user_connections` of `user` as the pools use it (`None`: unlimited or no
     /// pool yet).
     pub fn user_connection_limit(&self, user: &str) -> Option<Arc<ConnLimit>> {
-        self.pools.user_connection_limit(user)
+        self.ctx.pools.user_connection_limit(user)
     }
 
     /// Stop the janitor for good (see [`Pools::stop_janitor`]).
     pub async fn stop_janitor(&self) {
-        self.pools.stop_janitor().await
+        self.ctx.pools.stop_janitor().await
     }
 
     /// The pool mode for a client of `db` logged in as `user`.
     pub fn pool_mode(&self, db: &DatabaseConfig, user: &str) -> PoolMode {
-        self.pools.pool_mode(db, user)
+        self.ctx.pools.pool_mode(db, user)
     }
 
     pub fn pools(&self) -> Vec<Arc<Pool>> {
-        self.pools.pools()
+        self.ctx.pools.pools()
     }
 
     /// A fresh (process id, secret key) for a client's BackendKeyData (see
     /// [`CancelRegistry::register`]).
     pub fn register_client(&self) -> (i32, u32, CancelSlot) {
-        self.cancels.register()
+        self.ctx.cancels.register()
     }
 
     pub fn unregister_client(&self, pid: i32, key: u32) {
-        self.cancels.unregister(pid, key);
+        self.ctx.cancels.unregister(pid, key);
     }
 
     /// Where a CancelRequest for (pid, key) should go (see [`CancelRegistry::target`]).
     pub fn cancel_target(&self, pid: i32, key: u32) -> Option<(CancelTarget, CancelInFlight)> {
-        self.cancels.target(pid, key)
+        self.ctx.cancels.target(pid, key)
     }
 }
 
@@ -305,7 +317,7 @@ pub async fn serve(listener: Listener, runtime: Arc<Runtime>, mut shutdown: watc
         match ClientSlot::take(&slots) {
             Some(slot) => {
                 let client = runtime.add_client(peer, local);
-                let session = session::run(stream, client.clone(), runtime.clone());
+                let session = session::run(stream, client.clone(), runtime.ctx.clone());
                 spawn_client(runtime, client, slot, session);
             }
             None => {
@@ -318,7 +330,7 @@ pub async fn serve(listener: Listener, runtime: Arc<Runtime>, mut shutdown: watc
         }
     }
     // Shutting down: no more min_pool_size fills or janitor passes.
-    runtime.pools.signal_janitor_stop();
+    runtime.ctx.pools.signal_janitor_stop();
 }
 
 /// A client's place under `max_client_conn`, given back when dropped. (A pointer:
@@ -339,50 +351,66 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Run a client's session in its own task, as [`crate::client::CURRENT_CLIENT`], until it leaves, is
-/// killed or parks.
+/// Run a client's session in its own task, as [`crate::client::CURRENT_CLIENT`], until it
+/// leaves, is killed or parks; a client of the admin console is served by the console
+/// in the same task.
 fn spawn_client(
     runtime: Arc<Runtime>,
     client: Arc<ClientInfo>,
     slot: ClientSlot,
-    session: impl Future<Output = Option<ParkedSession>> + Send + 'static,
+    session: impl Future<Output = Ended> + Send + 'static,
 ) {
     tokio::spawn(async move {
         let peer = client.peer;
         let session = crate::client::CURRENT_CLIENT.scope(client.clone(), session);
         // KILL drops the session: its sockets close, a held server is closed and its
         // slot freed.
-        let parked = tokio::select! {
-            parked = session => parked,
+        let ended = tokio::select! {
+            ended = session => ended,
             _ = client.killed_notified() => {
                 debug!(%peer, "client killed");
-                None
+                Ended::Done
             }
         };
-        if let Some(session) = parked {
-            let Some(parker) = runtime.parker() else {
-                // Sessions park only when there is a parker.
-                runtime.remove_client(client.id);
-                session.end(&runtime);
-                return;
-            };
-            let id = client.id;
-            drop(client);
-            let parked = ParkedClient { session, slot };
-            match parker.park(parked) {
-                Ok(()) => {
-                    // A KILL that came while parking may have missed it in the parker.
-                    if let Some(killed) = parker.unpark_if(id, |c| c.session.client().is_killed()) {
-                        runtime.remove_client(id);
-                        killed.session.end(&runtime);
-                    }
+        let session = match ended {
+            Ended::Parked(session) => session,
+            Ended::Console(console) => {
+                // Boxed, as the session's login was: the task stays small for others.
+                let console = Box::pin(admin::serve(*console, &runtime));
+                let console = crate::client::CURRENT_CLIENT.scope(client.clone(), console);
+                tokio::select! {
+                    _ = console => {}
+                    _ = client.killed_notified() => debug!(%peer, "client killed"),
                 }
-                Err(parked) => resume_client(&runtime, parked),
+                runtime.remove_client(client.id);
+                drop(slot);
+                return;
             }
+            Ended::Done => {
+                runtime.remove_client(client.id);
+                drop(slot);
+                return;
+            }
+        };
+        let Some(parker) = runtime.parker() else {
+            // Sessions park only when there is a parker.
+            runtime.remove_client(client.id);
+            session.end(&runtime.ctx);
             return;
+        };
+        let id = client.id;
+        drop(client);
+        let parked = ParkedClient { session, slot };
+        match parker.park(parked) {
+            Ok(()) => {
+                // A KILL that came while parking may have missed it in the parker.
+                if let Some(killed) = parker.unpark_if(id, |c| c.session.client().is_killed()) {
+                    runtime.remove_client(id);
+                    killed.session.end(&runtime.ctx);
+                }
+            }
+            Err(parked) => resume_client(&runtime, parked),
         }
-        runtime.remove_client(client.id);
-        drop(slot);
     });
 }
 
@@ -415,7 +443,7 @@ impl ParkOwner<ParkedClient> for Runtime {
     fn expire(&self, parked: ParkedClient) {
         info!(peer = %parked.session.client().peer, "client_idle_timeout");
         self.remove_client(parked.session.client().id);
-        parked.session.end(self);
+        parked.session.end(&self.ctx);
     }
 
     fn idle_timeout(&self) -> Option<Duration> {
@@ -428,7 +456,7 @@ fn resume_client(runtime: &Arc<Runtime>, parked: ParkedClient) {
     let ParkedClient { session, slot } = parked;
     let client = session.client().clone();
     tracing::trace!(peer = %client.peer, "resuming a parked client");
-    let session = session::resume(session, runtime.clone());
+    let session = session::resume(session, runtime.ctx.clone());
     spawn_client(runtime.clone(), client, slot, session);
 }
 
