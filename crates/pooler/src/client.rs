@@ -237,7 +237,7 @@ impl ErrorKind {
 
 /// Errors of clients (failed logins, servers lost under them) in the process (every
 /// runtime in it), by (database, user, kind). The pools count their own
-/// (`query_wait_timeout`, failed server logins) in [`crate::pool::PoolStats`].
+/// (`query_wait_timeout`, failed server logins) in their `PoolStats`.
 static ERRORS: LazyLock<Mutex<HashMap<ErrorKey, u64>>> = LazyLock::new(Default::default);
 
 /// (database, user, kind) of a client error.
