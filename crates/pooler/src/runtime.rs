@@ -5,15 +5,13 @@
 
 use crate::admin;
 use crate::cancel::CancelRegistry;
-use crate::cancel::{CancelSlot, CancelTarget};
 use crate::client::{ClientInfo, ClientRegistry};
-use crate::config::{AuthType, DatabaseConfig, HbaRules, PoolMode, PoolerConfig, Userlist};
+use crate::config::{DatabaseConfig, HbaRules, PoolMode, PoolerConfig, Userlist};
 use crate::live::LiveConfig;
 use crate::net::{Listener, Peer};
 use crate::park::{self as park, ParkOwner, Parkable, Parker};
-use crate::pool::{ConnLimit, Pool, PoolKey};
+use crate::pool::{ConnLimit, Pool};
 use crate::pools::Pools;
-use crate::server::{CancelInFlight, ServerCredential};
 use crate::session::{self, Ended, ParkedSession, SessionContext};
 use crate::tls::TlsContexts;
 use std::future::Future;
@@ -152,7 +150,7 @@ impl Runtime {
     pub fn remove_client(&self, id: u64) {
         let removed = self.clients.remove(id);
         if let Some((pid, key)) = removed.and_then(|c| c.view().cancel_key) {
-            self.unregister_client(pid, key);
+            self.ctx.cancels.unregister(pid, key);
         }
     }
 
@@ -196,11 +194,6 @@ impl Runtime {
         self.ctx.pools.reconfigure();
     }
 
-    /// The configuration in force.
-    pub fn live(&self) -> &Arc<LiveConfig> {
-        &self.ctx.live
-    }
-
     /// TLS toward clients and servers, as last loaded.
     pub fn tls(&self) -> TlsContexts {
         self.ctx.live.tls()
@@ -212,33 +205,6 @@ impl Runtime {
 
     pub fn userlist(&self) -> Arc<Userlist> {
         self.ctx.live.userlist()
-    }
-
-    /// The method `auth_hba_file` prescribes for a TCP client (see
-    /// [`LiveConfig::hba_method`]).
-    pub fn hba_method(
-        &self,
-        peer: Peer,
-        tls: bool,
-        database: &str,
-        user: &str,
-    ) -> Option<AuthType> {
-        self.ctx.live.hba_method(peer, tls, database, user)
-    }
-
-    /// The pool map.
-    pub fn pool_map(&self) -> &Arc<Pools> {
-        &self.ctx.pools
-    }
-
-    /// The pool for `key`, created on first use with the database's settings.
-    pub fn pool(
-        &self,
-        key: &PoolKey,
-        db: &DatabaseConfig,
-        credential: ServerCredential,
-    ) -> Arc<Pool> {
-        self.ctx.pools.pool(key, db, credential)
     }
 
     /// `max_db_connections` of `database` as the pools use it (`None`: unlimited or no
@@ -265,21 +231,6 @@ impl Runtime {
 
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         self.ctx.pools.pools()
-    }
-
-    /// A fresh (process id, secret key) for a client's BackendKeyData (see
-    /// [`CancelRegistry::register`]).
-    pub fn register_client(&self) -> (i32, u32, CancelSlot) {
-        self.ctx.cancels.register()
-    }
-
-    pub fn unregister_client(&self, pid: i32, key: u32) {
-        self.ctx.cancels.unregister(pid, key);
-    }
-
-    /// Where a CancelRequest for (pid, key) should go (see [`CancelRegistry::target`]).
-    pub fn cancel_target(&self, pid: i32, key: u32) -> Option<(CancelTarget, CancelInFlight)> {
-        self.ctx.cancels.target(pid, key)
     }
 }
 

@@ -239,7 +239,7 @@ async fn welcome(
     for (name, value) in params {
         send(out, &ParameterStatus::new(name, value)).await?;
     }
-    let (pid, key, _slot) = rt.register_client();
+    let (pid, key, _slot) = rt.session_context().cancels.register();
     send(out, &BackendKeyData::new(pid, key)).await?;
     ready(out).await
 }
