@@ -4,9 +4,10 @@
 //! and `/metrics` read it.
 
 use crate::net::Peer;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 tokio::task_local! {
@@ -163,6 +164,107 @@ impl ClientInfo {
         self.killed.store(true, Ordering::Relaxed);
         self.kill_notify.notify_one();
     }
+}
+
+/// The connected clients, in connection order: what `SHOW CLIENTS` lists and `KILL`
+/// finds.
+pub struct ClientRegistry {
+    clients: Mutex<BTreeMap<u64, Arc<ClientInfo>>>,
+    next_id: AtomicU64,
+}
+
+impl Default for ClientRegistry {
+    fn default() -> Self {
+        ClientRegistry {
+            clients: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+impl ClientRegistry {
+    /// A newly accepted client, listed until [`ClientRegistry::remove`].
+    pub fn add(&self, peer: Peer, local_addr: Option<SocketAddr>) -> Arc<ClientInfo> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let info = Arc::new(ClientInfo::new(id, peer, local_addr));
+        lock(&self.clients).insert(id, info.clone());
+        info
+    }
+
+    /// Forget a client that left; returns its record, if it was listed.
+    pub fn remove(&self, id: u64) -> Option<Arc<ClientInfo>> {
+        lock(&self.clients).remove(&id)
+    }
+
+    /// Every connected client, in connection order.
+    pub fn list(&self) -> Vec<Arc<ClientInfo>> {
+        lock(&self.clients).values().cloned().collect()
+    }
+}
+
+/// What went wrong for a client or a pool (the `kind` label of
+/// `pgherd_pooler_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A client failed authentication (wrong password, unknown user, hba reject).
+    LoginFailed,
+    /// A client waited `query_wait_timeout` without getting a server.
+    QueryWaitTimeout,
+    /// The pooler could not connect or log in to the server (or did not try again
+    /// yet, within `server_login_retry` of a failure).
+    ServerLoginFailed,
+    /// A server connection broke while a client was using it.
+    ServerLost,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 4] = [
+        ErrorKind::LoginFailed,
+        ErrorKind::QueryWaitTimeout,
+        ErrorKind::ServerLoginFailed,
+        ErrorKind::ServerLost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::LoginFailed => "login_failed",
+            ErrorKind::QueryWaitTimeout => "query_wait_timeout",
+            ErrorKind::ServerLoginFailed => "server_login_failed",
+            ErrorKind::ServerLost => "server_lost",
+        }
+    }
+}
+
+/// Errors of clients (failed logins, servers lost under them) in the process (every
+/// runtime in it), by (database, user, kind). The pools count their own
+/// (`query_wait_timeout`, failed server logins) in their `PoolStats`.
+static ERRORS: LazyLock<Mutex<HashMap<ErrorKey, u64>>> = LazyLock::new(Default::default);
+
+/// (database, user, kind) of a client error.
+pub type ErrorKey = (String, String, ErrorKind);
+
+/// Count an error of a client of `database` as `user`. The caller decides which names
+/// may become labels (only configured ones: no one can create series at will).
+pub fn count_error(database: &str, user: &str, kind: ErrorKind) {
+    *lock(&ERRORS)
+        .entry((database.to_string(), user.to_string(), kind))
+        .or_default() += 1;
+}
+
+/// Count an error of the client whose session runs in this task (labelled with the
+/// pool it uses; nothing when it has none yet).
+pub fn count_client_error(kind: ErrorKind) {
+    let Some(view) = current_client().map(|c| c.view()) else {
+        return;
+    };
+    if let (Some(database), Some(user)) = (view.database, view.user) {
+        count_error(&database, &user, kind);
+    }
+}
+
+/// The client errors counted so far, by (database, user, kind).
+pub fn client_errors() -> Vec<(ErrorKey, u64)> {
+    lock(&ERRORS).iter().map(|(k, n)| (k.clone(), *n)).collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -2,12 +2,13 @@
 //!
 //! Almost everything is read at scrape time from what the admin console reads too: the
 //! pools' counters ([`Pool::snapshot`], [`PoolStats`]), their server registries and the
-//! runtime's client registry. Two things are recorded as they happen:
+//! runtime's client registry. Two things are recorded as they happen, by the layer
+//! where they happen; this module only reads them:
 //!
 //! - the wait of each client for a server, in a histogram per pool
 //!   ([`PoolStats::wait_histogram`], observed in [`Pool::acquire`]);
-//! - errors, by kind ([`ErrorKind`]), in a process-wide family (a login failure
-//!   happens before any pool exists).
+//! - errors of clients, by kind ([`ErrorKind`]), in a process-wide family kept in
+//!   [`crate::client`] (a login failure happens before any pool exists).
 //!
 //! Every series is labelled by `database` and `user` (the pool's); labels only ever
 //! take names from the configuration or of existing pools, so a client cannot create
@@ -19,7 +20,8 @@
 //! [`PoolStats`]: crate::pool::PoolStats
 //! [`PoolStats::wait_histogram`]: crate::pool::PoolStats::wait_histogram
 
-use crate::client::{current_client, ClientState};
+pub use crate::client::ErrorKind;
+use crate::client::{client_errors, ClientState};
 use crate::pool::{Pool, PoolKey, ServerState};
 use crate::runtime::Runtime;
 use axum::extract::State;
@@ -35,46 +37,14 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::warn;
-
-/// The `kind` label of `pgherd_pooler_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// A client failed authentication (wrong password, unknown user, hba reject).
-    LoginFailed,
-    /// A client waited `query_wait_timeout` without getting a server.
-    QueryWaitTimeout,
-    /// The pooler could not connect or log in to the server (or did not try again
-    /// yet, within `server_login_retry` of a failure).
-    ServerLoginFailed,
-    /// A server connection broke while a client was using it.
-    ServerLost,
-}
-
-impl ErrorKind {
-    pub const ALL: [ErrorKind; 4] = [
-        ErrorKind::LoginFailed,
-        ErrorKind::QueryWaitTimeout,
-        ErrorKind::ServerLoginFailed,
-        ErrorKind::ServerLost,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::LoginFailed => "login_failed",
-            ErrorKind::QueryWaitTimeout => "query_wait_timeout",
-            ErrorKind::ServerLoginFailed => "server_login_failed",
-            ErrorKind::ServerLost => "server_lost",
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
 struct PoolLabels {
@@ -103,54 +73,6 @@ struct ErrorLabels {
     database: String,
     user: String,
     kind: &'static str,
-}
-
-/// Errors of clients (failed logins, servers lost under them) in the process (every
-/// runtime in it). The pools count their own (`query_wait_timeout`, failed server
-/// logins) in [`crate::pool::PoolStats`].
-static ERRORS: LazyLock<Mutex<HashMap<ErrorLabels, u64>>> = LazyLock::new(Default::default);
-
-fn count(database: &str, user: &str, kind: ErrorKind) {
-    let labels = ErrorLabels {
-        database: database.to_string(),
-        user: user.to_string(),
-        kind: kind.as_str(),
-    };
-    *ERRORS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(labels)
-        .or_default() += 1;
-}
-
-/// Count an error of `pool`.
-pub fn count_error(pool: &PoolKey, kind: ErrorKind) {
-    count(&pool.database, &pool.user, kind);
-}
-
-/// Count an error of the client whose session runs in this task (labelled with the
-/// pool it uses; nothing when it has none yet).
-pub fn count_client_error(kind: ErrorKind) {
-    let Some(view) = current_client().map(|c| c.view()) else {
-        return;
-    };
-    if let (Some(database), Some(user)) = (view.database, view.user) {
-        count(&database, &user, kind);
-    }
-}
-
-/// Count a failed login. The names come from the client, so only configured ones are
-/// used as labels (others are reported as empty): no one can create series at will.
-pub fn count_login_failed(rt: &Runtime, database: &str, user: &str) {
-    let config = rt.config();
-    let known_db = config.databases.contains_key(database)
-        || rt.pools().iter().any(|p| p.key.database == database);
-    let known_user = rt.userlist().get(user).is_some() || config.users.contains_key(user);
-    count(
-        if known_db { database } else { "" },
-        if known_user { user } else { "" },
-        ErrorKind::LoginFailed,
-    );
 }
 
 /// The metrics of one runtime, computed when encoded.
@@ -421,11 +343,9 @@ impl Collector for Scrape {
         )?;
 
         // Every kind for every pool, at zero until it happens.
-        let mut errors: BTreeMap<(String, String, &'static str), u64> = ERRORS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(l, n)| ((l.database.clone(), l.user.clone(), l.kind), *n))
+        let mut errors: BTreeMap<(String, String, &'static str), u64> = client_errors()
+            .into_iter()
+            .map(|((database, user, kind), n)| ((database, user, kind.as_str()), n))
             .collect();
         for p in &pools {
             let of_pool =

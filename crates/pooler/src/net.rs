@@ -123,8 +123,8 @@ pub enum WriteHalf {
     Tls(tokio::io::WriteHalf<Stream>),
 }
 
-/// A plain client socket taken out of Tokio's reactor while its client is parked
-/// (see [`crate::park`]); TLS streams are never parked.
+/// A plain client socket taken out of Tokio's reactor while its client is parked (the
+/// parker's epoll set watches it instead); TLS streams are never parked.
 #[derive(Debug)]
 pub enum ParkedSocket {
     Tcp(std::net::TcpStream),

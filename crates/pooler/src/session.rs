@@ -6,14 +6,16 @@
 //! server's ReadyForQuery answers the last outstanding query (the moment a transaction-
 //! mode client gives its server back).
 
-use crate::client::ClientInfo;
+use crate::cancel::{CancelRegistry, CancelSlot, CancelTarget};
+use crate::client::{count_client_error, count_error, ClientInfo, ErrorKind};
 use crate::config::{AuthType, DatabaseConfig, PoolMode, Secret};
 use crate::lean_writer::LeanWriter;
+use crate::live::LiveConfig;
 use crate::net::{ParkedSocket, Peer, ReadHalf, Stream, WriteHalf};
-use crate::park::Parker;
+use crate::park::Ticks;
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
+use crate::pools::Pools;
 use crate::prepared::{self, ClientStatements, Responses};
-use crate::runtime::{CancelSlot, CancelTarget, Runtime};
 use crate::server::framed::WholeFrames;
 use crate::server::{send_cancel, FramedError, FramedReader, ServerCredential};
 use bytes::BytesMut;
@@ -25,10 +27,45 @@ use pgherd_protocol::backend::{
 use pgherd_protocol::frontend::{PasswordMessage, SaslInitialResponse, SaslResponse};
 use pgherd_protocol::{Frame, FrameDecoder, Message, StartupMessage, StartupPacket};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
+
+/// The database name that reaches the admin console instead of a server: a client
+/// asking for it is handed back to the caller of [`run`] ([`Ended::Console`]).
+pub const ADMIN_DATABASE: &str = "pgbouncer";
+
+/// What sessions share, composed and handed to them by the runtime: the configuration
+/// in force, the pool map, the cancel-key registry and the parker's clock.
+pub struct SessionContext {
+    pub live: Arc<LiveConfig>,
+    pub pools: Arc<Pools>,
+    pub cancels: CancelRegistry,
+    /// The parker's clock, once a parker runs; without it idle clients keep their task.
+    pub ticks: OnceLock<Arc<Ticks>>,
+}
+
+/// How a client's session ended (for the task that ran it).
+pub enum Ended {
+    /// It left, failed or was told why it must go.
+    Done,
+    /// It is idle and parks: its state, for the parker.
+    Parked(ParkedSession),
+    /// It asked for the admin console ([`ADMIN_DATABASE`]), which serves it from here.
+    Console(Box<ConsoleClient>),
+}
+
+/// A client of the admin console, past the startup negotiation: the console
+/// authenticates it itself, within what is left of `client_login_timeout`.
+pub struct ConsoleClient {
+    pub client: ClientReader,
+    pub out: ClientWriter,
+    pub origin: Origin,
+    pub startup: StartupMessage,
+    /// When `client_login_timeout` runs out (the console's own session does not).
+    pub login_deadline: Option<tokio::time::Instant>,
+}
 
 /// Startup parameters PgBouncer tracks per client and applies to whichever server the
 /// client is given (its "varcache").
@@ -50,8 +87,8 @@ const CLIENT_WRITE_BUFFER: usize = 2048;
 /// How many SSL/GSS negotiation rounds a client may try before its StartupMessage.
 const MAX_NEGOTIATIONS: usize = 2;
 
-type ClientReader = FramedReader<ReadHalf>;
-type ClientWriter = LeanWriter<WriteHalf>;
+pub type ClientReader = FramedReader<ReadHalf>;
+pub type ClientWriter = LeanWriter<WriteHalf>;
 
 /// Why a session ended early; what the client is told is decided where it is raised.
 #[derive(Debug, thiserror::Error)]
@@ -100,22 +137,27 @@ pub async fn refuse(stream: Stream, peer: Peer, reason: &'static str) {
 }
 
 /// Serve one client until it leaves, fails or parks (then its state is returned for
-/// the [`crate::park::Parker`]).
+/// the parker), or until it turns out to be an admin console client (returned to be
+/// served by the console).
 pub fn run(
     stream: Stream,
     info: Arc<ClientInfo>,
-    rt: Arc<Runtime>,
-) -> impl std::future::Future<Output = Option<ParkedSession>> + Send {
+    ctx: Arc<SessionContext>,
+) -> impl std::future::Future<Output = Ended> + Send {
     // Negotiation and login need far more state than a logged-in client: boxed, that
     // memory is given back once the client is in. (Not an `async fn`: its arguments
     // would keep a slot in the session's state for its whole life.)
-    let login = Box::pin(log_in(stream, info, rt.clone()));
+    let login = Box::pin(log_in(stream, info, ctx.clone()));
     async move {
-        let (session, lease, client, out) = login.await?;
-        let tracking = session.new_tracking(&rt.config().settings);
+        let (session, lease, client, out) = match login.await {
+            Ok(logged_in) => logged_in,
+            Err(ended) => return ended,
+        };
+        let tracking = session.new_tracking(&ctx.live.config().settings);
         session
-            .serve_until_parked(lease, tracking, client, out, &rt)
+            .serve_until_parked(lease, tracking, client, out, &ctx)
             .await
+            .map_or(Ended::Done, Ended::Parked)
     }
 }
 
@@ -123,8 +165,8 @@ pub fn run(
 /// runtime: the socket goes back into its reactor here.
 pub fn resume(
     parked: ParkedSession,
-    rt: Arc<Runtime>,
-) -> impl std::future::Future<Output = Option<ParkedSession>> + Send {
+    ctx: Arc<SessionContext>,
+) -> impl std::future::Future<Output = Ended> + Send {
     let ParkedSession {
         session,
         tracking,
@@ -137,18 +179,19 @@ pub fn resume(
             Ok(s) => s,
             Err(e) => {
                 warn!(peer = %session.info.peer, error = %e, "cannot resume a parked client");
-                rt.unregister_client(session.pid, session.key);
-                return None;
+                ctx.cancels.unregister(session.pid, session.key);
+                return Ended::Done;
             }
         };
         let (read, write) = stream.split();
         let client =
             FramedReader::with_read_chunk(read, FrameDecoder::frontend(), CLIENT_READ_CHUNK).lean();
         let out = LeanWriter::with_capacity(CLIENT_WRITE_BUFFER, write);
-        let tracking = tracking.or_else(|| session.new_tracking(&rt.config().settings));
+        let tracking = tracking.or_else(|| session.new_tracking(&ctx.live.config().settings));
         session
-            .serve_until_parked(None, tracking, client, out, &rt)
+            .serve_until_parked(None, tracking, client, out, &ctx)
             .await
+            .map_or(Ended::Done, Ended::Parked)
     }
 }
 
@@ -180,37 +223,44 @@ impl ParkedSession {
     }
 
     /// Close the client's connection (`KILL`, `client_idle_timeout`).
-    pub fn end(self, rt: &Runtime) {
-        rt.unregister_client(self.session.pid, self.session.key);
+    pub fn end(self, ctx: &SessionContext) {
+        ctx.cancels.unregister(self.session.pid, self.session.key);
     }
 }
 
 /// A logged-in client with its connection.
 type LoggedInClient = (Session, Option<Box<Lease>>, ClientReader, ClientWriter);
 
-/// Startup negotiation, login and welcome; an admin console client is served here to
-/// the end. `None`: nothing more to do.
-async fn log_in(stream: Stream, info: Arc<ClientInfo>, rt: Arc<Runtime>) -> Option<LoggedInClient> {
-    let rt = &rt;
+/// Startup negotiation, login and welcome. `Err`: nothing more to do here
+/// ([`Ended::Done`]), or an admin console client to hand over ([`Ended::Console`]).
+async fn log_in(
+    stream: Stream,
+    info: Arc<ClientInfo>,
+    ctx: Arc<SessionContext>,
+) -> Result<LoggedInClient, Ended> {
+    let ctx = &ctx;
     let peer = info.peer;
-    let login_timeout = rt.config().settings.client_login_timeout;
+    let login_timeout = ctx.live.config().settings.client_login_timeout;
     let deadline = login_timeout.map(|t| tokio::time::Instant::now() + t);
     let negotiated = match deadline {
-        Some(d) => match tokio::time::timeout_at(d, negotiate(stream, peer, rt)).await {
+        Some(d) => match tokio::time::timeout_at(d, negotiate(stream, peer, ctx)).await {
             Ok(n) => n,
             Err(_) => {
                 debug!(%peer, "client_login_timeout during the startup negotiation");
-                return None;
+                return Err(Ended::Done);
             }
         },
-        None => negotiate(stream, peer, rt).await,
+        None => negotiate(stream, peer, ctx).await,
     };
-    let Negotiated {
+    let Some(Negotiated {
         stream,
         buffered,
         startup,
         tls,
-    } = negotiated?;
+    }) = negotiated
+    else {
+        return Err(Ended::Done);
+    };
     info.set_tls(tls.clone());
     let (read, write) = stream.split();
     // Small buffers: most clients sit idle most of the time, and both grow (or are
@@ -219,7 +269,7 @@ async fn log_in(stream: Stream, info: Arc<ClientInfo>, rt: Arc<Runtime>) -> Opti
         FramedReader::with_buffer(read, FrameDecoder::frontend(), buffered, CLIENT_READ_CHUNK)
             .lean();
     let mut out = LeanWriter::with_capacity(CLIENT_WRITE_BUFFER, write);
-    let login = login(&mut client, &mut out, &info, !tls.is_empty(), startup, rt);
+    let login = login(&mut client, &mut out, &info, !tls.is_empty(), startup, ctx);
     let logged_in = match deadline {
         Some(d) => match tokio::time::timeout_at(d, login).await {
             Ok(r) => r,
@@ -234,23 +284,21 @@ async fn log_in(stream: Stream, info: Arc<ClientInfo>, rt: Arc<Runtime>) -> Opti
     let (session, lease) = match logged_in {
         Ok(Some(LoggedIn::Client(logged_in))) => *logged_in,
         Ok(Some(LoggedIn::Admin(startup))) => {
-            // The console is a long-lived session: outside client_login_timeout.
+            // The console is a long-lived session, outside client_login_timeout (its
+            // authentication keeps to the deadline).
             let origin = Origin {
                 peer,
                 tls: !tls.is_empty(),
             };
-            Box::pin(crate::admin::serve(
-                &mut client,
-                &mut out,
+            return Err(Ended::Console(Box::new(ConsoleClient {
+                client,
+                out,
                 origin,
-                rt,
-                &startup,
-                deadline,
-            ))
-            .await;
-            return None;
+                startup,
+                login_deadline: deadline,
+            })));
         }
-        Ok(None) => return None,
+        Ok(None) => return Err(Ended::Done),
         Err(SessionError::Client(FramedError::Protocol(e))) => {
             // Garbage, a length beyond the limits, a malformed startup packet.
             info!(%peer, error = %e, "protocol violation during login");
@@ -263,14 +311,14 @@ async fn log_in(stream: Stream, info: Arc<ClientInfo>, rt: Arc<Runtime>) -> Opti
                 ),
             )
             .await;
-            return None;
+            return Err(Ended::Done);
         }
         Err(e) => {
             debug!(%peer, error = %e, "login ended");
-            return None;
+            return Err(Ended::Done);
         }
     };
-    Some((session, lease, client, out))
+    Ok((session, lease, client, out))
 }
 
 /// How serving a logged-in client ended.
@@ -298,7 +346,7 @@ impl From<Option<Frame>> for Next {
 
 /// The client's next message, or [`Next::Park`] once it has been idle through two of
 /// the parker's ticks with nothing half-read.
-async fn next_or_park(client: &mut ClientReader, parker: &Parker) -> Result<Next, FramedError> {
+async fn next_or_park(client: &mut ClientReader, parker: &Ticks) -> Result<Next, FramedError> {
     let since = parker.epoch();
     loop {
         let tick = parker.next_tick();
@@ -425,12 +473,12 @@ async fn login(
     info: &Arc<ClientInfo>,
     tls: bool,
     startup: StartupMessage,
-    rt: &Arc<Runtime>,
+    ctx: &SessionContext,
 ) -> Result<Option<LoggedIn>, SessionError> {
     let peer = info.peer;
     let user = startup.user().to_string();
     let database = startup.database().to_string();
-    let config = rt.config();
+    let config = ctx.live.config();
     let wanted = match tracked_parameters(&startup, &config.settings.ignore_startup_parameters) {
         Ok(w) => w,
         Err(name) => {
@@ -445,7 +493,7 @@ async fn login(
             .await)
         }
     };
-    if database == crate::admin::ADMIN_DATABASE {
+    if database == ADMIN_DATABASE {
         return Ok(Some(LoggedIn::Admin(startup)));
     }
     let Some(db) = config.resolve_database(&database) else {
@@ -460,14 +508,14 @@ async fn login(
         .await);
     };
     let authenticated =
-        authenticate(client, out, rt, &user, &database, Origin { peer, tls }).await?;
-    let credential = server_credential(rt, &db, &user, authenticated);
+        authenticate(client, out, ctx, &user, &database, Origin { peer, tls }).await?;
+    let credential = server_credential(ctx, &db, &user, authenticated);
     let key = PoolKey {
         database: database.clone(),
         user: db.user.clone().unwrap_or_else(|| user.clone()),
     };
-    let pool = rt.pool(&key, &db, credential);
-    let mode = rt.pool_mode(&db, &user);
+    let pool = ctx.pools.pool(&key, &db, credential);
+    let mode = ctx.pools.pool_mode(&db, &user);
     // The welcome needs the server's parameters: from the pool's first login, or from
     // a server connection now (then a login failure toward the server is reported before
     // the client thinks it is in).
@@ -481,7 +529,7 @@ async fn login(
             Err(e) => return Err(fail(out, pool_error(&e)).await),
         },
     };
-    let (pid, key_secret, cancel) = rt.register_client();
+    let (pid, key_secret, cancel) = ctx.cancels.register();
     let session = Session {
         info: info.clone(),
         user,
@@ -495,7 +543,7 @@ async fn login(
     };
     if let Err(e) = welcome(out, &session, &parameters).await {
         // The client left before it was in: its cancel key goes with it.
-        rt.unregister_client(pid, key_secret);
+        ctx.cancels.unregister(pid, key_secret);
         return Err(e);
     }
     // SHOW CLIENTS lists it from now on, before its first query.
@@ -552,8 +600,8 @@ struct Negotiated {
 /// `client_tls_sslmode` offers it ('N' otherwise), a GSSENCRequest 'N', a
 /// CancelRequest is passed on to the right server. `None`: nothing more to do (a
 /// cancel, a client that left, or an error already told to the client).
-async fn negotiate(stream: Stream, peer: Peer, rt: &Runtime) -> Option<Negotiated> {
-    let tls = rt.tls().client;
+async fn negotiate(stream: Stream, peer: Peer, ctx: &SessionContext) -> Option<Negotiated> {
+    let tls = ctx.live.tls().client;
     let mut reader =
         FramedReader::with_read_chunk(stream, FrameDecoder::frontend(), CLIENT_READ_CHUNK);
     let mut encrypted = String::new();
@@ -614,7 +662,7 @@ async fn negotiate(stream: Stream, peer: Peer, rt: &Runtime) -> Option<Negotiate
                 }
             }
             StartupPacket::Cancel(c) => {
-                forward_cancel(rt, &c).await;
+                forward_cancel(ctx, &c).await;
                 return None;
             }
             StartupPacket::Startup(startup) => {
@@ -654,12 +702,12 @@ async fn refuse_unsplit<S: AsyncWrite + Unpin>(stream: &mut S, e: ErrorResponse)
 }
 
 /// Pass a client's CancelRequest on to the server backend its session uses now.
-async fn forward_cancel(rt: &Runtime, c: &pgherd_protocol::CancelRequest) {
+async fn forward_cancel(ctx: &SessionContext, c: &pgherd_protocol::CancelRequest) {
     let key = <[u8; 4]>::try_from(&c.secret_key[..])
         .map(u32::from_be_bytes)
         .ok();
-    if let Some((target, _in_flight)) = key.and_then(|k| rt.cancel_target(c.process_id, k)) {
-        let timeout = rt.config().settings.server_connect_timeout;
+    if let Some((target, _in_flight)) = key.and_then(|k| ctx.cancels.target(c.process_id, k)) {
+        let timeout = ctx.live.config().settings.server_connect_timeout;
         if let Err(e) = send_cancel(
             (&target.server.host, target.server.port),
             target.backend_pid,
@@ -710,25 +758,25 @@ pub(crate) struct Authenticated {
 pub(crate) async fn authenticate(
     client: &mut ClientReader,
     out: &mut ClientWriter,
-    rt: &Runtime,
+    ctx: &SessionContext,
     user: &str,
     database: &str,
     origin: Origin,
 ) -> Result<Authenticated, SessionError> {
-    let config = rt.config();
-    let userlist = rt.userlist();
+    let config = ctx.live.config();
+    let userlist = ctx.live.userlist();
     let mut queried_secret = None;
     let stored = match userlist.get(user) {
         Some(s) => Some(StoredPassword::parse(s.expose())),
         None => {
             queried_secret = match config.resolve_database(database) {
-                Some(db) => auth_query(rt, &db, database, user).await,
+                Some(db) => auth_query(ctx, &db, database, user).await,
                 None => None,
             };
             queried_secret.clone()
         }
     };
-    let scram_keys = check_password(client, out, rt, user, database, origin, stored).await?;
+    let scram_keys = check_password(client, out, ctx, user, database, origin, stored).await?;
     Ok(Authenticated {
         scram_keys,
         queried_secret,
@@ -739,12 +787,12 @@ pub(crate) async fn authenticate(
 /// `auth_user`/`auth_query`, per database or global). `None`: no such user, no
 /// `auth_user`, or the lookup failed (logged; the login then fails like a wrong password).
 async fn auth_query(
-    rt: &Runtime,
+    ctx: &SessionContext,
     db: &DatabaseConfig,
     database: &str,
     user: &str,
 ) -> Option<StoredPassword> {
-    let config = rt.config();
+    let config = ctx.live.config();
     let auth_user = db
         .auth_user
         .clone()
@@ -757,17 +805,17 @@ async fn auth_query(
         .clone()
         .unwrap_or_else(|| config.settings.auth_query.clone());
     let sql = query.replace("$1", &quote_e_literal(user));
-    let credential = match rt.userlist().get(&auth_user) {
+    let credential = match ctx.live.userlist().get(&auth_user) {
         Some(Secret::Plain(p)) => ServerCredential::Plain(p.clone()),
         Some(Secret::Md5(h)) => ServerCredential::Md5Hash(h.clone()),
         _ => ServerCredential::None,
     };
-    let lookup_db = crate::runtime::auth_lookup_database(db);
+    let lookup_db = crate::pools::auth_lookup_database(db);
     let key = PoolKey {
         database: database.to_string(),
         user: auth_user.clone(),
     };
-    let pool = rt.pool(&key, &lookup_db, credential);
+    let pool = ctx.pools.pool(&key, &lookup_db, credential);
     // The client logs in: it is not waiting in this pool in SHOW CLIENTS' sense.
     let mut lease = match pool.acquire(None).await {
         Ok(l) => l,
@@ -797,22 +845,36 @@ fn quote_e_literal(value: &str) -> String {
     format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// Count a failed login. The names come from the client, so only configured ones are
+/// used as labels (others are reported as empty): no one can create series at will.
+fn count_login_failed(ctx: &SessionContext, database: &str, user: &str) {
+    let config = ctx.live.config();
+    let known_db = config.databases.contains_key(database)
+        || ctx.pools.pools().iter().any(|p| p.key.database == database);
+    let known_user = ctx.live.userlist().get(user).is_some() || config.users.contains_key(user);
+    count_error(
+        if known_db { database } else { "" },
+        if known_user { user } else { "" },
+        ErrorKind::LoginFailed,
+    );
+}
+
 /// Check the client's password against `stored` per `auth_type` (or the hba method).
 async fn check_password(
     client: &mut ClientReader,
     out: &mut ClientWriter,
-    rt: &Runtime,
+    ctx: &SessionContext,
     user: &str,
     database: &str,
     origin: Origin,
     stored: Option<StoredPassword>,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>, SessionError> {
-    let config = rt.config();
+    let config = ctx.live.config();
     let method = match config.settings.auth_type {
-        AuthType::Hba => match rt.hba_method(origin.peer, origin.tls, database, user) {
+        AuthType::Hba => match ctx.live.hba_method(origin.peer, origin.tls, database, user) {
             Some(m) => m,
             None => {
-                crate::metrics::count_login_failed(rt, database, user);
+                count_login_failed(ctx, database, user);
                 return Err(fail(
                     out,
                     error(
@@ -827,7 +889,7 @@ async fn check_password(
         other => other,
     };
     let denied = || {
-        crate::metrics::count_login_failed(rt, database, user);
+        count_login_failed(ctx, database, user);
         error(
             Severity::Fatal,
             "28P01",
@@ -969,7 +1031,7 @@ async fn scram(
 /// else the (forced or client's) user's `auth_file` secret, else the SCRAM keys the
 /// client just proved.
 fn server_credential(
-    rt: &Runtime,
+    ctx: &SessionContext,
     db: &DatabaseConfig,
     user: &str,
     authenticated: Authenticated,
@@ -982,7 +1044,7 @@ fn server_credential(
         return ServerCredential::Plain(pw.expose().to_string());
     }
     let server_user = db.user.as_deref().unwrap_or(user);
-    match rt.userlist().get(server_user) {
+    match ctx.live.userlist().get(server_user) {
         Some(Secret::Plain(p)) => ServerCredential::Plain(p.clone()),
         Some(Secret::Md5(h)) => ServerCredential::Md5Hash(h.clone()),
         Some(Secret::ScramVerifier(_)) if db.user.is_none() => match scram_keys {
@@ -1114,11 +1176,11 @@ impl Session {
         mut tracking: Option<Box<Tracking>>,
         mut client: ClientReader,
         mut out: ClientWriter,
-        rt: &'a Runtime,
+        ctx: &'a SessionContext,
     ) -> impl std::future::Future<Output = Option<ParkedSession>> + Send + 'a {
         async move {
             match self
-                .serve(login, &mut tracking, &mut client, &mut out, rt)
+                .serve(login, &mut tracking, &mut client, &mut out, ctx)
                 .await
             {
                 Ok(Served::Parks(idle_tick)) => {
@@ -1146,7 +1208,7 @@ impl Session {
                 Ok(Served::Left) => {}
                 Err(e) => debug!(peer = %self.info.peer, error = %e, "session ended"),
             }
-            rt.unregister_client(self.pid, self.key);
+            ctx.cancels.unregister(self.pid, self.key);
             None
         }
     }
@@ -1157,13 +1219,13 @@ impl Session {
         tracking: &mut Option<Box<Tracking>>,
         client: &mut ClientReader,
         out: &mut ClientWriter,
-        rt: &Runtime,
+        ctx: &SessionContext,
     ) -> Result<Served, SessionError> {
-        let config = rt.config();
+        let config = ctx.live.config();
         let settings = &config.settings;
         // TLS state cannot leave the task: only plain sockets park.
         let parker = if client.get_ref().is_plain() {
-            rt.parker()
+            ctx.ticks.get().map(|t| &**t)
         } else {
             None
         };
@@ -1180,7 +1242,7 @@ impl Session {
         loop {
             if let Start::Idle = next {
                 // Between transactions: wait for the client's next message.
-                let idle_tick = parker.map_or(0, Parker::epoch);
+                let idle_tick = parker.map_or(0, Ticks::epoch);
                 next = match self
                     .next_from_client(client, settings.client_idle_timeout, parker)
                     .await?
@@ -1763,7 +1825,7 @@ impl Session {
         &self,
         client: &mut ClientReader,
         idle_timeout: Option<Duration>,
-        parker: Option<&Parker>,
+        parker: Option<&Ticks>,
     ) -> Result<Next, SessionError> {
         let wait = async {
             match parker {
@@ -1887,6 +1949,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 fn server_lost(why: &str) -> ErrorResponse {
     debug!(reason = why, "server connection lost");
-    crate::metrics::count_client_error(crate::metrics::ErrorKind::ServerLost);
+    count_client_error(ErrorKind::ServerLost);
     error(Severity::Fatal, "08006", "server conn crashed?")
 }

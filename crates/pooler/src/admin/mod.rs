@@ -28,7 +28,7 @@ use crate::lean_writer::LeanWriter;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::runtime::Runtime;
 use crate::server::FramedReader;
-use crate::session::Origin;
+use crate::session::{ConsoleClient, Origin};
 use bytes::BytesMut;
 use command::Command;
 use output::Reply;
@@ -43,7 +43,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, info};
 
 /// The database name that reaches the console instead of a server.
-pub const ADMIN_DATABASE: &str = "pgbouncer";
+pub use crate::session::ADMIN_DATABASE;
 
 /// The PgBouncer release whose console (commands, columns, types) this one mirrors.
 pub const PGBOUNCER_VERSION: &str = "1.25.1";
@@ -134,9 +134,21 @@ async fn ready(out: &mut ClientWriter) -> std::io::Result<()> {
     out.flush().await
 }
 
-/// Serve a client that asked for the `pgbouncer` database, from authentication until
-/// it leaves (or `SHUTDOWN`). Errors are reported to the client where they arise.
-pub async fn serve(
+/// Serve a client that asked for the `pgbouncer` database (handed over by its session's
+/// login), from authentication until it leaves (or `SHUTDOWN`). Errors are reported to
+/// the client where they arise.
+pub async fn serve(console: ConsoleClient, rt: &Arc<Runtime>) {
+    let ConsoleClient {
+        mut client,
+        mut out,
+        origin,
+        startup,
+        login_deadline,
+    } = console;
+    serve_console(&mut client, &mut out, origin, rt, &startup, login_deadline).await
+}
+
+async fn serve_console(
     client: &mut ClientReader,
     out: &mut ClientWriter,
     origin: Origin,
@@ -148,7 +160,14 @@ pub async fn serve(
     let user = startup.user().to_string();
     // The password check of auth_type/auth_file, exactly as for a pooled database,
     // and within client_login_timeout like it (the session after it is not).
-    let auth = crate::session::authenticate(client, out, rt, &user, ADMIN_DATABASE, origin);
+    let auth = crate::session::authenticate(
+        client,
+        out,
+        rt.session_context(),
+        &user,
+        ADMIN_DATABASE,
+        origin,
+    );
     let authenticated = match login_deadline {
         Some(d) => match tokio::time::timeout_at(d, auth).await {
             Ok(r) => r,
@@ -220,7 +239,7 @@ async fn welcome(
     for (name, value) in params {
         send(out, &ParameterStatus::new(name, value)).await?;
     }
-    let (pid, key, _slot) = rt.register_client();
+    let (pid, key, _slot) = rt.session_context().cancels.register();
     send(out, &BackendKeyData::new(pid, key)).await?;
     ready(out).await
 }
