@@ -2,7 +2,7 @@
 //! BackendKeyData, and where a CancelRequest carrying it goes — the server backend the
 //! client is attached to now.
 
-use crate::client::current_client;
+use crate::client::ClientInfo;
 use crate::server::{CancelInFlight, CancelsInFlight, ServerTarget};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -46,8 +46,8 @@ impl Default for CancelRegistry {
 
 impl CancelRegistry {
     /// A fresh (process id, secret key) for a client's BackendKeyData, registered so a
-    /// CancelRequest carrying it finds the client's server.
-    pub fn register(&self) -> (i32, u32, CancelSlot) {
+    /// CancelRequest carrying it finds the client's server; `client` shows it.
+    pub fn register(&self, client: &ClientInfo) -> (i32, u32, CancelSlot) {
         let slot: CancelSlot = Arc::new(Mutex::new(None));
         let mut cancels = lock(&self.cancels);
         loop {
@@ -55,9 +55,7 @@ impl CancelRegistry {
             let key = rand::random::<u32>();
             if let std::collections::hash_map::Entry::Vacant(e) = cancels.entry((pid, key)) {
                 e.insert(slot.clone());
-                if let Some(c) = current_client() {
-                    c.set_cancel_key(pid, key);
-                }
+                client.set_cancel_key(pid, key);
                 return (pid, key, slot);
             }
         }

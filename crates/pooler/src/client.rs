@@ -10,16 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-tokio::task_local! {
-    /// The client whose session runs in this task.
-    pub static CURRENT_CLIENT: Arc<ClientInfo>;
-}
-
-/// The client whose session runs in this task, if any.
-pub fn current_client() -> Option<Arc<ClientInfo>> {
-    CURRENT_CLIENT.try_with(|c| c.clone()).ok()
-}
-
 /// Where a client is, in `SHOW CLIENTS`' words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientState {
@@ -251,12 +241,10 @@ pub fn count_error(database: &str, user: &str, kind: ErrorKind) {
         .or_default() += 1;
 }
 
-/// Count an error of the client whose session runs in this task (labelled with the
-/// pool it uses; nothing when it has none yet).
-pub fn count_client_error(kind: ErrorKind) {
-    let Some(view) = current_client().map(|c| c.view()) else {
-        return;
-    };
+/// Count an error of `client` (labelled with the pool it uses; nothing when it has none
+/// yet).
+pub fn count_client_error(client: &ClientInfo, kind: ErrorKind) {
+    let view = client.view();
     if let (Some(database), Some(user)) = (view.database, view.user) {
         count_error(&database, &user, kind);
     }

@@ -302,8 +302,7 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Run a client's session in its own task, as [`crate::client::CURRENT_CLIENT`], until it
-/// leaves, is killed or parks; a client of the admin console is served by the console
+/// Run a client's session in its own task until it leaves, is killed or parks; a client of the admin console is served by the console
 /// in the same task.
 fn spawn_client(
     runtime: Arc<Runtime>,
@@ -313,7 +312,6 @@ fn spawn_client(
 ) {
     tokio::spawn(async move {
         let peer = client.peer;
-        let session = crate::client::CURRENT_CLIENT.scope(client.clone(), session);
         // KILL drops the session: its sockets close, a held server is closed and its
         // slot freed.
         let ended = tokio::select! {
@@ -327,8 +325,7 @@ fn spawn_client(
             Ended::Parked(session) => session,
             Ended::Console(console) => {
                 // Boxed, as the session's login was: the task stays small for others.
-                let console = Box::pin(admin::serve(*console, &runtime));
-                let console = crate::client::CURRENT_CLIENT.scope(client.clone(), console);
+                let console = Box::pin(admin::serve(*console, &client, &runtime));
                 tokio::select! {
                     _ = console => {}
                     _ = client.killed_notified() => debug!(%peer, "client killed"),

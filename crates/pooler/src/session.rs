@@ -529,7 +529,7 @@ async fn login(
             Err(e) => return Err(fail(out, pool_error(&e)).await),
         },
     };
-    let (pid, key_secret, cancel) = ctx.cancels.register();
+    let (pid, key_secret, cancel) = ctx.cancels.register(info);
     let session = Session {
         info: info.clone(),
         user,
@@ -1317,7 +1317,7 @@ impl Session {
                 if let Err(e) = attached.conn.write_all(&batch).await {
                     self.detach();
                     self.pool.release(attached, false, Some(&self.info)).await;
-                    return Err(fail(out, server_lost(&e.to_string())).await);
+                    return Err(fail(out, server_lost(&self.info, &e.to_string())).await);
                 }
                 if gone {
                     Box::pin(self.finish(attached, flight.pending, settings)).await;
@@ -1354,7 +1354,7 @@ impl Session {
             Pump::ServerFailed(why) => {
                 self.detach();
                 self.pool.release(attached, false, Some(&self.info)).await;
-                Err(fail(out, server_lost(&why)).await)
+                Err(fail(out, server_lost(&self.info, &why)).await)
             }
         }
     }
@@ -1947,8 +1947,8 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn server_lost(why: &str) -> ErrorResponse {
+fn server_lost(client: &ClientInfo, why: &str) -> ErrorResponse {
     debug!(reason = why, "server connection lost");
-    count_client_error(ErrorKind::ServerLost);
+    count_client_error(client, ErrorKind::ServerLost);
     error(Severity::Fatal, "08006", "server conn crashed?")
 }

@@ -23,7 +23,7 @@ mod show_users;
 mod show_version;
 mod shutdown;
 
-use crate::client::current_client;
+use crate::client::ClientInfo;
 use crate::lean_writer::LeanWriter;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::runtime::Runtime;
@@ -137,7 +137,7 @@ async fn ready(out: &mut ClientWriter) -> std::io::Result<()> {
 /// Serve a client that asked for the `pgbouncer` database (handed over by its session's
 /// login), from authentication until it leaves (or `SHUTDOWN`). Errors are reported to
 /// the client where they arise.
-pub async fn serve(console: ConsoleClient, rt: &Arc<Runtime>) {
+pub async fn serve(console: ConsoleClient, me: &ClientInfo, rt: &Arc<Runtime>) {
     let ConsoleClient {
         mut client,
         mut out,
@@ -145,13 +145,23 @@ pub async fn serve(console: ConsoleClient, rt: &Arc<Runtime>) {
         startup,
         login_deadline,
     } = console;
-    serve_console(&mut client, &mut out, origin, rt, &startup, login_deadline).await
+    serve_console(
+        &mut client,
+        &mut out,
+        origin,
+        me,
+        rt,
+        &startup,
+        login_deadline,
+    )
+    .await
 }
 
 async fn serve_console(
     client: &mut ClientReader,
     out: &mut ClientWriter,
     origin: Origin,
+    me: &ClientInfo,
     rt: &Arc<Runtime>,
     startup: &StartupMessage,
     login_deadline: Option<tokio::time::Instant>,
@@ -199,7 +209,7 @@ async fn serve_console(
         }
         return;
     };
-    if let Err(e) = welcome(out, rt, &user, startup).await {
+    if let Err(e) = welcome(out, me, rt, &user, startup).await {
         debug!(%peer, error = %e, "admin console client gone");
         return;
     }
@@ -212,18 +222,17 @@ async fn serve_console(
 /// AuthenticationOk, the console's ParameterStatus set, BackendKeyData, ReadyForQuery.
 async fn welcome(
     out: &mut ClientWriter,
+    me: &ClientInfo,
     rt: &Runtime,
     user: &str,
     startup: &StartupMessage,
 ) -> std::io::Result<()> {
     let application_name = startup.application_name().unwrap_or("");
-    if let Some(me) = current_client() {
-        me.set_login(
-            user,
-            ADMIN_DATABASE,
-            Some(application_name).filter(|a| !a.is_empty()),
-        );
-    }
+    me.set_login(
+        user,
+        ADMIN_DATABASE,
+        Some(application_name).filter(|a| !a.is_empty()),
+    );
     send(out, &Authentication::Ok).await?;
     let server_version = format!("{PGBOUNCER_VERSION}/pgherd");
     let params = [
@@ -239,7 +248,7 @@ async fn welcome(
     for (name, value) in params {
         send(out, &ParameterStatus::new(name, value)).await?;
     }
-    let (pid, key, _slot) = rt.session_context().cancels.register();
+    let (pid, key, _slot) = rt.session_context().cancels.register(me);
     send(out, &BackendKeyData::new(pid, key)).await?;
     ready(out).await
 }

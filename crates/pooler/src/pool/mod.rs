@@ -379,7 +379,8 @@ static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A server connection with its registry entry: what the queue holds and hands out.
 struct Pooled {
-    conn: ServerConnection,
+    /// Boxed: it moves between the queue, a grant and a lease on every transaction.
+    conn: Box<ServerConnection>,
     ticket: ServerTicket,
 }
 
@@ -552,7 +553,7 @@ impl Drop for FlagGuard<'_> {
 /// instead (the client was killed), the connection closes and its room in the pool is
 /// free again.
 pub struct Lease {
-    pub conn: ServerConnection,
+    pub conn: Box<ServerConnection>,
     pub acquired_at: Instant,
     ticket: ServerTicket,
     lent: LentSlot,
@@ -1083,7 +1084,10 @@ impl Pool {
                 lock(&self.login_failure).take();
                 debug!(pool = ?self.key, server = conn.id(), "new server connection");
                 let ticket = self.register(&conn, permits);
-                Ok(Pooled { conn, ticket })
+                Ok(Pooled {
+                    conn: Box::new(conn),
+                    ticket,
+                })
             }
             Err(e) => {
                 warn!(pool = ?self.key, error = %e, retry_after = ?self.limits().server_login_retry,
