@@ -359,7 +359,11 @@ impl ServerTicket {
 
     /// Listed as `state` (lent to client `link`, if known) from now on.
     fn set_state(&self, state: ServerState, link: Option<u64>) {
-        let now = Instant::now();
+        self.set_state_at(state, link, Instant::now());
+    }
+
+    /// [`ServerTicket::set_state`] with the time already read.
+    fn set_state_at(&self, state: ServerState, link: Option<u64>, now: Instant) {
         self.update(|s| {
             s.state = state;
             s.since = now;
@@ -438,6 +442,8 @@ pub struct Pool {
     filling: AtomicBool,
     /// The last failed server login and when it happened (`server_login_retry`).
     login_failure: Mutex<Option<(Instant, ServerError)>>,
+    /// `login_failure` holds a failure (read on every hand-off without the lock).
+    login_failed: AtomicBool,
     /// The server's ParameterStatus values from this pool's first login: what later
     /// clients are welcomed with, so logging in needs no free server (PgBouncer too).
     welcome: Mutex<Option<Vec<(String, String)>>>,
@@ -692,6 +698,7 @@ impl Pool {
             used: AtomicBool::new(false),
             filling: AtomicBool::new(false),
             login_failure: Mutex::new(None),
+            login_failed: AtomicBool::new(false),
             welcome: Mutex::new(None),
         });
         for limit in [&pool.db_limit, &pool.user_limit].into_iter().flatten() {
@@ -844,9 +851,17 @@ impl Pool {
         &self,
         f: impl FnOnce(&mut PoolQueue, &mut Env<'_, Pooled, Permits>, &mut Outcome<Pooled>) -> R,
     ) -> (R, bool) {
+        self.with_queue_at(Instant::now(), f)
+    }
+
+    /// [`Pool::with_queue`] with the time already read.
+    fn with_queue_at<R>(
+        &self,
+        now: Instant,
+        f: impl FnOnce(&mut PoolQueue, &mut Env<'_, Pooled, Permits>, &mut Outcome<Pooled>) -> R,
+    ) -> (R, bool) {
         let limits = self.limits();
         let generation = self.generation();
-        let now = Instant::now();
         let capacity = Capacity {
             pool_size: limits.pool_size,
             reserve_pool_size: limits.reserve_pool_size,
@@ -910,11 +925,12 @@ impl Pool {
             let _waiting = Waiting::new(&self.stats.clients_waiting);
             self.obtain(started).await
         };
-        let waited_for = started.elapsed();
-        let Pooled { conn, ticket } = match obtained {
-            Ok(p) => p,
+        let (Pooled { conn, ticket }, now) = match obtained {
+            // Served at once: no second clock read.
+            Ok((p, false)) => (p, started),
+            Ok((p, true)) => (p, Instant::now()),
             Err(e) => {
-                self.stats.wait_histogram.observe(waited_for);
+                self.stats.wait_histogram.observe(started.elapsed());
                 self.stats.count_error(&e);
                 if let Some(c) = client {
                     c.set_state(ClientState::Active);
@@ -922,6 +938,7 @@ impl Pool {
                 return Err(e);
             }
         };
+        let waited_for = now.saturating_duration_since(started);
         self.stats.wait_histogram.observe(waited_for);
         let waited = waited_for.as_micros() as u64;
         self.stats
@@ -931,22 +948,23 @@ impl Pool {
         self.stats
             .server_assignments
             .fetch_add(1, Ordering::Relaxed);
-        ticket.set_state(ServerState::Active, client.map(|c| c.id));
+        ticket.set_state_at(ServerState::Active, client.map(|c| c.id), now);
         if let Some(c) = client {
             c.set_state(ClientState::Active);
             c.set_link(Some(ticket.id));
         }
         Ok(Lease {
             conn,
-            acquired_at: Instant::now(),
+            acquired_at: now,
             ticket,
             lent: LentSlot(Some(self.clone())),
         })
     }
 
     /// Wait for a grant and turn it into a server: check an idle one that sat past
-    /// `server_check_delay`, or log in a new one.
-    async fn obtain(&self, started: Instant) -> Result<Pooled, PoolError> {
+    /// `server_check_delay`, or log in a new one. `true` with it: that took time (a
+    /// wait, a check or a login).
+    async fn obtain(&self, started: Instant) -> Result<(Pooled, bool), PoolError> {
         let limits = self.limits();
         let deadline = limits.query_wait_timeout.map(|t| started + t);
         let reserve_at = (limits.reserve_pool_size > 0)
@@ -954,9 +972,10 @@ impl Pool {
         // Each pass ends with a server, an error, or a server closed that failed its
         // check (bounded by the pool's servers); and all passes by `deadline`.
         for _ in 0..MAX_CHECK_FAILURES {
-            match self.wait_grant(reserve_at, deadline).await? {
+            let (grant, queued) = self.wait_grant(started, reserve_at, deadline).await?;
+            match grant {
                 Grant::Server(mut p, since) => {
-                    if since.elapsed() >= limits.server_check_delay {
+                    if started.saturating_duration_since(since) >= limits.server_check_delay {
                         if let Some(q) = &limits.server_check_query {
                             if let Err(e) = p.conn.simple_query(q).await {
                                 debug!(pool = ?self.key, server = p.conn.id(), error = %e,
@@ -965,9 +984,10 @@ impl Pool {
                                 close_in_background(vec![p]);
                                 continue;
                             }
+                            return Ok((p, true));
                         }
                     }
-                    return Ok(p);
+                    return Ok((p, queued));
                 }
                 Grant::Login(permits) => {
                     let mut slot = LoginSlot {
@@ -980,7 +1000,7 @@ impl Pool {
                     let p = Box::pin(self.connect_new(permits)).await?;
                     slot.armed = false;
                     self.with_queue(|q, env, out| q.login_done(true, env, out));
-                    return Ok(p);
+                    return Ok((p, true));
                 }
                 Grant::LoginFailing => {
                     return Err(match self.login_retry_pending() {
@@ -1000,12 +1020,14 @@ impl Pool {
     /// another pool's idle servers, one of which is then closed).
     async fn wait_grant(
         &self,
+        now: Instant,
         reserve_at: Option<Instant>,
         deadline: Option<Instant>,
-    ) -> Result<Grant<Pooled, Permits>, PoolError> {
-        let (asked, mut limit_full) = self.with_queue(|q, env, out| q.ask(reserve_at, env, out));
+    ) -> Result<(Grant<Pooled, Permits>, bool), PoolError> {
+        let (asked, mut limit_full) =
+            self.with_queue_at(now, |q, env, out| q.ask(reserve_at, env, out));
         let id = match asked {
-            Ok(grant) => return Ok(grant),
+            Ok(grant) => return Ok((grant, false)),
             Err(id) => id,
         };
         let mut ticket = WaitTicket {
@@ -1024,7 +1046,7 @@ impl Pool {
                 }
             }
             tokio::select! {
-                grant = std::future::poll_fn(|cx| ticket.poll_grant(cx)) => return Ok(grant),
+                grant = std::future::poll_fn(|cx| ticket.poll_grant(cx)) => return Ok((grant, true)),
                 _ = sleep_until(reserve_pending) => reserve_pending = None,
                 _ = limit_changed(&mut db_rx) => {}
                 _ = limit_changed(&mut user_rx) => {}
@@ -1081,7 +1103,9 @@ impl Pool {
         drop(connecting);
         match conn {
             Ok(conn) => {
-                lock(&self.login_failure).take();
+                if self.login_failed.swap(false, Ordering::Relaxed) {
+                    lock(&self.login_failure).take();
+                }
                 debug!(pool = ?self.key, server = conn.id(), "new server connection");
                 let ticket = self.register(&conn, permits);
                 Ok(Pooled {
@@ -1093,6 +1117,7 @@ impl Pool {
                 warn!(pool = ?self.key, error = %e, retry_after = ?self.limits().server_login_retry,
                     "server login failed");
                 *lock(&self.login_failure) = Some((Instant::now(), replay(&e)));
+                self.login_failed.store(true, Ordering::Relaxed);
                 Err(e.into())
             }
         }
@@ -1115,9 +1140,10 @@ impl Pool {
 
     /// [`Pool::login_retry_wait`] at `now`, without copying the failure.
     fn login_retrying(&self, now: Instant) -> bool {
-        lock(&self.login_failure)
-            .as_ref()
-            .is_some_and(|(at, _)| now < *at + self.limits().server_login_retry)
+        self.login_failed.load(Ordering::Relaxed)
+            && lock(&self.login_failure)
+                .as_ref()
+                .is_some_and(|(at, _)| now < *at + self.limits().server_login_retry)
     }
 
     fn register(&self, conn: &ServerConnection, permits: Permits) -> ServerTicket {
@@ -1168,10 +1194,10 @@ impl Pool {
         let cancels_done =
             !conn.cancels().pending() || Box::pin(conn.cancels().wait_done(CANCEL_WAIT)).await;
         if reusable && cancels_done && !conn.is_broken() && !stale {
-            conn.touch();
-            ticket.set_state(ServerState::Idle, None);
+            let now = conn.touch();
+            ticket.set_state_at(ServerState::Idle, None, now);
             let server = Pooled { conn, ticket };
-            self.with_queue(|q, env, out| q.give_back(server, env, out));
+            self.with_queue_at(now, |q, env, out| q.give_back(server, env, out));
             self.bump_full_limits();
         } else {
             self.with_queue(|q, env, out| q.lent_gone(env, out));

@@ -454,9 +454,11 @@ impl ServerConnection {
         self.last_used
     }
 
-    /// Mark the connection as used now (for `server_idle_timeout` and `SHOW SERVERS`).
-    pub fn touch(&mut self) {
+    /// Mark the connection as used now (for `server_idle_timeout` and `SHOW SERVERS`);
+    /// returns that time.
+    pub fn touch(&mut self) -> Instant {
         self.last_used = Instant::now();
+        self.last_used
     }
 
     /// The server's address.
