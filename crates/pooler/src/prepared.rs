@@ -118,12 +118,39 @@ pub fn is_plain(tag: u8, body: &[u8]) -> bool {
     }
 }
 
-impl Responses {
-    /// A plain message ([`is_plain`]) went to the server as it was.
-    pub fn note_plain(&mut self, tag: u8) {
-        if !matches!(tag, b'H' | b'd' | b'c' | b'f') {
-            self.forward_plain(tag);
+/// The answers a batch of plain messages owes, in the form [`Responses`] counts them
+/// while nothing is tracked: ReadyForQuery answers, and the types of the messages
+/// after the last Sync, Query or FunctionCall (usually none).
+#[derive(Debug, Default)]
+pub struct PlainAnswers {
+    ready: usize,
+    unsynced: Vec<u8>,
+}
+
+impl PlainAnswers {
+    /// One more plain message, in order.
+    pub fn note(&mut self, tag: u8) {
+        if matches!(tag, b'H' | b'd' | b'c' | b'f') {
+            // Flush and the COPY stream get no answer of their own.
+        } else if ends_with_ready(tag) {
+            self.ready += 1;
+            self.unsynced.clear();
+        } else {
+            self.unsynced.push(tag);
         }
+    }
+}
+
+impl Responses {
+    /// A batch of plain messages ([`is_plain`]) went to the server as it was, while
+    /// [`Responses::passes_everything`]: counted, as each would be on its own.
+    pub fn note_plain_batch(&mut self, answers: &PlainAnswers) {
+        debug_assert!(self.passes_everything(), "a plain batch while tracking");
+        if answers.ready > 0 {
+            self.untracked_ready += answers.ready;
+            self.unsynced.clear();
+        }
+        self.unsynced.extend(answers.unsynced.iter().copied());
     }
 }
 

@@ -315,6 +315,7 @@ fn spawn_client(
         // KILL drops the session: its sockets close, a held server is closed and its
         // slot freed.
         let ended = tokio::select! {
+            biased;
             ended = session => ended,
             _ = client.killed_notified() => {
                 debug!(%peer, "client killed");

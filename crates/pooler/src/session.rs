@@ -16,7 +16,6 @@ use crate::park::Ticks;
 use crate::pool::{Lease, Pool, PoolError, PoolKey};
 use crate::pools::Pools;
 use crate::prepared::{self, ClientStatements, Responses};
-use crate::server::framed::WholeFrames;
 use crate::server::{send_cancel, FramedError, FramedReader, ServerCredential};
 use bytes::BytesMut;
 use pgherd_protocol::auth::{Md5Server, ScramServer, StoredPassword};
@@ -431,6 +430,17 @@ impl InFlight {
             }
         }
     }
+}
+
+/// The client messages [`Session::plain_batch`] found plain: their bytes, the
+/// Queries and Syncs among them, whether one drops every prepared statement
+/// (`DEALLOCATE ALL`, `DISCARD ALL`), and the answers they owe.
+#[derive(Debug, Default)]
+struct PlainBatch {
+    len: usize,
+    queries: usize,
+    drops_all: bool,
+    answers: prepared::PlainAnswers,
 }
 
 /// How [`Session::prepare_only`] left a client that started with a named Parse.
@@ -1381,8 +1391,10 @@ impl Session {
         loop {
             let (deadline, which) =
                 self.next_timeout(lease, flight.pending, sent_at, ready_at, settings);
+            // In a fixed order (no random draw per poll): the server's answers first,
+            // then the client, then the timeout.
             tokio::select! {
-                _ = sleep_until(deadline) => return Ok(Pump::Ended(which)),
+                biased;
                 ready = lease.conn.wait_frame() => {
                     if let Err(e) = ready {
                         return Ok(Pump::ServerFailed(e.to_string()));
@@ -1420,9 +1432,9 @@ impl Session {
                         }
                     }
                     // Nothing to rewrite: what arrived goes to the server as it is.
-                    if self.all_plain(client, tracking) {
+                    if let Some(batch) = self.plain_batch(client, tracking) {
                         sent_at = clock();
-                        if let Err(e) = self.send_plain(client, tracking, lease, flight).await {
+                        if let Err(e) = self.send_plain(batch, client, tracking, lease, flight).await {
                             return Ok(Pump::ServerFailed(e));
                         }
                         continue;
@@ -1450,6 +1462,7 @@ impl Session {
                     self.synthetic_answers(out, tracking).await?;
                     out.flush().await?;
                 }
+                _ = sleep_until(deadline) => return Ok(Pump::Ended(which)),
             }
         }
     }
@@ -1521,57 +1534,66 @@ impl Session {
         }
     }
 
-    /// Whether every whole frame the client sent can go to the server untouched: no
-    /// prepared-statement bookkeeping is pending for this client and none of them
+    /// If every whole frame the client sent can go to the server untouched — no
+    /// prepared-statement bookkeeping is pending for this client, and none of them
     /// names a statement, is a Terminate, or is a SQL `PREPARE` that transaction mode
-    /// refuses.
-    fn all_plain(&self, client: &ClientReader, tracking: &Option<Box<Tracking>>) -> bool {
+    /// refuses — what they are, found in one pass.
+    fn plain_batch(
+        &self,
+        client: &ClientReader,
+        tracking: &Option<Box<Tracking>>,
+    ) -> Option<PlainBatch> {
         if tracking
             .as_ref()
             .is_some_and(|t| !t.responses.passes_everything())
         {
-            return false;
+            return None;
         }
-        client.whole_frames().all(|(tag, body)| {
+        let mut batch = PlainBatch::default();
+        for (tag, body) in client.whole_frames() {
+            let query = (tag == b'Q' && self.mode != PoolMode::Session)
+                .then(|| prepared::sql_prepare_kind(body.strip_suffix(b"\0").unwrap_or(body)));
             let untracked = tracking.is_none() && tag != b'X';
-            let refused = tag == b'Q'
-                && self.mode != PoolMode::Session
-                && prepared::sql_prepare_kind(body.strip_suffix(b"\0").unwrap_or(body))
-                    == prepared::SqlPrepare::Prepare;
-            (untracked || prepared::is_plain(tag, body)) && !refused
-        })
+            if !(untracked || prepared::is_plain(tag, body))
+                || query == Some(prepared::SqlPrepare::Prepare)
+            {
+                return None;
+            }
+            batch.len += 5 + body.len();
+            batch.queries += ready_for_queries_expected(tag);
+            batch.drops_all |= query == Some(prepared::SqlPrepare::DropsAll);
+            batch.answers.note(tag);
+        }
+        Some(batch)
     }
 
-    /// Send every whole frame the client sent to the server in one write, as it is
-    /// ([`Session::all_plain`] said so), counting what each owes. `Err`: the server
-    /// connection failed.
+    /// Send the client's frames that [`Session::plain_batch`] looked at to the server
+    /// in one write, as they are, counting what they owe. `Err`: the server connection
+    /// failed.
     async fn send_plain(
         &self,
+        batch: PlainBatch,
         client: &mut ClientReader,
         tracking: &mut Option<Box<Tracking>>,
         lease: &mut Lease,
         flight: &mut InFlight,
     ) -> Result<(), String> {
-        let span = client.take_whole_frames().map_err(|e| e.to_string())?;
+        let span = client.take_bytes(batch.len);
         let stats = &self.pool.stats;
         stats
             .total_received
             .fetch_add(span.len() as u64, Ordering::Relaxed);
-        for (tag, body) in WholeFrames::new(&span, FrameDecoder::frontend()) {
-            let expected = ready_for_queries_expected(tag);
-            flight.sent(expected);
-            if expected > 0 {
-                stats.total_query_count.fetch_add(1, Ordering::Relaxed);
-            }
-            if tag == b'Q' && self.mode != PoolMode::Session {
-                let query = body.strip_suffix(b"\0").unwrap_or(body);
-                if prepared::sql_prepare_kind(query) == prepared::SqlPrepare::DropsAll {
-                    lease.conn.prepared_statements().clear();
-                }
-            }
-            if let Some(t) = tracking.as_deref_mut() {
-                t.responses.note_plain(tag);
-            }
+        if batch.queries > 0 {
+            flight.sent(batch.queries);
+            stats
+                .total_query_count
+                .fetch_add(batch.queries as u64, Ordering::Relaxed);
+        }
+        if batch.drops_all {
+            lease.conn.prepared_statements().clear();
+        }
+        if let Some(t) = tracking.as_deref_mut() {
+            t.responses.note_plain_batch(&batch.answers);
         }
         lease.conn.write_all(&span).await.map_err(|e| e.to_string())
     }

@@ -83,6 +83,46 @@ fn scram_key(key: &[u8]) -> Result<[u8; SCRAM_KEY_LEN], LoginFailure> {
     <[u8; SCRAM_KEY_LEN]>::try_from(key).map_err(|_| LoginFailure::InvalidScramKeys)
 }
 
+/// What a connection records from a server frame on its way to the client: the
+/// transaction status (ReadyForQuery), parameter changes, and that a FATAL error
+/// broke it. A malformed frame breaks it too.
+fn observe_frame(
+    tag: u8,
+    body: &[u8],
+    transaction_status: &mut Option<TransactionStatus>,
+    parameters: &mut Vec<(String, String)>,
+    broken: &mut bool,
+    peer: &Peer,
+    id: u64,
+) -> Result<(), ServerError> {
+    let mut violation = |e: ProtocolError| {
+        *broken = true;
+        ServerError::Protocol(e)
+    };
+    match tag {
+        ReadyForQuery::TAG => {
+            let z = ReadyForQuery::decode(body).map_err(&mut violation)?;
+            *transaction_status = Some(z.status);
+        }
+        ParameterStatus::TAG => {
+            let p = ParameterStatus::decode(body).map_err(&mut violation)?;
+            match parameters.iter_mut().find(|(n, _)| *n == p.name) {
+                Some(slot) => slot.1 = p.value,
+                None => parameters.push((p.name, p.value)),
+            }
+        }
+        ErrorResponse::TAG => {
+            let e = ErrorResponse::decode(body).map_err(&mut violation)?;
+            if is_fatal(&e) {
+                tracing::debug!(server = %peer, id, error = %e, "server reported a fatal error");
+                *broken = true;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn is_fatal(e: &ErrorResponse) -> bool {
     matches!(e.severity(), Some("FATAL") | Some("PANIC"))
 }
@@ -541,27 +581,21 @@ impl ServerConnection {
         &mut self,
         mut each: impl FnMut(u8, &[u8]),
     ) -> Result<BytesMut, ServerError> {
-        let span = match self.reader.take_whole_frames() {
-            Ok(span) => span,
-            Err(e) => {
-                self.broken = true;
-                return Err(e.into());
-            }
-        };
-        // The frames were checked whole: each header's length fits in the span.
-        let mut at = 0;
-        while at + 5 <= span.len() {
-            let tag = span[at];
-            let len = u32::from_be_bytes([span[at + 1], span[at + 2], span[at + 3], span[at + 4]]);
-            let end = at + 1 + len as usize;
-            let Some(body) = span.get(at + 5..end) else {
-                break;
-            };
-            self.observe(tag, body)?;
+        let (status, parameters, broken) = (
+            &mut self.transaction_status,
+            &mut self.parameters,
+            &mut self.broken,
+        );
+        let (peer, id) = (&self.peer, self.id);
+        let taken = self.reader.take_whole_frames_with(|tag, body| {
+            observe_frame(tag, body, status, parameters, broken, peer, id)?;
             each(tag, body);
-            at = end;
+            Ok::<_, ServerError>(())
+        });
+        if taken.is_err() {
+            self.broken = true;
         }
-        Ok(span)
+        taken
     }
 
     /// The next frame already received, without waiting for the socket (see
@@ -580,29 +614,15 @@ impl ServerConnection {
     }
 
     fn observe(&mut self, tag: u8, body: &[u8]) -> Result<(), ServerError> {
-        match tag {
-            ReadyForQuery::TAG => {
-                let z = ReadyForQuery::decode(body).map_err(|e| self.violation(e))?;
-                self.transaction_status = Some(z.status);
-            }
-            ParameterStatus::TAG => {
-                let p = ParameterStatus::decode(body).map_err(|e| self.violation(e))?;
-                match self.parameters.iter_mut().find(|(n, _)| *n == p.name) {
-                    Some(slot) => slot.1 = p.value,
-                    None => self.parameters.push((p.name, p.value)),
-                }
-            }
-            ErrorResponse::TAG => {
-                let e = ErrorResponse::decode(body).map_err(|e| self.violation(e))?;
-                if is_fatal(&e) {
-                    tracing::debug!(server = %self.peer, id = self.id, error = %e,
-                        "server reported a fatal error");
-                    self.broken = true;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
+        observe_frame(
+            tag,
+            body,
+            &mut self.transaction_status,
+            &mut self.parameters,
+            &mut self.broken,
+            &self.peer,
+            self.id,
+        )
     }
 
     /// Transaction status from the last ReadyForQuery (`Idle` right after login).

@@ -126,15 +126,29 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
     }
 
     /// Every whole frame in the buffer, split off as one span of wire bytes (a partial
-    /// frame stays buffered): a forwarder passes them on in one write without taking
-    /// them apart.
-    pub fn take_whole_frames(&mut self) -> Result<BytesMut, FramedError> {
+    /// frame stays buffered), showing `each` every frame's type and body on the way
+    /// (one pass): a forwarder passes them on in one write without taking them apart.
+    /// An error from `each` stops there and takes nothing.
+    pub fn take_whole_frames_with<E: From<FramedError>>(
+        &mut self,
+        mut each: impl FnMut(u8, &[u8]) -> Result<(), E>,
+    ) -> Result<BytesMut, E> {
         let mut end = 0;
         // Each pass moves past one whole frame; bounded by the buffer.
-        while let FrameLen::Whole(len) = self.decoder.frame_len(&self.buf[end..])? {
+        while let FrameLen::Whole(len) = self
+            .decoder
+            .frame_len(&self.buf[end..])
+            .map_err(FramedError::from)?
+        {
+            each(self.buf[end], &self.buf[end + 5..end + len])?;
             end += len;
         }
         Ok(self.buf.split_to(end))
+    }
+
+    /// The first `len` buffered bytes (whole frames the caller has looked at).
+    pub fn take_bytes(&mut self, len: usize) -> BytesMut {
+        self.buf.split_to(len.min(self.buf.len()))
     }
 
     /// The next startup-phase packet (StartupMessage, SSLRequest, GSSENCRequest,
@@ -194,13 +208,6 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
 pub struct WholeFrames<'a> {
     buf: &'a [u8],
     decoder: FrameDecoder,
-}
-
-impl<'a> WholeFrames<'a> {
-    /// The whole frames at the start of `buf`.
-    pub fn new(buf: &'a [u8], decoder: FrameDecoder) -> Self {
-        WholeFrames { buf, decoder }
-    }
 }
 
 impl<'a> Iterator for WholeFrames<'a> {
