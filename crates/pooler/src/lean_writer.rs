@@ -29,6 +29,16 @@ impl<W: AsyncWrite + Unpin> LeanWriter<W> {
         }
     }
 
+    /// Write all of `data`: straight to the inner writer when nothing is buffered (no
+    /// copy, no buffer), else after what is. For a caller that flushes right after.
+    pub async fn write_through(&mut self, data: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if self.written >= self.buf.len() {
+            return self.inner.write_all(data).await;
+        }
+        self.write_all(data).await
+    }
+
     /// The inner writer, once everything buffered has gone out (`None` otherwise: the
     /// unsent bytes would be lost).
     pub fn into_inner(self) -> Option<W> {
@@ -105,5 +115,23 @@ mod tests {
         b.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..11], b"hello world");
         assert!(got[11..].iter().all(|&c| c == b'x'));
+    }
+
+    #[tokio::test]
+    async fn write_through_keeps_the_order_of_what_is_buffered() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut w = LeanWriter::with_capacity(16, a);
+        w.write_through(b"first ").await.unwrap();
+        assert_eq!(
+            w.buf.capacity(),
+            0,
+            "nothing buffered: written straight through"
+        );
+        w.write_all(b"second ").await.unwrap();
+        w.write_through(b"third").await.unwrap();
+        w.flush().await.unwrap();
+        let mut got = vec![0u8; 18];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"first second third");
     }
 }

@@ -1502,7 +1502,8 @@ impl Session {
                 .total_xact_count
                 .fetch_add(transactions, Ordering::Relaxed);
         }
-        out.write_all(&span).await?;
+        // Flushed right after: no need to copy it into the write buffer first.
+        out.write_through(&span).await?;
         Ok(Ok((idle, saw_ready)))
     }
 
