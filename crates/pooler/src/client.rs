@@ -4,10 +4,12 @@
 //! and `/metrics` read it.
 
 use crate::net::Peer;
+use futures::task::AtomicWaker;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
 /// Where a client is, in `SHOW CLIENTS`' words.
@@ -49,10 +51,10 @@ pub struct ClientInfo {
     pub local_addr: Option<SocketAddr>,
     pub connect_time: SystemTime,
     view: Mutex<ClientView>,
-    /// `KILL` wakes the session's task, which then drops the session. (A Notify: a
-    /// watch channel would cost every idle client a few hundred bytes.)
-    kill_notify: tokio::sync::Notify,
-    /// `KILL` was asked (seen by a session about to park).
+    /// `KILL` wakes the session's task, which then drops the session. (One waker,
+    /// checked on every poll of the session's task without a lock.)
+    kill_waker: AtomicWaker,
+    /// `KILL` was asked (also seen by a session about to park).
     killed: AtomicBool,
 }
 
@@ -75,7 +77,7 @@ impl ClientInfo {
                 cancel_key: None,
                 tls: String::new(),
             }),
-            kill_notify: tokio::sync::Notify::new(),
+            kill_waker: AtomicWaker::new(),
             killed: AtomicBool::new(false),
         }
     }
@@ -139,20 +141,32 @@ impl ClientInfo {
 
     /// Whether `KILL` was asked for this client.
     pub fn is_killed(&self) -> bool {
-        self.killed.load(Ordering::Relaxed)
+        self.killed.load(Ordering::Acquire)
     }
 
-    /// Resolves when `KILL` is asked (or was, before this was first polled).
-    pub async fn killed_notified(&self) {
-        self.kill_notify.notified().await
+    /// Resolves when `KILL` is asked (or was, before this was first polled). For the
+    /// client's own task: it keeps one waker.
+    pub fn killed_notified(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_killed() {
+                return Poll::Ready(());
+            }
+            self.kill_waker.register(cx.waker());
+            // A KILL between the look and the registration has woken nobody.
+            if self.is_killed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     /// End this client's session (`KILL`): its connection and any server it holds
     /// are closed.
     pub fn kill(&self) {
-        // A stored permit if the session is not waiting yet: it ends at its first wait.
-        self.killed.store(true, Ordering::Relaxed);
-        self.kill_notify.notify_one();
+        // Seen at the session's next poll if it is not waiting yet.
+        self.killed.store(true, Ordering::Release);
+        self.kill_waker.wake();
     }
 }
 
