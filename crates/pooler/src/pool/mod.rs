@@ -396,9 +396,9 @@ struct StatsWindow {
     newer: (Instant, StatsSnapshot),
 }
 
-/// Grow or shrink a slot semaphore from `from` to `to` permits. Shrinking takes the
-/// permits back as they become free: clients queue behind that (the semaphore is
-/// fair), which is what a smaller pool means.
+/// Grow or shrink a shared limit's semaphore from `from` to `to` permits. Shrinking
+/// takes the permits back as connections close: new logins wait behind that, which is
+/// what a smaller limit means.
 fn resize(slots: &Arc<Semaphore>, from: usize, to: usize) {
     if to > from {
         slots.add_permits(to - from);
