@@ -1083,7 +1083,6 @@ fn server_credential(
 fn pool_error(e: &PoolError) -> ErrorResponse {
     match e {
         PoolError::WaitTimeout => error(Severity::Fatal, "08P01", "query_wait_timeout"),
-        PoolError::Closed => error(Severity::Fatal, "57P01", "pooler is shutting down"),
         PoolError::Server(s) => s.to_client_error(),
     }
 }

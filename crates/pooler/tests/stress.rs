@@ -1511,9 +1511,10 @@ async fn random_workload_with_chaos_serves_every_client_with_right_answers() {
     let mut idle = false;
     while settle.elapsed() < Duration::from_secs(10) {
         let pools = p.rt.pools();
-        if pools.iter().all(|pool| {
-            pool.stats.clients_waiting.load(Ordering::Relaxed) == 0 && pool.active() == 0
-        }) {
+        if pools
+            .iter()
+            .all(|pool| pool.waiting() == 0 && pool.active() == 0)
+        {
             idle = true;
             break;
         }
@@ -1525,7 +1526,7 @@ async fn random_workload_with_chaos_serves_every_client_with_right_answers() {
             .map(|pool| {
                 format!(
                     "waiting {}, active {}, idle {}, servers {}",
-                    pool.stats.clients_waiting.load(Ordering::Relaxed),
+                    pool.waiting(),
                     pool.active(),
                     pool.idle_count(),
                     pool.server_count()

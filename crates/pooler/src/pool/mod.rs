@@ -208,9 +208,6 @@ pub enum PoolError {
     /// Waited `query_wait_timeout` without a free slot (PgBouncer's `query_wait_timeout`).
     #[error("query_wait_timeout")]
     WaitTimeout,
-    /// The pool is being shut down.
-    #[error("pool is closed")]
-    Closed,
     #[error(transparent)]
     Server(#[from] ServerError),
 }
@@ -218,7 +215,6 @@ pub enum PoolError {
 /// Counters for `SHOW POOLS` / `SHOW STATS`.
 #[derive(Debug, Default)]
 pub struct PoolStats {
-    pub clients_waiting: AtomicUsize,
     pub max_wait_us: AtomicU64,
     pub total_wait_us: AtomicU64,
     pub total_xact_count: AtomicU64,
@@ -241,12 +237,11 @@ pub struct PoolStats {
 }
 
 impl PoolStats {
-    /// Count why a client got no server (nothing for a pool being closed).
+    /// Count why a client got no server.
     fn count_error(&self, e: &PoolError) {
         let counter = match e {
             PoolError::WaitTimeout => &self.wait_timeouts,
             PoolError::Server(_) => &self.server_login_failures,
-            PoolError::Closed => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -642,17 +637,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counts a waiting client for as long as it exists (also when the wait is abandoned).
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts a login in progress for as long as it exists (also when it is abandoned).
+struct Connecting<'a>(&'a AtomicUsize);
 
-impl<'a> Waiting<'a> {
+impl<'a> Connecting<'a> {
     fn new(counter: &'a AtomicUsize) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
-        Waiting(counter)
+        Connecting(counter)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Connecting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -921,10 +916,7 @@ impl Pool {
             c.set_pool(&self.key.database, &self.key.user);
             c.set_waiting(started);
         }
-        let obtained = {
-            let _waiting = Waiting::new(&self.stats.clients_waiting);
-            self.obtain(started).await
-        };
+        let obtained = self.obtain(started).await;
         let (Pooled { conn, ticket }, now) = match obtained {
             // Served at once: no second clock read.
             Ok((p, false)) => (p, started),
@@ -1097,7 +1089,7 @@ impl Pool {
     /// `server_login_retry`.
     async fn connect_new(&self, permits: Permits) -> Result<Pooled, PoolError> {
         self.stats.server_connects.fetch_add(1, Ordering::Relaxed);
-        let connecting = Waiting::new(&self.stats.servers_connecting);
+        let connecting = Connecting::new(&self.stats.servers_connecting);
         let target = self.target();
         let conn = ServerConnection::connect(&target).await;
         drop(connecting);
