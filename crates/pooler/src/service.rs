@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
@@ -172,6 +172,27 @@ pub struct Service {
     metrics: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
+/// A TCP listener for clients as PgBouncer makes one: up to `listen_backlog` pending
+/// connections, and with `so_reuseport = 1` other processes may listen on the same
+/// address and port (the kernel spreads new connections over them).
+fn bind_client_listener(
+    addr: SocketAddr,
+    backlog: u32,
+    reuseport: bool,
+) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
+}
+
 impl Service {
     /// Bind every listen address (failing fast with the address that is taken) and
     /// start accepting clients.
@@ -187,6 +208,8 @@ impl Service {
             .get("conffile")
             .filter(|f| !f.is_empty());
         let metrics_listen = files.config.settings.metrics_listen;
+        let backlog = files.config.settings.listen_backlog;
+        let reuseport = files.config.settings.get("so_reuseport").as_deref() == Some("1");
         let rt = Runtime::new(files.config, files.userlist, files.hba, files.tls);
         if let Some(f) = conffile {
             rt.set_config_path(Path::new(&f));
@@ -195,8 +218,7 @@ impl Service {
         let mut listeners = JoinSet::new();
         let mut bound = Vec::new();
         for addr in addrs {
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = bind_client_listener(addr, backlog, reuseport)
                 .map_err(|error| ServiceError::Listen { addr, error })?;
             let local = listener.local_addr().unwrap_or(addr);
             info!(addr = %local, "listening");

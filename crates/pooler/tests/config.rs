@@ -395,12 +395,13 @@ fn unknown_setting_warns_naming_section_and_key() {
 
 #[test]
 fn pgbouncer_settings_pgherd_does_not_act_on_are_accepted_and_shown() {
-    let loaded =
-        ini_ok("[pgbouncer]\nso_reuseport = 1\ndns_max_ttl = 15\nunix_socket_mode = 0700\n");
+    let loaded = ini_ok(
+        "[pgbouncer]\nso_reuseport = 1\ndns_max_ttl = 15\ndns_zone_check_period = 60\nunix_socket_mode = 0700\n",
+    );
     // Default value: silent. Non-default: a warning, not an error. (unix_socket_mode
-    // is acted on, on the Unix socket's file: no warning.)
+    // and so_reuseport are acted on, by the listeners: no warning.)
     let keys: Vec<_> = loaded.warnings.iter().map(|w| w.key.as_str()).collect();
-    assert_eq!(keys, vec!["pgbouncer.so_reuseport"]);
+    assert_eq!(keys, vec!["pgbouncer.dns_zone_check_period"]);
     let rows = loaded.config.show_config();
     let row = |k: &str| rows.iter().find(|r| r.key == k).expect(k).clone();
     assert_eq!(row("so_reuseport").value, "1");

@@ -524,7 +524,7 @@ pub(crate) enum Applied {
 
 /// Settings kept as text that pgherd does act on (read with [`Settings::get`] where
 /// they are used), so setting them is no reason for a warning.
-const READ_AS_TEXT: &[&str] = &["unix_socket_mode", "unix_socket_group"];
+const READ_AS_TEXT: &[&str] = &["unix_socket_mode", "unix_socket_group", "so_reuseport"];
 
 impl Settings {
     /// Set `key` (lower-case) from its text `value`, with PgBouncer's rules.
