@@ -161,6 +161,13 @@ impl ClientInfo {
         })
     }
 
+    /// Drop the waker of a task that is ending (the session parks): a registered waker
+    /// keeps the whole finished task allocated for as long as the client stays parked.
+    /// A `KILL` after this is still seen by the parker, through [`Self::is_killed`].
+    pub fn forget_kill_waker(&self) {
+        drop(self.kill_waker.take());
+    }
+
     /// End this client's session (`KILL`): its connection and any server it holds
     /// are closed.
     pub fn kill(&self) {
@@ -272,4 +279,43 @@ pub fn client_errors() -> Vec<(ErrorKey, u64)> {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A plain record, consistent between statements: a poisoned lock is still usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::task::{Context, Wake, Waker};
+
+    struct CountingWaker;
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn a_parking_client_lets_go_of_its_tasks_waker_and_a_later_kill_is_still_seen() {
+        let client = ClientInfo::new(1, Peer::Unix { port: 6432 }, None);
+        let task = Arc::new(CountingWaker);
+        let waker = Waker::from(task.clone());
+        let mut wait = Box::pin(client.killed_notified());
+        assert!(wait
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        drop(wait);
+        drop(waker);
+        assert_eq!(
+            Arc::strong_count(&task),
+            2,
+            "the registered waker holds the task"
+        );
+        client.forget_kill_waker();
+        assert_eq!(
+            Arc::strong_count(&task),
+            1,
+            "nothing holds the task any more"
+        );
+        client.kill();
+        assert!(client.is_killed());
+    }
 }

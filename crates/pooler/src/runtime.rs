@@ -348,6 +348,7 @@ fn spawn_client(
             return;
         };
         let id = client.id;
+        client.forget_kill_waker();
         drop(client);
         let parked = ParkedClient { session, slot };
         match parker.park(parked) {
