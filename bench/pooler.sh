@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# Pooler throughput, latency and memory: PostgreSQL direct vs PgBouncer vs `pgherd pooler`.
+# Pooler throughput, latency, CPU and memory: `pgherd pooler` vs PgBouncer (and, with
+# --only, PostgreSQL direct).
 #
-# Starts one throwaway PostgreSQL 15 on a free loopback port (max_connections 600,
+# Starts one throwaway PostgreSQL 15 on a free loopback port (max_connections 1600,
 # shared_buffers 128MB, everything else default), a role with a SCRAM password and
-# `pgbench -i -s 10`. Both poolers read the same pgbouncer.ini (transaction mode,
-# default_pool_size 20, auth_type scram-sha-256 against a userlist.txt holding the role's
-# SCRAM verifier, max_client_conn 11000, listen_backlog 4096); only the port differs.
-# Then, one run after the other on that PostgreSQL (per row: direct, PgBouncer, pgherd):
-#   pgbench -S and the TPC-B-like script, -M extended, -c 50 and -c 500, -j 2 -T 30,
-#   and one -S -M prepared -c 50 row (named statements across transactions);
-# and, each with a freshly started pooler, the RSS (VmRSS) growth while it holds 1,000
-# and 10,000 logged-in idle clients. Prints tps, mean latency, bytes per idle client,
-# pgherd/PgBouncer ratios and PASS/MISS against issue #3's targets.
+# `pgbench -i -s 10`. Each pooler runs twice, from one pgbouncer.ini per pool mode that
+# both read (auth_type scram-sha-256 against a userlist.txt holding the role's SCRAM
+# verifier, max_client_conn 11000, listen_backlog 4096, max_prepared_statements 200):
+# `pool_mode = transaction` with default_pool_size 20, and `pool_mode = session` with
+# default_pool_size 500 (a session holds its server, so every client needs one). All
+# four start once and serve every run: long-lived, as users run them.
+# Rows (pgbench -j 2 -T S): -S and the TPC-B-like script at -c 20, 50, 80 and 500, in
+# transaction mode with -M extended and -M prepared (named statements across
+# transactions) and in session mode with -M extended. Each round runs every row against
+# each target, one after the other, so load from the rest of the machine hits them alike;
+# the report shows every round and the median of the rounds. Then, each with a freshly
+# started pooler, the RSS (VmRSS) growth while it holds 1,000 and 10,000 logged-in idle
+# clients.
 #
-# Usage: bench/pooler.sh [--quick] [--only LIST] [--time S] [--rev REV | --pgherd-bin PATH]
+# Usage: bench/pooler.sh [--quick] [--rounds N] [--only LIST] [--time S]
+#                         [--rev REV | --pgherd-bin PATH] [--pgbouncer auto|debian|source|PATH]
 #                         [--perf] [--keep]
-#   --quick      -T 5, -c 50 only, 1,000 idle clients only (~1.5 min once built)
-#   --only LIST  comma-separated subset of direct,pgbouncer,pgherd (default: all three)
-#   --time S     seconds per pgbench run (default 30, 5 with --quick)
+#   --quick      1 round, -T 5, transaction-mode -c 50 rows only, 1,000 idle clients only
+#   --rounds N   rounds of all rows (default 3)
+#   --only LIST  comma-separated subset of direct,pgbouncer,pgherd (default: pgbouncer,pgherd)
+#   --time S     seconds per pgbench run (default 20, 5 with --quick)
 #   --rev REV    benchmark commit REV (built from `git archive` under /var/tmp/pgherd-bench-src,
 #                kept there as a cache) instead of the working tree
 #   --pgherd-bin PATH  use this pgherd binary, build nothing
-#   --perf       perf record pgherd during its pgbench runs; print the top symbols
+#   --pgbouncer  which PgBouncer: auto (default: Debian's if 1.21+, else 1.24.1 built from
+#                Debian's source, see bench/lib.sh), debian, source, or a path
+#   --perf       perf record pgherd during its round-1 runs; print the top symbols
 #   --keep       keep the work directory (configs, logs, pgbench output) on exit
 # Runs as root (PostgreSQL and PgBouncer run as the `postgres` OS user).
 set -euo pipefail
@@ -29,8 +38,10 @@ set -euo pipefail
 QUICK=0
 KEEP=0
 PERF=0
-ONLY="direct,pgbouncer,pgherd"
+ONLY="pgbouncer,pgherd"
 DURATION=""
+ROUNDS=""
+BOUNCER_CHOICE=auto
 REV=""
 PGHERD_BIN=""
 while [ $# -gt 0 ]; do
@@ -42,7 +53,9 @@ while [ $# -gt 0 ]; do
     --time) DURATION="${2:?--time needs seconds}"; shift 2 ;;
     --rev) REV="${2:?--rev needs a commit}"; shift 2 ;;
     --pgherd-bin) PGHERD_BIN="${2:?--pgherd-bin needs a path}"; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --rounds) ROUNDS="${2:?--rounds needs a number}"; shift 2 ;;
+    --pgbouncer) BOUNCER_CHOICE="${2:?--pgbouncer needs auto, debian, source or a path}"; shift 2 ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -59,26 +72,27 @@ has_target() { local t; for t in "${TARGETS[@]}"; do [ "$t" = "$1" ] && return 0
 [ "$(id -u)" -eq 0 ] || { echo "run as root (PostgreSQL and PgBouncer are started as the postgres user)" >&2; exit 2; }
 
 if [ "$QUICK" -eq 1 ]; then
-  T="${DURATION:-5}"; CLIENTS=(50); IDLE_COUNTS=(1000)
+  T="${DURATION:-5}"; ROUNDS="${ROUNDS:-1}"; CLIENTS=(50); IDLE_COUNTS=(1000)
 else
-  T="${DURATION:-30}"; CLIENTS=(50 500); IDLE_COUNTS=(1000 10000)
+  T="${DURATION:-20}"; ROUNDS="${ROUNDS:-3}"; CLIENTS=(20 50 80 500); IDLE_COUNTS=(1000 10000)
 fi
 [[ "$T" =~ ^[1-9][0-9]*$ ]] || { echo "--time must be a positive integer" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "--rounds must be a positive integer" >&2; exit 2; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 PGBIN=/usr/lib/postgresql/15/bin
 PY="/usr/bin/python3 -I"
 PGHERD="$REPO/target/release/pgherd"
-PGBOUNCER=/usr/sbin/pgbouncer
 DB=bench
 ROLE=bench
 ROLE_PASS=bench-pass-7f3a
-POOL_SIZE=20
+POOL_SIZE=20             # transaction mode
+SESSION_POOL_SIZE=500    # session mode: one server per client, up to -c 500
 MAX_CLIENT_CONN=11000
 READY_TIMEOUT=30         # s: a server or pooler must accept logins within this
 IDLE_TIMEOUT=300         # s: all idle clients must be logged in within this
-
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 # ---------------------------------------------------------------- 1. limits, dependencies, build
 # 10,000 idle clients need 10,000+ descriptors in the pooler and in the client.
@@ -93,18 +107,8 @@ if [ "$want" -lt 20000 ]; then
   done
 fi
 
-need=(postgresql-15 postgresql-client-15 python3)   # pgbench is in postgresql-client-15
-has_target pgbouncer && need+=(pgbouncer)
-[ "$PERF" -eq 1 ] && need+=(linux-perf)
-missing=()
-for p in "${need[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing: ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing postgresql-15 postgresql-client-15 python3   # pgbench is in postgresql-client-15
+[ "$PERF" -eq 1 ] && install_missing linux-perf
 # (Where systemd runs, Debian's package also starts a pgbouncer service on 6432; ours use
 # their own config and free ports, so it is left alone.)
 PGHERD_WHAT="working tree $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes')"
@@ -137,20 +141,20 @@ fi
 BOUNCER_VERSION=""
 PREPARED_OK_BOUNCER=0
 if has_target pgbouncer; then
-  BOUNCER_VERSION="$("$PGBOUNCER" --version | awk 'NR==1{print $2}')"
+  PGBOUNCER="$(pick_pgbouncer "$BOUNCER_CHOICE")"
+  BOUNCER_VERSION="$(pgbouncer_version "$PGBOUNCER")"
   # max_prepared_statements (prepared statements in transaction mode) arrived in 1.21.
   if printf '1.21.0\n%s\n' "$BOUNCER_VERSION" | sort -V -C; then PREPARED_OK_BOUNCER=1; fi
-  log "PgBouncer $BOUNCER_VERSION (prepared statements in transaction mode: $([ $PREPARED_OK_BOUNCER = 1 ] && echo yes || echo no, needs 1.21+))"
+  log "PgBouncer $BOUNCER_VERSION at $PGBOUNCER (prepared statements in transaction mode: $([ $PREPARED_OK_BOUNCER = 1 ] && echo yes || echo no, needs 1.21+))"
 fi
 
 # ---------------------------------------------------------------- state and cleanup
 WORK="$(mktemp -d /tmp/pgherd-pooler-bench.XXXXXX)"
 chmod 755 "$WORK"
-RESULTS="$WORK/results.tsv"      # kind key target value1 value2 status
+RESULTS="$WORK/results.tsv"      # kind key target value1 value2 status cpu round
 : >"$RESULTS"
 PGDATA="$WORK/pg/data"
-BOUNCER_PID=""
-PGHERD_PID=""
+declare -A PID PORT     # per pooler instance: pgbouncer-transaction, pgherd-session, ...
 IDLE_PID=""
 PERF_PID=""
 PG_STARTED=0
@@ -164,8 +168,7 @@ stop_pid() {          # stop_pid PID: TERM, up to 5 s, then KILL
   alive "$pid" && kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
-stop_bouncer() { stop_pid "$BOUNCER_PID"; BOUNCER_PID=""; }
-stop_pgherd() { stop_pid "$PGHERD_PID"; PGHERD_PID=""; }
+stop_pooler() { stop_pid "${PID[$1]:-}"; PID[$1]=""; }   # stop_pooler INSTANCE
 stop_idle() { stop_pid "$IDLE_PID"; IDLE_PID=""; }
 
 cleanup() {
@@ -173,8 +176,8 @@ cleanup() {
   trap - EXIT INT TERM
   if alive "$PERF_PID"; then kill -INT "$PERF_PID" 2>/dev/null || true; sleep 1; stop_pid "$PERF_PID"; fi
   stop_idle
-  stop_bouncer
-  stop_pgherd
+  local i
+  for i in "${!PID[@]}"; do stop_pooler "$i"; done
   if [ "$PG_STARTED" -eq 1 ]; then
     setpriv --reuid=postgres --regid=postgres --init-groups \
       "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
@@ -187,16 +190,9 @@ trap 'exit 130' INT TERM
 
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
 
-free_ports() {       # N distinct free loopback ports
-  $PY - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-read -r PG_PORT BOUNCER_PORT PGHERD_PORT <<<"$(free_ports 3)"
+INSTANCES=(pgbouncer-transaction pgherd-transaction pgbouncer-session pgherd-session)
+read -r PG_PORT PORT[pgbouncer-transaction] PORT[pgherd-transaction] PORT[pgbouncer-session] \
+  PORT[pgherd-session] <<<"$(free_ports 5)"
 
 psql_super() {       # SQL as the superuser over PostgreSQL's own socket
   "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK/sock" -p "$PG_PORT" -U postgres -d "${2:-postgres}" -c "$1"
@@ -231,7 +227,7 @@ cat >>"$PGDATA/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$WORK/sock'
-max_connections = 600
+max_connections = 1600
 shared_buffers = 128MB
 password_encryption = 'scram-sha-256'
 EOF
@@ -246,78 +242,87 @@ psql_super "VACUUM ANALYZE" "$DB"
 VERIFIER="$(psql_super "SELECT rolpassword FROM pg_authid WHERE rolname = '$ROLE'")"
 
 # ---------------------------------------------------------------- 3. pooler configs
-# One userlist (the role's SCRAM verifier, as pg_authid has it) and one ini for both
-# poolers; pgbouncer.ini and pgherd.ini differ only in port, logfile and pidfile.
+# One userlist (the role's SCRAM verifier, as pg_authid has it) and one ini per pooler
+# instance; PgBouncer's and pgherd's differ only in port, logfile and pidfile.
 printf '"%s" "%s"\n' "$ROLE" "$VERIFIER" >"$WORK/userlist.txt"
-make_ini() {         # make_ini NAME PORT
+make_ini() {         # make_ini INSTANCE (pooler-mode)
+  local mode="${1#*-}" size="$POOL_SIZE"
+  [ "$mode" = session ] && size="$SESSION_POOL_SIZE"
+  mkdir -p "$WORK/run-$1"
   cat >"$WORK/$1.ini" <<EOF
 [databases]
 $DB = host=127.0.0.1 port=$PG_PORT dbname=$DB
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $2
+listen_port = ${PORT[$1]}
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $WORK/userlist.txt
 logfile = $WORK/run-$1/$1.log
 pidfile = $WORK/run-$1/$1.pid
 admin_users = $ROLE
-pool_mode = transaction
-default_pool_size = $POOL_SIZE
+pool_mode = $mode
+default_pool_size = $size
 max_client_conn = $MAX_CLIENT_CONN
 listen_backlog = 4096
 EOF
   # Only where PgBouncer knows the key; pgherd's default is 200 either way.
   [ "$PREPARED_OK_BOUNCER" -eq 1 ] && echo "max_prepared_statements = 200" >>"$WORK/$1.ini"
-  return 0
+  # PgBouncer (postgres user) writes its log and pidfile here.
+  chown -R postgres:postgres "$WORK/run-$1" "$WORK/$1.ini"
 }
-mkdir -p "$WORK/run-pgbouncer" "$WORK/run-pgherd"
-chown postgres:postgres "$WORK/run-pgbouncer"   # PgBouncer (postgres user) writes its log and pidfile here
-make_ini pgbouncer "$BOUNCER_PORT"
-make_ini pgherd "$PGHERD_PORT"
-chown postgres:postgres "$WORK"/userlist.txt "$WORK"/pgbouncer.ini
+for i in "${INSTANCES[@]}"; do make_ini "$i"; done
+chown postgres:postgres "$WORK"/userlist.txt
 
-start_bouncer() {
-  # PgBouncer refuses to run as root. -q: no log to stderr (it has its logfile).
-  rm -f "$WORK/run-pgbouncer/pgbouncer.pid"
-  setpriv --reuid=postgres --regid=postgres --init-groups -- \
-    "$PGBOUNCER" -q "$WORK/pgbouncer.ini" >>"$WORK/pgbouncer.out" 2>&1 &
-  BOUNCER_PID=$!
-  wait_login "$BOUNCER_PORT" "$BOUNCER_PID" || { log "PgBouncer did not come up"; tail -20 "$WORK/run-pgbouncer/pgbouncer.log" >&2; exit 1; }
+start_pooler() {     # start_pooler INSTANCE
+  rm -f "$WORK/run-$1/$1.pid"
+  case "$1" in
+    pgbouncer-*)
+      # PgBouncer refuses to run as root. -q: no log to stderr (it has its logfile).
+      setpriv --reuid=postgres --regid=postgres --init-groups -- \
+        "$PGBOUNCER" -q "$WORK/$1.ini" >>"$WORK/$1.out" 2>&1 & ;;
+    pgherd-*)
+      NO_COLOR=1 "$PGHERD" pooler --ini "$WORK/$1.ini" >>"$WORK/$1.out" 2>&1 & ;;
+  esac
+  PID[$1]=$!
+  wait_login "${PORT[$1]}" "${PID[$1]}" || {
+    log "$1 did not come up"; tail -20 "$WORK/$1.out" "$WORK/run-$1/$1.log" >&2 2>/dev/null; exit 1; }
 }
-start_pgherd() {
-  NO_COLOR=1 "$PGHERD" pooler --ini "$WORK/pgherd.ini" >>"$WORK/pgherd.out" 2>&1 &
-  PGHERD_PID=$!
-  wait_login "$PGHERD_PORT" "$PGHERD_PID" || { log "pgherd pooler did not come up"; tail -20 "$WORK/pgherd.out" >&2; exit 1; }
-}
-port_of() { case "$1" in direct) echo "$PG_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; pgherd) echo "$PGHERD_PORT" ;; esac; }
 
 # ---------------------------------------------------------------- 4. pgbench rows
-# row key: script-mode-clients, e.g. S-extended-50, tpcb-extended-500
+# row key: poolmode-script-protocol-clients, e.g. transaction-S-extended-50, session-tpcb-extended-500
 ROWS=()
-for c in "${CLIENTS[@]}"; do ROWS+=("S-extended-$c" "tpcb-extended-$c"); done
-ROWS+=("S-prepared-50")
+for script in S tpcb; do
+  for c in "${CLIENTS[@]}"; do ROWS+=("transaction-$script-extended-$c"); done
+  for c in "${CLIENTS[@]}"; do ROWS+=("transaction-$script-prepared-$c"); done
+  for c in "${CLIENTS[@]}"; do ROWS+=("session-$script-extended-$c"); done
+done
 
-run_pgbench() {      # run_pgbench ROW TARGET
-  local row="$1" target="$2" script mode c out rc=0 tps lat failed status
-  IFS=- read -r script mode c <<<"$row"
-  out="$WORK/pgbench-$row-$target.log"
-  local args=(-n -M "$mode" -c "$c" -j 2 -T "$T" -P 5 -h 127.0.0.1 -p "$(port_of "$target")" -U "$ROLE")
+instance_of() {      # instance_of TARGET POOLMODE: the pooler instance (or direct)
+  case "$1" in direct) echo direct ;; *) echo "$1-$2" ;; esac
+}
+port_of() { case "$1" in direct) echo "$PG_PORT" ;; *) echo "${PORT[$1]}" ;; esac; }
+
+run_pgbench() {      # run_pgbench ROW TARGET ROUND
+  local row="$1" target="$2" round="$3" pmode script mode c out rc=0 tps lat failed status inst
+  IFS=- read -r pmode script mode c <<<"$row"
+  inst="$(instance_of "$target" "$pmode")"
+  out="$WORK/pgbench-$row-$target-$round.log"
+  local args=(-n -M "$mode" -c "$c" -j 2 -T "$T" -P 5 -h 127.0.0.1 -p "$(port_of "$inst")" -U "$ROLE")
   [ "$script" = S ] && args+=(-S)
   # Same starting point for every run: small tables vacuumed, history empty, no dirty buffers.
   psql_super "VACUUM pgbench_branches, pgbench_tellers" "$DB"
   psql_super "TRUNCATE pgbench_history" "$DB"
   psql_super "CHECKPOINT" "$DB"
-  if [ "$target" = pgherd ] && [ "$PERF" -eq 1 ]; then
-    perf record -F 499 -g -p "$PGHERD_PID" -o "$WORK/perf-$row.data" >"$WORK/perf-$row.out" 2>&1 &
+  if [ "$target" = pgherd ] && [ "$PERF" -eq 1 ] && [ "$round" = 1 ]; then
+    perf record -F 499 -g -p "${PID[$inst]}" -o "$WORK/perf-$row.data" >"$WORK/perf-$row.out" 2>&1 &
     PERF_PID=$!
     sleep 0.5
   fi
-  local ppid="" cpu0="" cpu1=""
-  case "$target" in pgbouncer) ppid="$BOUNCER_PID" ;; pgherd) ppid="$PGHERD_PID" ;; esac
+  local ppid="${PID[$inst]:-}" cpu0="" cpu1=""
   cpu0="$(cpu_ticks "$ppid")"
-  log "pgbench $row -> $target"
+  log "round $round: pgbench $row -> $target"
   PGPASSWORD="$ROLE_PASS" timeout -k 10 $((T + 60)) "$PGBIN/pgbench" "${args[@]}" "$DB" >"$out" 2>&1 || rc=$?
   if alive "$PERF_PID"; then kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true; PERF_PID=""; fi
   cpu1="$(cpu_ticks "$ppid")"
@@ -340,21 +345,29 @@ run_pgbench() {      # run_pgbench ROW TARGET
     log "  $target: $status; first errors:"
     grep -m3 -iE "error|abort|FATAL" "$out" | sed 's/^/    /' >&2 || true
   fi
-  printf 'tx\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$target" "${tps:--}" "${lat:--}" "$status" "$cpu_us" >>"$RESULTS"
+  printf 'tx\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$target" "${tps:--}" "${lat:--}" "$status" "$cpu_us" "$round" >>"$RESULTS"
 }
 
-has_target pgbouncer && start_bouncer
-has_target pgherd && start_pgherd
-for row in "${ROWS[@]}"; do
-  for target in "${TARGETS[@]}"; do
-    run_pgbench "$row" "$target"
-    # A pooler that died (or hung) during a run is restarted so the later rows still run.
-    if [ "$target" = pgbouncer ] && ! alive "$BOUNCER_PID"; then log "PgBouncer died; restarting"; start_bouncer; fi
-    if [ "$target" = pgherd ] && ! alive "$PGHERD_PID"; then log "pgherd died; restarting"; start_pgherd; fi
+declare -A TIMED_OUT   # "row target" -> 1: a stall is not timed again in later rounds
+for inst in "${INSTANCES[@]}"; do has_target "${inst%%-*}" && start_pooler "$inst"; done
+for round in $(seq "$ROUNDS"); do
+  for row in "${ROWS[@]}"; do
+    for target in "${TARGETS[@]}"; do
+      # Direct is the same in both pool modes: once per row, with the transaction rows.
+      [ "$target" = direct ] && [ "${row%%-*}" = session ] && continue
+      if [ -n "${TIMED_OUT["$row $target"]:-}" ]; then
+        printf 'tx\t%s\t%s\t-\t-\ttimeout\t-\t%s\n' "$row" "$target" "$round" >>"$RESULTS"
+        continue
+      fi
+      run_pgbench "$row" "$target" "$round"
+      tail -1 "$RESULTS" | grep -q $'\ttimeout\t' && TIMED_OUT["$row $target"]=1
+      # A pooler that died (or hung) during a run is restarted so the later rows still run.
+      inst="$(instance_of "$target" "${row%%-*}")"
+      if [ "$target" != direct ] && ! alive "${PID[$inst]}"; then log "$inst died; restarting"; start_pooler "$inst"; fi
+    done
   done
 done
-stop_bouncer
-stop_pgherd
+for inst in "${INSTANCES[@]}"; do stop_pooler "$inst"; done
 
 # ---------------------------------------------------------------- 5. idle clients: RSS
 # A client that logs N connections in (SCRAM, 64 logins in flight), writes
@@ -432,17 +445,16 @@ async def main():
 asyncio.run(main())
 EOF
 
-idle_test() {        # idle_test TARGET N
+idle_test() {        # idle_test TARGET N: with a freshly started transaction-mode pooler
   local target="$1" n="$2" pid before after ready="$WORK/idle-$1-$2.ready" i line ok
-  case "$target" in
-    pgbouncer) start_bouncer; pid="$BOUNCER_PID" ;;
-    pgherd) start_pgherd; pid="$PGHERD_PID" ;;
-  esac
+  local inst="$target-transaction"
+  start_pooler "$inst"
+  pid="${PID[$inst]}"
   # wait_login has made the pool and one server connection; let it settle.
   sleep 2
   before="$(rss_kb "$pid")"
   log "idle $n -> $target (VmRSS before: ${before} kB)"
-  $PY "$WORK/idle.py" 127.0.0.1 "$(port_of "$target")" "$ROLE" "$DB" "$ROLE_PASS" "$n" "$ready" 8 \
+  $PY "$WORK/idle.py" 127.0.0.1 "$(port_of "$inst")" "$ROLE" "$DB" "$ROLE_PASS" "$n" "$ready" 8 \
     >"$WORK/idle-$target-$n.out" 2>&1 &
   IDLE_PID=$!
   for i in $(seq $((IDLE_TIMEOUT * 5))); do
@@ -467,8 +479,8 @@ idle_test() {        # idle_test TARGET N
   local per="-"
   [ -n "$after" ] && [ "${ok:-0}" -gt 0 ] && per=$(( (after - before) * 1024 / ok ))
   log "  VmRSS after: ${after:-?} kB; $per bytes per idle client"
-  printf 'idle\t%s\t%s\t%s\t%s\t%s\t-\n' "$n" "$target" "$per" "$before/${after:--}" "$status" >>"$RESULTS"
-  case "$target" in pgbouncer) stop_bouncer ;; pgherd) stop_pgherd ;; esac
+  printf 'idle\t%s\t%s\t%s\t%s\t%s\t-\t1\n' "$n" "$target" "$per" "$before/${after:--}" "$status" >>"$RESULTS"
+  stop_pooler "$inst"
 }
 
 for n in "${IDLE_COUNTS[@]}"; do
@@ -491,67 +503,80 @@ perf_top() {
 }
 
 echo
-echo "pgherd pooler ($PGHERD_WHAT) vs PgBouncer ${BOUNCER_VERSION:-(not run)} — PostgreSQL 15, pool_size $POOL_SIZE, transaction mode, scram-sha-256, pgbench -j 2 -T $T"
+echo "pgherd pooler ($PGHERD_WHAT) vs PgBouncer ${BOUNCER_VERSION:-(not run)} — PostgreSQL 15, scram-sha-256,"
+echo "transaction mode pool $POOL_SIZE, session mode pool $SESSION_POOL_SIZE; pgbench -j 2 -T $T; $ROUNDS round(s), median shown"
 echo "$(nproc) CPUs, load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
 $PY - "$RESULTS" <<'EOF'
-import sys
+import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-tx = {}
-idle = {}
+runs = {}            # (key, target) -> [(tps, lat, status, cpu)] in round order
 order_tx, order_idle = [], []
-cpu = {}
-for kind, key, target, v1, v2, status, cpu_us in rows:
-    cpu[(key, target)] = cpu_us
-    d = tx if kind == "tx" else idle
+for kind, key, target, v1, v2, status, cpu_us, rnd in rows:
     o = order_tx if kind == "tx" else order_idle
     if key not in o: o.append(key)
-    d[(key, target)] = (v1, v2, status)
+    runs.setdefault((kind, key, target), []).append((v1, v2, status, cpu_us))
 
 def num(s):
     try: return float(s)
     except ValueError: return None
 
-def fmt(s, i):
-    x = num(s)
-    if x is None or "/" in s: return s
-    return "%.0f" % x if i == 0 else "%.2f" % x
+def median(key, target, i):
+    """Median of field i over the runs that succeeded; None if none did."""
+    v = [num(r[i]) for r in runs.get(("tx", key, target), []) if r[2] == "ok" and num(r[i]) is not None]
+    return statistics.median(v) if v else None
 
-def cell(d, key, target, i):
-    v = d.get((key, target))
-    if v is None: return "—"
-    if v[2] != "ok": return "%s (%s)" % (fmt(v[i], i), v[2]) if num(v[i]) is not None else v[2]
-    return fmt(v[i], i)
+def failures(key, target):
+    return [r[2] for r in runs.get(("tx", key, target), []) if r[2] != "ok"]
+
+def each(key, target):
+    return " ".join(("%.0f" % num(r[0])) if r[2] == "ok" and num(r[0]) is not None else r[2]
+                    for r in runs.get(("tx", key, target), [])) or "—"
 
 def desc(key):
-    script, mode, c = key.split("-")
-    return "%s -M %s -c %s" % ("select-only -S" if script == "S" else "TPC-B-like", mode, c)
+    pmode, script, mode, c = key.split("-")
+    return "%s, %s -M %s -c %s" % (pmode, "-S" if script == "S" else "TPC-B", mode, c)
 
+def f(x, fmt):
+    return fmt % x if x is not None else "—"
+
+have_direct = any(t == "direct" for (_, _, t) in runs)
 print()
-print("| pgbench | direct tps | direct lat ms | PgBouncer tps | PgBouncer lat ms | pgherd tps | pgherd lat ms | tps ratio | lat ratio | target | pooler CPU µs/tx PgBouncer / pgherd |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| pgbench | %sPgBouncer tps per round | pgherd tps per round | tps ratio (medians) | lat ms PgBouncer / pgherd | CPU µs/tx PgBouncer / pgherd | CPU ratio | tps ≥ 1.0 | CPU ≤ 0.9 |"
+      % ("direct tps | " if have_direct else ""))
+print("|---|%s---|---|---|---|---|---|---|---|" % ("---|" if have_direct else ""))
+passes = misses = 0
 for key in order_tx:
-    b, h = tx.get((key, "pgbouncer")), tx.get((key, "pgherd"))
-    tr = lr = "—"; verdict = "—"
-    if b and h:
-        bt, bl, ht, hl = num(b[0]), num(b[1]), num(h[0]), num(h[1])
-        if b[2] != "ok" and h[2] == "ok":
-            verdict = "PASS (PgBouncer fails)"
-        elif h[2] != "ok":
-            verdict = "MISS (pgherd %s)" % h[2]
-        elif None not in (bt, bl, ht, hl) and bt > 0 and bl > 0:
-            tr, lr = "%.3f" % (ht / bt), "%.3f" % (hl / bl)
-            verdict = "PASS" if ht >= bt and hl <= bl else "MISS"
-    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s |" % (desc(key),
-        cell(tx, key, "direct", 0), cell(tx, key, "direct", 1),
-        cell(tx, key, "pgbouncer", 0), cell(tx, key, "pgbouncer", 1),
-        cell(tx, key, "pgherd", 0), cell(tx, key, "pgherd", 1), tr, lr, verdict,
-        cpu.get((key, "pgbouncer"), "—"), cpu.get((key, "pgherd"), "—")))
+    bt, ht = median(key, "pgbouncer", 0), median(key, "pgherd", 0)
+    bl, hl = median(key, "pgbouncer", 1), median(key, "pgherd", 1)
+    bc, hc = median(key, "pgbouncer", 3), median(key, "pgherd", 3)
+    tr = ht / bt if bt and ht is not None else None
+    cr = hc / bc if bc and hc is not None else None
+    if failures(key, "pgherd"):
+        tv = "MISS (pgherd %s)" % ",".join(failures(key, "pgherd"))
+    elif bt is None and ht is not None:
+        tv = "PASS (PgBouncer %s)" % ",".join(failures(key, "pgbouncer"))
+    elif tr is not None:
+        tv = "PASS" if tr >= 1.0 else "MISS"
+    else:
+        tv = "—"
+    # The CPU target (issue #8): transaction mode, TPC-B, -c 50 and -c 80.
+    cpu_row = key.startswith("transaction-tpcb-extended-") and key.split("-")[3] in ("50", "80")
+    cv = ("PASS" if cr <= 0.9 else "MISS") if cpu_row and cr is not None else "—"
+    for v in (tv, cv):
+        passes += v.startswith("PASS"); misses += v.startswith("MISS")
+    direct = (each(key, "direct") + " | ") if have_direct else ""
+    print("| %s | %s%s | %s | %s | %s / %s | %s / %s | %s | %s | %s |" % (desc(key), direct,
+          each(key, "pgbouncer"), each(key, "pgherd"), f(tr, "%.3f"), f(bl, "%.2f"), f(hl, "%.2f"),
+          f(bc, "%.1f"), f(hc, "%.1f"), f(cr, "%.2f"), tv, cv))
+print()
+print("%d PASS, %d MISS" % (passes, misses))
 if order_idle:
     print()
     print("| idle clients | PgBouncer B/client | PgBouncer VmRSS kB before/after | pgherd B/client | pgherd VmRSS kB before/after | ratio | target |")
     print("|---|---|---|---|---|---|---|")
     for key in order_idle:
-        b, h = idle.get((key, "pgbouncer")), idle.get((key, "pgherd"))
+        b, h = runs.get(("idle", key, "pgbouncer"), [None])[0], runs.get(("idle", key, "pgherd"), [None])[0]
+        cell = lambda v, i: "—" if v is None else (v[i] if v[2] == "ok" else "%s (%s)" % (v[i], v[2]))
         r = verdict = "—"
         if b and h:
             if h[2] != "ok":
@@ -562,11 +587,11 @@ if order_idle:
                 r = "%.2f" % (num(h[0]) / num(b[0]))
                 verdict = "PASS" if num(h[0]) <= num(b[0]) else "MISS"
         print("| %s | %s | %s | %s | %s | %s | %s |" % ("{:,}".format(int(key)),
-            cell(idle, key, "pgbouncer", 0), cell(idle, key, "pgbouncer", 1),
-            cell(idle, key, "pgherd", 0), cell(idle, key, "pgherd", 1), r, verdict))
+            cell(b, 0), cell(b, 1), cell(h, 0), cell(h, 1), r, verdict))
 print()
-print("tps ratio = pgherd/PgBouncer (target >= 1), lat ratio = pgherd/PgBouncer mean latency (target <= 1),")
-print("pooler CPU µs/tx: user+system CPU the pooler process used during the run / transactions.")
+print("tps ratio = pgherd/PgBouncer median tps (target >= 1); lat = median mean latency;")
+print("CPU µs/tx: user+system CPU the pooler process used during the run / transactions, median;")
+print("CPU target (<= 0.9x PgBouncer's) applies to transaction-mode TPC-B at -c 50 and -c 80.")
 print("idle ratio = pgherd/PgBouncer VmRSS growth per logged-in idle client (target <= 1).")
 EOF
 [ "$PERF" -eq 1 ] && perf_top
