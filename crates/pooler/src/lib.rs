@@ -1,16 +1,20 @@
 //! pgherd's connection pooler: PgBouncer-compatible configuration ([`config`]), server
 //! connections ([`server`]), pools per (database, user) ([`pool`]), client sessions in
-//! session or transaction mode ([`session`]), the listener ([`runtime`]) and the admin
-//! console on the virtual database `pgbouncer` ([`admin`]).
+//! session or transaction mode ([`session`]), the clients' tasks ([`listener`]) and the
+//! admin console on the virtual database `pgbouncer` ([`admin`]).
 //!
 //! How the parts depend on each other, top to bottom (each imports only parts below it):
 //!
-//! - [`service`] (files, listeners, reload) and [`runtime`] compose everything: the
-//!   listener loop, the client registry, the parker, shutdown, and the
-//!   [`session::SessionContext`] handed to sessions. A login for the virtual database
-//!   `pgbouncer` comes back from [`session::run`] as [`session::Ended::Console`] and
-//!   the runtime hands it to [`admin`]. [`admin`] and [`metrics`] only read what the
-//!   layers below count (through [`runtime`]).
+//! - [`service`] composes the pooler: it binds the sockets, starts a [`listener`] on
+//!   each and the [`metrics`] endpoint, and stops them.
+//! - [`listener`] accepts clients and runs each one's session in a task, parks and
+//!   resumes it, and hands a login for the virtual database `pgbouncer` (it comes back
+//!   from [`session::run`] as [`session::Ended::Console`]) to [`admin`].
+//! - [`admin`] and [`metrics`] read what the layers below count, through [`runtime`];
+//!   the console acts through it too (`KILL`, `PAUSE`, `RELOAD`, `SHUTDOWN`).
+//! - [`runtime`] is the state the pooler's parts share: the [`session::SessionContext`]
+//!   handed to sessions, the client registry, the parker, shutdown, and reloading the
+//!   configuration files ([`live::Files`]).
 //! - [`session`] serves one client with its context: [`live`] (the configuration in
 //!   force), [`pools`] (the pool map, shared connection limits, `PAUSE`, the janitor),
 //!   [`cancel`] (cancel keys) and the parker's clock ([`park::Ticks`]). [`park`] parks
@@ -21,16 +25,13 @@
 //!   client registry and the client error counters) and [`net`].
 //! - [`server`] talks to PostgreSQL over [`net`]; [`protocol`](pgherd_protocol) frames
 //!   the bytes. [`config`] and [`tls`] are plain data, read at any level.
-//!
-//! Left as it is: [`runtime`] and [`admin`] refer to each other (the console reads the
-//! runtime, the runtime hands it its clients), and the console's `RELOAD` goes through
-//! [`service`]; all three are the top layer.
 
 pub mod admin;
 pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod lean_writer;
+pub mod listener;
 pub mod live;
 pub mod metrics;
 pub mod net;

@@ -1,11 +1,66 @@
 //! The configuration in force: settings and databases, the `auth_file` secrets, the
 //! `auth_hba_file` rules and the TLS contexts, as last loaded. `RELOAD` (and `SET`)
-//! swap them whole; readers take the current ones at each decision.
+//! swap them whole; readers take the current ones at each decision. [`Files::load`]
+//! reads them.
 
-use crate::config::{AuthType, HbaMethod, HbaRules, PoolerConfig, Userlist};
+use crate::config::{AuthType, ConfigErrors, HbaMethod, HbaRules, PoolerConfig, Userlist};
 use crate::net::Peer;
-use crate::tls::TlsContexts;
+use crate::tls::{TlsContexts, TlsError};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+
+/// Why the configuration files did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+}
+
+/// Everything read from the configuration files.
+pub struct Files {
+    pub config: PoolerConfig,
+    pub userlist: Userlist,
+    pub hba: Option<HbaRules>,
+    pub tls: TlsContexts,
+}
+
+impl Files {
+    /// Read the main file, then the auth_file and auth_hba_file it names, and the TLS
+    /// files of its settings.
+    pub fn load(path: &Path) -> Result<Files, LoadError> {
+        let loaded = PoolerConfig::load(path)?;
+        loaded.log_warnings();
+        let mut config = loaded.config;
+        // Like PgBouncer's `conffile`: SHOW CONFIG shows it and the console's RELOAD reads it.
+        if config.settings.get("conffile").is_none_or(|f| f.is_empty()) {
+            let _ = config
+                .settings
+                .apply("conffile", &path.display().to_string());
+        }
+        let userlist = match &config.settings.auth_file {
+            Some(f) => Userlist::load(&resolve(path, f))?,
+            None => Userlist::default(),
+        };
+        let hba = match &config.settings.auth_hba_file {
+            Some(f) => Some(HbaRules::load(&resolve(path, f))?),
+            None => None,
+        };
+        let tls = TlsContexts::load(&config.settings)?;
+        Ok(Files {
+            config,
+            userlist,
+            hba,
+            tls,
+        })
+    }
+}
+
+/// PgBouncer opens relative paths from its working directory; so do we.
+fn resolve(_config: &Path, file: &Path) -> PathBuf {
+    file.to_path_buf()
+}
 
 fn read<T: Clone>(slot: &RwLock<T>) -> T {
     // Swapped whole: a poisoned lock still holds a consistent value.

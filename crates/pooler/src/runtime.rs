@@ -1,28 +1,27 @@
-//! The top-level composition: the parts sessions share ([`SessionContext`]: the
+//! The state the pooler's parts share: what sessions share ([`SessionContext`]: the
 //! configuration in force, the pool map, the cancel-key registry), the client registry
-//! the admin console lists (and `KILL`s), the parker, shutdown; plus the listener that
-//! hands each client to a session, and a console client to the admin console.
+//! the admin console lists (and `KILL`s), the parker, shutdown, and reloading the
+//! configuration files. The listener runs the clients on it; the
+//! console and metrics read it.
 
-use crate::admin;
 use crate::cancel::CancelRegistry;
 use crate::client::{ClientInfo, ClientRegistry};
 use crate::config::{DatabaseConfig, HbaRules, PoolMode, PoolerConfig, Userlist};
-use crate::live::LiveConfig;
-use crate::net::{Listener, Peer};
-use crate::park::{self as park, ParkOwner, Parkable, Parker};
+use crate::live::{Files, LiveConfig, LoadError};
+use crate::net::Peer;
+use crate::park::{Parkable, Parker};
 use crate::pool::{ConnLimit, Pool};
 use crate::pools::Pools;
-use crate::session::{self, Ended, ParkedSession, SessionContext};
+use crate::session::{ParkedSession, SessionContext};
 use crate::tls::TlsContexts;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 fn replace<T>(slot: &RwLock<T>, value: T) {
     match slot.write() {
@@ -115,25 +114,20 @@ impl Runtime {
         self.parker.get().map(|(p, _)| &**p)
     }
 
-    /// Start parking idle clients (once; inside a Tokio runtime). Without it every
-    /// client keeps its task.
-    fn start_parker(self: &Arc<Self>) {
-        if self.parker.get().is_some() {
-            return;
+    /// Park idle clients with `parker` from now on (whose task is `task`). Only the
+    /// first parker counts: a later one's task is stopped.
+    pub(crate) fn install_parker(&self, parker: Arc<Parker<ParkedClient>>, task: JoinHandle<()>) {
+        let ticks = parker.ticks().clone();
+        match self.parker.set((parker, task)) {
+            // Sessions park from now on.
+            Ok(()) => _ = self.ctx.ticks.set(ticks),
+            Err((_, task)) => task.abort(),
         }
-        match Parker::new() {
-            Ok(parker) => {
-                let parker = Arc::new(parker);
-                let ticks = parker.ticks().clone();
-                let task = tokio::spawn(park::run(parker.clone(), Arc::downgrade(self)));
-                match self.parker.set((parker, task)) {
-                    // Sessions park from now on.
-                    Ok(()) => _ = self.ctx.ticks.set(ticks),
-                    Err((_, task)) => task.abort(),
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot park idle clients: each keeps its task"),
-        }
+    }
+
+    /// Whether a parker was installed.
+    pub(crate) fn has_parker(&self) -> bool {
+        self.parker.get().is_some()
     }
 
     /// End a client's session (`KILL`): its connection and any server it holds are
@@ -194,6 +188,23 @@ impl Runtime {
         self.ctx.pools.reconfigure();
     }
 
+    /// Re-read `path` (with its auth_file and auth_hba_file) and swap it in (SIGHUP, the
+    /// console's `RELOAD`); a file that does not load leaves the running configuration
+    /// alone.
+    pub fn reload_from(&self, path: &Path) -> Result<(), LoadError> {
+        let files = Files::load(path)?;
+        for change in crate::config::diff(&self.config(), &files.config) {
+            if change.changeable {
+                info!(key = %change.key, "setting changed");
+            } else {
+                warn!(key = %change.key, "setting needs a restart to take effect");
+            }
+        }
+        self.set_config_path(path);
+        self.reload(files.config, files.userlist, files.hba, files.tls);
+        Ok(())
+    }
+
     /// TLS toward clients and servers, as last loaded.
     pub fn tls(&self) -> TlsContexts {
         self.ctx.live.tls()
@@ -242,54 +253,12 @@ impl Drop for Runtime {
     }
 }
 
-/// Accept clients until `shutdown` turns true; at most `max_client_conn` at once (the
-/// one over the limit is told so and closed, as PgBouncer does).
-pub async fn serve(listener: Listener, runtime: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
-    runtime.start_parker();
-    let max = runtime.config().settings.max_client_conn as usize;
-    let slots = Arc::new(Semaphore::new(max));
-    let mut console_shutdown = runtime.shutdown_requested();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
-            _ = console_shutdown.wait_for(|s| *s) => break,
-        };
-        let (stream, peer, local) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let runtime = runtime.clone();
-        match ClientSlot::take(&slots) {
-            Some(slot) => {
-                let client = runtime.add_client(peer, local);
-                let session = session::run(stream, client.clone(), runtime.ctx.clone());
-                spawn_client(runtime, client, slot, session);
-            }
-            None => {
-                tokio::spawn(session::refuse(
-                    stream,
-                    peer,
-                    "no more connections allowed (max_client_conn)",
-                ));
-            }
-        }
-    }
-    // Shutting down: no more min_pool_size fills or janitor passes.
-    runtime.ctx.pools.signal_janitor_stop();
-}
-
 /// A client's place under `max_client_conn`, given back when dropped. (A pointer:
 /// tokio's OwnedSemaphorePermit takes twice that in every parked client.)
 pub struct ClientSlot(Arc<Semaphore>);
 
 impl ClientSlot {
-    fn take(slots: &Arc<Semaphore>) -> Option<ClientSlot> {
+    pub(crate) fn take(slots: &Arc<Semaphore>) -> Option<ClientSlot> {
         let permit = slots.try_acquire().ok()?;
         permit.forget();
         Some(ClientSlot(slots.clone()))
@@ -300,68 +269,6 @@ impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.0.add_permits(1);
     }
-}
-
-/// Run a client's session in its own task until it leaves, is killed or parks; a client of the admin console is served by the console
-/// in the same task.
-fn spawn_client(
-    runtime: Arc<Runtime>,
-    client: Arc<ClientInfo>,
-    slot: ClientSlot,
-    session: impl Future<Output = Ended> + Send + 'static,
-) {
-    tokio::spawn(async move {
-        let peer = client.peer;
-        // KILL drops the session: its sockets close, a held server is closed and its
-        // slot freed.
-        let ended = tokio::select! {
-            biased;
-            ended = session => ended,
-            _ = client.killed_notified() => {
-                debug!(%peer, "client killed");
-                Ended::Done
-            }
-        };
-        let session = match ended {
-            Ended::Parked(session) => session,
-            Ended::Console(console) => {
-                // Boxed, as the session's login was: the task stays small for others.
-                let console = Box::pin(admin::serve(*console, &client, &runtime));
-                tokio::select! {
-                    _ = console => {}
-                    _ = client.killed_notified() => debug!(%peer, "client killed"),
-                }
-                runtime.remove_client(client.id);
-                drop(slot);
-                return;
-            }
-            Ended::Done => {
-                runtime.remove_client(client.id);
-                drop(slot);
-                return;
-            }
-        };
-        let Some(parker) = runtime.parker() else {
-            // Sessions park only when there is a parker.
-            runtime.remove_client(client.id);
-            session.end(&runtime.ctx);
-            return;
-        };
-        let id = client.id;
-        client.forget_kill_waker();
-        drop(client);
-        let parked = ParkedClient { session, slot };
-        match parker.park(parked) {
-            Ok(()) => {
-                // A KILL that came while parking may have missed it in the parker.
-                if let Some(killed) = parker.unpark_if(id, |c| c.session.client().is_killed()) {
-                    runtime.remove_client(id);
-                    killed.session.end(&runtime.ctx);
-                }
-            }
-            Err(parked) => resume_client(&runtime, parked),
-        }
-    });
 }
 
 /// A parked client: its session (with its entry in the client list) and its
@@ -383,46 +290,4 @@ impl Parkable for ParkedClient {
     fn idle_tick(&self) -> u64 {
         self.session.idle_tick()
     }
-}
-
-impl ParkOwner<ParkedClient> for Runtime {
-    fn resume(self: &Arc<Self>, parked: ParkedClient) {
-        resume_client(self, parked);
-    }
-
-    fn expire(&self, parked: ParkedClient) {
-        info!(peer = %parked.session.client().peer, "client_idle_timeout");
-        self.remove_client(parked.session.client().id);
-        parked.session.end(&self.ctx);
-    }
-
-    fn idle_timeout(&self) -> Option<Duration> {
-        self.config().settings.client_idle_timeout
-    }
-}
-
-/// Serve a parked client again, in a new task.
-fn resume_client(runtime: &Arc<Runtime>, parked: ParkedClient) {
-    let ParkedClient { session, slot } = parked;
-    let client = session.client().clone();
-    tracing::trace!(peer = %client.peer, "resuming a parked client");
-    let session = session::resume(session, runtime.ctx.clone());
-    spawn_client(runtime.clone(), client, slot, session);
-}
-
-/// The address a listener should bind for the `[pgbouncer]` settings.
-pub fn listen_addrs(config: &PoolerConfig) -> Vec<SocketAddr> {
-    let port = config.settings.listen_port;
-    config
-        .settings
-        .listen_addr
-        .iter()
-        .filter_map(|a| match a.as_str() {
-            "*" => Some(SocketAddr::from(([0, 0, 0, 0], port))),
-            a => a
-                .parse::<std::net::IpAddr>()
-                .ok()
-                .map(|ip| SocketAddr::new(ip, port)),
-        })
-        .collect()
 }

@@ -1,10 +1,11 @@
 //! The pooler as a service: read pgbouncer.ini (or pooler.yml) with its auth_file and
 //! auth_hba_file, bind the listeners, serve, reload on request, and shut down.
 
-use crate::config::{ConfigErrors, HbaRules, PoolerConfig, Userlist};
+use crate::config::{ConfigErrors, PoolerConfig};
+use crate::listener;
+use crate::live::LoadError;
 use crate::net::{unix_socket_path, Listener};
-use crate::runtime::{self, Runtime};
-use crate::tls::TlsContexts;
+use crate::runtime::Runtime;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,62 +43,37 @@ pub enum ServiceError {
     NoListenAddress,
 }
 
-/// Everything read from the configuration files.
-pub struct Files {
-    pub config: PoolerConfig,
-    pub userlist: Userlist,
-    pub hba: Option<HbaRules>,
-    pub tls: TlsContexts,
-}
+pub use crate::live::Files;
 
 /// Read the main file, then the auth_file and auth_hba_file it names.
 pub fn load(path: &Path) -> Result<Files, ServiceError> {
-    let loaded = PoolerConfig::load(path)?;
-    loaded.log_warnings();
-    let mut config = loaded.config;
-    // Like PgBouncer's `conffile`: SHOW CONFIG shows it and the console's RELOAD reads it.
-    if config.settings.get("conffile").is_none_or(|f| f.is_empty()) {
-        let _ = config
-            .settings
-            .apply("conffile", &path.display().to_string());
-    }
-    let userlist = match &config.settings.auth_file {
-        Some(f) => Userlist::load(&resolve(path, f))?,
-        None => Userlist::default(),
-    };
-    let hba = match &config.settings.auth_hba_file {
-        Some(f) => Some(HbaRules::load(&resolve(path, f))?),
-        None => None,
-    };
-    let tls = TlsContexts::load(&config.settings)?;
-    Ok(Files {
-        config,
-        userlist,
-        hba,
-        tls,
-    })
+    Ok(Files::load(path)?)
 }
 
-/// PgBouncer opens relative paths from its working directory; so do we.
-fn resolve(_config: &Path, file: &Path) -> PathBuf {
-    file.to_path_buf()
-}
-
-/// Re-read `path` (with its auth_file and auth_hba_file) into `runtime` (SIGHUP, the
-/// console's `RELOAD`); a file that does not load leaves the running configuration alone.
-pub fn reload_runtime(runtime: &Runtime, path: &Path) -> Result<(), ServiceError> {
-    let files = load(path)?;
-    let old = runtime.config();
-    for change in crate::config::diff(&old, &files.config) {
-        if change.changeable {
-            info!(key = %change.key, "setting changed");
-        } else {
-            warn!(key = %change.key, "setting needs a restart to take effect");
+impl From<LoadError> for ServiceError {
+    fn from(e: LoadError) -> ServiceError {
+        match e {
+            LoadError::Config(e) => ServiceError::Config(e),
+            LoadError::Tls(e) => ServiceError::Tls(e),
         }
     }
-    runtime.set_config_path(path);
-    runtime.reload(files.config, files.userlist, files.hba, files.tls);
-    Ok(())
+}
+
+/// The addresses to listen on for the `[pgbouncer]` settings (`*`: all IPv4 ones).
+fn listen_addrs(config: &PoolerConfig) -> Vec<SocketAddr> {
+    let port = config.settings.listen_port;
+    config
+        .settings
+        .listen_addr
+        .iter()
+        .filter_map(|a| match a.as_str() {
+            "*" => Some(SocketAddr::from(([0, 0, 0, 0], port))),
+            a => a
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, port)),
+        })
+        .collect()
 }
 
 /// Listen on `.s.PGSQL.<listen_port>` in `unix_socket_dir` (empty: no socket), with
@@ -197,7 +173,7 @@ impl Service {
     /// Bind every listen address (failing fast with the address that is taken) and
     /// start accepting clients.
     pub async fn start(files: Files) -> Result<Service, ServiceError> {
-        let addrs = runtime::listen_addrs(&files.config);
+        let addrs = listen_addrs(&files.config);
         let unix_socket = bind_unix_socket(&files.config.settings)?;
         if addrs.is_empty() && unix_socket.is_none() {
             return Err(ServiceError::NoListenAddress);
@@ -223,7 +199,7 @@ impl Service {
             let local = listener.local_addr().unwrap_or(addr);
             info!(addr = %local, "listening");
             bound.push(local);
-            listeners.spawn(runtime::serve(
+            listeners.spawn(listener::serve(
                 Listener::Tcp(listener),
                 rt.clone(),
                 rx.clone(),
@@ -235,7 +211,7 @@ impl Service {
                     Listener::Unix { path, .. } => Some(path.clone()),
                     Listener::Tcp(_) => None,
                 };
-                listeners.spawn(runtime::serve(listener, rt.clone(), rx.clone()));
+                listeners.spawn(listener::serve(listener, rt.clone(), rx.clone()));
                 path
             }
             None => None,
@@ -267,7 +243,7 @@ impl Service {
     /// Re-read the files and apply what can change without a restart; clients stay
     /// connected. A file that does not load leaves the running configuration alone.
     pub fn reload(&self, path: &Path) -> Result<(), ServiceError> {
-        reload_runtime(&self.runtime, path)
+        Ok(self.runtime.reload_from(path)?)
     }
 
     /// Turns true when the admin console asked for `SHUTDOWN`.

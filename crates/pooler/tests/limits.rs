@@ -420,7 +420,7 @@ async fn janitor_closes_idle_servers_past_server_lifetime() {
 fn reload_with(p: &common::Pooler, pg: &Instance, settings: &str) {
     let userlist = p.ini.with_file_name("userlist.txt");
     std::fs::write(&p.ini, common::ini_text(pg, p.port, &userlist, settings)).expect("ini");
-    pgherd_pooler::service::reload_runtime(&p.rt, &p.ini).expect("reload");
+    p.rt.reload_from(&p.ini).expect("reload");
 }
 
 /// Open `n` transaction-mode clients that each hold a server (inside BEGIN).
@@ -498,7 +498,7 @@ async fn reload_grows_and_shrinks_pools_and_reconnects_moved_servers() {
     )
     .replace("dbname=postgres", "dbname=postgres application_name=moved");
     std::fs::write(&p.ini, text).expect("ini");
-    pgherd_pooler::service::reload_runtime(&p.rt, &p.ini).expect("reload");
+    p.rt.reload_from(&p.ini).expect("reload");
     let row = a
         .query_one(
             "SELECT current_setting('application_name'), pg_backend_pid()",

@@ -17,7 +17,7 @@ pub fn run(ctx: &Ctx<'_>, arg: Option<&str>, query: &str) -> Result<Reply, Admin
             "RELOAD failed: the pooler was not started from a configuration file",
         ));
     };
-    match crate::service::reload_runtime(ctx.rt, &path) {
+    match ctx.rt.reload_from(&path) {
         Ok(()) => Ok(Reply::done("RELOAD")),
         Err(e) => {
             warn!(file = %path.display(), error = %e, "RELOAD failed; keeping the running configuration");

@@ -2,7 +2,8 @@
 //! in-process pooler in front of it, configured by a real pgbouncer.ini.
 #![allow(dead_code)] // each test file uses its own part
 
-use pgherd_pooler::runtime::{self, Runtime};
+use pgherd_pooler::listener;
+use pgherd_pooler::runtime::Runtime;
 use pgherd_pooler::service;
 use pgherd_postgres::{
     default_parameters, run_as, Binaries, Credentials, Instance, InstanceConfig,
@@ -134,7 +135,7 @@ pub async fn pooler_with_userlist(pg: &Instance, settings: &str, userlist_text: 
         .await
         .expect("bind");
     let (stop, rx) = watch::channel(false);
-    let serve = tokio::spawn(runtime::serve(
+    let serve = tokio::spawn(listener::serve(
         pgherd_pooler::net::Listener::Tcp(listener),
         rt.clone(),
         rx,
