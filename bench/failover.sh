@@ -50,20 +50,13 @@ HEALTHY_TIMEOUT=180            # s: bootstrap or rejoin until 1 primary + 2 stre
 FAILOVER_EXTRA=60              # s: give up on a failover after ttl + loop_wait + this
 MAX_REBUILDS=2                 # fresh clusters per (system, timing) when a rejoin fails
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
 # ---------------------------------------------------------------- 1. dependencies, build
 need=(postgresql-15 etcd-server python3-psycopg2 curl)
 for s in "${SYSTEMS[@]}"; do [ "$s" = patroni ] && need+=(patroni python3-etcd); done
-missing=()
-for p in "${need[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing: ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing "${need[@]}"
 for s in "${SYSTEMS[@]}"; do
   if [ "$s" = pgherd ]; then
     log "building pgherd (release)"
@@ -146,16 +139,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_ports() {       # N distinct free loopback ports
-  "$PY" - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
 
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$1$2" || true; }
 

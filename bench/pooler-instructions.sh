@@ -41,17 +41,10 @@ CLIENTS=50
 READY_TIMEOUT=60   # s: a pooler under valgrind must accept logins within this
 STOP_TIMEOUT=60    # s: and write its profile after SIGINT within this
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
-missing=()
-for p in postgresql-15 postgresql-client-15 pgbouncer valgrind; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing: ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing postgresql-15 postgresql-client-15 pgbouncer valgrind
 if [ -z "$PGHERD_BIN" ]; then
   PGHERD_BIN="$REPO/target/release/pgherd"
   log "building pgherd (release)"
