@@ -41,10 +41,27 @@ pub enum CtlCommand {
     },
     /// Show the cluster's dynamic configuration.
     ShowConfig,
+    /// Maintenance mode: no automatic failover, promotion, demotion or restart until
+    /// `resume` (members keep publishing their state; the leader keeps its lease).
+    Pause {
+        /// Wait until every member has taken it up.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Leave maintenance mode.
+    Resume {
+        /// Wait until every member has taken it up.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 /// How long ctl waits for the DCS before giving up.
 const DCS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at a compare-and-set of the `config` key that others keep changing.
+const CONFIG_WRITE_ATTEMPTS: usize = 5;
+/// How long `pause --wait` / `resume --wait` waits for every member.
+const PAUSE_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn run(args: CtlArgs) -> Result<()> {
     let loaded = config::load(&args.config)?;
@@ -70,9 +87,90 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         }
         CtlCommand::History { format } => history(&cluster, format),
         CtlCommand::ShowConfig => show_config(&cluster)?,
+        CtlCommand::Pause { wait } => set_pause(&dcs, true, wait).await?,
+        CtlCommand::Resume { wait } => set_pause(&dcs, false, wait).await?,
     };
     print!("{out}");
     Ok(())
+}
+
+fn is_paused(cluster: &Cluster) -> bool {
+    cluster
+        .config
+        .as_ref()
+        .and_then(|c| c.value.get("pause"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// `pause` / `resume`: set or remove `pause` in the `config` key (Patroni's shape: `resume`
+/// removes the key), by compare-and-set so no concurrent change of the config is lost.
+async fn set_pause(dcs: &impl Dcs, pause: bool, wait: bool) -> Result<String> {
+    let what = if pause { "paused" } else { "resumed" };
+    let mut written = false;
+    for _ in 0..CONFIG_WRITE_ATTEMPTS {
+        let cluster = dcs.get_cluster().await.context("cannot read the cluster")?;
+        if is_paused(&cluster) == pause {
+            anyhow::bail!(
+                "the cluster is {}",
+                if pause {
+                    "already paused"
+                } else {
+                    "not paused"
+                }
+            );
+        }
+        let (mut value, version) = match &cluster.config {
+            Some(c) => (c.value.clone(), c.version),
+            None => (serde_json::json!({}), 0),
+        };
+        let Some(map) = value.as_object_mut() else {
+            anyhow::bail!("the cluster's config key is not a JSON object; fix it with edit-config");
+        };
+        if pause {
+            map.insert("pause".into(), true.into());
+        } else {
+            map.remove("pause");
+        }
+        if dcs
+            .set_config(&value, Some(version))
+            .await
+            .context("cannot write the cluster's config")?
+        {
+            written = true;
+            break;
+        }
+    }
+    if !written {
+        anyhow::bail!("the cluster's config kept changing; try again");
+    }
+    if !wait {
+        return Ok(format!("Success: cluster management is {what}\n"));
+    }
+    let deadline = tokio::time::Instant::now() + PAUSE_WAIT;
+    loop {
+        let cluster = dcs.get_cluster().await.context("cannot read the cluster")?;
+        let behind: Vec<&str> = cluster
+            .members
+            .iter()
+            .filter(|m| m.data.pause.unwrap_or(false) != pause)
+            .map(|m| m.name.as_str())
+            .collect();
+        if behind.is_empty() {
+            return Ok(format!(
+                "Success: cluster management is {what} (every member has taken it up)\n"
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "cluster management is {what} in the DCS, but after {} s these members have \
+                 not taken it up: {}",
+                PAUSE_WAIT.as_secs(),
+                behind.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn list(scope: &str, cluster: &Cluster, format: Format) -> String {

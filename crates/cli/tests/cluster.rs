@@ -367,3 +367,78 @@ async fn patronictl_lists_a_pgherd_cluster() {
     assert_eq!(replica["State"], "streaming", "{stdout}");
     assert_eq!(replica["TL"], 1, "{stdout}");
 }
+
+/// Maintenance mode: `ctl pause --wait` stops automatic actions (a PostgreSQL that dies
+/// is left stopped) while the leader keeps its key past the ttl; `ctl resume --wait`
+/// brings them back and the primary is restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_automatic_actions_and_resume_brings_them_back() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(1);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(0, Duration::from_secs(90)).await;
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    let paused = cluster.ctl(&["pause", "--wait"]);
+    assert!(paused.status.success(), "{}", text(&paused));
+    assert!(
+        text(&paused).contains("cluster management is paused"),
+        "{}",
+        text(&paused)
+    );
+    let again = cluster.ctl(&["pause"]);
+    assert!(!again.status.success(), "pausing twice must fail");
+    assert!(text(&again).contains("already paused"), "{}", text(&again));
+    let list = cluster.ctl(&["list"]);
+    assert!(
+        text(&list).contains("Maintenance mode: on"),
+        "{}",
+        text(&list)
+    );
+    let (_, status) = cluster.node(&primary).api("/patroni").await;
+    assert_eq!(status["pause"], true, "{status}");
+
+    // PostgreSQL dies while paused: nobody restarts it, and the leader key outlives the ttl.
+    cluster.node(&primary).kill_postgres();
+    tokio::time::sleep(Duration::from_secs(TTL + LOOP_WAIT)).await;
+    assert_eq!(
+        cluster.node(&primary).postmaster_pid(),
+        None,
+        "paused: PostgreSQL must not be restarted"
+    );
+    let list = cluster.ctl(&["list", "--format", "json"]);
+    assert!(
+        text(&list).contains(&format!("\"{primary}\"")) && text(&list).contains("Leader"),
+        "the paused leader must keep its key: {}",
+        text(&list)
+    );
+
+    let resumed = cluster.ctl(&["resume", "--wait"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(
+        text(&resumed).contains("cluster management is resumed"),
+        "{}",
+        text(&resumed)
+    );
+    let not_paused = cluster.ctl(&["resume"]);
+    assert!(!not_paused.status.success(), "resuming twice must fail");
+    assert!(
+        text(&not_paused).contains("not paused"),
+        "{}",
+        text(&not_paused)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.node(&primary).api("/primary").await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "after resume the agent did not bring its primary back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
