@@ -1,6 +1,6 @@
 //! `pgherd ctl`: the operator's view of a cluster, read from the DCS like `patronictl`.
 
-use crate::{config, listing};
+use crate::{config, edit_config, listing};
 use anyhow::{Context, Result};
 use pgherd_dcs::etcd::EtcdDcs;
 use pgherd_dcs::{Cluster, Dcs};
@@ -54,6 +54,23 @@ pub enum CtlCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Change the dynamic configuration: shows the diff and asks before writing. Without
+    /// --set, --pg or --apply, $EDITOR edits it as YAML.
+    EditConfig {
+        /// KEY=VALUE: a dotted key (`loop_wait`, `postgresql.use_slots`) and a YAML value;
+        /// `null` (or nothing) removes the key.
+        #[arg(short, long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// NAME=VALUE: the PostgreSQL parameter `postgresql.parameters.NAME`.
+        #[arg(short, long = "pg", value_name = "NAME=VALUE")]
+        pg: Vec<String>,
+        /// Merge this YAML file (`-`: standard input) into the config (null removes).
+        #[arg(long, value_name = "FILE")]
+        apply: Option<PathBuf>,
+        /// Write without asking.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// How long ctl waits for the DCS before giving up.
@@ -89,6 +106,15 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         CtlCommand::ShowConfig => show_config(&cluster)?,
         CtlCommand::Pause { wait } => set_pause(&dcs, true, wait).await?,
         CtlCommand::Resume { wait } => set_pause(&dcs, false, wait).await?,
+        CtlCommand::EditConfig {
+            set,
+            pg,
+            apply,
+            force,
+        } => {
+            let edits = edit_config::Edits { set, pg, apply };
+            edit_config::run(&dcs, &edits, force).await?
+        }
     };
     print!("{out}");
     Ok(())

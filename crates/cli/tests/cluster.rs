@@ -442,3 +442,134 @@ async fn pause_stops_automatic_actions_and_resume_brings_them_back() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `ctl edit-config`: `--set`/`--pg` with Patroni's merge rules, a diff and a question
+/// before writing, an unsafe result refused, `$EDITOR` for the whole config; a changed
+/// PostgreSQL parameter reaches the running primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edit_config_merges_validates_asks_and_reaches_postgres() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(1);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(0, Duration::from_secs(90)).await;
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let with_input = |args: &[&str], input: &str| {
+        let mut child = cluster
+            .ctl_command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run pgherd ctl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let config = || {
+        let out = cluster.ctl(&["show-config"]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+
+    // Asked, and not confirmed: nothing is written.
+    let no = with_input(&["edit-config", "--pg", "work_mem=8MB"], "n\n");
+    assert!(!no.status.success(), "{}", text(&no));
+    assert!(
+        text(&no).contains("+    work_mem: 8MB"),
+        "the diff: {}",
+        text(&no)
+    );
+    assert!(!config().contains("work_mem"), "{}", config());
+
+    // Confirmed.
+    let yes = with_input(
+        &[
+            "edit-config",
+            "--pg",
+            "work_mem=8MB",
+            "--set",
+            "maximum_lag_on_failover=2097152",
+        ],
+        "y\n",
+    );
+    assert!(yes.status.success(), "{}", text(&yes));
+    assert!(
+        text(&yes).contains("Configuration changed"),
+        "{}",
+        text(&yes)
+    );
+    assert!(config().contains("work_mem: 8MB"), "{}", config());
+    assert!(
+        config().contains("maximum_lag_on_failover: 2097152"),
+        "{}",
+        config()
+    );
+
+    // An unsafe combination is refused with the reason; nothing is written.
+    let unsafe_ttl = cluster.ctl(&["edit-config", "--set", "ttl=5", "--force"]);
+    assert!(!unsafe_ttl.status.success(), "{}", text(&unsafe_ttl));
+    assert!(
+        text(&unsafe_ttl).contains("must not exceed ttl"),
+        "{}",
+        text(&unsafe_ttl)
+    );
+    assert!(!config().contains("ttl: 5\n"), "{}", config());
+
+    // null removes; the same edit twice changes nothing the second time.
+    let removed = cluster.ctl(&[
+        "edit-config",
+        "--set",
+        "maximum_lag_on_failover=null",
+        "--force",
+    ]);
+    assert!(removed.status.success(), "{}", text(&removed));
+    assert!(
+        !config().contains("maximum_lag_on_failover"),
+        "{}",
+        config()
+    );
+    let again = cluster.ctl(&[
+        "edit-config",
+        "--set",
+        "maximum_lag_on_failover=null",
+        "--force",
+    ]);
+    assert!(text(&again).contains("Not changed"), "{}", text(&again));
+
+    // The whole config in $EDITOR.
+    let edited = cluster
+        .ctl_command(&["edit-config", "--force"])
+        .env("VISUAL", "sed -i 's/work_mem: 8MB/work_mem: 16MB/'")
+        .output()
+        .unwrap();
+    assert!(edited.status.success(), "{}", text(&edited));
+    assert!(config().contains("work_mem: 16MB"), "{}", config());
+
+    // The agent reloads PostgreSQL with the new value.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(c) = cluster.node(&primary).connect().await {
+            if let Ok(row) = c.query_one("SHOW work_mem", &[]).await {
+                if row.get::<_, String>(0) == "16MB" {
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "work_mem from the DCS did not reach PostgreSQL"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

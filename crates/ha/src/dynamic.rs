@@ -67,6 +67,58 @@ pub fn apply(base: &HaConfig, config: Option<&Value>) -> Dynamic {
     Dynamic { ha, parameters }
 }
 
+/// Merge `patch` into `config` with Patroni's rules (its `PATCH /config` and
+/// `patronictl edit-config --set`): an object merges key by key, recursively; `null`
+/// removes the key; any other value replaces what was there. Returns whether `config`
+/// changed.
+pub fn patch(config: &mut Value, patch: &Value) -> bool {
+    let Value::Object(changes) = patch else {
+        if config != patch {
+            *config = without_nulls(patch);
+            return true;
+        }
+        return false;
+    };
+    if !config.is_object() {
+        *config = Value::Object(Default::default());
+    }
+    let Value::Object(target) = config else {
+        unreachable!("made an object above")
+    };
+    let mut changed = false;
+    for (key, value) in changes {
+        if value.is_null() {
+            changed |= target.remove(key).is_some();
+            continue;
+        }
+        if let (Value::Object(_), Some(existing @ Value::Object(_))) = (value, target.get_mut(key))
+        {
+            changed |= self::patch(existing, value);
+            continue;
+        }
+        let new = without_nulls(value);
+        if target.get(key) != Some(&new) {
+            target.insert(key.clone(), new);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// `v` without the object keys whose value is `null` (a patch's "remove" has nothing to
+/// remove in a value that is new).
+fn without_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// A PostgreSQL parameter value as written in YAML/JSON.
 pub fn parameter_value(v: &Value) -> Option<String> {
     match v {
@@ -131,6 +183,33 @@ mod tests {
         );
         assert!(d.ha.paused && d.ha.use_pg_rewind && d.ha.use_slots);
         assert_eq!(d.parameters["max_connections"], "200");
+    }
+
+    #[test]
+    fn patch_merges_objects_replaces_values_and_null_removes() {
+        let mut c = json!({"ttl": 30, "pause": true,
+            "postgresql": {"use_slots": true, "parameters": {"max_connections": 100, "work_mem": "4MB"}}});
+        let changed = patch(
+            &mut c,
+            &json!({"ttl": 20, "pause": null, "synchronous_mode": true,
+                "postgresql": {"parameters": {"work_mem": null, "shared_buffers": "1GB"}},
+                "slots": {"s1": {"type": "physical", "plugin": null}}}),
+        );
+        assert!(changed);
+        assert_eq!(
+            c,
+            json!({"ttl": 20, "synchronous_mode": true, "slots": {"s1": {"type": "physical"}},
+                "postgresql": {"use_slots": true,
+                    "parameters": {"max_connections": 100, "shared_buffers": "1GB"}}})
+        );
+        // The same patch again changes nothing; removing what is absent neither.
+        assert!(!patch(&mut c.clone(), &json!({"ttl": 20, "pause": null})));
+        // A value replaces an object and an object a value.
+        assert!(patch(&mut c, &json!({"slots": 1, "ttl": {"a": 1}})));
+        assert_eq!(
+            (c["slots"].clone(), c["ttl"].clone()),
+            (json!(1), json!({"a": 1}))
+        );
     }
 
     #[test]

@@ -259,13 +259,17 @@ impl TestCluster {
 
     /// Run `pgherd ctl -c <first node's config> <args>`.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_pgherd"))
-            .arg("ctl")
+        self.ctl_command(args).output().expect("run pgherd ctl")
+    }
+
+    /// `pgherd ctl -c <first node's config> <args>`, to be given stdin or environment.
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pgherd"));
+        c.arg("ctl")
             .arg("-c")
             .arg(&self.nodes[0].config_path)
-            .args(args)
-            .output()
-            .expect("run pgherd ctl")
+            .args(args);
+        c
     }
 }
 
