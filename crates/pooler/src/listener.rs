@@ -74,8 +74,8 @@ fn start_parker(runtime: &Arc<Runtime>) {
     }
 }
 
-/// Run a client's session in its own task until it leaves, is killed or parks; a client of the admin console is served by the console
-/// in the same task.
+/// Run a client's session in its own task until it leaves, is killed or parks; a client
+/// of the admin console is served by the console in the same task.
 fn spawn_client(
     runtime: Arc<Runtime>,
     client: Arc<ClientInfo>,

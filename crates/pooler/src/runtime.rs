@@ -1,8 +1,8 @@
 //! The state the pooler's parts share: what sessions share ([`SessionContext`]: the
 //! configuration in force, the pool map, the cancel-key registry), the client registry
 //! the admin console lists (and `KILL`s), the parker, shutdown, and reloading the
-//! configuration files. The listener runs the clients on it; the
-//! console and metrics read it.
+//! configuration files. The listener runs the clients on it; the console and metrics
+//! read it.
 
 use crate::cancel::CancelRegistry;
 use crate::client::{ClientInfo, ClientRegistry};
