@@ -138,112 +138,9 @@ pub struct BootstrapConfig {
     pub pg_hba: Option<Vec<String>>,
 }
 
-/// The cluster-wide dynamic configuration (`bootstrap.dcs`, and the DCS `config` key in
-/// Patroni's JSON shape).
-#[derive(Debug, Clone, PartialEq)]
-pub struct DynamicConfig {
-    /// Leader lease length (default 30 s).
-    pub ttl: Duration,
-    /// HA loop period (default 10 s).
-    pub loop_wait: Duration,
-    /// How long DCS and PostgreSQL operations are retried (default 10 s).
-    pub retry_timeout: Duration,
-    /// Bytes (default 1048576).
-    pub maximum_lag_on_failover: u64,
-    pub synchronous_mode: bool,
-    pub synchronous_mode_strict: bool,
-    /// Maintenance mode.
-    pub pause: bool,
-    pub postgresql: DynamicPostgresql,
-    /// Other keys (Patroni's `check_timeline`, `slots`, `standby_cluster`, ...): not
-    /// interpreted, kept so they survive a round trip through the DCS.
-    pub other: BTreeMap<String, Json>,
-}
-
-/// `postgresql` inside the dynamic configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DynamicPostgresql {
-    /// Default false.
-    pub use_pg_rewind: bool,
-    /// Default true.
-    pub use_slots: bool,
-    /// Values as PostgreSQL reads them (`true` → `on`, numbers as text).
-    pub parameters: BTreeMap<String, String>,
-    /// Other keys (`pg_hba`, `recovery_conf`, ...), kept as written.
-    pub other: BTreeMap<String, Json>,
-}
-
-impl Default for DynamicPostgresql {
-    fn default() -> Self {
-        DynamicPostgresql {
-            use_pg_rewind: false,
-            use_slots: true,
-            parameters: BTreeMap::new(),
-            other: BTreeMap::new(),
-        }
-    }
-}
-
-impl Default for DynamicConfig {
-    /// Patroni's defaults.
-    fn default() -> Self {
-        DynamicConfig {
-            ttl: Duration::from_secs(30),
-            loop_wait: Duration::from_secs(10),
-            retry_timeout: Duration::from_secs(10),
-            maximum_lag_on_failover: 1_048_576,
-            synchronous_mode: false,
-            synchronous_mode_strict: false,
-            pause: false,
-            postgresql: DynamicPostgresql::default(),
-            other: BTreeMap::new(),
-        }
-    }
-}
-
-impl DynamicConfig {
-    /// Patroni's JSON shape for the DCS `config` key. `pause` appears only when set, as
-    /// Patroni writes it; keys kept in `other` are written back as they came.
-    pub fn to_json(&self) -> Json {
-        let mut pg = serde_json::Map::new();
-        for (k, v) in &self.postgresql.other {
-            pg.insert(k.clone(), v.clone());
-        }
-        pg.insert("use_pg_rewind".into(), self.postgresql.use_pg_rewind.into());
-        pg.insert("use_slots".into(), self.postgresql.use_slots.into());
-        let params: serde_json::Map<String, Json> = self
-            .postgresql
-            .parameters
-            .iter()
-            .map(|(k, v)| (k.clone(), parameter_json(v)))
-            .collect();
-        pg.insert("parameters".into(), Json::Object(params));
-
-        let mut out = serde_json::Map::new();
-        for (k, v) in &self.other {
-            out.insert(k.clone(), v.clone());
-        }
-        out.insert("ttl".into(), seconds_json(self.ttl));
-        out.insert("loop_wait".into(), seconds_json(self.loop_wait));
-        out.insert("retry_timeout".into(), seconds_json(self.retry_timeout));
-        out.insert(
-            "maximum_lag_on_failover".into(),
-            self.maximum_lag_on_failover.into(),
-        );
-        out.insert("synchronous_mode".into(), self.synchronous_mode.into());
-        out.insert(
-            "synchronous_mode_strict".into(),
-            self.synchronous_mode_strict.into(),
-        );
-        if self.pause {
-            out.insert("pause".into(), true.into());
-        } else {
-            out.remove("pause");
-        }
-        out.insert("postgresql".into(), Json::Object(pg));
-        Json::Object(out)
-    }
-}
+/// The cluster-wide dynamic configuration (`bootstrap.dcs`, and the DCS `config` key):
+/// one type and one parser, in `pgherd_ha::dynamic`.
+pub use pgherd_ha::dynamic::{DynamicConfig, DynamicPostgresql};
 
 /// `postgresql:` (the local instance).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -403,24 +300,16 @@ pub fn parse(yaml: &str, source: &str) -> Result<Loaded, ConfigError> {
 /// Validate the DCS `config` key (Patroni's dynamic configuration JSON). Missing keys take
 /// Patroni's defaults; keys pgherd does not interpret are kept in `other`.
 pub fn parse_dynamic(json: &Json) -> Result<DynamicConfig, ConfigError> {
-    let file = "DCS config";
-    let value: Value = yaml_serde::to_value(json).map_err(|e| ConfigError::Invalid {
-        file: file.into(),
-        errors: vec![FieldError {
-            path: String::new(),
-            message: e.to_string(),
-        }],
-    })?;
-    let mut ctx = Ctx::default();
-    let dynamic = dynamic_config(&mut ctx, "", Some(&value), false);
-    if ctx.errors.is_empty() {
-        Ok(dynamic)
-    } else {
-        Err(ConfigError::Invalid {
-            file: file.into(),
-            errors: ctx.errors,
-        })
-    }
+    pgherd_ha::dynamic::parse(json).map_err(|problems| ConfigError::Invalid {
+        file: "DCS config".into(),
+        errors: problems
+            .into_iter()
+            .map(|p| FieldError {
+                path: p.path,
+                message: p.message,
+            })
+            .collect(),
+    })
 }
 
 fn yaml_error(source: &str, e: &yaml_serde::Error) -> ConfigError {
@@ -658,45 +547,6 @@ fn seconds_value(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Duration> {
             );
             None
         }
-    }
-}
-
-fn u64_value(ctx: &mut Ctx, path: &str, v: &Value, unit: &str) -> Option<u64> {
-    let parsed = match untag(v) {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse::<u64>().ok(),
-        _ => None,
-    };
-    if parsed.is_none() {
-        ctx.error(path, format!("must be a number of {unit}, got {}", show(v)));
-    }
-    parsed
-}
-
-fn secs_text(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        d.as_secs().to_string()
-    } else {
-        format!("{}", d.as_secs_f64())
-    }
-}
-
-fn seconds_json(d: Duration) -> Json {
-    if d.subsec_nanos() == 0 {
-        d.as_secs().into()
-    } else {
-        serde_json::Number::from_f64(d.as_secs_f64())
-            .map(Json::Number)
-            .unwrap_or(Json::Null)
-    }
-}
-
-/// A parameter value in JSON: integers as numbers (as Patroni stores them), the rest as
-/// strings.
-fn parameter_json(v: &str) -> Json {
-    match v.parse::<i64>() {
-        Ok(n) if n.to_string() == v => n.into(),
-        _ => Json::String(v.to_string()),
     }
 }
 
@@ -1262,7 +1112,7 @@ fn bootstrap(ctx: &mut Ctx, root: &mut Section<'_>) -> BootstrapConfig {
     let mut s = Section::of(ctx, &path, v);
     let dcs_path = s.path("dcs");
     let dcs_value = s.take("dcs");
-    let dcs = dynamic_config(ctx, &dcs_path, dcs_value, true);
+    let dcs = dynamic_config(ctx, &dcs_path, dcs_value);
     let initdb = match s.take("initdb") {
         Some(v) => option_args(ctx, &s.path("initdb"), v),
         None => Vec::new(),
@@ -1300,114 +1150,60 @@ fn bootstrap(ctx: &mut Ctx, root: &mut Section<'_>) -> BootstrapConfig {
     }
 }
 
-/// `bootstrap.dcs` (from YAML, `warn_unknown`) or the DCS `config` key (from JSON).
-fn dynamic_config(
-    ctx: &mut Ctx,
-    path: &str,
-    v: Option<&Value>,
-    warn_unknown: bool,
-) -> DynamicConfig {
-    let defaults = DynamicConfig::default();
-    let mut s = Section::of(ctx, path, v);
-
-    let errors_before = ctx.errors.len();
-    let ttl = s.seconds(ctx, "ttl");
-    let loop_wait = s.seconds(ctx, "loop_wait");
-    let retry_timeout = s.seconds(ctx, "retry_timeout");
-    let minimum = |ctx: &mut Ctx, key: &str, d: Option<Duration>, min: u64| {
-        if let Some(d) = d {
-            if d < Duration::from_secs(min) {
-                ctx.error(
-                    &join(path, key),
-                    format!("must be at least {min} seconds, got {}", secs_text(d)),
-                );
-                return false;
+/// `bootstrap.dcs`, read by the one dynamic-config parser; its problems become errors
+/// under `path`, and keys it does not interpret warnings.
+fn dynamic_config(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> DynamicConfig {
+    let json = match v.map(untag) {
+        None | Some(Value::Null) => Json::Object(Default::default()),
+        Some(v) => match yaml_json(v) {
+            Ok(j) => j,
+            Err(e) => {
+                ctx.error(path, format!("cannot be represented as JSON: {e}"));
+                return DynamicConfig::default();
             }
-        }
-        true
-    };
-    let ok = minimum(ctx, "ttl", ttl, 2)
-        & minimum(ctx, "loop_wait", loop_wait, 1)
-        & minimum(ctx, "retry_timeout", retry_timeout, 1);
-    let ttl = ttl.unwrap_or(defaults.ttl);
-    let loop_wait = loop_wait.unwrap_or(defaults.loop_wait);
-    let retry_timeout = retry_timeout.unwrap_or(defaults.retry_timeout);
-    // Only when all three are valid (or defaulted): otherwise the message would mislead.
-    if ok && ctx.errors.len() == errors_before && loop_wait + 2 * retry_timeout > ttl {
-        ctx.error(
-            path,
-            format!(
-                "loop_wait ({}) + 2 * retry_timeout ({}) = {} must not exceed ttl ({}): a \
-                 primary that cannot reach the DCS must demote before its leader lease expires",
-                secs_text(loop_wait),
-                secs_text(retry_timeout),
-                secs_text(loop_wait + 2 * retry_timeout),
-                secs_text(ttl),
-            ),
-        );
-    }
-
-    let maximum_lag_on_failover = s
-        .take("maximum_lag_on_failover")
-        .and_then(|v| u64_value(ctx, &join(path, "maximum_lag_on_failover"), v, "bytes"))
-        .unwrap_or(defaults.maximum_lag_on_failover);
-    let synchronous_mode = s
-        .boolean(ctx, "synchronous_mode")
-        .unwrap_or(defaults.synchronous_mode);
-    let synchronous_mode_strict = s
-        .boolean(ctx, "synchronous_mode_strict")
-        .unwrap_or(defaults.synchronous_mode_strict);
-    let pause = s.boolean(ctx, "pause").unwrap_or(false);
-
-    let pg_path = s.path("postgresql");
-    let pg_value = s.take("postgresql");
-    let mut pg = Section::of(ctx, &pg_path, pg_value);
-    let use_pg_rewind = pg
-        .boolean(ctx, "use_pg_rewind")
-        .unwrap_or(defaults.postgresql.use_pg_rewind);
-    let use_slots = pg
-        .boolean(ctx, "use_slots")
-        .unwrap_or(defaults.postgresql.use_slots);
-    let params_path = pg.path("parameters");
-    let params_value = pg.take("parameters");
-    let parameters = parameters(ctx, &params_path, params_value);
-    let pg_other = kept(ctx, pg, warn_unknown);
-
-    let other = kept(ctx, s, warn_unknown);
-    DynamicConfig {
-        ttl,
-        loop_wait,
-        retry_timeout,
-        maximum_lag_on_failover,
-        synchronous_mode,
-        synchronous_mode_strict,
-        pause,
-        postgresql: DynamicPostgresql {
-            use_pg_rewind,
-            use_slots,
-            parameters,
-            other: pg_other,
         },
-        other,
+    };
+    match pgherd_ha::dynamic::parse(&json) {
+        Ok(config) => {
+            let kept = "not interpreted by pgherd; kept in the cluster config as written";
+            for k in config.other.keys() {
+                ctx.warn(&join(path, k), kept);
+            }
+            for k in config.postgresql.other.keys() {
+                ctx.warn(&join(path, &format!("postgresql.{k}")), kept);
+            }
+            config
+        }
+        Err(problems) => {
+            for p in problems {
+                let at = if p.path.is_empty() {
+                    path.to_string()
+                } else {
+                    join(path, &p.path)
+                };
+                ctx.error(&at, p.message);
+            }
+            pgherd_ha::dynamic::read(&json).config()
+        }
     }
 }
 
-/// The rest of a dynamic-config section: kept as JSON for the DCS `config` key.
-fn kept(ctx: &mut Ctx, s: Section<'_>, warn_unknown: bool) -> BTreeMap<String, Json> {
-    let mut out = BTreeMap::new();
-    for (k, v) in s.entries {
-        let p = join(&s.path, &k);
-        if warn_unknown {
-            ctx.warn(
-                &p,
-                "not interpreted by pgherd; kept in the cluster config as written",
-            );
+/// A YAML value as JSON: tags dropped, keys as text.
+fn yaml_json(v: &Value) -> Result<Json, String> {
+    Ok(match untag(v) {
+        Value::Null | Value::Tagged(_) => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Number(n) => serde_json::to_value(n).map_err(|e| e.to_string())?,
+        Value::String(s) => Json::String(s.clone()),
+        Value::Sequence(items) => {
+            Json::Array(items.iter().map(yaml_json).collect::<Result<_, _>>()?)
         }
-        if let Some(j) = to_json(ctx, &p, v) {
-            out.insert(k, j);
-        }
-    }
-    out
+        Value::Mapping(m) => Json::Object(
+            m.iter()
+                .map(|(k, v)| Ok((key_text(k), yaml_json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
 }
 
 fn postgresql(ctx: &mut Ctx, root: &mut Section<'_>) -> PostgresqlConfig {

@@ -1,9 +1,274 @@
-//! The cluster-wide dynamic configuration (the DCS `config` key, Patroni's JSON shape)
-//! as the HA loop reads it.
+//! The cluster-wide dynamic configuration (`bootstrap.dcs`, and the DCS `config` key in
+//! Patroni's JSON shape): its one parser, [`read`]. [`parse`] is the strict use of it
+//! (a config file, `ctl edit-config`: every problem is an error naming its key), [`apply`]
+//! the lenient one (the HA loop: a key that is missing or wrong keeps the member's own
+//! value, since another tool may write junk and a running cluster must not stop over it).
 
 use crate::decide::HaConfig;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The dynamic configuration, typed, with Patroni's defaults for what is not set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamicConfig {
+    /// Leader lease length (default 30 s).
+    pub ttl: Duration,
+    /// HA loop period (default 10 s).
+    pub loop_wait: Duration,
+    /// How long DCS and PostgreSQL operations are retried (default 10 s).
+    pub retry_timeout: Duration,
+    /// Bytes (default 1048576).
+    pub maximum_lag_on_failover: u64,
+    pub synchronous_mode: bool,
+    pub synchronous_mode_strict: bool,
+    /// Maintenance mode.
+    pub pause: bool,
+    pub postgresql: DynamicPostgresql,
+    /// Other keys (Patroni's `check_timeline`, `slots`, `standby_cluster`, ...): not
+    /// interpreted, kept so they survive a round trip through the DCS.
+    pub other: BTreeMap<String, Value>,
+}
+
+/// `postgresql` inside the dynamic configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamicPostgresql {
+    /// Default false.
+    pub use_pg_rewind: bool,
+    /// Default true.
+    pub use_slots: bool,
+    /// Values as PostgreSQL reads them (`true` → `on`, numbers as text).
+    pub parameters: BTreeMap<String, String>,
+    /// Other keys (`pg_hba`, `recovery_conf`, ...), kept as written.
+    pub other: BTreeMap<String, Value>,
+}
+
+impl Default for DynamicPostgresql {
+    fn default() -> Self {
+        DynamicPostgresql {
+            use_pg_rewind: false,
+            use_slots: true,
+            parameters: BTreeMap::new(),
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for DynamicConfig {
+    /// Patroni's defaults.
+    fn default() -> Self {
+        DynamicConfig {
+            ttl: Duration::from_secs(30),
+            loop_wait: Duration::from_secs(10),
+            retry_timeout: Duration::from_secs(10),
+            maximum_lag_on_failover: 1_048_576,
+            synchronous_mode: false,
+            synchronous_mode_strict: false,
+            pause: false,
+            postgresql: DynamicPostgresql::default(),
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+impl DynamicConfig {
+    /// Patroni's JSON shape for the DCS `config` key. `pause` appears only when set, as
+    /// Patroni writes it; keys kept in `other` are written back as they came.
+    pub fn to_json(&self) -> Value {
+        let mut pg = Map::new();
+        for (k, v) in &self.postgresql.other {
+            pg.insert(k.clone(), v.clone());
+        }
+        pg.insert("use_pg_rewind".into(), self.postgresql.use_pg_rewind.into());
+        pg.insert("use_slots".into(), self.postgresql.use_slots.into());
+        let params: Map<String, Value> = self
+            .postgresql
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), parameter_json(v)))
+            .collect();
+        pg.insert("parameters".into(), Value::Object(params));
+
+        let mut out = Map::new();
+        for (k, v) in &self.other {
+            out.insert(k.clone(), v.clone());
+        }
+        out.insert("ttl".into(), seconds_json(self.ttl));
+        out.insert("loop_wait".into(), seconds_json(self.loop_wait));
+        out.insert("retry_timeout".into(), seconds_json(self.retry_timeout));
+        out.insert(
+            "maximum_lag_on_failover".into(),
+            self.maximum_lag_on_failover.into(),
+        );
+        out.insert("synchronous_mode".into(), self.synchronous_mode.into());
+        out.insert(
+            "synchronous_mode_strict".into(),
+            self.synchronous_mode_strict.into(),
+        );
+        if self.pause {
+            out.insert("pause".into(), true.into());
+        } else {
+            out.remove("pause");
+        }
+        out.insert("postgresql".into(), Value::Object(pg));
+        Value::Object(out)
+    }
+}
+
+/// A key of the dynamic configuration that could not be read, and why. `path` is the
+/// dotted key (`postgresql.use_slots`), empty for the whole config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+/// The dynamic configuration as read: every interpreted key that is set and valid
+/// (`None`: missing, null or wrong; the wrong ones are in `problems`), the keys kept as
+/// written, and the problems.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Read {
+    pub ttl: Option<Duration>,
+    pub loop_wait: Option<Duration>,
+    pub retry_timeout: Option<Duration>,
+    pub maximum_lag_on_failover: Option<u64>,
+    pub synchronous_mode: Option<bool>,
+    pub synchronous_mode_strict: Option<bool>,
+    pub pause: Option<bool>,
+    pub use_pg_rewind: Option<bool>,
+    pub use_slots: Option<bool>,
+    pub parameters: BTreeMap<String, String>,
+    /// Keys pgherd does not interpret, at the top and in `postgresql`.
+    pub other: BTreeMap<String, Value>,
+    pub pg_other: BTreeMap<String, Value>,
+    pub problems: Vec<Problem>,
+}
+
+impl Read {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// The typed config: what was read, Patroni's defaults for the rest.
+    pub fn config(&self) -> DynamicConfig {
+        let d = DynamicConfig::default();
+        DynamicConfig {
+            ttl: self.ttl.unwrap_or(d.ttl),
+            loop_wait: self.loop_wait.unwrap_or(d.loop_wait),
+            retry_timeout: self.retry_timeout.unwrap_or(d.retry_timeout),
+            maximum_lag_on_failover: self
+                .maximum_lag_on_failover
+                .unwrap_or(d.maximum_lag_on_failover),
+            synchronous_mode: self.synchronous_mode.unwrap_or(d.synchronous_mode),
+            synchronous_mode_strict: self
+                .synchronous_mode_strict
+                .unwrap_or(d.synchronous_mode_strict),
+            pause: self.pause.unwrap_or(d.pause),
+            postgresql: DynamicPostgresql {
+                use_pg_rewind: self.use_pg_rewind.unwrap_or(d.postgresql.use_pg_rewind),
+                use_slots: self.use_slots.unwrap_or(d.postgresql.use_slots),
+                parameters: self.parameters.clone(),
+                other: self.pg_other.clone(),
+            },
+            other: self.other.clone(),
+        }
+    }
+}
+
+/// Read a dynamic configuration (a JSON object; null values count as not set).
+pub fn read(value: &Value) -> Read {
+    let mut r = Read::default();
+    let Some(top) = mapping(&mut r, "", Some(value)) else {
+        return r;
+    };
+    for (key, v) in top {
+        if v.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "ttl" => r.ttl = seconds(&mut r, key, v, 2),
+            "loop_wait" => r.loop_wait = seconds(&mut r, key, v, 1),
+            "retry_timeout" => r.retry_timeout = seconds(&mut r, key, v, 1),
+            "maximum_lag_on_failover" => {
+                r.maximum_lag_on_failover = unsigned(&mut r, key, v, "bytes")
+            }
+            "synchronous_mode" => r.synchronous_mode = boolean(&mut r, key, v),
+            "synchronous_mode_strict" => r.synchronous_mode_strict = boolean(&mut r, key, v),
+            "pause" => r.pause = boolean(&mut r, key, v),
+            "postgresql" => read_postgresql(&mut r, v),
+            _ => {
+                r.other.insert(key.clone(), v.clone());
+            }
+        }
+    }
+    r
+}
+
+fn read_postgresql(r: &mut Read, v: &Value) {
+    let Some(pg) = mapping(r, "postgresql", Some(v)) else {
+        return;
+    };
+    for (key, v) in pg {
+        if v.is_null() {
+            continue;
+        }
+        let path = format!("postgresql.{key}");
+        match key.as_str() {
+            "use_pg_rewind" => r.use_pg_rewind = boolean(r, &path, v),
+            "use_slots" => r.use_slots = boolean(r, &path, v),
+            "parameters" => {
+                let Some(params) = mapping(r, &path, Some(v)) else {
+                    continue;
+                };
+                for (name, v) in params {
+                    let p = format!("{path}.{name}");
+                    if let Some(text) = parameter(r, &p, v) {
+                        r.parameters.insert(name.clone(), text);
+                    }
+                }
+            }
+            _ => {
+                r.pg_other.insert(key.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// Strict: the typed config, or every problem (with the timing rule of DESIGN §3.1).
+pub fn parse(value: &Value) -> Result<DynamicConfig, Vec<Problem>> {
+    let mut r = read(value);
+    let timings_read = !r
+        .problems
+        .iter()
+        .any(|p| ["ttl", "loop_wait", "retry_timeout"].contains(&p.path.as_str()));
+    let config = r.config();
+    // Only when all three are valid (or defaulted): otherwise the message would mislead.
+    if timings_read && !timings_safe(&config) {
+        r.problem(
+            "",
+            format!(
+                "loop_wait ({}) + 2 * retry_timeout ({}) = {} must not exceed ttl ({}): a \
+                 primary that cannot reach the DCS must demote before its leader lease expires",
+                secs_text(config.loop_wait),
+                secs_text(config.retry_timeout),
+                secs_text(config.loop_wait + 2 * config.retry_timeout),
+                secs_text(config.ttl),
+            ),
+        );
+    }
+    if r.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(r.problems)
+    }
+}
+
+fn timings_safe(c: &DynamicConfig) -> bool {
+    c.loop_wait + 2 * c.retry_timeout <= c.ttl
+}
 
 /// The parts of the `config` key the agent acts on.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,58 +278,196 @@ pub struct Dynamic {
     pub parameters: BTreeMap<String, String>,
 }
 
-/// Overlay the `config` key on `base`. Keys that are missing or of the wrong type keep
-/// the base value (the CLI validates what it writes; another tool may write junk, and a
-/// running cluster must not stop over it).
+/// Lenient: overlay the `config` key on `base` (the member's own settings). A key that is
+/// missing or wrong keeps the base value; timings that break the lease rule are ignored
+/// as a whole, since rule 1 depends on them.
 pub fn apply(base: &HaConfig, config: Option<&Value>) -> Dynamic {
-    let mut ha = base.clone();
-    let mut parameters = BTreeMap::new();
     let Some(config) = config else {
-        return Dynamic { ha, parameters };
+        return Dynamic {
+            ha: base.clone(),
+            parameters: BTreeMap::new(),
+        };
     };
-    let secs = |key: &str| {
-        config
-            .get(key)
-            .and_then(number)
-            .map(|s| (s * 1000.0) as u64)
+    let r = read(config);
+    let mut ha = base.clone();
+    let set = |field: &mut u64, v: Option<Duration>| {
+        if let Some(v) = v {
+            *field = millis(v);
+        }
     };
-    if let Some(v) = secs("ttl") {
-        ha.ttl = v;
-    }
-    if let Some(v) = secs("loop_wait") {
-        ha.loop_wait = v;
-    }
-    if let Some(v) = secs("retry_timeout") {
-        ha.retry_timeout = v;
-    }
-    // An unsafe combination from the DCS is ignored as a whole: rule 1 depends on it.
+    set(&mut ha.ttl, r.ttl);
+    set(&mut ha.loop_wait, r.loop_wait);
+    set(&mut ha.retry_timeout, r.retry_timeout);
     if ha.loop_wait + 2 * ha.retry_timeout > ha.ttl || ha.ttl == 0 {
         ha.ttl = base.ttl;
         ha.loop_wait = base.loop_wait;
         ha.retry_timeout = base.retry_timeout;
     }
-    if let Some(v) = config.get("maximum_lag_on_failover").and_then(number) {
-        ha.maximum_lag_on_failover = v as u64;
+    ha.maximum_lag_on_failover = r
+        .maximum_lag_on_failover
+        .unwrap_or(base.maximum_lag_on_failover);
+    ha.paused = r.pause.unwrap_or(base.paused);
+    ha.use_pg_rewind = r.use_pg_rewind.unwrap_or(base.use_pg_rewind);
+    ha.use_slots = r.use_slots.unwrap_or(base.use_slots);
+    Dynamic {
+        ha,
+        parameters: r.parameters,
     }
-    if let Some(v) = config.get("pause").and_then(boolean) {
-        ha.paused = v;
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------
+// Values, with the messages every user of the parser shows.
+
+fn mapping<'a>(r: &mut Read, path: &str, v: Option<&'a Value>) -> Option<&'a Map<String, Value>> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(other) => {
+            let what = if path.is_empty() {
+                "the document"
+            } else {
+                "this key"
+            };
+            r.problem(
+                path,
+                format!("expected a mapping for {what}, got {}", show(other)),
+            );
+            None
+        }
     }
-    if let Some(pg) = config.get("postgresql") {
-        if let Some(v) = pg.get("use_pg_rewind").and_then(boolean) {
-            ha.use_pg_rewind = v;
+}
+
+/// A value as shown in a message: strings quoted, scalars as written.
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "nothing".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a mapping".into(),
+    }
+}
+
+/// A boolean as Patroni and YAML write it: true/false, yes/no, on/off, 1/0.
+fn boolean(r: &mut Read, path: &str, v: &Value) -> Option<bool> {
+    let parsed = match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Some(true),
+            "false" | "no" | "off" | "0" => Some(false),
+            _ => None,
+        },
+        Value::Number(n) => match n.as_u64() {
+            Some(1) => Some(true),
+            Some(0) => Some(false),
+            _ => None,
+        },
+        _ => None,
+    };
+    if parsed.is_none() {
+        r.problem(path, format!("expected true or false, got {}", show(v)));
+    }
+    parsed
+}
+
+/// A non-negative number, from a number or a numeric string.
+fn number(v: &Value) -> Option<f64> {
+    let f = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }?;
+    (f.is_finite() && f >= 0.0).then_some(f)
+}
+
+/// Seconds, at least `min`.
+fn seconds(r: &mut Read, path: &str, v: &Value, min: u64) -> Option<Duration> {
+    // Durations up to ~31 years; beyond that is surely a mistake, and from_secs_f64
+    // panics on overflow.
+    let Some(d) = number(v).filter(|f| *f < 1e9).map(Duration::from_secs_f64) else {
+        r.problem(
+            path,
+            format!("must be a number of seconds, got {}", show(v)),
+        );
+        return None;
+    };
+    if d < Duration::from_secs(min) {
+        r.problem(
+            path,
+            format!("must be at least {min} seconds, got {}", secs_text(d)),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+fn unsigned(r: &mut Read, path: &str, v: &Value, unit: &str) -> Option<u64> {
+    let parsed = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    if parsed.is_none() {
+        r.problem(path, format!("must be a number of {unit}, got {}", show(v)));
+    }
+    parsed
+}
+
+/// A PostgreSQL parameter value: any scalar, booleans as `on`/`off`.
+fn parameter(r: &mut Read, path: &str, v: &Value) -> Option<String> {
+    match v {
+        Value::Bool(true) => Some("on".into()),
+        Value::Bool(false) => Some("off".into()),
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => {
+            r.problem(path, "expected a parameter value, got nothing");
+            None
         }
-        if let Some(v) = pg.get("use_slots").and_then(boolean) {
-            ha.use_slots = v;
-        }
-        if let Some(Value::Object(params)) = pg.get("parameters") {
-            for (k, v) in params {
-                if let Some(s) = parameter_value(v) {
-                    parameters.insert(k.clone(), s);
-                }
-            }
+        other => {
+            r.problem(
+                path,
+                format!(
+                    "expected a parameter value (string, number or boolean), got {}",
+                    show(other)
+                ),
+            );
+            None
         }
     }
-    Dynamic { ha, parameters }
+}
+
+/// Seconds as written: `30`, or `0.5`.
+pub fn secs_text(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{}", d.as_secs_f64())
+    }
+}
+
+fn seconds_json(d: Duration) -> Value {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().into()
+    } else {
+        serde_json::Number::from_f64(d.as_secs_f64())
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// A parameter value in JSON: integers as numbers (as Patroni stores them), the rest as
+/// strings.
+fn parameter_json(v: &str) -> Value {
+    match v.parse::<i64>() {
+        Ok(n) if n.to_string() == v => n.into(),
+        _ => Value::String(v.to_string()),
+    }
 }
 
 /// Merge `patch` into `config` with Patroni's rules (its `PATCH /config` and
@@ -116,38 +519,6 @@ fn without_nulls(v: &Value) -> Value {
                 .collect(),
         ),
         other => other.clone(),
-    }
-}
-
-/// A PostgreSQL parameter value as written in YAML/JSON.
-pub fn parameter_value(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(true) => Some("on".into()),
-        Value::Bool(false) => Some("off".into()),
-        _ => None,
-    }
-}
-
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-    .filter(|f: &f64| f.is_finite() && *f >= 0.0)
-}
-
-fn boolean(v: &Value) -> Option<bool> {
-    match v {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) => match s.to_ascii_lowercase().as_str() {
-            "true" | "on" | "yes" | "1" => Some(true),
-            "false" | "off" | "no" | "0" => Some(false),
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -210,6 +581,37 @@ mod tests {
             (c["slots"].clone(), c["ttl"].clone()),
             (json!(1), json!({"a": 1}))
         );
+    }
+
+    #[test]
+    fn one_parser_strict_names_every_wrong_key_lenient_keeps_the_base_for_them() {
+        let junk = json!({"ttl": "soon", "pause": "maybe", "loop_wait": 5,
+            "postgresql": {"use_slots": [1], "parameters": {"work_mem": "8MB", "bad": {}}},
+            "check_timeline": true});
+        let problems = parse(&junk).unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "pause",
+                "postgresql.parameters.bad",
+                "postgresql.use_slots",
+                "ttl"
+            ]
+        );
+        assert!(problems[3].message.contains(r#"got "soon""#));
+        let d = apply(&base(), Some(&junk));
+        assert_eq!((d.ha.ttl, d.ha.loop_wait), (30_000, 5_000));
+        assert!(!d.ha.paused && d.ha.use_slots);
+        assert_eq!(
+            d.parameters.get("work_mem").map(String::as_str),
+            Some("8MB")
+        );
+        assert!(!d.parameters.contains_key("bad"));
+        // What is not interpreted is kept for the round trip.
+        assert_eq!(read(&junk).config().other["check_timeline"], json!(true));
+        let good = parse(&json!({"ttl": 20, "loop_wait": 5, "retry_timeout": 5})).unwrap();
+        assert_eq!(parse(&good.to_json()).unwrap(), good);
     }
 
     #[test]
