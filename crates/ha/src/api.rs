@@ -1,20 +1,48 @@
 //! The REST API, with Patroni's paths, JSON field names and status codes: 200 when the
 //! member is what the path asks, 503 otherwise, so HAProxy's `option httpchk OPTIONS
 //! /primary` and existing monitoring work unchanged. Health paths answer GET, HEAD and
-//! OPTIONS alike.
+//! OPTIONS alike. The mutating endpoints (`PATCH`/`PUT /config`) need a [`Control`] and,
+//! when `restapi.authentication` is set, its basic-auth credentials.
 
+use crate::dynamic;
+use crate::spec::ApiAuth;
 use crate::status::{NodeStatus, Role, SharedStatus};
-use axum::extract::{Query, State};
-use axum::http::{Method, StatusCode};
+use axum::body::Bytes;
+use axum::extract::{FromRef, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
+use base64::Engine;
+use pgherd_dcs::Dcs;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// The API's routes over a member's shared status.
-pub fn router(status: SharedStatus) -> Router {
+/// What the mutating endpoints act through: the cluster's DCS, and the credentials of
+/// `restapi.authentication` (`None`: no authentication, as in Patroni).
+#[derive(Clone)]
+pub struct Control {
+    pub dcs: Arc<dyn Dcs>,
+    pub auth: Option<ApiAuth>,
+}
+
+#[derive(Clone)]
+struct ApiState {
+    status: SharedStatus,
+    control: Option<Control>,
+}
+
+impl FromRef<ApiState> for SharedStatus {
+    fn from_ref(api: &ApiState) -> SharedStatus {
+        api.status.clone()
+    }
+}
+
+/// The API's routes over a member's shared status; without `control` the mutating
+/// endpoints answer 503.
+pub fn router(status: SharedStatus, control: Option<Control>) -> Router {
     Router::new()
         .route("/", any(primary))
         .route("/primary", any(primary))
@@ -33,17 +61,18 @@ pub fn router(status: SharedStatus) -> Router {
         .route("/patroni", get(patroni))
         .route("/cluster", get(cluster))
         .route("/history", get(history))
-        .route("/config", get(config))
-        .with_state(status)
+        .route("/config", get(config).patch(patch_config).put(put_config))
+        .with_state(ApiState { status, control })
 }
 
 /// Serve the API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     status: SharedStatus,
+    control: Option<Control>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(status))
+    axum::serve(listener, router(status, control))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -290,6 +319,161 @@ async fn config(State(st): State<SharedStatus>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Why a mutating request was not carried out: its status code and message.
+struct Refusal {
+    code: StatusCode,
+    message: String,
+}
+
+fn refuse(code: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut r = (self.code, Json(json!({"error": self.message}))).into_response();
+        if self.code == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"Patroni\""),
+            );
+        }
+        r
+    }
+}
+
+/// The control of a request that may change the cluster: 401 (with Patroni's realm)
+/// without the right basic-auth credentials, 503 on a member that has none.
+fn authorized<'a>(api: &'a ApiState, headers: &HeaderMap) -> Result<&'a Control, Refusal> {
+    let Some(control) = &api.control else {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this member's API cannot change the cluster",
+        ));
+    };
+    let Some(auth) = &control.auth else {
+        return Ok(control);
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .unwrap_or_default();
+    let expected = format!("{}:{}", auth.username, auth.password);
+    if same_bytes(&given, expected.as_bytes()) {
+        Ok(control)
+    } else {
+        Err(refuse(StatusCode::UNAUTHORIZED, "authentication required"))
+    }
+}
+
+/// Equal, in a time that does not depend on where the first difference is.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A request body that must be a JSON object.
+fn json_object(body: &[u8]) -> Result<Value, Refusal> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )),
+    }
+}
+
+/// A config that pgherd would refuse to start with is not written: 400 naming each key.
+fn checked(config: &Value) -> Result<(), Refusal> {
+    dynamic::parse(config).map(|_| ()).map_err(|problems| {
+        let list: Vec<String> = problems
+            .iter()
+            .map(|p| {
+                if p.path.is_empty() {
+                    p.message.clone()
+                } else {
+                    format!("{}: {}", p.path, p.message)
+                }
+            })
+            .collect();
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("invalid configuration: {}", list.join("; ")),
+        )
+    })
+}
+
+fn dcs_down(what: &str, e: impl std::fmt::Display) -> Refusal {
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("cannot {what} the DCS: {e}"),
+    )
+}
+
+/// `PATCH /config`: merge the body into the `config` key with Patroni's rules (`null`
+/// removes a key), by compare-and-set; answers the new config.
+async fn patch_config(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, Refusal> {
+    let control = authorized(&api, &headers)?;
+    let patch = json_object(&body)?;
+    let cluster = control
+        .dcs
+        .get_cluster()
+        .await
+        .map_err(|e| dcs_down("read", e))?;
+    let Some(current) = cluster.config else {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no dynamic configuration in the DCS",
+        ));
+    };
+    let mut config = current.value.clone();
+    if !dynamic::patch(&mut config, &patch) {
+        return Ok(Json(config));
+    }
+    checked(&config)?;
+    match control.dcs.set_config(&config, Some(current.version)).await {
+        Ok(true) => Ok(Json(config)),
+        Ok(false) => Err(refuse(
+            StatusCode::CONFLICT,
+            "the configuration was changed meanwhile; nothing was written",
+        )),
+        Err(e) => Err(dcs_down("write", e)),
+    }
+}
+
+/// `PUT /config`: replace the `config` key with the body; answers it.
+async fn put_config(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, Refusal> {
+    let control = authorized(&api, &headers)?;
+    let config = json_object(&body)?;
+    checked(&config)?;
+    control
+        .dcs
+        .set_config(&config, None)
+        .await
+        .map_err(|e| dcs_down("write", e))?;
+    Ok(Json(config))
 }
 
 /// `1048576`, `16MB`, `1 kB`, `1GB` → bytes (Patroni accepts these for `?lag=`).

@@ -50,11 +50,15 @@ pub async fn start(spec: NodeSpec, dcs: Arc<dyn Dcs>) -> Result<RunningMember, S
     let (shutdown, rx) = watch::channel(false);
     let mut api_rx = rx.clone();
     let api_status = status.clone();
+    let control = crate::api::Control {
+        dcs: dcs.clone(),
+        auth: spec.api_auth.clone(),
+    };
     let api = tokio::spawn(async move {
         let stop = async move {
             let _ = api_rx.wait_for(|s| *s).await;
         };
-        if let Err(e) = crate::api::serve(listener, api_status, stop).await {
+        if let Err(e) = crate::api::serve(listener, api_status, Some(control), stop).await {
             warn!(error = %e, "REST API stopped");
         }
     });

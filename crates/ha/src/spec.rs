@@ -7,10 +7,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Basic-auth credentials for the REST API's mutating endpoints.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ApiAuth {
     pub username: String,
     pub password: String,
+}
+
+impl std::fmt::Debug for ApiAuth {
+    /// Never the password (a spec may be logged).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiAuth")
+            .field("username", &self.username)
+            .field("password", &"********")
+            .finish()
+    }
 }
 
 /// The static description of one member, fixed for the agent's lifetime.

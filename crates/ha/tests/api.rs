@@ -83,6 +83,7 @@ async fn serve(status: SharedStatus) -> String {
     tokio::spawn(pgherd_ha::api::serve(
         listener,
         status,
+        None,
         std::future::pending(),
     ));
     format!("http://{addr}")
@@ -228,4 +229,110 @@ async fn stopped_postgres_fails_health_and_a_stale_loop_fails_liveness() {
             "GET {path}"
         );
     }
+}
+
+/// `PATCH /config` merges with Patroni's rules by compare-and-set, `PUT /config` replaces;
+/// both need `restapi.authentication`'s credentials and refuse a config pgherd would not
+/// start with, naming the key.
+#[tokio::test]
+async fn patch_and_put_config_change_the_dcs_with_basic_auth_and_checks() {
+    use pgherd_dcs::memory::{MemoryDcs, MemoryStore};
+    use pgherd_dcs::Dcs;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let store = MemoryStore::new();
+    let dcs: Arc<dyn Dcs> = Arc::new(MemoryDcs::new(
+        store.clone(),
+        "/service",
+        "demo",
+        "node1",
+        Duration::from_secs(30),
+    ));
+    let initial = serde_json::json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 10,
+        "postgresql": {"parameters": {"work_mem": "4MB", "max_connections": 100}}});
+    assert!(dcs.set_config(&initial, Some(0)).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let control = pgherd_ha::api::Control {
+        dcs: dcs.clone(),
+        auth: Some(pgherd_ha::spec::ApiAuth {
+            username: "admin".into(),
+            password: "s3cret".into(),
+        }),
+    };
+    tokio::spawn(pgherd_ha::api::serve(
+        listener,
+        status(Role::Primary, 0),
+        Some(control),
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let send = |method: reqwest::Method, body: &str, auth: Option<(&str, &str)>| {
+        let mut r = http
+            .request(method, format!("{base}/config"))
+            .body(body.to_string());
+        if let Some((u, p)) = auth {
+            r = r.basic_auth(u, Some(p));
+        }
+        r.send()
+    };
+    let good = Some(("admin", "s3cret"));
+    let patch = r#"{"loop_wait": 5, "postgresql": {"parameters": {"work_mem": null, "shared_buffers": "256MB"}}}"#;
+
+    // Without credentials, or with wrong ones: 401 and Patroni's realm; nothing written.
+    for auth in [None, Some(("admin", "wrong")), Some(("other", "s3cret"))] {
+        let r = send(reqwest::Method::PATCH, patch, auth).await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"Patroni\"");
+    }
+    assert_eq!(
+        dcs.get_cluster().await.unwrap().config.unwrap().value,
+        initial
+    );
+
+    let r = send(reqwest::Method::PATCH, patch, good).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let merged: serde_json::Value = r.json().await.unwrap();
+    let expected = serde_json::json!({"ttl": 30, "loop_wait": 5, "retry_timeout": 10,
+        "postgresql": {"parameters": {"shared_buffers": "256MB", "max_connections": 100}}});
+    assert_eq!(merged, expected);
+    assert_eq!(
+        dcs.get_cluster().await.unwrap().config.unwrap().value,
+        expected
+    );
+
+    // Unsafe timings and wrong types are refused with the key; bodies that are not an
+    // object are refused too.
+    let r = send(reqwest::Method::PATCH, r#"{"ttl": 8}"#, good)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("must not exceed ttl"));
+    let r = send(reqwest::Method::PATCH, r#"{"pause": "maybe"}"#, good)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("pause: expected true or false"));
+    for body in ["[1]", "not json"] {
+        let r = send(reqwest::Method::PATCH, body, good).await.unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+    }
+    assert_eq!(
+        dcs.get_cluster().await.unwrap().config.unwrap().value,
+        expected
+    );
+
+    // PUT replaces the whole config.
+    let whole = r#"{"ttl": 20, "loop_wait": 4, "retry_timeout": 8, "pause": true}"#;
+    let r = send(reqwest::Method::PUT, whole, good).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        dcs.get_cluster().await.unwrap().config.unwrap().value,
+        serde_json::from_str::<serde_json::Value>(whole).unwrap()
+    );
 }
