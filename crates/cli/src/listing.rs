@@ -13,6 +13,8 @@ pub struct Row {
     pub timeline: Option<u32>,
     /// Megabytes behind the leader; `None` for the leader or when unknown.
     pub lag_mb: Option<u64>,
+    /// A changed parameter waits for a restart (Patroni's `pending_restart`).
+    pub pending_restart: bool,
 }
 
 /// Rows for every member, leader first, then by name (as patronictl sorts).
@@ -42,6 +44,7 @@ pub fn rows(cluster: &Cluster) -> Vec<Row> {
                 state: m.data.state.clone(),
                 timeline: m.data.timeline,
                 lag_mb,
+                pending_restart: m.data.extra.get("pending_restart") == Some(&Value::Bool(true)),
             }
         })
         .collect();
@@ -51,21 +54,31 @@ pub fn rows(cluster: &Cluster) -> Vec<Row> {
 
 /// The listing as a text table with patronictl's columns.
 pub fn table(scope: &str, cluster: &Cluster) -> String {
-    let header = ["Member", "Host", "Role", "State", "TL", "Lag in MB"];
-    let body: Vec<[String; 6]> = rows(cluster)
+    let rows = rows(cluster);
+    // As patronictl: the column only when some member has a restart pending.
+    let pending = rows.iter().any(|r| r.pending_restart);
+    let mut header = vec!["Member", "Host", "Role", "State", "TL", "Lag in MB"];
+    if pending {
+        header.push("Pending restart");
+    }
+    let body: Vec<Vec<String>> = rows
         .into_iter()
         .map(|r| {
-            [
+            let mut cells = vec![
                 r.member,
                 r.host,
                 r.role,
                 r.state,
                 r.timeline.map(|t| t.to_string()).unwrap_or_default(),
                 r.lag_mb.map(|l| l.to_string()).unwrap_or_default(),
-            ]
+            ];
+            if pending {
+                cells.push(if r.pending_restart { "*" } else { "" }.to_string());
+            }
+            cells
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &body {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -73,7 +86,7 @@ pub fn table(scope: &str, cluster: &Cluster) -> String {
     }
     let rule = |out: &mut String| {
         out.push('+');
-        for w in widths {
+        for w in &widths {
             out.push_str(&"-".repeat(w + 2));
             out.push('+');
         }
@@ -100,7 +113,8 @@ pub fn table(scope: &str, cluster: &Cluster) -> String {
     out.push_str(&title);
     out.push_str(&"-".repeat(total.saturating_sub(title.len() + 1)));
     out.push_str("+\n");
-    line(&mut out, &header.map(String::from));
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    line(&mut out, &header);
     rule(&mut out);
     for row in &body {
         line(&mut out, row);
@@ -130,6 +144,9 @@ pub fn json(scope: &str, cluster: &Cluster) -> Value {
             }
             if let Some(l) = r.lag_mb {
                 v["Lag in MB"] = json!(l);
+            }
+            if r.pending_restart {
+                v["Pending restart"] = json!("*");
             }
             v
         })
@@ -196,5 +213,34 @@ mod tests {
         let j = json("postgres", &cluster);
         assert_eq!(j[1]["Lag in MB"], 5);
         assert_eq!(j[0]["Role"], "Leader");
+        assert!(!t.contains("Pending restart"), "{t}");
+    }
+
+    #[test]
+    fn a_pending_restart_adds_patronictls_column() {
+        let mut waiting = member("node1", 5433, "streaming", 0);
+        waiting
+            .data
+            .extra
+            .insert("pending_restart".into(), Value::Bool(true));
+        let cluster = Cluster {
+            leader: Some(Versioned {
+                value: "node2".into(),
+                version: 1,
+            }),
+            members: vec![waiting, member("node2", 5432, "running", 0)],
+            ..Default::default()
+        };
+        let t = table("postgres", &cluster);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].contains("| Pending restart |"), "{t}");
+        assert!(
+            lines[4].starts_with("| node1 ") && lines[4].ends_with("* |"),
+            "{t}"
+        );
+        assert!(!lines[3].contains('*'), "{t}");
+        let j = json("postgres", &cluster);
+        assert_eq!(j[1]["Pending restart"], "*");
+        assert!(j[0].get("Pending restart").is_none());
     }
 }

@@ -556,6 +556,24 @@ async fn edit_config_merges_validates_asks_and_reaches_postgres() {
     assert!(edited.status.success(), "{}", text(&edited));
     assert!(config().contains("work_mem: 16MB"), "{}", config());
 
+    // A parameter that needs a restart shows as pending, in /patroni and in `list`.
+    let restart = cluster.ctl(&["edit-config", "--pg", "max_connections=120", "--force"]);
+    assert!(restart.status.success(), "{}", text(&restart));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = cluster.node(&primary).api("/patroni").await;
+        let list = cluster.ctl(&["list"]);
+        if status["pending_restart"] == true && text(&list).contains("Pending restart") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "max_connections did not show as a pending restart: {status} {}",
+            text(&list)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
     // The agent reloads PostgreSQL with the new value.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

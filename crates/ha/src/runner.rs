@@ -801,6 +801,7 @@ impl Agent {
                 .written_parameters
                 .as_ref()
                 .is_some_and(|w| *w != self.effective_parameters());
+        let mut pending_restart = false;
         self.status.update(|s| {
             // "running" for the API (health checks, /patroni) means answering queries: a
             // postmaster still recovering towards consistency is "starting".
@@ -816,7 +817,9 @@ impl Agent {
             s.system_identifier = self.system_identifier.clone();
             if local.is_none() {
                 s.replication.clear();
+                s.pending_restart = false;
             }
+            pending_restart = s.pending_restart;
         });
         if params_changed {
             self.apply_changed_parameters().await;
@@ -832,7 +835,11 @@ impl Agent {
             timeline: local.as_ref().and_then(|l| l.timeline),
             tags: self.spec.tags.clone(),
             pause: self.dynamic.ha.paused.then_some(true),
-            extra: BTreeMap::new(),
+            // Patroni's key: `list` and patronictl show a pending restart from it.
+            extra: pending_restart
+                .then(|| ("pending_restart".to_string(), serde_json::Value::Bool(true)))
+                .into_iter()
+                .collect(),
         };
         if let Err(e) = self.leased(self.dcs.touch_member(&data)).await {
             debug!(member = %self.spec.name, error = %e, "could not publish the member key");
