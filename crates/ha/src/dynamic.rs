@@ -470,6 +470,45 @@ fn parameter_json(v: &str) -> Value {
     }
 }
 
+/// Parameters that must be the same on every member (a standby does not start with less
+/// than its primary has, and `wal_level` and `track_commit_timestamp` shape the WAL it
+/// replays): their value in the cluster's config wins over a member's own.
+pub const CLUSTER_WIDE_PARAMETERS: &[&str] = &[
+    "max_connections",
+    "max_locks_per_transaction",
+    "max_prepared_transactions",
+    "max_wal_senders",
+    "max_worker_processes",
+    "track_commit_timestamp",
+    "wal_level",
+];
+
+/// A member's PostgreSQL parameters: `defaults`, then the cluster's (`dcs`), then the
+/// member's own (`local`, as in Patroni), except that [`CLUSTER_WIDE_PARAMETERS`] the
+/// cluster sets always come from it. Also returns the local settings overruled that way.
+pub fn merge_parameters(
+    defaults: BTreeMap<String, String>,
+    dcs: &BTreeMap<String, String>,
+    local: &BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut params = defaults;
+    params.extend(dcs.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut overruled = Vec::new();
+    for (name, value) in local {
+        match dcs.get(name) {
+            Some(cluster) if CLUSTER_WIDE_PARAMETERS.contains(&name.as_str()) => {
+                if cluster != value {
+                    overruled.push(name.clone());
+                }
+            }
+            _ => {
+                params.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    (params, overruled)
+}
+
 /// Merge `patch` into `config` with Patroni's rules (its `PATCH /config` and
 /// `patronictl edit-config --set`): an object merges key by key, recursively; `null`
 /// removes the key; any other value replaces what was there. Returns whether `config`
@@ -612,6 +651,37 @@ mod tests {
         assert_eq!(read(&junk).config().other["check_timeline"], json!(true));
         let good = parse(&json!({"ttl": 20, "loop_wait": 5, "retry_timeout": 5})).unwrap();
         assert_eq!(parse(&good.to_json()).unwrap(), good);
+    }
+
+    #[test]
+    fn cluster_wide_parameters_come_from_the_cluster_and_the_rest_from_the_member() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let (params, overruled) = merge_parameters(
+            map(&[("wal_level", "replica"), ("max_connections", "100")]),
+            &map(&[("max_connections", "200"), ("work_mem", "4MB")]),
+            &map(&[
+                ("max_connections", "50"),
+                ("work_mem", "8MB"),
+                ("wal_level", "logical"),
+                ("shared_buffers", "1GB"),
+            ]),
+        );
+        assert_eq!(
+            params,
+            map(&[
+                ("max_connections", "200"),
+                ("work_mem", "8MB"),
+                ("wal_level", "logical"),
+                ("shared_buffers", "1GB"),
+            ])
+        );
+        // wal_level is not set in the cluster's config, so the member's own applies.
+        assert_eq!(overruled, vec!["max_connections".to_string()]);
     }
 
     #[test]

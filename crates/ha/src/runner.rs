@@ -728,24 +728,35 @@ impl Agent {
     }
 
     async fn write_config(&mut self, standby: Option<&StandbyConfig>) -> Result<(), ActionError> {
-        let params = self.effective_parameters();
+        let (params, overruled) = self.merged_parameters();
+        for name in overruled {
+            warn!(member = %self.spec.name, parameter = %name,
+                "the cluster's config sets this parameter, which must be the same on every member: the local value is not used");
+        }
         self.pg.config_mut().parameters = params.clone();
         self.pg.write_config(standby).await?;
         self.written_parameters = Some(params);
         Ok(())
     }
 
-    /// Defaults, then the cluster's dynamic parameters, then this node's own, translated
-    /// for the running PostgreSQL version.
+    /// Defaults, then the cluster's dynamic parameters, then this node's own (except the
+    /// cluster-wide ones the cluster sets), translated for the running PostgreSQL version.
     fn effective_parameters(&self) -> BTreeMap<String, String> {
-        let mut params = pg::default_parameters();
-        params.extend(self.dynamic.parameters.clone());
-        params.extend(self.spec.instance.parameters.clone());
+        self.merged_parameters().0
+    }
+
+    /// [`Self::effective_parameters`], and the local settings the cluster overrules.
+    fn merged_parameters(&self) -> (BTreeMap<String, String>, Vec<String>) {
+        let (params, overruled) = dynamic::merge_parameters(
+            pg::default_parameters(),
+            &self.dynamic.parameters,
+            &self.spec.instance.parameters,
+        );
         let (params, notes) = pg::translate_parameters(self.pg.config().bin.major_version, &params);
         for note in notes {
             debug!(member = %self.spec.name, %note, "parameter translated");
         }
-        params
+        (params, overruled)
     }
 
     fn conninfo_of(
