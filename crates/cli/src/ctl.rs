@@ -39,8 +39,13 @@ pub enum CtlCommand {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Show the cluster's dynamic configuration.
-    ShowConfig,
+    /// Show the cluster's dynamic configuration; with --effective, the PostgreSQL
+    /// parameters a member runs with and where each comes from.
+    ShowConfig {
+        /// A member: its parameters, each with its source (default, cluster, local).
+        #[arg(long, value_name = "MEMBER")]
+        effective: Option<String>,
+    },
     /// Maintenance mode: no automatic failover, promotion, demotion or restart until
     /// `resume` (members keep publishing their state; the leader keeps its lease).
     Pause {
@@ -103,7 +108,10 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             list(&cfg.scope, &cluster, format)
         }
         CtlCommand::History { format } => history(&cluster, format),
-        CtlCommand::ShowConfig => show_config(&cluster)?,
+        CtlCommand::ShowConfig { effective: None } => show_config(&cluster)?,
+        CtlCommand::ShowConfig {
+            effective: Some(member),
+        } => show_effective(&cluster, &member).await?,
         CtlCommand::Pause { wait } => set_pause(&dcs, true, wait).await?,
         CtlCommand::Resume { wait } => set_pause(&dcs, false, wait).await?,
         CtlCommand::EditConfig {
@@ -118,6 +126,55 @@ pub async fn run(args: CtlArgs) -> Result<()> {
     };
     print!("{out}");
     Ok(())
+}
+
+/// A member's parameters as it last wrote them, with their sources, from its REST API.
+async fn show_effective(cluster: &Cluster, member: &str) -> Result<String> {
+    let Some(m) = cluster.member(member) else {
+        let names: Vec<&str> = cluster.members.iter().map(|m| m.name.as_str()).collect();
+        anyhow::bail!(
+            "no member {member} in the cluster (members: {})",
+            names.join(", ")
+        );
+    };
+    let base = m
+        .data
+        .api_url
+        .trim_end_matches("/patroni")
+        .trim_end_matches('/');
+    let url = format!("{base}/effective-config");
+    let answer: serde_json::Value = reqwest::Client::builder()
+        .timeout(DCS_TIMEOUT)
+        .build()
+        .context("cannot make an HTTP client")?
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("{member}'s REST API ({url}) did not answer"))?
+        .json()
+        .await
+        .with_context(|| format!("{member}'s REST API ({url}) answered no JSON"))?;
+    let Some(params) = answer["parameters"].as_object().filter(|p| !p.is_empty()) else {
+        anyhow::bail!("{member} has not written its PostgreSQL configuration yet");
+    };
+    let rows: Vec<(&str, &str, &str)> = params
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                v["value"].as_str().unwrap_or(""),
+                v["source"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let name_w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(9);
+    let value_w = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(5);
+    let mut out = format!("{:name_w$}  {:value_w$}  source\n", "parameter", "value");
+    for (name, value, source) in rows {
+        out.push_str(&format!("{name:name_w$}  {value:value_w$}  {source}\n"));
+    }
+    Ok(out)
 }
 
 fn is_paused(cluster: &Cluster) -> bool {

@@ -590,4 +590,33 @@ async fn edit_config_merges_validates_asks_and_reaches_postgres() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // Each effective parameter with where it came from.
+    let effective = cluster.ctl(&["show-config", "--effective", &primary]);
+    assert!(effective.status.success(), "{}", text(&effective));
+    let line = |name: &str| {
+        text(&effective)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        line("work_mem"),
+        Some(vec!["work_mem".into(), "16MB".into(), "cluster".into()]),
+        "{}",
+        text(&effective)
+    );
+    assert_eq!(
+        line("hot_standby"),
+        Some(vec!["hot_standby".into(), "on".into(), "default".into()]),
+        "{}",
+        text(&effective)
+    );
+    let unknown = cluster.ctl(&["show-config", "--effective", "nobody"]);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("no member nobody"),
+        "{}",
+        text(&unknown)
+    );
 }

@@ -62,6 +62,7 @@ pub fn router(status: SharedStatus, control: Option<Control>) -> Router {
         .route("/cluster", get(cluster))
         .route("/history", get(history))
         .route("/config", get(config).patch(patch_config).put(put_config))
+        .route("/effective-config", get(effective_config))
         .with_state(ApiState { status, control })
 }
 
@@ -307,6 +308,18 @@ async fn history(State(st): State<SharedStatus>) -> Json<Value> {
     let s = st.get();
     let h = s.cluster.map(|c| c.history).unwrap_or_default();
     Json(json!(h))
+}
+
+/// pgherd's own: the PostgreSQL parameters this member last wrote, each with its value
+/// and where it came from (`default`, `cluster`, `local`).
+async fn effective_config(State(st): State<SharedStatus>) -> Json<Value> {
+    let s = st.get();
+    let params: serde_json::Map<String, Value> = s
+        .parameters
+        .iter()
+        .map(|(k, (v, source))| (k.clone(), json!({"value": v, "source": source})))
+        .collect();
+    Json(json!({"member": s.name, "parameters": params}))
 }
 
 async fn config(State(st): State<SharedStatus>) -> Response {

@@ -483,16 +483,43 @@ pub const CLUSTER_WIDE_PARAMETERS: &[&str] = &[
     "wal_level",
 ];
 
-/// A member's PostgreSQL parameters: `defaults`, then the cluster's (`dcs`), then the
-/// member's own (`local`, as in Patroni), except that [`CLUSTER_WIDE_PARAMETERS`] the
-/// cluster sets always come from it. Also returns the local settings overruled that way.
+/// Where a member's effective setting comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// pgherd's default for a replicating cluster.
+    Default,
+    /// The cluster's dynamic configuration (the DCS `config` key).
+    Cluster,
+    /// The member's own configuration file.
+    Local,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Cluster => "cluster",
+            Source::Local => "local",
+        }
+    }
+}
+
+/// A member's PostgreSQL parameters with where each comes from: `defaults`, then the
+/// cluster's (`dcs`), then the member's own (`local`, as in Patroni), except that
+/// [`CLUSTER_WIDE_PARAMETERS`] the cluster sets always come from it. Also returns the
+/// local settings overruled that way.
 pub fn merge_parameters(
     defaults: BTreeMap<String, String>,
     dcs: &BTreeMap<String, String>,
     local: &BTreeMap<String, String>,
-) -> (BTreeMap<String, String>, Vec<String>) {
-    let mut params = defaults;
-    params.extend(dcs.iter().map(|(k, v)| (k.clone(), v.clone())));
+) -> (BTreeMap<String, (String, Source)>, Vec<String>) {
+    let mut params: BTreeMap<String, (String, Source)> = defaults
+        .into_iter()
+        .map(|(k, v)| (k, (v, Source::Default)))
+        .collect();
+    for (k, v) in dcs {
+        params.insert(k.clone(), (v.clone(), Source::Cluster));
+    }
     let mut overruled = Vec::new();
     for (name, value) in local {
         match dcs.get(name) {
@@ -502,7 +529,7 @@ pub fn merge_parameters(
                 }
             }
             _ => {
-                params.insert(name.clone(), value.clone());
+                params.insert(name.clone(), (value.clone(), Source::Local));
             }
         }
     }
@@ -671,8 +698,12 @@ mod tests {
                 ("shared_buffers", "1GB"),
             ]),
         );
+        let values: BTreeMap<String, String> = params
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect();
         assert_eq!(
-            params,
+            values,
             map(&[
                 ("max_connections", "200"),
                 ("work_mem", "8MB"),
@@ -680,6 +711,10 @@ mod tests {
                 ("shared_buffers", "1GB"),
             ])
         );
+        let source = |k: &str| params[k].1;
+        assert_eq!(source("max_connections"), Source::Cluster);
+        assert_eq!(source("work_mem"), Source::Local);
+        assert_eq!(source("wal_level"), Source::Local);
         // wal_level is not set in the cluster's config, so the member's own applies.
         assert_eq!(overruled, vec!["max_connections".to_string()]);
     }

@@ -728,11 +728,21 @@ impl Agent {
     }
 
     async fn write_config(&mut self, standby: Option<&StandbyConfig>) -> Result<(), ActionError> {
-        let (params, overruled) = self.merged_parameters();
+        let (params, overruled, sources) = self.merged_parameters();
         for name in overruled {
             warn!(member = %self.spec.name, parameter = %name,
                 "the cluster's config sets this parameter, which must be the same on every member: the local value is not used");
         }
+        let shown = params
+            .iter()
+            .map(|(k, v)| {
+                // A name the version translation made (wal_keep_size from
+                // wal_keep_segments) keeps no source of its own: it is the member's.
+                let source = sources.get(k).copied().unwrap_or(dynamic::Source::Local);
+                (k.clone(), (v.clone(), source.as_str()))
+            })
+            .collect();
+        self.status.update(|s| s.parameters = shown);
         self.pg.config_mut().parameters = params.clone();
         self.pg.write_config(standby).await?;
         self.written_parameters = Some(params);
@@ -745,18 +755,28 @@ impl Agent {
         self.merged_parameters().0
     }
 
-    /// [`Self::effective_parameters`], and the local settings the cluster overrules.
-    fn merged_parameters(&self) -> (BTreeMap<String, String>, Vec<String>) {
-        let (params, overruled) = dynamic::merge_parameters(
+    /// [`Self::effective_parameters`], the local settings the cluster overrules, and
+    /// where each setting came from (before translation).
+    #[allow(clippy::type_complexity)]
+    fn merged_parameters(
+        &self,
+    ) -> (
+        BTreeMap<String, String>,
+        Vec<String>,
+        BTreeMap<String, dynamic::Source>,
+    ) {
+        let (merged, overruled) = dynamic::merge_parameters(
             pg::default_parameters(),
             &self.dynamic.parameters,
             &self.spec.instance.parameters,
         );
-        let (params, notes) = pg::translate_parameters(self.pg.config().bin.major_version, &params);
+        let sources = merged.iter().map(|(k, (_, s))| (k.clone(), *s)).collect();
+        let values = merged.into_iter().map(|(k, (v, _))| (k, v)).collect();
+        let (params, notes) = pg::translate_parameters(self.pg.config().bin.major_version, &values);
         for note in notes {
             debug!(member = %self.spec.name, %note, "parameter translated");
         }
-        (params, overruled)
+        (params, overruled, sources)
     }
 
     fn conninfo_of(

@@ -3,6 +3,7 @@
 use crate::decide::HaConfig;
 use pgherd_dcs::{Cluster, Tags};
 use pgherd_postgres::ReplicationRow;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 
@@ -59,6 +60,9 @@ pub struct NodeStatus {
     pub server_version: Option<u32>,
     pub postmaster_start_time: Option<String>,
     pub pending_restart: bool,
+    /// The PostgreSQL parameters last written, as PostgreSQL reads them, with where
+    /// each came from (`default`, `cluster`, `local`).
+    pub parameters: BTreeMap<String, (String, &'static str)>,
 }
 
 impl NodeStatus {
@@ -94,6 +98,7 @@ impl NodeStatus {
             server_version: None,
             postmaster_start_time: None,
             pending_restart: false,
+            parameters: BTreeMap::new(),
         }
     }
 
