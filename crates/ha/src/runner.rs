@@ -728,7 +728,11 @@ impl Agent {
     }
 
     async fn write_config(&mut self, standby: Option<&StandbyConfig>) -> Result<(), ActionError> {
-        let (params, overruled, sources) = self.merged_parameters();
+        let Merged {
+            params,
+            overruled,
+            sources,
+        } = self.merged_parameters();
         for name in overruled {
             warn!(member = %self.spec.name, parameter = %name,
                 "the cluster's config sets this parameter, which must be the same on every member: the local value is not used");
@@ -752,19 +756,12 @@ impl Agent {
     /// Defaults, then the cluster's dynamic parameters, then this node's own (except the
     /// cluster-wide ones the cluster sets), translated for the running PostgreSQL version.
     fn effective_parameters(&self) -> BTreeMap<String, String> {
-        self.merged_parameters().0
+        self.merged_parameters().params
     }
 
     /// [`Self::effective_parameters`], the local settings the cluster overrules, and
-    /// where each setting came from (before translation).
-    #[allow(clippy::type_complexity)]
-    fn merged_parameters(
-        &self,
-    ) -> (
-        BTreeMap<String, String>,
-        Vec<String>,
-        BTreeMap<String, dynamic::Source>,
-    ) {
+    /// where each setting came from.
+    fn merged_parameters(&self) -> Merged {
         let (merged, overruled) = dynamic::merge_parameters(
             pg::default_parameters(),
             &self.dynamic.parameters,
@@ -776,7 +773,11 @@ impl Agent {
         for note in notes {
             debug!(member = %self.spec.name, %note, "parameter translated");
         }
-        (params, overruled, sources)
+        Merged {
+            params,
+            overruled,
+            sources,
+        }
     }
 
     fn conninfo_of(
@@ -926,6 +927,16 @@ impl Agent {
             }
         }
     }
+}
+
+/// A member's PostgreSQL parameters, merged.
+struct Merged {
+    /// As PostgreSQL reads them (translated for its version).
+    params: BTreeMap<String, String>,
+    /// Local settings the cluster overrules (cluster-wide parameters).
+    overruled: Vec<String>,
+    /// Where each came from, by name before translation.
+    sources: BTreeMap<String, dynamic::Source>,
 }
 
 /// PostgreSQL is being started: the API must not answer from the last tick's snapshot.
