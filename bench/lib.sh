@@ -15,6 +15,19 @@ install_missing() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# pgherd_bin REPO [PATH]: PATH if given (it must be executable), else REPO's release
+# binary, built first.
+pgherd_bin() {
+  local repo="$1" bin="${2:-}"
+  if [ -z "$bin" ]; then
+    bin="$repo/target/release/pgherd"
+    log "building pgherd (release)"
+    (cd "$repo" && CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" cargo build --release -q -p pgherd-cli) >&2
+  fi
+  [ -x "$bin" ] || { echo "no pgherd binary at $bin" >&2; return 1; }
+  echo "$bin"
+}
+
 # free_ports N: N distinct free loopback ports, space-separated.
 free_ports() {
   /usr/bin/python3 -I - "$1" <<'EOF'

@@ -45,12 +45,7 @@ STOP_TIMEOUT=60    # s: and write its profile after SIGINT within this
 source "$REPO/bench/lib.sh"
 
 install_missing postgresql-15 postgresql-client-15 pgbouncer valgrind
-if [ -z "$PGHERD_BIN" ]; then
-  PGHERD_BIN="$REPO/target/release/pgherd"
-  log "building pgherd (release)"
-  (cd "$REPO" && CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" cargo build --release -q -p pgherd-cli)
-fi
-[ -x "$PGHERD_BIN" ] || { echo "no pgherd binary at $PGHERD_BIN" >&2; exit 2; }
+PGHERD_BIN="$(pgherd_bin "$REPO" "$PGHERD_BIN")"
 
 WORK="$(mktemp -d /tmp/pgherd-instr.XXXXXX)"
 chmod 1777 "$WORK"

@@ -58,12 +58,7 @@ PGBOUNCER="$(pick_pgbouncer "$BOUNCER_CHOICE")"
 BOUNCER_VERSION="$(pgbouncer_version "$PGBOUNCER")"
 printf '1.21.0\n%s\n' "$BOUNCER_VERSION" | sort -V -C \
   || { echo "PgBouncer $BOUNCER_VERSION cannot run -M prepared in transaction mode (needs 1.21+)" >&2; exit 2; }
-if [ -z "$PGHERD_BIN" ]; then
-  PGHERD_BIN="$REPO/target/release/pgherd"
-  log "building pgherd (release)"
-  (cd "$REPO" && CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" cargo build --release -q -p pgherd-cli)
-fi
-[ -x "$PGHERD_BIN" ] || { echo "no pgherd binary at $PGHERD_BIN" >&2; exit 2; }
+PGHERD_BIN="$(pgherd_bin "$REPO" "$PGHERD_BIN")"
 
 WORK="$(mktemp -d /tmp/pgherd-scaling.XXXXXX)"
 chmod 1777 "$WORK"

@@ -505,18 +505,11 @@ fn string_value(ctx: &mut Ctx, path: &str, v: &Value) -> Option<String> {
 }
 
 fn bool_value(ctx: &mut Ctx, path: &str, v: &Value) -> Option<bool> {
+    // Scalars only: a list or mapping is no boolean (and is not worth converting).
     let parsed = match untag(v) {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" => Some(true),
-            "false" | "no" | "off" | "0" => Some(false),
-            _ => None,
-        },
-        Value::Number(n) => match n.as_u64() {
-            Some(1) => Some(true),
-            Some(0) => Some(false),
-            _ => None,
-        },
+        Value::Bool(_) | Value::String(_) | Value::Number(_) => yaml_json(v)
+            .ok()
+            .and_then(|j| pgherd_ha::dynamic::boolean_value(&j)),
         _ => None,
     };
     if parsed.is_none() {

@@ -368,6 +368,15 @@ async fn patronictl_lists_a_pgherd_cluster() {
     assert_eq!(replica["TL"], 1, "{stdout}");
 }
 
+/// What a command printed, stdout then stderr.
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Maintenance mode: `ctl pause --wait` stops automatic actions (a PostgreSQL that dies
 /// is left stopped) while the leader keeps its key past the ttl; `ctl resume --wait`
 /// brings them back and the primary is restarted.
@@ -377,13 +386,6 @@ async fn pause_stops_automatic_actions_and_resume_brings_them_back() {
     let mut cluster = TestCluster::new(1);
     cluster.start_all();
     let primary = cluster.wait_healthy(0, Duration::from_secs(90)).await;
-    let text = |o: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
 
     let paused = cluster.ctl(&["pause", "--wait"]);
     assert!(paused.status.success(), "{}", text(&paused));
@@ -454,13 +456,6 @@ async fn edit_config_merges_validates_asks_and_reaches_postgres() {
     let mut cluster = TestCluster::new(1);
     cluster.start_all();
     let primary = cluster.wait_healthy(0, Duration::from_secs(90)).await;
-    let text = |o: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
     let with_input = |args: &[&str], input: &str| {
         let mut child = cluster
             .ctl_command(args)

@@ -353,9 +353,10 @@ fn show(v: &Value) -> String {
     }
 }
 
-/// A boolean as Patroni and YAML write it: true/false, yes/no, on/off, 1/0.
-fn boolean(r: &mut Read, path: &str, v: &Value) -> Option<bool> {
-    let parsed = match v {
+/// A boolean as Patroni and YAML write it: true/false, yes/no, on/off, 1/0 (every
+/// boolean of a pgherd config file is read this way).
+pub fn boolean_value(v: &Value) -> Option<bool> {
+    match v {
         Value::Bool(b) => Some(*b),
         Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "1" => Some(true),
@@ -368,7 +369,11 @@ fn boolean(r: &mut Read, path: &str, v: &Value) -> Option<bool> {
             _ => None,
         },
         _ => None,
-    };
+    }
+}
+
+fn boolean(r: &mut Read, path: &str, v: &Value) -> Option<bool> {
+    let parsed = boolean_value(v);
     if parsed.is_none() {
         r.problem(path, format!("expected true or false, got {}", show(v)));
     }
