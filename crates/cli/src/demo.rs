@@ -29,6 +29,7 @@ fn demo_ha() -> HaConfig {
         use_pg_rewind: true,
         use_slots: true,
         paused: false,
+        synchronous_mode: false,
     }
 }
 

@@ -84,6 +84,7 @@ pub fn spec_from_config(
         use_pg_rewind: pg.use_pg_rewind.unwrap_or(d.postgresql.use_pg_rewind),
         use_slots: pg.use_slots.unwrap_or(d.postgresql.use_slots),
         paused: d.pause,
+        synchronous_mode: d.synchronous_mode,
     };
     let api_listen = resolve(&cfg.restapi.listen.host, cfg.restapi.listen.port)
         .with_context(|| format!("restapi.listen: cannot resolve {}", cfg.restapi.listen))?;

@@ -15,7 +15,7 @@
 //!   follow each other with a sleep in between, and the demotion itself takes time;
 //! - [`Action::Promote`] re-checks the lease and records `history` before promoting.
 
-use pgherd_dcs::{Cluster, HistoryEntry};
+use pgherd_dcs::{Cluster, FailoverRequest, HistoryEntry, Versioned};
 
 /// Milliseconds on the runner's monotonic clock (fake in the simulation).
 pub type Millis = u64;
@@ -32,6 +32,8 @@ pub struct HaConfig {
     pub use_slots: bool,
     /// Maintenance mode: no automatic action, only publishing state.
     pub paused: bool,
+    /// `synchronous_mode`: only a synchronous standby may take over.
+    pub synchronous_mode: bool,
 }
 
 /// What the member sees of its own PostgreSQL.
@@ -51,6 +53,9 @@ pub struct LocalPg {
     pub following: Option<String>,
     /// The system identifier from pg_controldata, when a data directory exists.
     pub system_identifier: Option<String>,
+    /// Stopped, and the control file says this primary shut down cleanly: its WAL ends
+    /// with the shutdown checkpoint, which starts at `wal_lsn`.
+    pub shut_down_cleanly: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +87,29 @@ pub struct AgentMemory {
     pub last_leader_renewal: Option<Millis>,
     /// Failed rewind attempts since the last success: after one failure, re-clone.
     pub rewind_failed: bool,
+    /// Since when (runner clock) the DCS has shown no leader, as last read; kept by
+    /// [`AgentMemory::saw_cluster`].
+    pub no_leader_since: Option<Millis>,
+}
+
+impl AgentMemory {
+    /// Note a successful read of the DCS at `now`. A clock that went back restarts the
+    /// count, so no wait it bounds can last longer than meant.
+    pub fn saw_cluster(&mut self, cluster: &Cluster, now: Millis) {
+        if cluster.leader.is_some() {
+            self.no_leader_since = None;
+        } else if self.no_leader_since.is_none_or(|since| since > now) {
+            self.no_leader_since = Some(now);
+        }
+    }
 }
 
 /// Everything `decide` may look at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     pub now: Millis,
+    /// The wall clock, seconds since the epoch (a scheduled switchover is due by it).
+    pub wall_clock_secs: i64,
     pub me: String,
     pub my_tags_nofailover: bool,
     pub local: LocalPg,
@@ -106,6 +128,10 @@ pub enum DemoteMode {
     Offline,
     /// Another member holds the leader key: stop fast, then rejoin it as a replica.
     Follow,
+    /// A switchover: checkpoint, stop cleanly (connected standbys receive all WAL on the
+    /// way down), record where the WAL ends as the `status` optime, release the leader
+    /// key. PostgreSQL stays stopped; it rejoins the new leader without pg_rewind.
+    Graceful,
 }
 
 /// What the runner should do. Names of other members refer to `cluster.members`.
@@ -154,6 +180,16 @@ pub enum Action {
     AskPeers,
     /// On the primary: make the physical slots exactly these (one per other member).
     EnsureSlots(Vec<String>),
+    /// Delete the `failover` key if it is still at this version: the switchover or
+    /// failover it asked for is done, stale or impossible.
+    ClearFailover {
+        version: i64,
+    },
+    /// Name us as the leader stepping down in the `failover` key, if it is still at this
+    /// version; then observe again at once.
+    AdoptRequest {
+        version: i64,
+    },
     /// Nothing to do until the next tick.
     Wait,
 }
@@ -215,9 +251,14 @@ pub fn cluster_timeline(cluster: &Cluster) -> Option<u32> {
     from_history.max(from_members)
 }
 
+#[path = "decide/requests.rs"]
+mod requests;
 #[cfg(test)]
 #[path = "decide/tests.rs"]
 mod tests;
+
+pub(crate) use requests::not_synchronous;
+use requests::{race_with_request, request_kind, request_to_leader};
 
 /// Decide what this member does now. See the module docs for the execution rule.
 ///
@@ -227,9 +268,12 @@ mod tests;
 /// 3. an uninitialized cluster is bootstrapped (or published from existing primary data);
 /// 4. an empty data directory is cloned; foreign data is never touched;
 /// 5. a stopped PostgreSQL starts as a replica (after a rewind if it led a diverged history);
-/// 6. the leader renews its key, then promotes and keeps slots;
+/// 6. the leader renews its key, then promotes and keeps slots; a pending switchover
+///    (the `failover` key) makes it stop cleanly and release the key once a member can
+///    take over;
 /// 7. a member that follows another leader steps down, rewinds or re-points as needed;
-/// 8. with no leader, the healthiest eligible member races for the key.
+/// 8. with no leader, the healthiest eligible member races for the key — or, with a
+///    switchover or failover pending, its candidate (holding all the old leader's WAL).
 pub fn decide(obs: &Observation, cfg: &HaConfig) -> Vec<(Action, Reason)> {
     let Some(cluster) = obs.cluster.as_ref() else {
         return without_dcs(obs, cfg);
@@ -374,13 +418,18 @@ fn leader_member<'a>(obs: &Observation, cluster: &'a Cluster) -> Option<&'a str>
 fn start_stopped(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Reason)> {
     let leader = cluster.leader_name().filter(|l| *l != obs.me);
     if let Some(leader) = leader {
-        if obs.local.data_dir == DataDirState::Primary {
+        // A primary that stopped cleanly ends with its shutdown checkpoint, so the leader's
+        // history tells whether it can follow; after a crash its WAL end is unknown.
+        if obs.local.data_dir == DataDirState::Primary && !obs.local.shut_down_cleanly {
             return rejoin_diverged(
                 obs,
                 cluster,
                 cfg,
                 leader,
-                format!("our data directory was last a primary but {leader} holds the leader key"),
+                format!(
+                    "our data directory was last a primary that did not shut down cleanly, \
+                     and {leader} holds the leader key"
+                ),
             );
         }
         if let Some(why) = divergence(&obs.local, cluster, leader) {
@@ -472,7 +521,9 @@ fn rejoin_diverged(
 /// Why our WAL cannot be streamed from `leader`'s timeline history, if it cannot.
 ///
 /// A `history` entry `{timeline t, lsn L}` says timeline t ended at L. We diverged when we
-/// are on a newer timeline than the leader, or on an older one past where it ended.
+/// are on a newer timeline than the leader, or on an older one past where it ended. A
+/// cleanly stopped primary's WAL goes on past `wal_lsn` (its shutdown checkpoint starts
+/// there), so it diverged unless the leader's timeline ended after that point.
 fn divergence(local: &LocalPg, cluster: &Cluster, leader: &str) -> Option<String> {
     let (mine, lsn) = (local.timeline?, local.wal_lsn?);
     let theirs = leader_timeline(cluster, leader)?;
@@ -484,8 +535,15 @@ fn divergence(local: &LocalPg, cluster: &Cluster, leader: &str) -> Option<String
     if mine == theirs {
         return None;
     }
+    let past = |end: u64| {
+        if local.shut_down_cleanly {
+            lsn >= end
+        } else {
+            lsn > end
+        }
+    };
     match cluster.history.iter().find(|e| e.timeline == mine) {
-        Some(end) if lsn > end.lsn => Some(format!(
+        Some(end) if past(end.lsn) => Some(format!(
             "our WAL position {lsn} on timeline {mine} is past where that timeline ended ({})",
             end.lsn
         )),
@@ -520,6 +578,17 @@ fn lead(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Re
             Action::Promote,
             "holding the leader lock but in recovery: promoting",
         ));
+    }
+    if let Some(failover) = &cluster.failover {
+        let step = request_to_leader(obs, cluster, cfg, failover);
+        let ends_tick = matches!(
+            step.0,
+            Action::AskPeers | Action::Demote(_) | Action::AdoptRequest { .. }
+        );
+        actions.push(step);
+        if ends_tick {
+            return actions;
+        }
     }
     actions.extend(keep_slots(obs, cluster, cfg));
     actions
@@ -600,6 +669,12 @@ fn race_for_leader(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<
         actions.extend(keep_slots(obs, cluster, cfg));
         return actions;
     }
+    // `patronictl flush … switchover` leaves an empty request behind: it asks nothing.
+    let named =
+        |f: &&Versioned<FailoverRequest>| f.value.leader.is_some() || f.value.candidate.is_some();
+    if let Some(failover) = cluster.failover.as_ref().filter(named) {
+        return race_with_request(obs, cluster, cfg, failover);
+    }
     let Some(peers) = obs.peers.as_deref() else {
         return vec![act(
             Action::AskPeers,
@@ -609,19 +684,40 @@ fn race_for_leader(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<
     if let Some(why) = healthier_peer(obs, peers) {
         return wait(format!("no leader, but not the healthiest member: {why}"));
     }
+    take_over(
+        obs,
+        cluster,
+        cfg,
+        "no leader and we are the healthiest member: racing for the key",
+    )
+}
+
+fn take_over(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    why: impl Into<Reason>,
+) -> Vec<(Action, Reason)> {
     let mut actions = vec![
-        act(
-            Action::AcquireLeader,
-            "no leader and we are the healthiest member: racing for the key",
-        ),
+        act(Action::AcquireLeader, why),
         act(Action::Promote, "acquired the leader lock: promoting"),
     ];
+    if let Some(failover) = &cluster.failover {
+        actions.push(act(
+            Action::ClearFailover {
+                version: failover.version,
+            },
+            format!(
+                "we lead now: the {} request is done",
+                request_kind(&failover.value)
+            ),
+        ));
+    }
     actions.extend(keep_slots(obs, cluster, cfg));
     actions
 }
 
-/// Why this member may not take over, if it may not. Synchronous mode and the `failover`
-/// key add their candidate rules here.
+/// Why this member may not take over automatically, if it may not.
 fn failover_ineligibility(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Option<String> {
     if obs.my_tags_nofailover {
         return Some("tagged nofailover".into());

@@ -307,6 +307,7 @@ pub fn apply(base: &HaConfig, config: Option<&Value>) -> Dynamic {
         .maximum_lag_on_failover
         .unwrap_or(base.maximum_lag_on_failover);
     ha.paused = r.pause.unwrap_or(base.paused);
+    ha.synchronous_mode = r.synchronous_mode.unwrap_or(base.synchronous_mode);
     ha.use_pg_rewind = r.use_pg_rewind.unwrap_or(base.use_pg_rewind);
     ha.use_slots = r.use_slots.unwrap_or(base.use_slots);
     Dynamic {
@@ -607,6 +608,7 @@ mod tests {
             use_pg_rewind: false,
             use_slots: true,
             paused: false,
+            synchronous_mode: false,
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod decide;
 pub mod dynamic;
+pub mod manual;
 pub mod member;
 pub mod runner;
 pub mod spec;

@@ -59,6 +59,9 @@ pub struct Agent {
     lease_expires: Option<Instant>,
     /// The standby's WAL receiver streamed at the last look.
     streaming: bool,
+    /// The highest timeline this standby reported, and the postmaster start time it
+    /// belongs to.
+    standby_timeline_seen: Option<(String, u32)>,
     /// The reason of the last `Wait`, to log each new one once.
     last_wait_reason: Option<String>,
     /// The actions of the previous tick, so a leader's heartbeat (renew, keep slots)
@@ -92,6 +95,7 @@ impl Agent {
             system_identifier: None,
             lease_expires: None,
             streaming: false,
+            standby_timeline_seen: None,
             last_wait_reason: None,
             last_actions: Vec::new(),
         }
@@ -159,6 +163,9 @@ impl Agent {
             }
             immediate = 0;
             let mut wait = Duration::from_millis(self.dynamic.ha.loop_wait);
+            if let Some(due) = self.until_scheduled_request() {
+                wait = wait.min(due);
+            }
             if let Some(cutoff) = self.dcs_cutoff() {
                 // A leader wakes in time to renew, or to demote at the cutoff.
                 wait = wait.min(cutoff.saturating_duration_since(Instant::now()));
@@ -169,6 +176,14 @@ impl Agent {
             }
         }
         self.shutdown().await;
+    }
+
+    /// Time left until a scheduled switchover is due, so the leader wakes for it.
+    fn until_scheduled_request(&self) -> Option<Duration> {
+        let cluster = self.status.get().cluster?;
+        let at = cluster.failover?.value.scheduled_at?;
+        let secs = crate::manual::parse_time(&at)? - crate::manual::unix_now();
+        Some(Duration::from_secs(secs.max(0) as u64 + 1))
     }
 
     /// Sleep up to `wait`, waking early when the cluster's keys change.
@@ -250,6 +265,11 @@ impl Agent {
             }
             acted.push(action.clone());
             match self.execute(&action, obs.cluster.as_ref(), &reason).await {
+                Ok(true) if matches!(action, Action::AdoptRequest { .. }) => {
+                    // Decide again from the rewritten request at once.
+                    again = true;
+                    break;
+                }
                 Ok(true) => {}
                 Ok(false) => {
                     info!(member = %self.spec.name, action = ?action, "did not go through; observing again");
@@ -286,6 +306,8 @@ impl Agent {
             }
         };
         if let Some(c) = &cluster {
+            let now = self.now();
+            self.memory.saw_cluster(c, now);
             self.apply_dynamic(c);
             self.status.update(|s| {
                 s.cluster = Some(c.clone());
@@ -300,6 +322,7 @@ impl Agent {
         }
         Ok(Observation {
             now: self.now(),
+            wall_clock_secs: crate::manual::unix_now(),
             me: self.spec.name.clone(),
             my_tags_nofailover: self.spec.tags.nofailover,
             local,
@@ -338,6 +361,7 @@ impl Agent {
                 wal_lsn: None,
                 following: None,
                 system_identifier: None,
+                shut_down_cleanly: false,
             });
         }
         if self.pg.postmaster_pid().is_some() {
@@ -389,6 +413,7 @@ impl Agent {
             timeline: Some(control.timeline),
             wal_lsn: Some(control.checkpoint_lsn.max(control.min_recovery_end_lsn)),
             following: None,
+            shut_down_cleanly: was_primary && control.shut_down_cleanly(),
             system_identifier: Some(control.system_identifier),
         })
     }
@@ -419,6 +444,7 @@ impl Agent {
         let cluster = self.status.get().cluster;
         let following = upstream.and_then(|(host, port)| member_at(cluster.as_ref(), &host, port));
         self.streaming = state.streaming;
+        let timeline = self.standby_timeline(&state);
         self.status.update(|s| {
             s.receive_lsn = state.receive_lsn;
             s.replay_lsn = state.replay_lsn;
@@ -435,11 +461,31 @@ impl Agent {
             },
             running: true,
             in_recovery: state.in_recovery,
-            timeline: Some(state.timeline),
+            timeline: Some(timeline),
             wal_lsn: Some(state.wal_lsn),
             following,
             system_identifier: self.system_identifier.clone(),
+            shut_down_cleanly: false,
         })
+    }
+
+    /// A standby's timeline shows in pg_stat_wal_receiver only while it streams, and the
+    /// control file's lags until the next restartpoint: without its upstream (a
+    /// switchover's old primary just stopped) a standby would seem to fall back a
+    /// timeline. It never does while it runs, so keep the highest seen since the
+    /// postmaster started.
+    fn standby_timeline(&mut self, state: &pg::PgState) -> u32 {
+        if !state.in_recovery {
+            self.standby_timeline_seen = None;
+            return state.timeline;
+        }
+        let started = state.postmaster_start_time.clone().unwrap_or_default();
+        let timeline = match &self.standby_timeline_seen {
+            Some((since, seen)) if *since == started => state.timeline.max(*seen),
+            _ => state.timeline,
+        };
+        self.standby_timeline_seen = Some((started, timeline));
+        timeline
     }
 
     /// Ask every other member's REST API for its WAL position (bounded by the HTTP timeout).
@@ -545,6 +591,23 @@ impl Agent {
                 let client = self.client().await?;
                 Instance::ensure_slots(client, names).await?;
                 Ok(true)
+            }
+            Action::AdoptRequest { version } => {
+                let Some(pending) = cluster.and_then(|c| c.failover.as_ref()) else {
+                    return Ok(false);
+                };
+                let mut request = pending.value.clone();
+                request.leader = Some(self.spec.name.clone());
+                let adopted = self
+                    .leased(self.dcs.set_failover(&request, Some(*version)))
+                    .await?;
+                Ok(adopted)
+            }
+            Action::ClearFailover { version } => {
+                let cleared = self
+                    .leased(self.dcs.delete_failover(Some(*version)))
+                    .await?;
+                Ok(cleared)
             }
         }
     }
@@ -661,6 +724,9 @@ impl Agent {
     }
 
     async fn demote(&mut self, mode: DemoteMode) -> Result<bool, ActionError> {
+        if mode == DemoteMode::Graceful {
+            return self.step_down().await;
+        }
         warn!(member = %self.spec.name, ?mode, "demoting: stopping the writable PostgreSQL");
         self.client = None;
         self.pg
@@ -680,6 +746,40 @@ impl Agent {
             .await?;
             self.pg.start(self.spec.pg_ctl_timeout).await?;
         }
+        Ok(true)
+    }
+
+    /// A switchover's demotion: checkpoint (so the shutdown checkpoint is short), stop
+    /// cleanly — PostgreSQL's walsenders send every WAL record to connected standbys
+    /// before it exits — then publish where the WAL ends and release the leader key.
+    async fn step_down(&mut self) -> Result<bool, ActionError> {
+        info!(member = %self.spec.name, "stepping down: checkpoint, clean stop, releasing the leader key");
+        if let Ok(client) = self.client().await {
+            if let Err(e) = client.batch_execute("CHECKPOINT").await {
+                warn!(member = %self.spec.name, error = %e, "checkpoint before stopping failed");
+            }
+        }
+        self.client = None;
+        self.status.update(|s| s.state = "stopping".into());
+        self.pg
+            .stop(StopMode::Fast, self.spec.pg_ctl_timeout)
+            .await?;
+        self.status.update(|s| {
+            s.role = Role::Demoted;
+            s.running = false;
+        });
+        let control = self.pg.controldata().await?;
+        let status = ClusterStatus {
+            optime: control.checkpoint_lsn,
+            slots: BTreeMap::new(),
+        };
+        // Without these two writes the lease runs out and the others take over the usual
+        // way; the data is safe either way.
+        self.leased(self.dcs.set_status(&status)).await?;
+        self.leased(self.dcs.delete_leader()).await?;
+        self.lease_lost();
+        self.status.update(|s| s.holds_leader = false);
+        info!(member = %self.spec.name, wal_end = %pg::format_lsn(control.checkpoint_lsn), "stopped cleanly and released the leader key");
         Ok(true)
     }
 
@@ -1064,6 +1164,7 @@ pub fn default_ha_config() -> HaConfig {
         use_pg_rewind: false,
         use_slots: true,
         paused: false,
+        synchronous_mode: false,
     }
 }
 

@@ -7,7 +7,10 @@
 //! tail of the step log. `PGHERD_SIM_SEEDS=N` runs N seeds per timing instead of the
 //! default; `PGHERD_SIM_SEED=S` runs just seed S (with its full log on failure).
 
-use pgherd_dcs::{Cluster, ClusterStatus, HistoryEntry, Member, MemberData, Tags, Versioned};
+use pgherd_dcs::{
+    Cluster, ClusterStatus, FailoverRequest, HistoryEntry, Member, MemberData, Tags, Versioned,
+};
+use pgherd_ha::runner::iso8601;
 use pgherd_ha::{
     decide, history_after_promotion, Action, AgentMemory, DataDirState, DemoteMode, HaConfig,
     LocalPg, Millis, Observation, PeerStatus,
@@ -41,6 +44,8 @@ const TIMINGS: [Timing; 2] = [
 ];
 
 const MAX_LAG: u64 = 1 << 20;
+/// Where the agents' clocks start, so that a clock stepped back (a fault) still runs.
+const AGENT_CLOCK_START: i64 = 10 * 3_600_000;
 /// A watch sees a changed or expired leader key this long after the change.
 const WATCH_DELAY: Millis = 200;
 /// How long the runner waits for a member that does not answer `GET /patroni`.
@@ -71,6 +76,9 @@ struct FakeDcs {
     initialize: Option<String>,
     history: Vec<HistoryEntry>,
     status: Option<ClusterStatus>,
+    /// The `failover` key and its version.
+    failover: Option<(FailoverRequest, i64)>,
+    failover_version: i64,
 }
 
 impl FakeDcs {
@@ -135,7 +143,10 @@ impl FakeDcs {
                 })
                 .collect(),
             history: self.history.clone(),
-            failover: None,
+            failover: self.failover.as_ref().map(|(r, v)| Versioned {
+                value: r.clone(),
+                version: *v,
+            }),
             sync: None,
             status: self.status.clone(),
         }
@@ -156,6 +167,9 @@ struct Pg {
     lsn: u64,
     following: Option<String>,
     sysid: Option<String>,
+    /// Stopped cleanly as a primary: the WAL ends with a shutdown checkpoint record that
+    /// starts one byte before `lsn`.
+    clean_stop: bool,
 }
 
 impl Pg {
@@ -169,6 +183,7 @@ impl Pg {
             lsn: 0,
             following: None,
             sysid: None,
+            clean_stop: false,
         }
     }
 
@@ -187,17 +202,27 @@ impl Pg {
                 self.data == DataDirState::Standby
             },
             timeline: has_data.then_some(self.timeline),
-            wal_lsn: has_data.then_some(self.lsn),
+            wal_lsn: has_data.then_some(if self.shut_down_cleanly() {
+                self.lsn - 1
+            } else {
+                self.lsn
+            }),
             following: if self.running {
                 self.following.clone()
             } else {
                 None
             },
             system_identifier: self.sysid.clone(),
+            shut_down_cleanly: self.shut_down_cleanly(),
         }
     }
 
+    fn shut_down_cleanly(&self) -> bool {
+        !self.running && self.clean_stop && self.data == DataDirState::Primary
+    }
+
     fn start_standby(&mut self, upstream: Option<String>) {
+        self.clean_stop = false;
         self.running = true;
         self.in_recovery = true;
         self.following = upstream;
@@ -322,6 +347,11 @@ struct Sim {
     log: Option<Vec<String>>,
     created_timelines: BTreeSet<u32>,
     promotions: u32,
+    /// Promotions while a switchover or failover request was pending.
+    requested_promotions: u32,
+    /// The last clean step-down that released the leader key: who, on which timeline,
+    /// and where its WAL ends. Cleared by the next promotion.
+    handed_over: Option<(String, u32, u64)>,
     faults: u32,
     events: u64,
     /// When maintenance mode last ended: a primary whose lease ran out while paused gets
@@ -369,6 +399,7 @@ impl Sim {
             use_pg_rewind: rng.random_bool(0.7),
             use_slots: rng.random_bool(0.5),
             paused: false,
+            synchronous_mode: false,
         };
         let mut sim = Sim {
             seed,
@@ -384,6 +415,8 @@ impl Sim {
             log: logging.then(Vec::new),
             created_timelines: BTreeSet::new(),
             promotions: 0,
+            requested_promotions: 0,
+            handed_over: None,
             faults: 0,
             events: 0,
             resumed_from_pause_at: None,
@@ -642,7 +675,9 @@ impl Sim {
                         PEER_TIMEOUT
                     }
                 }
-                Action::EnsureSlots(_) => 10,
+                Action::EnsureSlots(_)
+                | Action::ClearFailover { .. }
+                | Action::AdoptRequest { .. } => 10,
                 Action::Wait => 0,
             },
         };
@@ -714,6 +749,10 @@ impl Sim {
 
     fn observe_and_decide(&mut self, i: usize, dcs_ok: bool, peers: Option<Vec<PeerStatus>>) {
         let cluster = dcs_ok.then(|| self.dcs.snapshot());
+        if let Some(c) = &cluster {
+            let now = self.agent_clock(i);
+            self.nodes[i].memory.saw_cluster(c, now);
+        }
         if cluster
             .as_ref()
             .is_some_and(|c| c.leader_name() != Some(self.nodes[i].name.as_str()))
@@ -722,7 +761,8 @@ impl Sim {
         }
         let node = &self.nodes[i];
         let obs = Observation {
-            now: (self.now as i64 + node.clock_offset).max(0) as Millis,
+            now: self.agent_clock(i),
+            wall_clock_secs: 1_796_558_400 + (self.now as i64 + node.clock_offset) / 1000,
             me: node.name.clone(),
             my_tags_nofailover: node.nofailover,
             local: node.pg.local(),
@@ -755,7 +795,7 @@ impl Sim {
     }
 
     fn agent_clock(&self, i: usize) -> Millis {
-        (self.now as i64 + self.nodes[i].clock_offset).max(0) as Millis
+        (AGENT_CLOCK_START + self.now as i64 + self.nodes[i].clock_offset).max(0) as Millis
     }
 
     fn member_data(&self, i: usize) -> MemberData {
@@ -814,6 +854,33 @@ impl Sim {
         let observed_leader = self.nodes[i].observed_leader.clone();
         match action {
             Action::Wait | Action::EnsureSlots(_) => true,
+            Action::ClearFailover { version } => {
+                if !dcs_ok {
+                    return false;
+                }
+                match &self.dcs.failover {
+                    Some((_, v)) if v == version => {
+                        self.dcs.failover = None;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Action::Demote(DemoteMode::Graceful) => self.step_down(i, dcs_ok),
+            Action::AdoptRequest { version } => {
+                if dcs_ok {
+                    if let Some((request, v)) = self.dcs.failover.as_mut() {
+                        if v == version {
+                            request.leader = Some(name.clone());
+                            self.dcs.failover_version += 1;
+                            *v = self.dcs.failover_version;
+                            self.watch_fires();
+                        }
+                    }
+                }
+                // The runner observes again at once.
+                false
+            }
             Action::AcquireLeader => {
                 if !dcs_ok || self.dcs.leader.as_ref().is_some_and(|(l, _)| *l != name) {
                     return false;
@@ -862,6 +929,7 @@ impl Sim {
                 let upstream = match mode {
                     DemoteMode::Offline => None,
                     DemoteMode::Follow => observed_leader.filter(|l| *l != name),
+                    DemoteMode::Graceful => unreachable!("handled above"),
                 };
                 pg.start_standby(upstream);
                 true
@@ -886,6 +954,7 @@ impl Sim {
                     return false;
                 }
                 if !pg.running {
+                    pg.clean_stop = false;
                     pg.running = true;
                     pg.in_recovery = false;
                     pg.following = None;
@@ -1010,6 +1079,7 @@ impl Sim {
                 lsn: 1_000,
                 following: None,
                 sysid: Some(sysid),
+                clean_stop: false,
             };
             self.created_timelines.insert(1);
             self.nodes[i].max_timeline = 1;
@@ -1043,6 +1113,17 @@ impl Sim {
                 "{name} promoted at {lsn}, beyond the lag limit of optime {optime}"
             ));
         }
+        // A switchover loses no write: whoever takes over after the old leader stopped
+        // cleanly and released the key holds all of its WAL. (When the release did not
+        // reach the DCS, the lease runs out and it is an ordinary failover.)
+        if let Some((old, timeline, end)) = self.handed_over.take() {
+            if old != name && timeline == ended && lsn < end {
+                self.fail(&format!(
+                    "{name} promoted at {lsn} in a switchover, before the end of the old \
+                     leader {old}'s WAL at {end}"
+                ));
+            }
+        }
         let pg = &mut self.nodes[i].pg;
         pg.history.push((ended, lsn));
         pg.timeline += 1;
@@ -1057,6 +1138,9 @@ impl Sim {
             ));
         }
         self.promotions += 1;
+        if self.dcs.failover.is_some() {
+            self.requested_promotions += 1;
+        }
         self.note(|| format!("{name}: promoted to timeline {new_timeline} at {lsn}"));
         true
     }
@@ -1069,7 +1153,7 @@ impl Sim {
         let i = self.rng.random_range(0..self.nodes.len());
         let name = self.nodes[i].name.clone();
         let ttl = self.timing.ttl;
-        let kind = self.rng.random_range(0..10);
+        let kind = self.rng.random_range(0..12);
         match kind {
             0 | 1 => {
                 let back = self.rng.random_range(500..3 * ttl);
@@ -1120,12 +1204,89 @@ impl Sim {
                 self.cfg.paused = true;
                 self.schedule(self.now + back, Event::Heal(Fault::Resume));
             }
+            10 | 11 => self.request_switchover(kind == 10),
             _ => {
                 self.note(|| format!("FAULT restart {name}"));
                 self.kill(i);
                 self.schedule(self.now + 500, Event::Heal(Fault::Restart(i)));
             }
         }
+    }
+
+    /// An operator asks for a switchover (from the current leader) or a failover, to a
+    /// random member or (switchover only) to none in particular, sometimes scheduled. The
+    /// members are not checked up front: the nodes must cope with any request.
+    fn request_switchover(&mut self, switchover: bool) {
+        if self.dcs.failover.is_some() || self.cfg.paused {
+            return;
+        }
+        let leader = self.dcs.leader.as_ref().map(|(l, _)| l.clone());
+        if switchover && leader.is_none() {
+            return;
+        }
+        let j = self.rng.random_range(0..self.nodes.len());
+        let candidate =
+            (!switchover || self.rng.random_bool(0.7)).then(|| self.nodes[j].name.clone());
+        let scheduled_at = (switchover && self.rng.random_bool(0.2)).then(|| {
+            let at = 1_796_558_400 + (self.now / 1000) as i64 + self.rng.random_range(1..30);
+            iso8601(at)
+        });
+        let request = FailoverRequest {
+            leader: if switchover { leader } else { None },
+            candidate,
+            scheduled_at,
+        };
+        self.note(|| format!("OPERATOR requests {request:?}"));
+        self.dcs.failover_version += 1;
+        self.dcs.failover = Some((request, self.dcs.failover_version));
+        self.watch_fires();
+    }
+
+    /// A switchover's clean stop: the streaming standbys receive the WAL up to and
+    /// including the shutdown checkpoint; then `status` and the leader key.
+    fn step_down(&mut self, i: usize, dcs_ok: bool) -> bool {
+        let name = self.nodes[i].name.clone();
+        let (timeline, sysid) = (self.nodes[i].pg.timeline, self.nodes[i].pg.sysid.clone());
+        if self.nodes[i].pg.writable() {
+            let pg = &mut self.nodes[i].pg;
+            pg.lsn += 1;
+            pg.running = false;
+            pg.clean_stop = true;
+            let end = pg.lsn;
+            let sender_up = self.nodes[i].on_network();
+            for n in self.nodes.iter_mut() {
+                let streaming = n.on_network()
+                    && n.pg.running
+                    && n.pg.in_recovery
+                    && n.pg.following.as_deref() == Some(name.as_str())
+                    && n.pg.timeline == timeline
+                    && n.pg.sysid == sysid;
+                if sender_up && streaming {
+                    n.pg.lsn = n.pg.lsn.max(end);
+                }
+            }
+        }
+        if !self.nodes[i].pg.shut_down_cleanly() || !dcs_ok {
+            return false;
+        }
+        let end = self.nodes[i].pg.lsn - 1;
+        let slots = self
+            .dcs
+            .status
+            .as_ref()
+            .map(|s| s.slots.clone())
+            .unwrap_or_default();
+        self.dcs.status = Some(ClusterStatus { optime: end, slots });
+        if self.dcs.leader.as_ref().is_some_and(|(l, _)| *l == name) {
+            self.dcs.leader = None;
+            self.dcs.leader_version += 1;
+            self.watch_fires();
+        }
+        self.nodes[i].memory.last_leader_renewal = None;
+        self.nodes[i].lease_sent_at = None;
+        self.handed_over = Some((name.clone(), timeline, end));
+        self.note(|| format!("{name}: stopped cleanly at {end} and released the leader key"));
+        true
     }
 
     /// kill -9 of the agent and PostgreSQL.
@@ -1141,6 +1302,9 @@ impl Sim {
         node.deferred.clear();
         node.sleeping_until = None;
         node.lease_sent_at = None;
+        if node.pg.running {
+            node.pg.clean_stop = false;
+        }
         node.pg.running = false;
         node.pg.following = None;
     }
@@ -1317,6 +1481,7 @@ fn is_bootstrapped(sim: &Sim) -> bool {
 
 struct RunStats {
     promotions: u32,
+    requested_promotions: u32,
     faults: u32,
     events: u64,
 }
@@ -1343,6 +1508,7 @@ fn run_seed(seed: u64, timing: Timing, full_log: bool) -> RunStats {
     sim.check_liveness();
     RunStats {
         promotions: sim.promotions,
+        requested_promotions: sim.requested_promotions,
         faults: sim.faults,
         events: sim.events,
     }
@@ -1368,6 +1534,7 @@ fn simulated_clusters_keep_the_safety_invariants() {
         return;
     }
     let (mut promotions, mut faults, mut runs, mut events) = (0, 0, 0, 0);
+    let mut requested = 0;
     for timing in TIMINGS {
         for seed in 0..seeds_per_timing() {
             let Ok(stats) = std::panic::catch_unwind(|| run_seed(seed, timing, false)) else {
@@ -1376,15 +1543,23 @@ fn simulated_clusters_keep_the_safety_invariants() {
                 unreachable!("seed {seed} failed once but not on replay");
             };
             promotions += stats.promotions;
+            requested += stats.requested_promotions;
             faults += stats.faults;
             events += stats.events;
             runs += 1;
         }
     }
-    eprintln!("{runs} simulated runs, {events} events, {faults} faults, {promotions} promotions");
+    eprintln!(
+        "{runs} simulated runs, {events} events, {faults} faults, {promotions} promotions \
+         ({requested} while a switchover or failover request was pending)"
+    );
     // The faults must actually exercise failover.
     assert!(
         promotions > runs as u32 / 2,
         "too few failovers: {promotions} in {runs} runs"
+    );
+    assert!(
+        requested > runs as u32 / 4,
+        "too few requested switchovers and failovers: {requested} in {runs} runs"
     );
 }

@@ -4,6 +4,8 @@ use super::*;
 use pgherd_dcs::{ClusterStatus, Member, MemberData, Tags, Versioned};
 
 const SYSID: &str = "7000000000000000001";
+/// The wall clock in the observations: 2026-12-06T12:00:00Z.
+const NOW_SECS: i64 = 1_796_558_400;
 
 fn cfg() -> HaConfig {
     HaConfig {
@@ -14,6 +16,7 @@ fn cfg() -> HaConfig {
         use_pg_rewind: true,
         use_slots: true,
         paused: false,
+        synchronous_mode: false,
     }
 }
 
@@ -32,6 +35,7 @@ fn pg(
         wal_lsn: Some(lsn),
         following: None,
         system_identifier: Some(SYSID.into()),
+        shut_down_cleanly: false,
     }
 }
 
@@ -61,6 +65,7 @@ fn empty() -> LocalPg {
         wal_lsn: None,
         following: None,
         system_identifier: None,
+        shut_down_cleanly: false,
     }
 }
 
@@ -120,6 +125,7 @@ fn history(timeline: u32, lsn: u64, new_leader: &str) -> HistoryEntry {
 fn obs(me: &str, local: LocalPg, cluster: Option<Cluster>) -> Observation {
     Observation {
         now: 1_000_000,
+        wall_clock_secs: NOW_SECS,
         me: me.into(),
         my_tags_nofailover: false,
         local,
@@ -740,4 +746,270 @@ fn every_observation_yields_actions_with_reasons() {
             }
         }
     }
+}
+
+// ----- switchover and failover (the `failover` key) -----
+
+fn with_request(
+    mut c: Cluster,
+    leader: Option<&str>,
+    candidate: Option<&str>,
+    scheduled_at: Option<&str>,
+) -> Cluster {
+    c.failover = Some(Versioned {
+        value: FailoverRequest {
+            leader: leader.map(Into::into),
+            candidate: candidate.map(Into::into),
+            scheduled_at: scheduled_at.map(Into::into),
+        },
+        version: 7,
+    });
+    c
+}
+
+#[test]
+fn leader_asks_the_members_before_a_switchover() {
+    let c = with_request(cluster(Some("pg-a")), Some("pg-a"), Some("pg-b"), None);
+    let o = obs("pg-a", primary(5_000), Some(c));
+    assert_eq!(
+        decided(&o, &cfg()),
+        vec![Action::RenewLeader, Action::AskPeers]
+    );
+}
+
+#[test]
+fn leader_steps_down_cleanly_for_an_able_candidate() {
+    let c = with_request(cluster(Some("pg-a")), Some("pg-a"), Some("pg-b"), None);
+    let mut o = obs("pg-a", primary(5_000), Some(c));
+    o.peers = Some(vec![peer("pg-b", 5_000), peer("pg-c", 4_000)]);
+    assert_eq!(
+        decided(&o, &cfg()),
+        vec![Action::RenewLeader, Action::Demote(DemoteMode::Graceful)]
+    );
+}
+
+#[test]
+fn leader_drops_a_switchover_to_a_candidate_that_cannot_take_over() {
+    let c = with_request(cluster(Some("pg-a")), Some("pg-a"), Some("pg-b"), None);
+    let mut o = obs("pg-a", primary(5_000), Some(c.clone()));
+    let mut tagged = peer("pg-b", 5_000);
+    tagged.nofailover = true;
+    o.peers = Some(vec![tagged, peer("pg-c", 5_000)]);
+    let plan = decided(&o, &cfg());
+    assert!(
+        plan.contains(&Action::ClearFailover { version: 7 }),
+        "{plan:?}"
+    );
+    assert!(!plan.contains(&Action::Demote(DemoteMode::Graceful)));
+    assert!(reason_of(&o, &cfg()).contains("nofailover"));
+    // Lagging beyond maximum_lag_on_failover, or silent: the same.
+    o.peers = Some(vec![peer("pg-b", 3_000)]);
+    assert!(decided(&o, &cfg()).contains(&Action::ClearFailover { version: 7 }));
+    o.peers = Some(vec![PeerStatus {
+        wal_lsn: None,
+        ..peer("pg-b", 0)
+    }]);
+    assert!(decided(&o, &cfg()).contains(&Action::ClearFailover { version: 7 }));
+}
+
+#[test]
+fn a_switchover_without_a_candidate_needs_one_able_member() {
+    let c = with_request(cluster(Some("pg-a")), Some("pg-a"), None, None);
+    let mut o = obs("pg-a", primary(5_000), Some(c));
+    o.peers = Some(vec![peer("pg-b", 1_000), peer("pg-c", 4_500)]);
+    assert!(decided(&o, &cfg()).contains(&Action::Demote(DemoteMode::Graceful)));
+    assert!(reason_of(&o, &cfg()).contains("pg-c"));
+}
+
+#[test]
+fn scheduled_switchover_waits_for_its_time_and_is_dropped_when_long_overdue() {
+    let later = crate::runner::iso8601(NOW_SECS + 600);
+    let c = with_request(cluster(Some("pg-a")), Some("pg-a"), None, Some(&later));
+    let o = obs("pg-a", primary(5_000), Some(c));
+    let plan = decided(&o, &cfg());
+    assert!(!plan.contains(&Action::AskPeers), "{plan:?}");
+    assert!(!plan.contains(&Action::Demote(DemoteMode::Graceful)));
+    let due = crate::runner::iso8601(NOW_SECS - 1);
+    let c = with_request(cluster(Some("pg-a")), Some("pg-a"), None, Some(&due));
+    assert!(decided(&obs("pg-a", primary(5_000), Some(c)), &cfg()).contains(&Action::AskPeers));
+    let missed = crate::runner::iso8601(NOW_SECS - 3_600);
+    let c = with_request(cluster(Some("pg-a")), Some("pg-a"), None, Some(&missed));
+    assert!(decided(&obs("pg-a", primary(5_000), Some(c)), &cfg())
+        .contains(&Action::ClearFailover { version: 7 }));
+}
+
+#[test]
+fn new_leader_drops_the_fulfilled_or_stale_request() {
+    let fulfilled = with_request(cluster(Some("pg-b")), Some("pg-a"), Some("pg-b"), None);
+    let o = obs("pg-b", primary(5_000), Some(fulfilled));
+    assert!(decided(&o, &cfg()).contains(&Action::ClearFailover { version: 7 }));
+    let stale = with_request(cluster(Some("pg-c")), Some("pg-a"), Some("pg-b"), None);
+    let o = obs("pg-c", primary(5_000), Some(stale));
+    assert!(decided(&o, &cfg()).contains(&Action::ClearFailover { version: 7 }));
+}
+
+#[test]
+fn candidate_takes_over_at_once_when_it_holds_all_the_wal() {
+    let c = with_request(cluster(None), Some("pg-a"), Some("pg-b"), None);
+    let o = obs("pg-b", replica(5_000), Some(c));
+    assert_eq!(
+        decided(&o, &cfg()),
+        vec![
+            Action::AcquireLeader,
+            Action::Promote,
+            Action::ClearFailover { version: 7 },
+            slots(&["pg_a", "pg_c"]),
+        ]
+    );
+}
+
+#[test]
+fn switchover_candidate_missing_wal_does_not_take_over() {
+    // The old leader published where its clean stop ended the WAL: 5_000.
+    let c = with_request(cluster(None), Some("pg-a"), Some("pg-b"), None);
+    let o = obs("pg-b", replica(4_999), Some(c));
+    assert_eq!(decided(&o, &cfg()), vec![Action::Wait]);
+    assert!(reason_of(&o, &cfg()).contains("short"));
+}
+
+#[test]
+fn others_leave_the_key_to_an_able_candidate() {
+    let c = with_request(cluster(None), Some("pg-a"), Some("pg-b"), None);
+    let mut o = obs("pg-c", replica(5_000), Some(c));
+    assert_eq!(decided(&o, &cfg()), vec![Action::AskPeers]);
+    o.peers = Some(vec![peer("pg-a", 5_000), peer("pg-b", 5_000)]);
+    assert_eq!(decided(&o, &cfg()), vec![Action::Wait]);
+}
+
+#[test]
+fn others_race_when_the_candidate_cannot_take_over() {
+    let c = with_request(cluster(None), Some("pg-a"), Some("pg-b"), None);
+    let mut o = obs("pg-c", replica(5_000), Some(c));
+    o.peers = Some(vec![
+        peer("pg-a", 5_000),
+        PeerStatus {
+            wal_lsn: None,
+            ..peer("pg-b", 0)
+        },
+    ]);
+    let plan = decided(&o, &cfg());
+    assert_eq!(plan[..2], [Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn the_old_leader_takes_the_key_back_only_when_nobody_else_can() {
+    let c = with_request(cluster(None), Some("pg-a"), Some("pg-b"), None);
+    let mut o = obs("pg-a", replica(5_000), Some(c));
+    o.peers = Some(vec![peer("pg-b", 4_000), peer("pg-c", 5_000)]);
+    assert_eq!(decided(&o, &cfg()), vec![Action::Wait]);
+    // Answers may be a loop old: within a ttl of the key going away, a member that
+    // answers is trusted to judge its own position.
+    o.peers = Some(vec![peer("pg-b", 4_000), peer("pg-c", 4_000)]);
+    o.memory.no_leader_since = Some(o.now - 1_000);
+    assert_eq!(decided(&o, &cfg()), vec![Action::Wait]);
+    o.memory.no_leader_since = Some(o.now - cfg().ttl - 1);
+    let plan = decided(&o, &cfg());
+    assert_eq!(
+        plan[..3],
+        [
+            Action::AcquireLeader,
+            Action::Promote,
+            Action::ClearFailover { version: 7 }
+        ]
+    );
+}
+
+#[test]
+fn others_wait_a_ttl_for_a_candidate_whose_answer_looks_short() {
+    let c = with_request(cluster(None), Some("pg-a"), Some("pg-b"), None);
+    let mut o = obs("pg-c", replica(5_000), Some(c));
+    o.peers = Some(vec![peer("pg-a", 5_000), peer("pg-b", 4_000)]);
+    o.memory.no_leader_since = Some(o.now - 1_000);
+    assert_eq!(decided(&o, &cfg()), vec![Action::Wait]);
+    o.memory.no_leader_since = Some(o.now - cfg().ttl - 1);
+    assert_eq!(
+        decided(&o, &cfg())[..2],
+        [Action::AcquireLeader, Action::Promote]
+    );
+}
+
+#[test]
+fn memory_tracks_since_when_there_is_no_leader() {
+    let mut m = AgentMemory::default();
+    m.saw_cluster(&cluster(None), 10);
+    m.saw_cluster(&cluster(None), 20);
+    assert_eq!(m.no_leader_since, Some(10));
+    m.saw_cluster(&cluster(Some("pg-a")), 30);
+    assert_eq!(m.no_leader_since, None);
+}
+
+#[test]
+fn failover_candidate_takes_over_with_no_leader_within_the_lag_limit() {
+    let c = with_request(cluster(None), None, Some("pg-c"), None);
+    let o = obs("pg-c", replica(4_500), Some(c.clone()));
+    assert_eq!(
+        decided(&o, &cfg())[..2],
+        [Action::AcquireLeader, Action::Promote]
+    );
+    let o = obs("pg-c", replica(1_000), Some(c));
+    assert_eq!(decided(&o, &cfg()), vec![Action::Wait]);
+}
+
+#[test]
+fn leader_makes_a_failover_request_naming_another_member_its_switchover() {
+    let c = with_request(cluster(Some("pg-a")), None, Some("pg-c"), None);
+    let o = obs("pg-a", primary(5_000), Some(c));
+    assert_eq!(
+        decided(&o, &cfg()),
+        vec![Action::RenewLeader, Action::AdoptRequest { version: 7 }]
+    );
+}
+
+#[test]
+fn cleanly_stopped_old_primary_follows_the_new_leader_without_rewind() {
+    let mut c = cluster(Some("pg-b"));
+    c.history = vec![history(1, 5_100, "pg-b")];
+    c.members[1].data.timeline = Some(2);
+    let mut local = stopped(DataDirState::Primary);
+    local.shut_down_cleanly = true;
+    local.wal_lsn = Some(5_000);
+    let o = obs("pg-a", local.clone(), Some(c.clone()));
+    assert_eq!(
+        decided(&o, &cfg()),
+        vec![Action::StartReplica {
+            upstream: Some("pg-b".into())
+        }]
+    );
+    // The new leader's timeline began at or before our shutdown checkpoint: we diverged.
+    c.history = vec![history(1, 5_000, "pg-b")];
+    let o = obs("pg-a", local, Some(c));
+    assert_eq!(
+        decided(&o, &cfg()),
+        vec![Action::Rewind {
+            from: "pg-b".into()
+        }]
+    );
+}
+
+#[test]
+fn synchronous_mode_allows_only_the_sync_standby_to_take_over_a_switchover() {
+    let mut c = with_request(cluster(Some("pg-a")), Some("pg-a"), None, None);
+    c.sync = Some(Versioned {
+        value: pgherd_dcs::SyncState {
+            leader: Some("pg-a".into()),
+            sync_standby: Some("pg-c".into()),
+        },
+        version: 1,
+    });
+    let sync_cfg = HaConfig {
+        synchronous_mode: true,
+        ..cfg()
+    };
+    let mut o = obs("pg-a", primary(5_000), Some(c));
+    o.peers = Some(vec![peer("pg-b", 5_000), peer("pg-c", 4_900)]);
+    assert!(
+        reason_of(&o, &sync_cfg).contains("pg-c"),
+        "{}",
+        reason_of(&o, &sync_cfg)
+    );
 }

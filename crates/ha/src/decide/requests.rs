@@ -1,0 +1,312 @@
+//! Rules for a pending switchover or failover (the `failover` key): what the leader does
+//! with it, and who takes over when the leader has stepped down or is gone.
+
+use super::{
+    act, cluster_timeline, healthier_peer, take_over, wait, Action, DemoteMode, HaConfig,
+    Observation, PeerStatus, Reason,
+};
+use pgherd_dcs::{Cluster, FailoverRequest, Versioned};
+
+/// "switchover" when the request names the leader to step down, else "failover".
+pub(super) fn request_kind(req: &FailoverRequest) -> &'static str {
+    if req.leader.is_some() {
+        "switchover"
+    } else {
+        "failover"
+    }
+}
+
+/// A switchover or failover may run this long after its scheduled time (the leader may
+/// have been busy, or restarting); later it is dropped rather than surprising anyone.
+const SCHEDULE_GRACE_SECS: i64 = 30;
+
+/// The leader's step for a pending `failover` key: drop it when it is done or stale,
+/// wait for its time, or — with the members' positions in hand — step down cleanly when
+/// a member can take over.
+pub(super) fn request_to_leader(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    failover: &Versioned<FailoverRequest>,
+) -> (Action, Reason) {
+    let req = &failover.value;
+    let kind = request_kind(req);
+    let clear = |why: String| {
+        act(
+            Action::ClearFailover {
+                version: failover.version,
+            },
+            why,
+        )
+    };
+    match (req.leader.as_deref(), req.candidate.as_deref()) {
+        (Some(l), _) if l != obs.me => {
+            return clear(format!(
+                "a switchover from {l} is pending, but we lead: dropping the stale request"
+            ))
+        }
+        (_, Some(c)) if c == obs.me => {
+            return clear(format!("the {kind} to us is done: dropping the request"))
+        }
+        (None, None) => return clear("a failover request names nobody: dropping it".into()),
+        _ => {}
+    }
+    if obs.local.in_recovery {
+        return act(
+            Action::Wait,
+            format!("a {kind} is pending: promoting first"),
+        );
+    }
+    if req.leader.is_none() {
+        return act(
+            Action::AdoptRequest {
+                version: failover.version,
+            },
+            "a failover to another member is requested while we lead: making it a switchover \
+             from us, so the taker must hold all our WAL",
+        );
+    }
+    if let Some(text) = &req.scheduled_at {
+        let Some(at) = crate::manual::parse_time(text) else {
+            return clear(format!(
+                "cannot read the {kind}'s scheduled_at {text:?}: dropping the request"
+            ));
+        };
+        let late = obs.wall_clock_secs - at;
+        if late < 0 {
+            return act(Action::Wait, format!("a {kind} is scheduled at {text}"));
+        }
+        let grace = SCHEDULE_GRACE_SECS + (cfg.loop_wait / 1000) as i64;
+        if late > grace {
+            return clear(format!(
+                "the {kind} scheduled at {text} is {late} s overdue: dropping it"
+            ));
+        }
+    }
+    let Some(peers) = obs.peers.as_deref() else {
+        return act(
+            Action::AskPeers,
+            format!("a {kind} is requested: asking the members how far they got"),
+        );
+    };
+    match switchover_target(obs, cluster, cfg, req, peers) {
+        Ok(target) => act(
+            Action::Demote(DemoteMode::Graceful),
+            format!("{kind} to {target}: stopping cleanly and releasing the leader key"),
+        ),
+        Err(why) => clear(format!(
+            "the {kind} is not possible: {why}; dropping the request"
+        )),
+    }
+}
+
+/// The member that will take over from us in a switchover: the named candidate or the
+/// most advanced eligible member. Judged from the members' own answers, with our
+/// position as the reference.
+fn switchover_target(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    req: &FailoverRequest,
+    peers: &[PeerStatus],
+) -> Result<String, String> {
+    let my_lsn = obs.local.wal_lsn.unwrap_or(0);
+    let why_not = |p: &PeerStatus| -> Option<String> {
+        let Some(lsn) = p.wal_lsn else {
+            return Some("it did not answer".into());
+        };
+        if p.nofailover {
+            return Some("it is tagged nofailover".into());
+        }
+        if p.is_primary {
+            return Some("it runs a primary".into());
+        }
+        if p.timeline != obs.local.timeline {
+            return Some("it is on another timeline".into());
+        }
+        let lag = my_lsn.saturating_sub(lsn);
+        if lag > cfg.maximum_lag_on_failover {
+            return Some(format!(
+                "it lags {lag} bytes, more than maximum_lag_on_failover {}",
+                cfg.maximum_lag_on_failover
+            ));
+        }
+        not_synchronous(cluster, cfg, &p.name)
+    };
+    if let Some(c) = req.candidate.as_deref() {
+        let Some(p) = peers.iter().find(|p| p.name == c) else {
+            return Err(format!("{c} is not a member"));
+        };
+        return match why_not(p) {
+            None => Ok(c.to_string()),
+            Some(why) => Err(format!("{c} cannot take over: {why}")),
+        };
+    }
+    peers
+        .iter()
+        .filter(|p| p.name != obs.me && why_not(p).is_none())
+        .max_by_key(|p| p.wal_lsn)
+        .map(|p| p.name.clone())
+        .ok_or_else(|| "no member can take over".into())
+}
+
+/// In synchronous mode only a member named in the `sync` key holds every acknowledged
+/// write.
+pub(crate) fn not_synchronous(cluster: &Cluster, cfg: &HaConfig, name: &str) -> Option<String> {
+    if !cfg.synchronous_mode {
+        return None;
+    }
+    let listed = cluster
+        .sync
+        .as_ref()
+        .and_then(|s| s.value.sync_standby.as_deref())
+        .is_some_and(|names| names.split(',').any(|n| n.trim() == name));
+    (!listed).then(|| format!("{name} is not a synchronous standby"))
+}
+
+/// No leader, and a switchover or failover is pending: the candidate takes over when it
+/// holds everything it must; the others leave it the key while it can, and otherwise race
+/// among themselves; the member that stepped down takes the key back only when nobody
+/// else can take over.
+pub(super) fn race_with_request(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    failover: &Versioned<FailoverRequest>,
+) -> Vec<(Action, Reason)> {
+    let req = &failover.value;
+    let kind = request_kind(req);
+    let me = obs.me.as_str();
+    if req.candidate.as_deref() == Some(me) {
+        // The leader key is gone: the old leader stopped before releasing it, or its
+        // lease ran out (and by then it had demoted itself). Nobody else writes.
+        return match request_ineligibility(obs, cluster, cfg, req) {
+            None => take_over(
+                obs,
+                cluster,
+                cfg,
+                format!("{kind} to us: taking the leader key"),
+            ),
+            Some(why) => wait(format!(
+                "a {kind} to us is pending, but we may not take over: {why}"
+            )),
+        };
+    }
+    let Some(peers) = obs.peers.as_deref() else {
+        return vec![act(
+            Action::AskPeers,
+            format!("a {kind} is pending and there is no leader: asking the members"),
+        )];
+    };
+    if let Some(p) = peers.iter().find(|p| p.is_primary && p.name != me) {
+        return wait(format!(
+            "a {kind} is pending, but {} still runs a primary",
+            p.name
+        ));
+    }
+    // A peer's answer is as old as its last loop: right after the old leader's clean
+    // stop it may not show the WAL the peer already holds. So for one ttl a peer that
+    // answers and may lead gets the benefit of the doubt (it judges its own position
+    // when it decides); after that only what it reports counts.
+    let leaderless_for = obs
+        .memory
+        .no_leader_since
+        .map_or(0, |since| obs.now.saturating_sub(since));
+    let patient = leaderless_for < cfg.ttl;
+    let able = |p: &PeerStatus| {
+        p.wal_lsn.is_some()
+            && !p.nofailover
+            && not_synchronous(cluster, cfg, &p.name).is_none()
+            && (patient
+                || position_ineligibility(p.wal_lsn, p.timeline, cluster, cfg, req).is_none())
+    };
+    if let Some(c) = req.candidate.as_deref() {
+        if peers.iter().any(|p| p.name == c && able(p)) {
+            return wait(format!(
+                "{kind} to {c} in progress: leaving the leader key to it"
+            ));
+        }
+    }
+    let old_leader = req.leader.as_deref();
+    if old_leader == Some(me) {
+        if let Some(p) = peers.iter().find(|p| p.name != me && able(p)) {
+            return wait(format!(
+                "we stepped down for a {kind}: leaving the leader key to {}",
+                p.name
+            ));
+        }
+    }
+    if let Some(why) = request_ineligibility(obs, cluster, cfg, req) {
+        return wait(format!(
+            "a {kind} is pending, but we may not take over: {why}"
+        ));
+    }
+    // The old leader (when it is not us) takes part only as the last resort.
+    let others: Vec<PeerStatus> = peers
+        .iter()
+        .filter(|p| Some(p.name.as_str()) != old_leader)
+        .cloned()
+        .collect();
+    if let Some(why) = healthier_peer(obs, &others) {
+        return wait(format!(
+            "a {kind} is pending, but not the healthiest member: {why}"
+        ));
+    }
+    let why = match (old_leader == Some(me), req.candidate.as_deref()) {
+        (true, _) => format!("nobody else can take over after our {kind}: taking the key back"),
+        (false, Some(c)) => format!("{c} cannot take over in the {kind}: racing for the key"),
+        (false, None) => {
+            format!("{kind} with no leader: we are the healthiest, racing for the key")
+        }
+    };
+    take_over(obs, cluster, cfg, why)
+}
+
+/// Why this member may not take over in the requested switchover or failover.
+fn request_ineligibility(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    req: &FailoverRequest,
+) -> Option<String> {
+    if obs.my_tags_nofailover {
+        return Some("tagged nofailover".into());
+    }
+    if let Some(why) = not_synchronous(cluster, cfg, &obs.me) {
+        return Some(why);
+    }
+    position_ineligibility(obs.local.wal_lsn, obs.local.timeline, cluster, cfg, req)
+}
+
+/// A switchover loses nothing: the taker must hold all WAL up to where the old leader's
+/// clean stop ended it (the `status` optime). A failover allows maximum_lag_on_failover.
+fn position_ineligibility(
+    lsn: Option<u64>,
+    timeline: Option<u32>,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    req: &FailoverRequest,
+) -> Option<String> {
+    let Some(lsn) = lsn else {
+        return Some("WAL position unknown".into());
+    };
+    let end = cluster.status.as_ref().map_or(0, |s| s.optime);
+    let allowed = if req.leader.is_some() {
+        0
+    } else {
+        cfg.maximum_lag_on_failover
+    };
+    let lag = end.saturating_sub(lsn);
+    if lag > allowed {
+        return Some(format!(
+            "WAL position {lsn} is {lag} bytes short of the last primary position {end}"
+        ));
+    }
+    match (timeline, cluster_timeline(cluster)) {
+        (Some(mine), Some(newest)) if mine < newest => Some(format!(
+            "timeline {mine} is behind the cluster's timeline {newest}"
+        )),
+        (None, _) => Some("timeline unknown".into()),
+        _ => None,
+    }
+}
