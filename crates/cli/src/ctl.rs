@@ -1,9 +1,10 @@
 //! `pgherd ctl`: the operator's view of a cluster, read from the DCS like `patronictl`.
 
-use crate::{config, edit_config, listing};
+use crate::{config, edit_config, listing, switchover};
 use anyhow::{Context, Result};
 use pgherd_dcs::etcd::EtcdDcs;
 use pgherd_dcs::{Cluster, Dcs};
+use pgherd_ha::manual::Kind;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,6 +59,35 @@ pub enum CtlCommand {
         /// Wait until every member has taken it up.
         #[arg(long)]
         wait: bool,
+    },
+    /// Planned switchover: the leader stops cleanly and the candidate (or the most
+    /// advanced eligible replica) takes over with every WAL record; the old leader
+    /// follows it without pg_rewind.
+    Switchover {
+        /// The current leader (checked; the switchover is refused if it is not).
+        #[arg(long, alias = "master", alias = "primary")]
+        leader: Option<String>,
+        /// The member to take over.
+        #[arg(long)]
+        candidate: Option<String>,
+        /// When, in ISO 8601 (`2026-12-06T22:30+00:00`; UTC without an offset) or `now`.
+        #[arg(long, value_name = "TIME")]
+        scheduled: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+        /// Cancel a scheduled switchover instead.
+        #[arg(long, conflicts_with_all = ["leader", "candidate", "scheduled"])]
+        cancel: bool,
+    },
+    /// Manual failover to a named member; works also when the cluster has no leader.
+    Failover {
+        /// The member to promote.
+        #[arg(long)]
+        candidate: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
     },
     /// Change the dynamic configuration: shows the diff and asks before writing. Without
     /// --set, --pg or --apply, $EDITOR edits it as YAML.
@@ -122,6 +152,30 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         } => {
             let edits = edit_config::Edits { set, pg, apply };
             edit_config::run(&dcs, &edits, force).await?
+        }
+        CtlCommand::Switchover { cancel: true, .. } => switchover::cancel(&dcs).await?,
+        CtlCommand::Switchover {
+            leader,
+            candidate,
+            scheduled,
+            force,
+            cancel: false,
+        } => {
+            let asked = switchover::Request {
+                leader,
+                candidate,
+                scheduled,
+                force,
+            };
+            switchover::run(&dcs, &cfg.scope, Kind::Switchover, asked).await?
+        }
+        CtlCommand::Failover { candidate, force } => {
+            let asked = switchover::Request {
+                candidate,
+                force,
+                ..switchover::Request::default()
+            };
+            switchover::run(&dcs, &cfg.scope, Kind::Failover, asked).await?
         }
     };
     print!("{out}");

@@ -5,10 +5,11 @@
 //! compare-and-set after a confirmation (unless `--force`).
 
 use crate::config;
+use crate::prompt::confirm;
 use anyhow::{bail, Context, Result};
 use pgherd_dcs::Dcs;
 use serde_json::{Map, Value};
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// What to change.
@@ -177,27 +178,6 @@ fn edit_in_editor(before: &Value) -> Result<Value> {
 fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-}
-
-/// Ask on the terminal (or read the answer from standard input); only `y`/`yes` agrees.
-fn confirm(question: &str) -> Result<bool> {
-    eprint!("{question} [y/N]: ");
-    std::io::stderr().flush().ok();
-    let mut answer = String::new();
-    let stdin = std::io::stdin();
-    if stdin
-        .lock()
-        .read_line(&mut answer)
-        .context("cannot read the answer")?
-        == 0
-        && !stdin.is_terminal()
-    {
-        eprintln!();
-    }
-    Ok(matches!(
-        answer.trim().to_ascii_lowercase().as_str(),
-        "y" | "yes"
-    ))
 }
 
 /// Every line of `old` and `new`, in order, marked `-` (only in old), `+` (only in new)

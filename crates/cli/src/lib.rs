@@ -8,4 +8,6 @@ pub mod edit_config;
 pub mod listing;
 pub mod node;
 pub mod pooler;
+pub mod prompt;
 pub mod signals;
+pub mod switchover;

@@ -325,9 +325,10 @@ async fn crashed_postgres_of_the_leader_comes_back_as_primary_on_the_same_timeli
     }
 }
 
-/// Real `patronictl` (Debian package patroni) reads a pgherd cluster from etcd.
+/// Real `patronictl` (Debian package patroni) reads a pgherd cluster from etcd and moves
+/// its primary through pgherd's REST API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patronictl_lists_a_pgherd_cluster() {
+async fn patronictl_lists_and_switches_over_a_pgherd_cluster() {
     let _serial = SERIAL.lock().await;
     if std::process::Command::new("patronictl")
         .arg("version")
@@ -366,6 +367,40 @@ async fn patronictl_lists_a_pgherd_cluster() {
         .expect("a Replica row");
     assert_eq!(replica["State"], "streaming", "{stdout}");
     assert_eq!(replica["TL"], 1, "{stdout}");
+
+    let other = replica["Member"].as_str().expect("member name").to_string();
+    let patronictl = |args: &[&str]| {
+        std::process::Command::new("patronictl")
+            .arg("-c")
+            .arg(&cluster.nodes[0].config_path)
+            .args(args)
+            .output()
+            .expect("run patronictl")
+    };
+    let out = patronictl(&[
+        "switchover",
+        "--leader",
+        &primary,
+        "--candidate",
+        &other,
+        "--force",
+    ]);
+    assert!(
+        text(&out).contains(&format!("Successfully switched over to \"{other}\"")),
+        "{}",
+        text(&out)
+    );
+    cluster.wait_healthy(1, Duration::from_secs(60)).await;
+    assert_eq!(cluster.primary().await.as_deref(), Some(other.as_str()));
+    // patronictl failover names the candidate; the live leader hands over to it.
+    let out = patronictl(&["failover", "--candidate", &primary, "--force"]);
+    assert!(
+        text(&out).contains(&format!("Successfully failed over to \"{primary}\"")),
+        "{}",
+        text(&out)
+    );
+    let back = cluster.wait_healthy(1, Duration::from_secs(60)).await;
+    assert_eq!(back, primary);
 }
 
 /// What a command printed, stdout then stderr.

@@ -1,7 +1,8 @@
 //! The REST API, with Patroni's paths, JSON field names and status codes: 200 when the
 //! member is what the path asks, 503 otherwise, so HAProxy's `option httpchk OPTIONS
 //! /primary` and existing monitoring work unchanged. Health paths answer GET, HEAD and
-//! OPTIONS alike. The mutating endpoints (`PATCH`/`PUT /config`) need a [`Control`] and,
+//! OPTIONS alike. The mutating endpoints (`PATCH`/`PUT /config`, `POST /switchover`,
+//! `POST /failover`, `DELETE /switchover`) need a [`Control`] and,
 //! when `restapi.authentication` is set, its basic-auth credentials.
 
 use crate::dynamic;
@@ -11,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRef, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use pgherd_dcs::Dcs;
@@ -19,6 +20,8 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+mod switchover;
 
 /// What the mutating endpoints act through: the cluster's DCS, and the credentials of
 /// `restapi.authentication` (`None`: no authentication, as in Patroni).
@@ -63,6 +66,11 @@ pub fn router(status: SharedStatus, control: Option<Control>) -> Router {
         .route("/history", get(history))
         .route("/config", get(config).patch(patch_config).put(put_config))
         .route("/effective-config", get(effective_config))
+        .route(
+            "/switchover",
+            post(switchover::post_switchover).delete(switchover::delete_switchover),
+        )
+        .route("/failover", post(switchover::post_failover))
         .with_state(ApiState { status, control })
 }
 
@@ -535,6 +543,7 @@ mod tests {
                 use_pg_rewind: true,
                 use_slots: true,
                 paused: false,
+                synchronous_mode: false,
             },
             Default::default(),
         );
