@@ -1,6 +1,6 @@
 //! `pgherd ctl`: the operator's view of a cluster, read from the DCS like `patronictl`.
 
-use crate::{config, edit_config, listing, switchover};
+use crate::{config, edit_config, listing, operate, switchover};
 use anyhow::{Context, Result};
 use pgherd_dcs::etcd::EtcdDcs;
 use pgherd_dcs::{Cluster, Dcs};
@@ -89,6 +89,37 @@ pub enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Restart PostgreSQL on members (all by default): a replica without failover, the
+    /// primary in place.
+    Restart {
+        /// Members to restart (default: all).
+        members: Vec<String>,
+        /// Only members with this role.
+        #[arg(long, value_enum, default_value_t = operate::RoleFilter::Any)]
+        role: operate::RoleFilter,
+        /// Only members flagged pending_restart (a changed parameter needs a restart).
+        #[arg(long)]
+        pending: bool,
+        /// When, in ISO 8601 (UTC without an offset) or `now`.
+        #[arg(long, value_name = "TIME")]
+        scheduled: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rewrite postgresql.conf and reload PostgreSQL on members (all by default).
+    Reload {
+        members: Vec<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Wipe a replica's data directory and clone it afresh from the leader.
+    Reinit {
+        member: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
     /// Change the dynamic configuration: shows the diff and asks before writing. Without
     /// --set, --pg or --apply, $EDITOR edits it as YAML.
     EditConfig {
@@ -133,6 +164,10 @@ pub async fn run(args: CtlArgs) -> Result<()> {
     .await
     .context("cannot read the cluster")?;
     let cluster = dcs.get_cluster().await.context("cannot read the cluster")?;
+    let target = operate::Target {
+        cluster: &cluster,
+        auth: cfg.restapi.authentication.as_ref(),
+    };
     let out = match args.command {
         CtlCommand::List { format } | CtlCommand::Topology { format } => {
             list(&cfg.scope, &cluster, format)
@@ -169,6 +204,25 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             };
             switchover::run(&dcs, &cfg.scope, Kind::Switchover, asked).await?
         }
+        CtlCommand::Restart {
+            members,
+            role,
+            pending,
+            scheduled,
+            force,
+        } => {
+            operate::restart(
+                &target,
+                &members,
+                role,
+                pending,
+                scheduled.as_deref(),
+                force,
+            )
+            .await?
+        }
+        CtlCommand::Reload { members, force } => operate::reload(&target, &members, force).await?,
+        CtlCommand::Reinit { member, force } => operate::reinit(&target, &member, force).await?,
         CtlCommand::Failover { candidate, force } => {
             let asked = switchover::Request {
                 candidate,

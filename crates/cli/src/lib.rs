@@ -7,6 +7,7 @@ pub mod demo;
 pub mod edit_config;
 pub mod listing;
 pub mod node;
+pub mod operate;
 pub mod pooler;
 pub mod prompt;
 pub mod signals;

@@ -401,6 +401,28 @@ async fn patronictl_lists_and_switches_over_a_pgherd_cluster() {
     );
     let back = cluster.wait_healthy(1, Duration::from_secs(60)).await;
     assert_eq!(back, primary);
+
+    // Member requests go to the members' REST APIs.
+    let scope = cluster.scope.clone();
+    let out = patronictl(&["restart", &scope, &other, "--force"]);
+    assert!(
+        text(&out).contains(&format!("Success: restart on member {other}")),
+        "{}",
+        text(&out)
+    );
+    let out = patronictl(&["reload", &scope, "--force"]);
+    assert!(
+        text(&out).contains(&format!("Reload request received for member {other}")),
+        "{}",
+        text(&out)
+    );
+    let out = patronictl(&["reinit", &scope, &other, "--force"]);
+    assert!(
+        text(&out).contains(&format!("Success: reinitialize for member {other}")),
+        "{}",
+        text(&out)
+    );
+    cluster.wait_healthy(1, Duration::from_secs(120)).await;
 }
 
 /// What a command printed, stdout then stderr.
@@ -620,6 +642,33 @@ async fn edit_config_merges_validates_asks_and_reaches_postgres() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // `restart --pending` restarts exactly the flagged members, in place.
+    let restarted = cluster.ctl(&["restart", "--pending", "--force"]);
+    assert!(restarted.status.success(), "{}", text(&restarted));
+    assert!(
+        text(&restarted).contains(&format!("Success: restart on member {primary}")),
+        "{}",
+        text(&restarted)
+    );
+    let c = cluster.node(&primary).connect().await.expect("connect");
+    let max: String = c
+        .query_one("SHOW max_connections", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(max, "120");
+    assert_eq!(cluster.primary().await.as_deref(), Some(primary.as_str()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.node(&primary).api("/patroni").await.1["pending_restart"] == true {
+        assert!(
+            Instant::now() < deadline,
+            "pending_restart stayed after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let nothing = cluster.ctl(&["restart", "--pending", "--force"]);
+    assert!(!nothing.status.success(), "nothing is pending any more");
 
     // Each effective parameter with where it came from.
     let effective = cluster.ctl(&["show-config", "--effective", &primary]);

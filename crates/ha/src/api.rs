@@ -1,8 +1,9 @@
 //! The REST API, with Patroni's paths, JSON field names and status codes: 200 when the
 //! member is what the path asks, 503 otherwise, so HAProxy's `option httpchk OPTIONS
 //! /primary` and existing monitoring work unchanged. Health paths answer GET, HEAD and
-//! OPTIONS alike. The mutating endpoints (`PATCH`/`PUT /config`, `POST /switchover`,
-//! `POST /failover`, `DELETE /switchover`) need a [`Control`] and,
+//! OPTIONS alike. The mutating endpoints (`PATCH`/`PUT /config`, `POST`/`DELETE
+//! /switchover`, `POST /failover`, `POST`/`DELETE /restart`, `POST /reload`, `POST
+//! /reinitialize`) need a [`Control`] and,
 //! when `restapi.authentication` is set, its basic-auth credentials.
 
 use crate::dynamic;
@@ -21,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod operator;
 mod switchover;
 
 /// What the mutating endpoints act through: the cluster's DCS, and the credentials of
@@ -29,6 +31,8 @@ mod switchover;
 pub struct Control {
     pub dcs: Arc<dyn Dcs>,
     pub auth: Option<ApiAuth>,
+    /// The member's agent, for restart, reload and reinit (`None`: answered 503).
+    pub agent: Option<crate::operator::AgentHandle>,
 }
 
 #[derive(Clone)]
@@ -71,6 +75,12 @@ pub fn router(status: SharedStatus, control: Option<Control>) -> Router {
             post(switchover::post_switchover).delete(switchover::delete_switchover),
         )
         .route("/failover", post(switchover::post_failover))
+        .route(
+            "/restart",
+            post(operator::post_restart).delete(operator::delete_restart),
+        )
+        .route("/reload", post(operator::post_reload))
+        .route("/reinitialize", post(operator::post_reinitialize))
         .with_state(ApiState { status, control })
 }
 

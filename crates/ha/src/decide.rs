@@ -117,7 +117,22 @@ pub struct Observation {
     pub cluster: Option<Cluster>,
     /// Other members' status, present only right after an `AskPeers` action.
     pub peers: Option<Vec<PeerStatus>>,
+    /// An operator's request to this member, waiting to be carried out this tick.
+    pub request: Option<MemberRequest>,
     pub memory: AgentMemory,
+}
+
+/// What an operator asks of one member through its REST API (`ctl restart`, `ctl
+/// reload`, `ctl reinit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberRequest {
+    /// Stop and start PostgreSQL: a replica stays a replica (no failover), the primary
+    /// restarts in place under its lease.
+    Restart,
+    /// Rewrite postgresql.conf and reload it.
+    Reload,
+    /// Throw the replica's data away and clone it afresh from the leader.
+    Reinitialize,
 }
 
 /// How to stop being a primary.
@@ -178,6 +193,18 @@ pub enum Action {
     RemoveDataDir,
     /// Ask other members for their WAL positions; the runner decides again with `peers`.
     AskPeers,
+    /// The operator's restart: stop (fast), then start writable when `as_primary` and
+    /// the lease still runs by the runner's clock, otherwise as a standby of the leader.
+    Restart {
+        as_primary: bool,
+    },
+    /// The operator's reload: rewrite postgresql.conf, then `pg_ctl reload`.
+    Reload,
+    /// The operator's reinit: stop, remove the data directory, clone it from `from` and
+    /// start as its standby — in one step, so it also runs in maintenance mode.
+    Reinitialize {
+        from: String,
+    },
     /// On the primary: make the physical slots exactly these (one per other member).
     EnsureSlots(Vec<String>),
     /// Delete the `failover` key if it is still at this version: the switchover or
@@ -192,6 +219,16 @@ pub enum Action {
     },
     /// Nothing to do until the next tick.
     Wait,
+}
+
+impl Action {
+    /// Carries out an operator's [`MemberRequest`].
+    pub fn is_operator_request(&self) -> bool {
+        matches!(
+            self,
+            Action::Restart { .. } | Action::Reload | Action::Reinitialize { .. }
+        )
+    }
 }
 
 /// Why an action was chosen; logged with every decision.
@@ -264,6 +301,7 @@ use requests::{race_with_request, request_kind, request_to_leader};
 ///
 /// The rules, in the order they are checked:
 /// 1. without the DCS, a writable PostgreSQL demotes itself; nothing else happens;
+///    then an operator's request to this member (restart, reload, reinit) is carried out;
 /// 2. in maintenance mode only the leader key is renewed;
 /// 3. an uninitialized cluster is bootstrapped (or published from existing primary data);
 /// 4. an empty data directory is cloned; foreign data is never touched;
@@ -278,6 +316,9 @@ pub fn decide(obs: &Observation, cfg: &HaConfig) -> Vec<(Action, Reason)> {
     let Some(cluster) = obs.cluster.as_ref() else {
         return without_dcs(obs, cfg);
     };
+    if let Some(request) = obs.request {
+        return member_request(obs, cluster, request);
+    }
     if cfg.paused {
         return while_paused(obs, cluster);
     }
@@ -325,6 +366,49 @@ fn without_dcs(obs: &Observation, cfg: &HaConfig) -> Vec<(Action, Reason)> {
         )];
     }
     wait("DCS is not accessible; waiting for it")
+}
+
+/// An operator's request, also in maintenance mode: it is not an automatic action.
+fn member_request(
+    obs: &Observation,
+    cluster: &Cluster,
+    request: MemberRequest,
+) -> Vec<(Action, Reason)> {
+    if obs.local.data_dir == DataDirState::Empty {
+        return wait(format!(
+            "{request:?} requested, but there is no data directory yet"
+        ));
+    }
+    let leads = cluster.leader_name() == Some(obs.me.as_str());
+    match request {
+        MemberRequest::Reload => vec![act(Action::Reload, "reload requested")],
+        MemberRequest::Restart if leads && is_writable(&obs.local) => vec![
+            act(
+                Action::RenewLeader,
+                "restart requested: renewing the leader key first",
+            ),
+            act(
+                Action::Restart { as_primary: true },
+                "restart requested: restarting the primary in place",
+            ),
+        ],
+        MemberRequest::Restart => vec![act(
+            Action::Restart { as_primary: false },
+            "restart requested: restarting the replica (no failover)",
+        )],
+        MemberRequest::Reinitialize if leads => {
+            wait("reinitialize refused: this member holds the leader key")
+        }
+        MemberRequest::Reinitialize => match leader_member(obs, cluster) {
+            Some(leader) => vec![act(
+                Action::Reinitialize {
+                    from: leader.to_string(),
+                },
+                format!("reinitialize requested: cloning afresh from leader {leader}"),
+            )],
+            None => wait("reinitialize refused: there is no leader to clone from"),
+        },
+    }
 }
 
 /// Rule 2: maintenance mode. Keep the leader key so nobody races for it on resume.

@@ -6,6 +6,7 @@ pub mod decide;
 pub mod dynamic;
 pub mod manual;
 pub mod member;
+pub mod operator;
 pub mod runner;
 pub mod spec;
 pub mod status;

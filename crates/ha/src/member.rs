@@ -50,9 +50,12 @@ pub async fn start(spec: NodeSpec, dcs: Arc<dyn Dcs>) -> Result<RunningMember, S
     let (shutdown, rx) = watch::channel(false);
     let mut api_rx = rx.clone();
     let api_status = status.clone();
+    let name = spec.name.clone();
+    let mut agent = Agent::new(spec.clone(), dcs.clone(), status.clone());
     let control = crate::api::Control {
-        dcs: dcs.clone(),
+        dcs,
         auth: spec.api_auth.clone(),
+        agent: Some(agent.handle()),
     };
     let api = tokio::spawn(async move {
         let stop = async move {
@@ -62,8 +65,6 @@ pub async fn start(spec: NodeSpec, dcs: Arc<dyn Dcs>) -> Result<RunningMember, S
             warn!(error = %e, "REST API stopped");
         }
     });
-    let name = spec.name.clone();
-    let agent = Agent::new(spec, dcs, status.clone());
     let agent = tokio::spawn(agent.run(rx));
     Ok(RunningMember {
         name,

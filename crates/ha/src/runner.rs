@@ -6,9 +6,10 @@
 
 use crate::decide::{
     decide, history_after_promotion, Action, AgentMemory, DataDirState, DemoteMode, HaConfig,
-    LocalPg, Millis, Observation, PeerStatus,
+    LocalPg, MemberRequest, Millis, Observation, PeerStatus,
 };
 use crate::dynamic;
+use crate::operator::{self, Answer, Command, ScheduledRestart};
 use crate::spec::NodeSpec;
 use crate::status::{Role, SharedStatus};
 use pgherd_dcs::{Cluster, ClusterStatus, Dcs, DcsError, MemberData};
@@ -18,7 +19,7 @@ use pgherd_postgres::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 /// How many times in a row a tick may ask to be repeated at once before the loop sleeps.
@@ -67,6 +68,18 @@ pub struct Agent {
     /// The actions of the previous tick, so a leader's heartbeat (renew, keep slots)
     /// is logged when it starts rather than every loop_wait.
     last_actions: Vec<Action>,
+    /// Operator commands from the REST API, until `run` takes them.
+    commands: Option<mpsc::Receiver<Command>>,
+    /// The operator's request this tick carries out, and where the answer goes (none for
+    /// a scheduled restart).
+    pending: Option<Pending>,
+    scheduled_restart: Option<ScheduledRestart>,
+}
+
+/// An operator's request waiting for the next tick.
+struct Pending {
+    request: MemberRequest,
+    reply: Option<oneshot::Sender<Answer>>,
 }
 
 impl Agent {
@@ -98,6 +111,89 @@ impl Agent {
             standby_timeline_seen: None,
             last_wait_reason: None,
             last_actions: Vec::new(),
+            commands: None,
+            pending: None,
+            scheduled_restart: None,
+        }
+    }
+
+    /// The handle through which the REST API sends this agent operator commands.
+    pub fn handle(&mut self) -> operator::AgentHandle {
+        let (handle, commands) = operator::channel();
+        self.commands = Some(commands);
+        handle
+    }
+
+    /// Take an operator command: a request runs on the next tick (one at a time).
+    fn accept(&mut self, command: Command) {
+        match command {
+            Command::Now { request, reply } => {
+                if self.pending.is_some() {
+                    let _ = reply.send(Err("another request is being carried out".into()));
+                    return;
+                }
+                info!(member = %self.spec.name, ?request, "operator request");
+                self.pending = Some(Pending {
+                    request,
+                    reply: Some(reply),
+                });
+            }
+            Command::ScheduleRestart {
+                at,
+                pending_only,
+                reply,
+            } => {
+                if self.scheduled_restart.is_some() {
+                    let _ = reply.send(Err("another restart is already scheduled".into()));
+                    return;
+                }
+                info!(member = %self.spec.name, at = %iso8601(at), pending_only, "restart scheduled");
+                self.scheduled_restart = Some(ScheduledRestart { at, pending_only });
+                let _ = reply.send(Ok(format!("restart scheduled at {}", iso8601(at))));
+            }
+            Command::CancelScheduledRestart { reply } => {
+                let answer = match self.scheduled_restart.take() {
+                    Some(_) => Ok("scheduled restart deleted".to_string()),
+                    None => Err("no restart is scheduled".to_string()),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// A scheduled restart that is due becomes the pending request.
+    fn start_due_restart(&mut self) {
+        let Some(s) = self.scheduled_restart else {
+            return;
+        };
+        if self.pending.is_some() || s.at > crate::manual::unix_now() {
+            return;
+        }
+        self.scheduled_restart = None;
+        if s.pending_only && !self.status.get().pending_restart {
+            info!(member = %self.spec.name, "scheduled restart skipped: no parameter needs a restart");
+            return;
+        }
+        self.pending = Some(Pending {
+            request: MemberRequest::Restart,
+            reply: None,
+        });
+    }
+
+    /// Answer the pending request, if any.
+    fn answer_pending(&mut self, answer: Answer) {
+        if let Some(p) = self.pending.take() {
+            match &answer {
+                Ok(m) => {
+                    info!(member = %self.spec.name, request = ?p.request, result = %m, "operator request done")
+                }
+                Err(e) => {
+                    warn!(member = %self.spec.name, request = ?p.request, error = %e, "operator request not done")
+                }
+            }
+            if let Some(reply) = p.reply {
+                let _ = reply.send(answer);
+            }
         }
     }
 
@@ -151,11 +247,13 @@ impl Agent {
     /// as Patroni does on a clean shutdown.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         info!(member = %self.spec.name, scope = %self.spec.scope, "agent starting");
+        let mut commands = self.commands.take();
         let mut immediate = 0u32;
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            self.start_due_restart();
             let again = self.tick().await;
             if again && immediate < MAX_IMMEDIATE_RETICKS {
                 immediate += 1;
@@ -166,15 +264,24 @@ impl Agent {
             if let Some(due) = self.until_scheduled_request() {
                 wait = wait.min(due);
             }
+            if let Some(s) = self.scheduled_restart {
+                let secs = (s.at - crate::manual::unix_now()).max(0) as u64;
+                wait = wait.min(Duration::from_secs(secs));
+            }
             if let Some(cutoff) = self.dcs_cutoff() {
                 // A leader wakes in time to renew, or to demote at the cutoff.
                 wait = wait.min(cutoff.saturating_duration_since(Instant::now()));
             }
-            tokio::select! {
-                _ = self.wait_for_change(wait) => {}
-                _ = shutdown.changed() => {}
+            let command = tokio::select! {
+                _ = self.wait_for_change(wait) => None,
+                _ = shutdown.changed() => None,
+                c = next_command(&mut commands) => c,
+            };
+            if let Some(c) = command {
+                self.accept(c);
             }
         }
+        self.answer_pending(Err("the agent is shutting down".into()));
         self.shutdown().await;
     }
 
@@ -222,6 +329,7 @@ impl Agent {
         let mut obs = match self.observe().await {
             Ok(o) => o,
             Err(reason) => {
+                self.answer_pending(Err(format!("not now: {reason}")));
                 if self.last_wait_reason.as_deref() != Some(reason.as_str()) {
                     info!(member = %self.spec.name, %reason, "waiting");
                     self.last_wait_reason = Some(reason);
@@ -240,7 +348,14 @@ impl Agent {
         }
         let mut again = false;
         let mut acted = Vec::new();
+        // Without the request's own action in the plan, the first reason says why not.
+        let mut answer: Answer = Err(plan.first().map(|(_, r)| r.clone()).unwrap_or_default());
         for (action, reason) in plan {
+            let requested = action.is_operator_request();
+            if matches!(action, Action::Reinitialize { .. }) {
+                // A clone can take long: answer when it starts, as Patroni does.
+                self.answer_pending(Ok("reinitialize started".into()));
+            }
             if action == Action::Wait {
                 // Every decision is logged with its reason; a wait repeated each tick
                 // only once, so the log shows changes rather than the heartbeat.
@@ -270,13 +385,19 @@ impl Agent {
                     again = true;
                     break;
                 }
-                Ok(true) => {}
+                Ok(true) => {
+                    if requested {
+                        answer = Ok(reason.clone());
+                    }
+                }
                 Ok(false) => {
                     info!(member = %self.spec.name, action = ?action, "did not go through; observing again");
+                    answer = Err(format!("{action:?} did not go through"));
                     again = true;
                     break;
                 }
                 Err(e) => {
+                    answer = Err(e.to_string());
                     warn!(member = %self.spec.name, action = ?action, error = %e, "action failed");
                     if matches!(e, ActionError::Dcs(_)) {
                         self.dcs_just_failed = true;
@@ -287,7 +408,11 @@ impl Agent {
             }
         }
         self.last_actions = acted;
+        // Answer after publishing, so the API already shows the result.
         self.publish(obs.cluster.as_ref()).await;
+        if obs.request.is_some() {
+            self.answer_pending(answer);
+        }
         again
     }
 
@@ -328,6 +453,7 @@ impl Agent {
             local,
             cluster,
             peers: None,
+            request: self.pending.as_ref().map(|p| p.request),
             memory: self.memory.clone(),
         })
     }
@@ -568,23 +694,24 @@ impl Agent {
                 Ok(true)
             }
             Action::Clone { from } => {
-                let source = self.conninfo_of(cluster, from)?;
-                self.status.update(|s| s.state = "creating replica".into());
-                info!(member = %self.spec.name, from = %from, "cloning with pg_basebackup");
-                self.pg.basebackup(&source, clone_timeout()).await?;
-                self.written_parameters = None;
-                self.configure_standby(cluster, Some(from)).await?;
+                self.clone_from(cluster, from).await?;
+                Ok(true)
+            }
+            Action::Restart { as_primary } => self.restart(cluster, *as_primary).await,
+            Action::Reload => {
+                self.rewrite_config_and_reload().await?;
+                Ok(true)
+            }
+            Action::Reinitialize { from } => {
+                self.remove_data_dir().await?;
+                self.clone_from(cluster, from).await?;
+                self.status.update(starting);
+                self.pg.start_standby(self.spec.pg_ctl_timeout).await?;
                 Ok(true)
             }
             Action::Rewind { from } => self.rewind(cluster, from).await,
             Action::RemoveDataDir => {
-                self.client = None;
-                self.pg
-                    .stop(StopMode::Immediate, self.spec.pg_ctl_timeout)
-                    .await?;
-                self.pg.remove_data_dir().await?;
-                self.memory.rewind_failed = false;
-                self.system_identifier = None;
+                self.remove_data_dir().await?;
                 Ok(true)
             }
             Action::EnsureSlots(names) => {
@@ -610,6 +737,60 @@ impl Agent {
                 Ok(cleared)
             }
         }
+    }
+
+    async fn remove_data_dir(&mut self) -> Result<(), ActionError> {
+        self.client = None;
+        self.pg
+            .stop(StopMode::Immediate, self.spec.pg_ctl_timeout)
+            .await?;
+        self.pg.remove_data_dir().await?;
+        self.memory.rewind_failed = false;
+        self.system_identifier = None;
+        Ok(())
+    }
+
+    /// pg_basebackup from `from` into the empty data directory, configured as its standby.
+    async fn clone_from(
+        &mut self,
+        cluster: Option<&Cluster>,
+        from: &str,
+    ) -> Result<(), ActionError> {
+        let source = self.conninfo_of(cluster, from)?;
+        self.status.update(|s| s.state = "creating replica".into());
+        info!(member = %self.spec.name, from = %from, "cloning with pg_basebackup");
+        self.pg.basebackup(&source, clone_timeout()).await?;
+        self.written_parameters = None;
+        self.configure_standby(cluster, Some(from)).await
+    }
+
+    /// The operator's restart. A primary comes back writable only while its lease surely
+    /// runs; otherwise (and for a replica) as a standby of the current leader.
+    async fn restart(
+        &mut self,
+        cluster: Option<&Cluster>,
+        as_primary: bool,
+    ) -> Result<bool, ActionError> {
+        info!(member = %self.spec.name, as_primary, "restarting PostgreSQL");
+        self.client = None;
+        self.status.update(|s| s.state = "restarting".into());
+        self.pg
+            .stop(StopMode::Fast, self.spec.pg_ctl_timeout)
+            .await?;
+        let lease_runs = self.dcs_cutoff().is_some_and(|c| Instant::now() < c);
+        self.status.update(starting);
+        if as_primary && lease_runs {
+            self.write_config(None).await?;
+            self.pg.start(self.spec.pg_ctl_timeout).await?;
+            return Ok(true);
+        }
+        let upstream = cluster
+            .and_then(|c| c.leader_name())
+            .filter(|l| *l != self.spec.name && cluster.and_then(|c| c.member(l)).is_some())
+            .map(str::to_string);
+        self.configure_standby(cluster, upstream.as_deref()).await?;
+        self.pg.start_standby(self.spec.pg_ctl_timeout).await?;
+        Ok(!as_primary)
     }
 
     async fn initialize(&mut self) -> Result<bool, ActionError> {
@@ -954,7 +1135,10 @@ impl Agent {
             pending_restart = s.pending_restart;
         });
         if params_changed {
-            self.apply_changed_parameters().await;
+            info!(member = %self.spec.name, "parameters changed: reloading PostgreSQL");
+            if let Err(e) = self.rewrite_config_and_reload().await {
+                warn!(member = %self.spec.name, error = %e, "could not apply the changed parameters");
+            }
         }
         let data = MemberData {
             conn_url: self.spec.conn_url(),
@@ -988,8 +1172,9 @@ impl Agent {
         }
     }
 
-    /// Dynamic parameters changed: rewrite postgresql.conf and reload.
-    async fn apply_changed_parameters(&mut self) {
+    /// Rewrite postgresql.conf from the current configuration (keeping a standby's
+    /// upstream) and reload PostgreSQL.
+    async fn rewrite_config_and_reload(&mut self) -> Result<(), ActionError> {
         let s = self.status.get();
         let standby = if s.in_recovery {
             let upstream = s
@@ -1015,17 +1200,9 @@ impl Agent {
         } else {
             None
         };
-        match self.write_config(standby.as_ref()).await {
-            Ok(()) => {
-                info!(member = %self.spec.name, "parameters changed: reloading PostgreSQL");
-                if let Err(e) = self.pg.reload().await {
-                    warn!(member = %self.spec.name, error = %e, "reload failed");
-                }
-            }
-            Err(e) => {
-                warn!(member = %self.spec.name, error = %e, "could not rewrite postgresql.conf")
-            }
-        }
+        self.write_config(standby.as_ref()).await?;
+        self.pg.reload().await?;
+        Ok(())
     }
 }
 
@@ -1037,6 +1214,20 @@ struct Merged {
     overruled: Vec<String>,
     /// Where each came from, by name before translation.
     sources: BTreeMap<String, dynamic::Source>,
+}
+
+/// The next operator command; never resolves without a channel or once it is closed.
+async fn next_command(commands: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(rx) => match rx.recv().await {
+            Some(c) => Some(c),
+            None => {
+                *commands = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// PostgreSQL is being started: the API must not answer from the last tick's snapshot.

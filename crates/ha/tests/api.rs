@@ -260,6 +260,7 @@ async fn patch_and_put_config_change_the_dcs_with_basic_auth_and_checks() {
             username: "admin".into(),
             password: "s3cret".into(),
         }),
+        agent: None,
     };
     tokio::spawn(pgherd_ha::api::serve(
         listener,

@@ -679,6 +679,9 @@ impl Sim {
                 | Action::ClearFailover { .. }
                 | Action::AdoptRequest { .. } => 10,
                 Action::Wait => 0,
+                Action::Restart { .. } | Action::Reload | Action::Reinitialize { .. } => {
+                    unreachable!("the simulation sends no operator requests")
+                }
             },
         };
         if duration == 0 {
@@ -768,6 +771,7 @@ impl Sim {
             local: node.pg.local(),
             cluster,
             peers,
+            request: None,
             memory: node.memory.clone(),
         };
         let decisions = decide(&obs, &self.cfg);
@@ -854,6 +858,9 @@ impl Sim {
         let observed_leader = self.nodes[i].observed_leader.clone();
         match action {
             Action::Wait | Action::EnsureSlots(_) => true,
+            Action::Restart { .. } | Action::Reload | Action::Reinitialize { .. } => {
+                unreachable!("the simulation sends no operator requests")
+            }
             Action::ClearFailover { version } => {
                 if !dcs_ok {
                     return false;

@@ -131,6 +131,7 @@ fn obs(me: &str, local: LocalPg, cluster: Option<Cluster>) -> Observation {
         local,
         cluster,
         peers: None,
+        request: None,
         memory: AgentMemory::default(),
     }
 }
@@ -1012,4 +1013,80 @@ fn synchronous_mode_allows_only_the_sync_standby_to_take_over_a_switchover() {
         "{}",
         reason_of(&o, &sync_cfg)
     );
+}
+
+// ----- operator requests to one member -----
+
+fn requesting(mut o: Observation, request: MemberRequest) -> Observation {
+    o.request = Some(request);
+    o
+}
+
+#[test]
+fn restart_of_the_primary_renews_then_restarts_in_place() {
+    let o = requesting(
+        obs("pg-a", primary(5_000), Some(cluster(Some("pg-a")))),
+        MemberRequest::Restart,
+    );
+    assert_eq!(
+        decided(&o, &cfg()),
+        vec![Action::RenewLeader, Action::Restart { as_primary: true }]
+    );
+}
+
+#[test]
+fn restart_of_a_replica_keeps_it_a_replica_also_when_paused() {
+    let paused = HaConfig {
+        paused: true,
+        ..cfg()
+    };
+    let o = requesting(
+        obs("pg-b", replica(5_000), Some(cluster(Some("pg-a")))),
+        MemberRequest::Restart,
+    );
+    assert_eq!(
+        decided(&o, &paused),
+        vec![Action::Restart { as_primary: false }]
+    );
+}
+
+#[test]
+fn reinit_clones_a_replica_afresh_and_is_refused_on_the_leader() {
+    let o = requesting(
+        obs("pg-b", replica(5_000), Some(cluster(Some("pg-a")))),
+        MemberRequest::Reinitialize,
+    );
+    assert_eq!(
+        decided(&o, &cfg()),
+        vec![Action::Reinitialize {
+            from: "pg-a".into()
+        }]
+    );
+    let o = requesting(
+        obs("pg-a", primary(5_000), Some(cluster(Some("pg-a")))),
+        MemberRequest::Reinitialize,
+    );
+    assert_eq!(decided(&o, &cfg()), vec![Action::Wait]);
+    assert!(reason_of(&o, &cfg()).contains("leader key"));
+    let o = requesting(
+        obs("pg-b", replica(5_000), Some(cluster(None))),
+        MemberRequest::Reinitialize,
+    );
+    assert!(reason_of(&o, &cfg()).contains("no leader"));
+}
+
+#[test]
+fn requests_wait_for_the_dcs_and_for_a_data_directory() {
+    let o = requesting(obs("pg-b", replica(5_000), None), MemberRequest::Reload);
+    assert_eq!(decided(&o, &cfg()), vec![Action::Wait]);
+    let o = requesting(
+        obs("pg-b", empty(), Some(cluster(Some("pg-a")))),
+        MemberRequest::Restart,
+    );
+    assert_eq!(decided(&o, &cfg()), vec![Action::Wait]);
+    let o = requesting(
+        obs("pg-b", replica(5_000), Some(cluster(Some("pg-a")))),
+        MemberRequest::Reload,
+    );
+    assert_eq!(decided(&o, &cfg()), vec![Action::Reload]);
 }

@@ -1,0 +1,130 @@
+//! Operator requests to single members on a real cluster: `ctl restart` (a replica
+//! without failover, the primary in place), `ctl reload`, `ctl reinit` (refused on the
+//! leader), and a scheduled restart cancelled through the REST API.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+fn output(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn postmaster_start(node: &TestNode) -> String {
+    node.api("/patroni").await.1["postmaster_start_time"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The member's PostgreSQL started anew (its API shows it within a loop).
+async fn restarted_since(node: &TestNode, started: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postmaster_start(node).await == started {
+        assert!(Instant::now() < deadline, "{} was not restarted", node.name);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(2);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(1, Duration::from_secs(120)).await;
+    let replica = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name != primary)
+        .map(|n| n.name.clone())
+        .expect("a replica");
+    let (_, before) = cluster.node(&primary).api("/patroni").await;
+
+    // The replica restarts; the primary stays where it is.
+    let started = postmaster_start(cluster.node(&replica)).await;
+    let out = cluster.ctl(&["restart", &replica, "--force"]);
+    assert!(out.status.success(), "{}", output(&out));
+    restarted_since(cluster.node(&replica), &started).await;
+    cluster.wait_healthy(1, Duration::from_secs(60)).await;
+    assert_eq!(cluster.primary().await.as_deref(), Some(primary.as_str()));
+
+    // The primary restarts in place: same leader, same timeline.
+    let started = postmaster_start(cluster.node(&primary)).await;
+    let out = cluster.ctl(&["restart", "--role", "primary", "--force"]);
+    assert!(out.status.success(), "{}", output(&out));
+    assert!(output(&out).contains(&format!("restart on member {primary}")));
+    assert!(!output(&out).contains(&format!("restart on member {replica}")));
+    let back = cluster.wait_healthy(1, Duration::from_secs(60)).await;
+    assert_eq!(back, primary);
+    let (_, after) = cluster.node(&primary).api("/patroni").await;
+    assert_ne!(
+        after["postmaster_start_time"].as_str(),
+        Some(started.as_str())
+    );
+    assert_eq!(
+        after["timeline"], before["timeline"],
+        "no failover happened"
+    );
+
+    let out = cluster.ctl(&["reload", "--force"]);
+    assert!(out.status.success(), "{}", output(&out));
+    assert_eq!(
+        output(&out).matches("Success: reload").count(),
+        2,
+        "{}",
+        output(&out)
+    );
+
+    // A scheduled restart waits and can be cancelled (patronictl flush uses DELETE).
+    let out = cluster.ctl(&[
+        "restart",
+        &replica,
+        "--scheduled",
+        "2099-01-01T00:00:00Z",
+        "--force",
+    ]);
+    assert!(out.status.success(), "{}", output(&out));
+    assert!(output(&out).contains("restart scheduled at 2099-01-01T00:00:00+00:00"));
+    let url = format!(
+        "http://127.0.0.1:{}/restart",
+        cluster.node(&replica).api_port
+    );
+    let http = reqwest::Client::new();
+    let cancelled = http.delete(&url).send().await.expect("DELETE /restart");
+    assert_eq!(cancelled.status().as_u16(), 200);
+    let again = http.delete(&url).send().await.expect("DELETE /restart");
+    assert_eq!(again.status().as_u16(), 404);
+    let bad = http
+        .post(&url)
+        .body(r#"{"restart_pending": "yes"}"#)
+        .send()
+        .await
+        .expect("POST /restart");
+    assert_eq!(bad.status().as_u16(), 400);
+
+    // Reinit: refused on the leader, and a replica's data is cloned afresh.
+    let out = cluster.ctl(&["reinit", &primary, "--force"]);
+    assert!(!out.status.success());
+    assert!(output(&out).contains("is the leader"), "{}", output(&out));
+    let marker = cluster.node(&replica).data_dir().join("reinit-marker");
+    std::fs::write(&marker, "x").expect("write a marker into the replica's data");
+    let out = cluster.ctl(&["reinit", &replica, "--force"]);
+    assert!(out.status.success(), "{}", output(&out));
+    assert!(
+        output(&out).contains("reinitialize started"),
+        "{}",
+        output(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while marker.exists() {
+        assert!(Instant::now() < deadline, "the replica was not re-cloned");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    cluster.wait_healthy(1, Duration::from_secs(120)).await;
+    assert_eq!(cluster.primary().await.as_deref(), Some(primary.as_str()));
+}
