@@ -30,6 +30,7 @@ fn demo_ha() -> HaConfig {
         use_slots: true,
         paused: false,
         synchronous_mode: false,
+        primary_start_timeout: 300_000,
     }
 }
 

@@ -85,6 +85,7 @@ pub fn spec_from_config(
         use_slots: pg.use_slots.unwrap_or(d.postgresql.use_slots),
         paused: d.pause,
         synchronous_mode: d.synchronous_mode,
+        primary_start_timeout: d.primary_start_timeout.as_millis() as u64,
     };
     let api_listen = resolve(&cfg.restapi.listen.host, cfg.restapi.listen.port)
         .with_context(|| format!("restapi.listen: cannot resolve {}", cfg.restapi.listen))?;

@@ -128,3 +128,60 @@ async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
     cluster.wait_healthy(1, Duration::from_secs(120)).await;
     assert_eq!(cluster.primary().await.as_deref(), Some(primary.as_str()));
 }
+
+/// The member other than `name` that answers 200 on `/primary`, once one does.
+async fn wait_for_new_primary(cluster: &TestCluster, old: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(p) = cluster.primary().await.filter(|p| p != old) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "no member took over from {old}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `primary_start_timeout: 0`: a primary whose PostgreSQL crashed gives its key up at
+/// once and a replica takes over; a primary whose agent is stopped with SIGTERM hands
+/// over cleanly too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_or_stopped_primary_hands_over_without_waiting_for_the_ttl() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(2);
+    cluster.start_all();
+    let first = cluster.wait_healthy(1, Duration::from_secs(120)).await;
+    let out = cluster.ctl(&["edit-config", "--set", "primary_start_timeout=0", "--force"]);
+    assert!(out.status.success(), "{}", output(&out));
+    tokio::time::sleep(Duration::from_secs(LOOP_WAIT + 1)).await;
+
+    let crashed = Instant::now();
+    cluster.node(&first).kill_postgres();
+    let second = wait_for_new_primary(&cluster, &first, Duration::from_secs(60)).await;
+    eprintln!(
+        "crash of {first}'s postmaster: {second} writable after {:?}",
+        crashed.elapsed()
+    );
+    // The crashed primary comes back as a replica of the new one.
+    cluster.wait_healthy(1, Duration::from_secs(120)).await;
+
+    let stopped = Instant::now();
+    cluster.node_mut(&second).terminate_agent();
+    assert_eq!(
+        cluster.node(&second).postmaster_pid(),
+        None,
+        "SIGTERM stops PostgreSQL"
+    );
+    let third = wait_for_new_primary(&cluster, &second, Duration::from_secs(60)).await;
+    assert_eq!(third, first);
+    eprintln!(
+        "SIGTERM of {second}'s agent: {third} writable after {:?}",
+        stopped.elapsed()
+    );
+    assert!(
+        cluster
+            .node(&second)
+            .agent_log()
+            .contains("released the leader key"),
+        "the stopped agent released its key"
+    );
+}

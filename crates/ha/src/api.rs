@@ -554,6 +554,7 @@ mod tests {
                 use_slots: true,
                 paused: false,
                 synchronous_mode: false,
+                primary_start_timeout: 300_000,
             },
             Default::default(),
         );

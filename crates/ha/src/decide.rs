@@ -34,6 +34,9 @@ pub struct HaConfig {
     pub paused: bool,
     /// `synchronous_mode`: only a synchronous standby may take over.
     pub synchronous_mode: bool,
+    /// How long a crashed primary is restarted in place before its leader key is released
+    /// (0: at once).
+    pub primary_start_timeout: Millis,
 }
 
 /// What the member sees of its own PostgreSQL.
@@ -90,9 +93,24 @@ pub struct AgentMemory {
     /// Since when (runner clock) the DCS has shown no leader, as last read; kept by
     /// [`AgentMemory::saw_cluster`].
     pub no_leader_since: Option<Millis>,
+    /// Since when this member has held the leader key with its PostgreSQL down; kept by
+    /// [`AgentMemory::saw_own_postgres`].
+    pub primary_down_since: Option<Millis>,
+    /// When this member last gave up the leader key (crashed primary, switchover,
+    /// shutdown): for one ttl it leaves the key to the others.
+    pub released_leader_at: Option<Millis>,
 }
 
 impl AgentMemory {
+    /// Note whether PostgreSQL is down while this member holds the leader key.
+    pub fn saw_own_postgres(&mut self, leads_while_down: bool, now: Millis) {
+        if !leads_while_down {
+            self.primary_down_since = None;
+        } else if self.primary_down_since.is_none_or(|since| since > now) {
+            self.primary_down_since = Some(now);
+        }
+    }
+
     /// Note a successful read of the DCS at `now`. A clock that went back restarts the
     /// count, so no wait it bounds can last longer than meant.
     pub fn saw_cluster(&mut self, cluster: &Cluster, now: Millis) {
@@ -500,6 +518,19 @@ fn leader_member<'a>(obs: &Observation, cluster: &'a Cluster) -> Option<&'a str>
 /// Rule 5: PostgreSQL is stopped. It always starts as a replica; leadership only ever
 /// comes through the lease.
 fn start_stopped(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Reason)> {
+    // We gave the leader key up (our primary crashed, or we stepped down): stay stopped
+    // for a ttl, so that we neither answer as a candidate nor race for the key while
+    // another member takes over.
+    let released_for = obs
+        .memory
+        .released_leader_at
+        .map(|at| obs.now.saturating_sub(at));
+    if cluster.leader.is_none() && released_for.is_some_and(|t| t < cfg.ttl) {
+        return wait(
+            "we released the leader key less than a ttl ago: staying stopped while another \
+             member takes over",
+        );
+    }
     let leader = cluster.leader_name().filter(|l| *l != obs.me);
     if let Some(leader) = leader {
         // A primary that stopped cleanly ends with its shutdown checkpoint, so the leader's
@@ -524,6 +555,21 @@ fn start_stopped(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(A
         let newest = cluster_timeline(cluster);
         let ours_is_newest = obs.local.timeline.is_some() && obs.local.timeline >= newest;
         if obs.local.data_dir == DataDirState::Primary && ours_is_newest {
+            let down_for = obs
+                .memory
+                .primary_down_since
+                .map_or(0, |since| obs.now.saturating_sub(since));
+            if down_for >= cfg.primary_start_timeout {
+                return vec![act(
+                    Action::ReleaseLeader,
+                    format!(
+                        "the primary's PostgreSQL has been down {} s, primary_start_timeout is \
+                         {} s: releasing the leader key for a failover",
+                        down_for / 1000,
+                        cfg.primary_start_timeout / 1000
+                    ),
+                )];
+            }
             return vec![
                 act(Action::RenewLeader, "holding the leader key: renewing it"),
                 act(

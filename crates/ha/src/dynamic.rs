@@ -22,6 +22,9 @@ pub struct DynamicConfig {
     pub maximum_lag_on_failover: u64,
     pub synchronous_mode: bool,
     pub synchronous_mode_strict: bool,
+    /// How long a crashed primary is restarted in place before its leader key is
+    /// released for a failover (default 300 s; 0: release at once).
+    pub primary_start_timeout: Duration,
     /// Maintenance mode.
     pub pause: bool,
     pub postgresql: DynamicPostgresql,
@@ -64,6 +67,7 @@ impl Default for DynamicConfig {
             maximum_lag_on_failover: 1_048_576,
             synchronous_mode: false,
             synchronous_mode_strict: false,
+            primary_start_timeout: Duration::from_secs(300),
             pause: false,
             postgresql: DynamicPostgresql::default(),
             other: BTreeMap::new(),
@@ -105,6 +109,10 @@ impl DynamicConfig {
             "synchronous_mode_strict".into(),
             self.synchronous_mode_strict.into(),
         );
+        out.insert(
+            "primary_start_timeout".into(),
+            seconds_json(self.primary_start_timeout),
+        );
         if self.pause {
             out.insert("pause".into(), true.into());
         } else {
@@ -134,6 +142,7 @@ pub struct Read {
     pub maximum_lag_on_failover: Option<u64>,
     pub synchronous_mode: Option<bool>,
     pub synchronous_mode_strict: Option<bool>,
+    pub primary_start_timeout: Option<Duration>,
     pub pause: Option<bool>,
     pub use_pg_rewind: Option<bool>,
     pub use_slots: Option<bool>,
@@ -166,6 +175,9 @@ impl Read {
             synchronous_mode_strict: self
                 .synchronous_mode_strict
                 .unwrap_or(d.synchronous_mode_strict),
+            primary_start_timeout: self
+                .primary_start_timeout
+                .unwrap_or(d.primary_start_timeout),
             pause: self.pause.unwrap_or(d.pause),
             postgresql: DynamicPostgresql {
                 use_pg_rewind: self.use_pg_rewind.unwrap_or(d.postgresql.use_pg_rewind),
@@ -197,6 +209,10 @@ pub fn read(value: &Value) -> Read {
             }
             "synchronous_mode" => r.synchronous_mode = boolean(&mut r, key, v),
             "synchronous_mode_strict" => r.synchronous_mode_strict = boolean(&mut r, key, v),
+            // Patroni's older name for the same setting.
+            "primary_start_timeout" | "master_start_timeout" => {
+                r.primary_start_timeout = seconds(&mut r, key, v, 0)
+            }
             "pause" => r.pause = boolean(&mut r, key, v),
             "postgresql" => read_postgresql(&mut r, v),
             _ => {
@@ -308,6 +324,9 @@ pub fn apply(base: &HaConfig, config: Option<&Value>) -> Dynamic {
         .unwrap_or(base.maximum_lag_on_failover);
     ha.paused = r.pause.unwrap_or(base.paused);
     ha.synchronous_mode = r.synchronous_mode.unwrap_or(base.synchronous_mode);
+    if let Some(t) = r.primary_start_timeout {
+        ha.primary_start_timeout = millis(t);
+    }
     ha.use_pg_rewind = r.use_pg_rewind.unwrap_or(base.use_pg_rewind);
     ha.use_slots = r.use_slots.unwrap_or(base.use_slots);
     Dynamic {
@@ -609,6 +628,7 @@ mod tests {
             use_slots: true,
             paused: false,
             synchronous_mode: false,
+            primary_start_timeout: 300_000,
         }
     }
 

@@ -311,6 +311,13 @@ impl Agent {
 
     async fn shutdown(&mut self) {
         info!(member = %self.spec.name, "agent shutting down: stopping PostgreSQL");
+        if self.lease_expires.is_some() && self.pg.postmaster_pid().is_some() {
+            // As in a switchover: the replicas receive every WAL record on the way down
+            // and learn where it ends, so one of them takes over within a loop.
+            if let Err(e) = self.step_down().await {
+                warn!(error = %e, "clean step-down failed; stopping anyway");
+            }
+        }
         if let Err(e) = self.pg.stop(StopMode::Fast, self.spec.pg_ctl_timeout).await {
             warn!(error = %e, "stopping PostgreSQL failed");
         }
@@ -440,6 +447,11 @@ impl Agent {
             });
         }
         let local = self.observe_local().await?;
+        if let Some(c) = &cluster {
+            let leads = c.leader_name() == Some(self.spec.name.as_str());
+            let now = self.now();
+            self.memory.saw_own_postgres(leads && !local.running, now);
+        }
         if let (Some(c), true) = (&cluster, self.lease_expires.is_some()) {
             if c.leader_name() != Some(self.spec.name.as_str()) {
                 self.lease_lost();
@@ -668,6 +680,7 @@ impl Agent {
             Action::ReleaseLeader => {
                 self.leased(self.dcs.delete_leader()).await?;
                 self.lease_lost();
+                self.memory.released_leader_at = Some(self.now());
                 Ok(true)
             }
             Action::Promote => self.promote(cluster, reason).await,
@@ -959,6 +972,7 @@ impl Agent {
         self.leased(self.dcs.set_status(&status)).await?;
         self.leased(self.dcs.delete_leader()).await?;
         self.lease_lost();
+        self.memory.released_leader_at = Some(self.now());
         self.status.update(|s| s.holds_leader = false);
         info!(member = %self.spec.name, wal_end = %pg::format_lsn(control.checkpoint_lsn), "stopped cleanly and released the leader key");
         Ok(true)
@@ -1356,6 +1370,7 @@ pub fn default_ha_config() -> HaConfig {
         use_slots: true,
         paused: false,
         synchronous_mode: false,
+        primary_start_timeout: 300_000,
     }
 }
 

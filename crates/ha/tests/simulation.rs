@@ -400,6 +400,7 @@ impl Sim {
             use_slots: rng.random_bool(0.5),
             paused: false,
             synchronous_mode: false,
+            primary_start_timeout: if rng.random_bool(0.5) { 0 } else { 300_000 },
         };
         let mut sim = Sim {
             seed,
@@ -754,7 +755,10 @@ impl Sim {
         let cluster = dcs_ok.then(|| self.dcs.snapshot());
         if let Some(c) = &cluster {
             let now = self.agent_clock(i);
-            self.nodes[i].memory.saw_cluster(c, now);
+            let node = &mut self.nodes[i];
+            node.memory.saw_cluster(c, now);
+            let leads = c.leader_name() == Some(node.name.as_str());
+            node.memory.saw_own_postgres(leads && !node.pg.running, now);
         }
         if cluster
             .as_ref()
@@ -924,6 +928,7 @@ impl Sim {
                 }
                 self.nodes[i].memory.last_leader_renewal = None;
                 self.nodes[i].lease_sent_at = None;
+                self.nodes[i].memory.released_leader_at = Some(self.agent_clock(i));
                 true
             }
             Action::Initialize => self.initialize(i, dcs_ok),
@@ -1160,7 +1165,7 @@ impl Sim {
         let i = self.rng.random_range(0..self.nodes.len());
         let name = self.nodes[i].name.clone();
         let ttl = self.timing.ttl;
-        let kind = self.rng.random_range(0..12);
+        let kind = self.rng.random_range(0..13);
         match kind {
             0 | 1 => {
                 let back = self.rng.random_range(500..3 * ttl);
@@ -1212,6 +1217,15 @@ impl Sim {
                 self.schedule(self.now + back, Event::Heal(Fault::Resume));
             }
             10 | 11 => self.request_switchover(kind == 10),
+            12 => {
+                self.note(|| format!("FAULT {name}'s PostgreSQL crashes (the agent lives)"));
+                let pg = &mut self.nodes[i].pg;
+                if pg.running {
+                    pg.running = false;
+                    pg.clean_stop = false;
+                    pg.following = None;
+                }
+            }
             _ => {
                 self.note(|| format!("FAULT restart {name}"));
                 self.kill(i);
@@ -1292,6 +1306,7 @@ impl Sim {
         self.nodes[i].memory.last_leader_renewal = None;
         self.nodes[i].lease_sent_at = None;
         self.handed_over = Some((name.clone(), timeline, end));
+        self.nodes[i].memory.released_leader_at = Some(self.agent_clock(i));
         self.note(|| format!("{name}: stopped cleanly at {end} and released the leader key"));
         true
     }

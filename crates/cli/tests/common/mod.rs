@@ -63,6 +63,16 @@ impl TestNode {
         }
     }
 
+    /// Stop the agent as an init system does (SIGTERM) and wait for it to exit.
+    pub fn terminate_agent(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+
     /// The running postmaster's pid, from postmaster.pid.
     pub fn postmaster_pid(&self) -> Option<i32> {
         let text = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;

@@ -17,6 +17,7 @@ fn cfg() -> HaConfig {
         use_slots: true,
         paused: false,
         synchronous_mode: false,
+        primary_start_timeout: 300_000,
     }
 }
 
@@ -1089,4 +1090,73 @@ fn requests_wait_for_the_dcs_and_for_a_data_directory() {
         MemberRequest::Reload,
     );
     assert_eq!(decided(&o, &cfg()), vec![Action::Reload]);
+}
+
+// ----- a crashed primary (agent alive) -----
+
+#[test]
+fn crashed_primary_restarts_in_place_until_primary_start_timeout() {
+    let mut o = obs(
+        "pg-a",
+        stopped(DataDirState::Primary),
+        Some(cluster(Some("pg-a"))),
+    );
+    o.memory.primary_down_since = Some(o.now - 60_000);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::RenewLeader, Action::StartPrimary]
+    );
+    o.memory.primary_down_since = Some(o.now - 300_000);
+    assert_eq!(decided(&o, &cfg()), [Action::ReleaseLeader]);
+    assert!(reason_of(&o, &cfg()).contains("primary_start_timeout"));
+}
+
+#[test]
+fn with_primary_start_timeout_zero_a_crashed_primary_releases_the_key_at_once() {
+    let mut o = obs(
+        "pg-a",
+        stopped(DataDirState::Primary),
+        Some(cluster(Some("pg-a"))),
+    );
+    o.memory.primary_down_since = Some(o.now);
+    let at_once = HaConfig {
+        primary_start_timeout: 0,
+        ..cfg()
+    };
+    assert_eq!(decided(&o, &at_once), [Action::ReleaseLeader]);
+}
+
+#[test]
+fn a_member_that_released_the_key_stays_stopped_for_a_ttl() {
+    let mut o = obs("pg-a", stopped(DataDirState::Primary), Some(cluster(None)));
+    o.memory.released_leader_at = Some(o.now - 1_000);
+    assert_eq!(decided(&o, &cfg()), [Action::Wait]);
+    o.memory.released_leader_at = Some(o.now - cfg().ttl);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::StartReplica { upstream: None }]
+    );
+    // Once another member leads, it follows it at once.
+    let mut o = obs(
+        "pg-a",
+        stopped(DataDirState::Standby),
+        Some(cluster(Some("pg-b"))),
+    );
+    o.memory.released_leader_at = Some(o.now - 1_000);
+    assert_eq!(
+        decided(&o, &cfg()),
+        [Action::StartReplica {
+            upstream: Some("pg-b".into())
+        }]
+    );
+}
+
+#[test]
+fn memory_tracks_since_when_the_leaders_postgres_is_down() {
+    let mut m = AgentMemory::default();
+    m.saw_own_postgres(true, 10);
+    m.saw_own_postgres(true, 20);
+    assert_eq!(m.primary_down_since, Some(10));
+    m.saw_own_postgres(false, 30);
+    assert_eq!(m.primary_down_since, None);
 }
