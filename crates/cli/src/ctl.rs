@@ -1,6 +1,6 @@
 //! `pgherd ctl`: the operator's view of a cluster, read from the DCS like `patronictl`.
 
-use crate::{config, edit_config, listing, operate, switchover};
+use crate::{config, edit_config, listing, operate, remove, switchover};
 use anyhow::{Context, Result};
 use pgherd_dcs::etcd::EtcdDcs;
 use pgherd_dcs::{Cluster, Dcs};
@@ -30,10 +30,21 @@ pub enum CtlCommand {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Same as `list` (patronictl's `topology`).
+    /// The members as a tree: each replica under the member it streams from.
     Topology {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// This program's version and each member's.
+    Version {
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove every key of the cluster from the DCS, after typing its name (and, while
+    /// a leader holds its key, the leader's name) to confirm. The members' data stays.
+    Remove {
+        /// The cluster's name (its `scope`), as a check.
+        cluster: String,
     },
     /// Show the promotions recorded in the DCS.
     History {
@@ -169,8 +180,14 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         auth: cfg.restapi.authentication.as_ref(),
     };
     let out = match args.command {
-        CtlCommand::List { format } | CtlCommand::Topology { format } => {
-            list(&cfg.scope, &cluster, format)
+        CtlCommand::List { format } => list(&cfg.scope, &cluster, format),
+        CtlCommand::Topology {
+            format: Format::Table,
+        } => listing::topology(&cfg.scope, &cluster),
+        CtlCommand::Topology { format } => list(&cfg.scope, &cluster, format),
+        CtlCommand::Version { format } => version(&cluster, format),
+        CtlCommand::Remove { cluster: name } => {
+            remove::run(&dcs, &cfg.scope, &cluster, &name).await?
         }
         CtlCommand::History { format } => history(&cluster, format),
         CtlCommand::ShowConfig { effective: None } => show_config(&cluster)?,
@@ -368,6 +385,35 @@ fn list(scope: &str, cluster: &Cluster, format: Format) -> String {
     match format {
         Format::Table => listing::table(scope, cluster),
         Format::Json => format!("{}\n", listing::json(scope, cluster)),
+    }
+}
+
+fn version(cluster: &Cluster, format: Format) -> String {
+    let mine = env!("CARGO_PKG_VERSION");
+    match format {
+        Format::Json => {
+            let members: serde_json::Map<String, serde_json::Value> = cluster
+                .members
+                .iter()
+                .map(|m| (m.name.clone(), m.data.version.clone().into()))
+                .collect();
+            format!(
+                "{}\n",
+                serde_json::json!({"pgherd": mine, "members": members})
+            )
+        }
+        Format::Table => {
+            let mut out = format!("pgherd ctl version {mine}\n");
+            for m in &cluster.members {
+                let v = if m.data.version.is_empty() {
+                    "unknown"
+                } else {
+                    &m.data.version
+                };
+                out.push_str(&format!("{}: agent version {v}\n", m.name));
+            }
+            out
+        }
     }
 }
 

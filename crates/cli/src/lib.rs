@@ -10,5 +10,6 @@ pub mod node;
 pub mod operate;
 pub mod pooler;
 pub mod prompt;
+pub mod remove;
 pub mod signals;
 pub mod switchover;

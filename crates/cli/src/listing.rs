@@ -54,7 +54,22 @@ pub fn rows(cluster: &Cluster) -> Vec<Row> {
 
 /// The listing as a text table with patronictl's columns.
 pub fn table(scope: &str, cluster: &Cluster) -> String {
-    let rows = rows(cluster);
+    render(scope, cluster, rows(cluster))
+}
+
+/// `topology`: the table as a tree, each replica (`+ name`) under the leader it streams
+/// from, as `patronictl topology` draws it. pgherd's replicas all follow the leader.
+pub fn topology(scope: &str, cluster: &Cluster) -> String {
+    let mut rows = rows(cluster);
+    if cluster.leader.is_some() {
+        for r in rows.iter_mut().filter(|r| r.role != "Leader") {
+            r.member = format!("+ {}", r.member);
+        }
+    }
+    render(scope, cluster, rows)
+}
+
+fn render(scope: &str, cluster: &Cluster, rows: Vec<Row>) -> String {
     // As patronictl: the column only when some member has a restart pending.
     let pending = rows.iter().any(|r| r.pending_restart);
     let mut header = vec!["Member", "Host", "Role", "State", "TL", "Lag in MB"];
@@ -214,6 +229,25 @@ mod tests {
         assert_eq!(j[1]["Lag in MB"], 5);
         assert_eq!(j[0]["Role"], "Leader");
         assert!(!t.contains("Pending restart"), "{t}");
+    }
+
+    #[test]
+    fn topology_draws_replicas_under_the_leader() {
+        let cluster = Cluster {
+            leader: Some(Versioned {
+                value: "node2".into(),
+                version: 1,
+            }),
+            members: vec![
+                member("node1", 5433, "streaming", 0),
+                member("node2", 5432, "running", 0),
+            ],
+            ..Default::default()
+        };
+        let t = topology("postgres", &cluster);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[3].starts_with("| node2   |"), "{t}");
+        assert!(lines[4].starts_with("| + node1 |"), "{t}");
     }
 
     #[test]

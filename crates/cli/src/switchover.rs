@@ -74,9 +74,12 @@ pub async fn run(dcs: &dyn Dcs, scope: &str, kind: Kind, asked: Request) -> Resu
         Outcome::Scheduled { at } => Ok(format!(
             "Switchover scheduled at {at} (cancel it with: pgherd ctl switchover --cancel)\n"
         )),
-        Outcome::Failed { leader } => bail!(
-            "{} failed: the members dropped the request and {} still leads; the leader's log says why",
+        Outcome::Failed { leader, reason } => bail!(
+            "{} failed: {}; {} still leads",
             kind.as_str(),
+            reason
+                .as_deref()
+                .unwrap_or("the members dropped the request (the leader's log says why)"),
             leader.as_deref().unwrap_or("nobody")
         ),
         Outcome::TimedOut => bail!(

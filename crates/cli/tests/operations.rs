@@ -127,6 +127,90 @@ async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
     }
     cluster.wait_healthy(1, Duration::from_secs(120)).await;
     assert_eq!(cluster.primary().await.as_deref(), Some(primary.as_str()));
+
+    // Prometheus metrics on the node's REST API.
+    let metrics = reqwest::get(format!(
+        "http://127.0.0.1:{}/metrics",
+        cluster.node(&primary).api_port
+    ))
+    .await
+    .expect("GET /metrics")
+    .text()
+    .await
+    .expect("metrics text");
+    let labels = format!("{{scope=\"{}\",name=\"{primary}\"}}", cluster.scope);
+    assert!(
+        metrics.contains(&format!("patroni_primary{labels} 1")),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!("patroni_postgres_running{labels} 1")));
+    let renewals = metrics
+        .lines()
+        .find(|l| l.starts_with("pgherd_leader_lease_renewals_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("a renewal counter");
+    assert!(renewals > 0, "{metrics}");
+    assert!(metrics.contains("pgherd_last_decision_info{"), "{metrics}");
+
+    // version and topology.
+    let out = cluster.ctl(&["version"]);
+    assert!(
+        output(&out).contains(&format!("{primary}: agent version ")),
+        "{}",
+        output(&out)
+    );
+    let out = cluster.ctl(&["topology"]);
+    assert!(
+        output(&out).contains(&format!("| + {replica} ")),
+        "{}",
+        output(&out)
+    );
+}
+
+/// `ctl remove` wipes the cluster's keys only after the cluster's and the leader's names
+/// are typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_wipes_the_cluster_after_typed_confirmation() {
+    use std::io::Write;
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(1);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(0, Duration::from_secs(90)).await;
+    cluster.node_mut(&primary).kill_node();
+    let scope = cluster.scope.clone();
+    let remove = |answers: &str, name: &str| {
+        let mut child = cluster
+            .ctl_command(&["remove", name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ctl remove");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(answers.as_bytes())
+            .expect("answer");
+        child.wait_with_output().expect("ctl remove")
+    };
+    let out = remove("other\n", &scope);
+    assert!(!out.status.success(), "{}", output(&out));
+    let out = remove(&format!("{scope}\nnot-the-leader\n"), &scope);
+    assert!(
+        !out.status.success(),
+        "the leader still holds its key: {}",
+        output(&out)
+    );
+    let out = remove(&format!("{scope}\n{primary}\n"), "wrong-cluster");
+    assert!(!out.status.success());
+    let list = cluster.ctl(&["list", "--format", "json"]);
+    assert!(output(&list).contains(&primary), "nothing was removed yet");
+    let out = remove(&format!("{scope}\n{primary}\n"), &scope);
+    assert!(out.status.success(), "{}", output(&out));
+    let list = cluster.ctl(&["list", "--format", "json"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
 }
 
 /// The member other than `name` that answers 200 on `/primary`, once one does.

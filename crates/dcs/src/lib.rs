@@ -101,6 +101,9 @@ pub trait Dcs: Send + Sync {
     /// Write the `sync` key, with the same compare-and-set rule as `set_config`.
     async fn set_sync(&self, value: &SyncState, expected_version: Option<i64>) -> Result<bool>;
 
+    /// Delete every key of this cluster (`ctl remove`).
+    async fn delete_cluster(&self) -> Result<()>;
+
     /// Replace the `history` key.
     async fn set_history(&self, history: &[HistoryEntry]) -> Result<()>;
 

@@ -439,6 +439,24 @@ impl Dcs for MemoryDcs {
         Ok(())
     }
 
+    async fn delete_cluster(&self) -> Result<()> {
+        self.gate().await?;
+        let prefix = self.keys.prefix().to_string();
+        let last = self.store.with_state(|st, _| {
+            let doomed: Vec<String> = st
+                .keys
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            doomed.iter().filter_map(|k| st.delete(k)).last()
+        });
+        if let Some(r) = last {
+            self.own(r);
+        }
+        Ok(())
+    }
+
     async fn delete_member(&self) -> Result<()> {
         self.gate().await?;
         let key = self.keys.member(&self.member);

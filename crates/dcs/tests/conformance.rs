@@ -391,6 +391,27 @@ async fn initialize_taken_only_once<H: Harness>(h: H) {
     assert!(b.initialize("init-b").await.unwrap());
 }
 
+async fn delete_cluster_removes_only_this_clusters_keys<H: Harness>(h: H) {
+    let a = h.member("node1", LONG_TTL).await;
+    a.set_initialize("7234567890123456789").await.unwrap();
+    assert!(a.acquire_leader().await.unwrap());
+    a.touch_member(&member_data("node1", 5432)).await.unwrap();
+    a.set_config(&serde_json::json!({"ttl": 30}), None)
+        .await
+        .unwrap();
+    // Another cluster whose name starts with ours.
+    let other = KeyLayout::new(NAMESPACE, &format!("{SCOPE}2")).config();
+    h.put_raw(&other, b"{}").await;
+    a.delete_cluster().await.unwrap();
+    let c = a.get_cluster().await.unwrap();
+    assert_eq!(
+        c,
+        pgherd_dcs::Cluster::default(),
+        "every key of the cluster is gone"
+    );
+    assert_eq!(h.raw(&other).await.as_deref(), Some(&b"{}"[..]));
+}
+
 async fn compare_and_set_on_config<H: Harness>(h: H) {
     let a = h.member("node1", LONG_TTL).await;
     let v1 = serde_json::json!({"ttl": 30, "loop_wait": 10});
@@ -698,6 +719,7 @@ memory_tests! {
     memory_broken_member_key_is_skipped_but_broken_config_is_an_error => broken_member_key_is_skipped_but_broken_config_is_an_error,
     memory_initialize_taken_only_once => initialize_taken_only_once,
     memory_compare_and_set_on_config => compare_and_set_on_config,
+    memory_delete_cluster_removes_only_this_clusters_keys => delete_cluster_removes_only_this_clusters_keys,
     memory_compare_and_set_on_failover => compare_and_set_on_failover,
     memory_compare_and_set_on_sync => compare_and_set_on_sync,
     memory_watch_wakes_on_leader_change => watch_wakes_on_leader_change,
@@ -718,6 +740,7 @@ etcd_tests! {
     etcd_broken_member_key_is_skipped_but_broken_config_is_an_error => broken_member_key_is_skipped_but_broken_config_is_an_error,
     etcd_initialize_taken_only_once => initialize_taken_only_once,
     etcd_compare_and_set_on_config => compare_and_set_on_config,
+    etcd_delete_cluster_removes_only_this_clusters_keys => delete_cluster_removes_only_this_clusters_keys,
     etcd_compare_and_set_on_failover => compare_and_set_on_failover,
     etcd_compare_and_set_on_sync => compare_and_set_on_sync,
     etcd_watch_wakes_on_leader_change => watch_wakes_on_leader_change,

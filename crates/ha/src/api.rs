@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod metrics;
 mod operator;
 mod switchover;
 
@@ -70,6 +71,7 @@ pub fn router(status: SharedStatus, control: Option<Control>) -> Router {
         .route("/history", get(history))
         .route("/config", get(config).patch(patch_config).put(put_config))
         .route("/effective-config", get(effective_config))
+        .route("/metrics", get(metrics::metrics))
         .route(
             "/switchover",
             post(switchover::post_switchover).delete(switchover::delete_switchover),
@@ -254,6 +256,9 @@ pub fn patroni_json(s: &NodeStatus) -> Value {
     }
     if s.pending_restart {
         o.insert("pending_restart".into(), json!(true));
+    }
+    if let Some(why) = &s.last_request_dropped {
+        o.insert("last_request_dropped".into(), json!(why));
     }
     if !s.tags.is_default() {
         o.insert("tags".into(), json!(s.tags));

@@ -59,6 +59,19 @@ pub struct LocalPg {
     /// Stopped, and the control file says this primary shut down cleanly: its WAL ends
     /// with the shutdown checkpoint, which starts at `wal_lsn`.
     pub shut_down_cleanly: bool,
+    /// On a primary: the standbys connected to it (pg_stat_replication), by member name.
+    pub standbys: Vec<Standby>,
+}
+
+/// One standby connected to this primary, as pg_stat_replication shows it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standby {
+    /// Its `application_name`: the member's name.
+    pub name: String,
+    /// Its WAL sender is in the `streaming` state.
+    pub streaming: bool,
+    /// What it has flushed to disk.
+    pub flush_lsn: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +253,34 @@ pub enum Action {
 }
 
 impl Action {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Initialize => "initialize",
+            Action::AcquireLeader => "acquire_leader",
+            Action::RenewLeader => "renew_leader",
+            Action::ReleaseLeader => "release_leader",
+            Action::Promote => "promote",
+            Action::Demote(DemoteMode::Offline) => "demote_offline",
+            Action::Demote(DemoteMode::Follow) => "demote_follow",
+            Action::Demote(DemoteMode::Graceful) => "step_down",
+            Action::StartReplica { .. } => "start_replica",
+            Action::StartPrimary => "start_primary",
+            Action::Follow { .. } => "follow",
+            Action::Clone { .. } => "clone",
+            Action::Rewind { .. } => "rewind",
+            Action::RemoveDataDir => "remove_data_dir",
+            Action::AskPeers => "ask_peers",
+            Action::Restart { .. } => "restart",
+            Action::Reload => "reload",
+            Action::Reinitialize { .. } => "reinitialize",
+            Action::EnsureSlots(_) => "ensure_slots",
+            Action::ClearFailover { .. } => "clear_failover",
+            Action::AdoptRequest { .. } => "adopt_request",
+            Action::Wait => "wait",
+        }
+    }
+
     /// Carries out an operator's [`MemberRequest`].
     pub fn is_operator_request(&self) -> bool {
         matches!(

@@ -183,19 +183,22 @@ pub fn ineligibility(
     if !streaming && m.data.state != "running" {
         return Some(format!("it is not running (state: {})", m.data.state));
     }
-    let reference = leader
-        .and_then(|l| l.data.xlog_location)
-        .or(cluster.status.as_ref().map(|s| s.optime))
-        .unwrap_or(0);
     let Some(position) = m.data.xlog_location else {
         return Some("its WAL position is unknown".into());
     };
-    let lag = reference.saturating_sub(position);
-    if lag > ha.maximum_lag_on_failover {
-        return Some(format!(
-            "it lags {lag} bytes behind, more than maximum_lag_on_failover ({})",
-            ha.maximum_lag_on_failover
-        ));
+    // With a leader, the leader judges the lag from its own pg_stat_replication when it
+    // acts: member keys are up to a loop old, and comparing two of them taken at
+    // different times under load would see lag that is not there.
+    if leader.is_none() {
+        let reference = cluster.status.as_ref().map_or(0, |s| s.optime);
+        let lag = reference.saturating_sub(position);
+        if lag > ha.maximum_lag_on_failover {
+            return Some(format!(
+                "it lags {lag} bytes behind the last primary position, more than \
+                 maximum_lag_on_failover ({})",
+                ha.maximum_lag_on_failover
+            ));
+        }
     }
     crate::decide::not_synchronous(cluster, ha, name)
 }
@@ -224,9 +227,12 @@ pub enum Outcome {
     Done { leader: String },
     /// Written with a time: the leader acts on it then.
     Scheduled { at: String },
-    /// The members dropped the request without moving the leader (the reason is in
-    /// their logs).
-    Failed { leader: Option<String> },
+    /// The members dropped the request without moving the leader; `reason` is the
+    /// leader's, when it could be read from its REST API.
+    Failed {
+        leader: Option<String>,
+        reason: Option<String>,
+    },
     /// Still pending after the wait.
     TimedOut,
 }
@@ -277,10 +283,24 @@ pub async fn submit(
             });
         }
         if cluster.failover.is_none() {
-            return Ok(Outcome::Failed { leader });
+            let reason = match leader.as_deref().and_then(|l| cluster.member(l)) {
+                Some(m) => dropped_because(&m.data.api_url).await,
+                None => None,
+            };
+            return Ok(Outcome::Failed { leader, reason });
         }
     }
     Ok(Outcome::TimedOut)
+}
+
+/// Why the leader dropped the last request, from its `GET /patroni`.
+async fn dropped_because(api_url: &str) -> Option<String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let status: serde_json::Value = http.get(api_url).send().await.ok()?.json().await.ok()?;
+    status["last_request_dropped"].as_str().map(str::to_string)
 }
 
 /// Remove a scheduled switchover. `Ok(None)` when none was scheduled.
@@ -461,9 +481,32 @@ mod tests {
         );
         assert!(refuse(&c, "zz").contains("no member zz"));
         assert!(refuse(&c, "a").contains("already the leader"));
+        // Lag is the leader's to judge, with live data; without a leader it is judged here.
         let mut lagging = cluster();
         lagging.members[1].data.xlog_location = Some(1);
-        assert!(refuse(&lagging, "b").contains("lags"));
+        assert!(check(
+            &lagging,
+            Kind::Switchover,
+            &Ask {
+                candidate: Some("b".into()),
+                ..Ask::default()
+            },
+            0
+        )
+        .is_ok());
+        lagging.leader = None;
+        lagging.status = Some(pgherd_dcs::ClusterStatus {
+            optime: 100_000_000,
+            ..Default::default()
+        });
+        let ask = Ask {
+            candidate: Some("b".into()),
+            ..Ask::default()
+        };
+        let err = check(&lagging, Kind::Failover, &ask, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lags"), "{err}");
         let mut tagged = cluster();
         tagged.members[1].data.tags.nofailover = true;
         assert!(refuse(&tagged, "b").contains("nofailover"));

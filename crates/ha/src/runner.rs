@@ -6,7 +6,7 @@
 
 use crate::decide::{
     decide, history_after_promotion, Action, AgentMemory, DataDirState, DemoteMode, HaConfig,
-    LocalPg, MemberRequest, Millis, Observation, PeerStatus,
+    LocalPg, MemberRequest, Millis, Observation, PeerStatus, Standby,
 };
 use crate::dynamic;
 use crate::operator::{self, Answer, Command, ScheduledRestart};
@@ -232,6 +232,7 @@ impl Agent {
     fn lease_renewed(&mut self, sent: Instant) {
         self.lease_expires = Some(sent + Duration::from_millis(self.dynamic.ha.ttl));
         self.memory.last_leader_renewal = Some(self.now());
+        self.status.update(|s| s.lease_renewals += 1);
     }
 
     fn lease_lost(&mut self) {
@@ -352,6 +353,13 @@ impl Agent {
             let peers = self.ask_peers(obs.cluster.as_ref()).await;
             obs.peers = Some(peers);
             plan = decide(&obs, &cfg);
+        }
+        // The leader's heartbeat (renew, keep slots) is the decision only when it is all.
+        let heartbeat = |a: &Action| matches!(a, Action::RenewLeader | Action::EnsureSlots(_));
+        let telling = plan.iter().find(|(a, _)| !heartbeat(a)).or(plan.first());
+        if let Some((action, reason)) = telling {
+            let decision = (action.name().to_string(), reason.clone());
+            self.status.update(|s| s.last_decision = Some(decision));
         }
         let mut again = false;
         let mut acted = Vec::new();
@@ -500,6 +508,7 @@ impl Agent {
                 following: None,
                 system_identifier: None,
                 shut_down_cleanly: false,
+                standbys: Vec::new(),
             });
         }
         if self.pg.postmaster_pid().is_some() {
@@ -552,6 +561,7 @@ impl Agent {
             wal_lsn: Some(control.checkpoint_lsn.max(control.min_recovery_end_lsn)),
             following: None,
             shut_down_cleanly: was_primary && control.shut_down_cleanly(),
+            standbys: Vec::new(),
             system_identifier: Some(control.system_identifier),
         })
     }
@@ -604,6 +614,15 @@ impl Agent {
             following,
             system_identifier: self.system_identifier.clone(),
             shut_down_cleanly: false,
+            standbys: state
+                .replication
+                .iter()
+                .map(|r| Standby {
+                    name: r.application_name.clone(),
+                    streaming: r.state == "streaming",
+                    flush_lsn: r.flush_lsn,
+                })
+                .collect(),
         })
     }
 
@@ -747,6 +766,10 @@ impl Agent {
                 let cleared = self
                     .leased(self.dcs.delete_failover(Some(*version)))
                     .await?;
+                if cleared {
+                    let why = reason.to_string();
+                    self.status.update(|s| s.last_request_dropped = Some(why));
+                }
                 Ok(cleared)
             }
         }
@@ -911,6 +934,7 @@ impl Agent {
         );
         self.leased(self.dcs.set_history(&history)).await?;
         self.pg.promote(self.spec.pg_ctl_timeout).await?;
+        self.status.update(|s| s.promotions += 1);
         info!(member = %self.spec.name, ended_timeline, switch_lsn = %pg::format_lsn(switch_lsn), "promoted");
         // No upstream any more: drop the standby settings.
         self.write_config(None).await?;

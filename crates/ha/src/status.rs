@@ -63,6 +63,14 @@ pub struct NodeStatus {
     /// The PostgreSQL parameters last written, as PostgreSQL reads them, with where
     /// each came from (`default`, `cluster`, `local`).
     pub parameters: BTreeMap<String, (String, &'static str)>,
+    /// Successful takes and renewals of the leader key since the agent started.
+    pub lease_renewals: u64,
+    /// Promotions since the agent started.
+    pub promotions: u64,
+    /// The last decision's action (`Action::name`) and reason.
+    pub last_decision: Option<(String, String)>,
+    /// Why this member, as leader, last dropped a switchover or failover request.
+    pub last_request_dropped: Option<String>,
 }
 
 impl NodeStatus {
@@ -99,6 +107,10 @@ impl NodeStatus {
             postmaster_start_time: None,
             pending_restart: false,
             parameters: BTreeMap::new(),
+            lease_renewals: 0,
+            promotions: 0,
+            last_decision: None,
+            last_request_dropped: None,
         }
     }
 

@@ -13,7 +13,7 @@ use pgherd_dcs::{
 use pgherd_ha::runner::iso8601;
 use pgherd_ha::{
     decide, history_after_promotion, Action, AgentMemory, DataDirState, DemoteMode, HaConfig,
-    LocalPg, Millis, Observation, PeerStatus,
+    LocalPg, Millis, Observation, PeerStatus, Standby,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -214,6 +214,7 @@ impl Pg {
             },
             system_identifier: self.sysid.clone(),
             shut_down_cleanly: self.shut_down_cleanly(),
+            standbys: Vec::new(),
         }
     }
 
@@ -766,13 +767,17 @@ impl Sim {
         {
             self.nodes[i].lease_sent_at = None;
         }
+        let mut local = self.nodes[i].pg.local();
+        if self.nodes[i].pg.writable() {
+            local.standbys = self.standbys_of(i);
+        }
         let node = &self.nodes[i];
         let obs = Observation {
             now: self.agent_clock(i),
             wall_clock_secs: 1_796_558_400 + (self.now as i64 + node.clock_offset) / 1000,
             me: node.name.clone(),
             my_tags_nofailover: node.nofailover,
-            local: node.pg.local(),
+            local,
             cluster,
             peers,
             request: None,
@@ -800,6 +805,26 @@ impl Sim {
         node.plan = decisions.into_iter().map(|(a, _)| Op::Act(a)).collect();
         node.plan.push_back(Op::Publish);
         node.plan.push_back(Op::Sleep);
+    }
+
+    /// What pg_stat_replication on node `i` shows: the running standbys that follow it
+    /// over the network on its timeline.
+    fn standbys_of(&self, i: usize) -> Vec<Standby> {
+        let me = &self.nodes[i];
+        if !me.on_network() {
+            return Vec::new();
+        }
+        self.nodes
+            .iter()
+            .filter(|n| n.on_network() && n.pg.running && n.pg.in_recovery)
+            .filter(|n| n.pg.following.as_deref() == Some(me.name.as_str()))
+            .filter(|n| n.pg.sysid == me.pg.sysid && n.pg.timeline == me.pg.timeline)
+            .map(|n| Standby {
+                name: n.name.clone(),
+                streaming: true,
+                flush_lsn: Some(n.pg.lsn),
+            })
+            .collect()
     }
 
     fn agent_clock(&self, i: usize) -> Millis {

@@ -328,6 +328,18 @@ impl Dcs for EtcdDcs {
         .map(|_| ())
     }
 
+    async fn delete_cluster(&self) -> Result<()> {
+        let prefix = self.keys.prefix().to_string();
+        self.bounded("delete_cluster", async {
+            let r = self.client().await?.delete_prefix(prefix).await?;
+            if r.deleted > 0 {
+                self.own(revision(&r.header));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn cancel_initialization(&self) -> Result<()> {
         self.delete("cancel_initialization", self.keys.initialize())
             .await

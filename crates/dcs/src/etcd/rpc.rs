@@ -191,6 +191,20 @@ impl EtcdClient {
             .await
     }
 
+    /// Delete every key that starts with `prefix`.
+    pub async fn delete_prefix(
+        &self,
+        prefix: impl Into<Vec<u8>>,
+    ) -> RpcResult<DeleteRangeResponse> {
+        let key = prefix.into();
+        let range_end = prefix_range_end(&key);
+        self.unary(
+            "/etcdserverpb.KV/DeleteRange",
+            DeleteRangeRequest { key, range_end },
+        )
+        .await
+    }
+
     /// Run `then` if every comparison in `when` holds; nothing otherwise.
     pub async fn txn(&self, when: Compare, then: RequestOp) -> RpcResult<TxnResponse> {
         let request = TxnRequest {
@@ -332,6 +346,9 @@ pub struct PutResponse {
 pub struct DeleteRangeRequest {
     #[prost(bytes = "vec", tag = "1")]
     pub key: Vec<u8>,
+    /// Empty: just `key`; else every key in [key, range_end).
+    #[prost(bytes = "vec", tag = "2")]
+    pub range_end: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -351,7 +368,10 @@ fn put_request(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: i64) -
 }
 
 fn delete_request(key: impl Into<Vec<u8>>) -> DeleteRangeRequest {
-    DeleteRangeRequest { key: key.into() }
+    DeleteRangeRequest {
+        key: key.into(),
+        range_end: Vec::new(),
+    }
 }
 
 /// One operation of a transaction.

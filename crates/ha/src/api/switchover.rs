@@ -92,11 +92,14 @@ async fn request(
             StatusCode::ACCEPTED,
             &format!("Switchover scheduled at {at}"),
         ),
-        Outcome::Failed { leader } => text(
+        Outcome::Failed { leader, reason } => text(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(
-                "{} failed: the members dropped the request (leader: {}); their logs say why",
+                "{} failed: {} (leader: {})",
                 kind.as_str(),
+                reason
+                    .as_deref()
+                    .unwrap_or("the members dropped the request; their logs say why"),
                 leader.as_deref().unwrap_or("none")
             ),
         ),

@@ -101,8 +101,10 @@ pub(super) fn request_to_leader(
 }
 
 /// The member that will take over from us in a switchover: the named candidate or the
-/// most advanced eligible member. Judged from the members' own answers, with our
-/// position as the reference.
+/// most advanced eligible member. Whether it streams from us and how far behind it is
+/// come from our own pg_stat_replication, read this tick (the members' answers are as old
+/// as their last loop, and under load that alone can look like megabytes of lag); the
+/// answers tell whether it is alive and may lead.
 fn switchover_target(
     obs: &Observation,
     cluster: &Cluster,
@@ -112,19 +114,24 @@ fn switchover_target(
 ) -> Result<String, String> {
     let my_lsn = obs.local.wal_lsn.unwrap_or(0);
     let why_not = |p: &PeerStatus| -> Option<String> {
-        let Some(lsn) = p.wal_lsn else {
+        if p.wal_lsn.is_none() {
             return Some("it did not answer".into());
-        };
+        }
         if p.nofailover {
             return Some("it is tagged nofailover".into());
         }
         if p.is_primary {
             return Some("it runs a primary".into());
         }
-        if p.timeline != obs.local.timeline {
-            return Some("it is on another timeline".into());
-        }
-        let lag = my_lsn.saturating_sub(lsn);
+        let Some(standby) = obs
+            .local
+            .standbys
+            .iter()
+            .find(|s| s.name == p.name && s.streaming)
+        else {
+            return Some("it does not stream from us".into());
+        };
+        let lag = my_lsn.saturating_sub(standby.flush_lsn.unwrap_or(0));
         if lag > cfg.maximum_lag_on_failover {
             return Some(format!(
                 "it lags {lag} bytes, more than maximum_lag_on_failover {}",
@@ -142,10 +149,14 @@ fn switchover_target(
             Some(why) => Err(format!("{c} cannot take over: {why}")),
         };
     }
+    let flushed = |p: &&PeerStatus| {
+        let standby = obs.local.standbys.iter().find(|s| s.name == p.name);
+        standby.and_then(|s| s.flush_lsn)
+    };
     peers
         .iter()
         .filter(|p| p.name != obs.me && why_not(p).is_none())
-        .max_by_key(|p| p.wal_lsn)
+        .max_by_key(flushed)
         .map(|p| p.name.clone())
         .ok_or_else(|| "no member can take over".into())
 }

@@ -37,11 +37,26 @@ fn pg(
         following: None,
         system_identifier: Some(SYSID.into()),
         shut_down_cleanly: false,
+        standbys: Vec::new(),
     }
 }
 
 fn primary(lsn: u64) -> LocalPg {
     pg(true, false, DataDirState::Primary, 1, lsn)
+}
+
+/// A primary with these standbys streaming from it, flushed up to the given positions.
+fn primary_streaming_to(lsn: u64, standbys: &[(&str, u64)]) -> LocalPg {
+    let mut local = primary(lsn);
+    local.standbys = standbys
+        .iter()
+        .map(|(name, flushed)| Standby {
+            name: name.to_string(),
+            streaming: true,
+            flush_lsn: Some(*flushed),
+        })
+        .collect();
+    local
 }
 
 fn replica(lsn: u64) -> LocalPg {
@@ -67,6 +82,7 @@ fn empty() -> LocalPg {
         following: None,
         system_identifier: None,
         shut_down_cleanly: false,
+        standbys: Vec::new(),
     }
 }
 
@@ -782,8 +798,10 @@ fn leader_asks_the_members_before_a_switchover() {
 #[test]
 fn leader_steps_down_cleanly_for_an_able_candidate() {
     let c = with_request(cluster(Some("pg-a")), Some("pg-a"), Some("pg-b"), None);
-    let mut o = obs("pg-a", primary(5_000), Some(c));
-    o.peers = Some(vec![peer("pg-b", 5_000), peer("pg-c", 4_000)]);
+    let local = primary_streaming_to(5_000, &[("pg-b", 4_500), ("pg-c", 4_000)]);
+    let mut o = obs("pg-a", local, Some(c));
+    // The answers may be a loop old; our own pg_stat_replication is what counts.
+    o.peers = Some(vec![peer("pg-b", 1), peer("pg-c", 1)]);
     assert_eq!(
         decided(&o, &cfg()),
         vec![Action::RenewLeader, Action::Demote(DemoteMode::Graceful)]
@@ -793,7 +811,8 @@ fn leader_steps_down_cleanly_for_an_able_candidate() {
 #[test]
 fn leader_drops_a_switchover_to_a_candidate_that_cannot_take_over() {
     let c = with_request(cluster(Some("pg-a")), Some("pg-a"), Some("pg-b"), None);
-    let mut o = obs("pg-a", primary(5_000), Some(c.clone()));
+    let local = primary_streaming_to(5_000, &[("pg-b", 5_000), ("pg-c", 5_000)]);
+    let mut o = obs("pg-a", local, Some(c.clone()));
     let mut tagged = peer("pg-b", 5_000);
     tagged.nofailover = true;
     o.peers = Some(vec![tagged, peer("pg-c", 5_000)]);
@@ -804,9 +823,14 @@ fn leader_drops_a_switchover_to_a_candidate_that_cannot_take_over() {
     );
     assert!(!plan.contains(&Action::Demote(DemoteMode::Graceful)));
     assert!(reason_of(&o, &cfg()).contains("nofailover"));
-    // Lagging beyond maximum_lag_on_failover, or silent: the same.
-    o.peers = Some(vec![peer("pg-b", 3_000)]);
+    // Lagging beyond maximum_lag_on_failover, not streaming from us, or silent: the same.
+    o.peers = Some(vec![peer("pg-b", 5_000)]);
+    o.local = primary_streaming_to(5_000, &[("pg-b", 3_000)]);
     assert!(decided(&o, &cfg()).contains(&Action::ClearFailover { version: 7 }));
+    assert!(reason_of(&o, &cfg()).contains("lags 2000 bytes"));
+    o.local = primary_streaming_to(5_000, &[]);
+    assert!(reason_of(&o, &cfg()).contains("does not stream from us"));
+    o.local = primary_streaming_to(5_000, &[("pg-b", 5_000)]);
     o.peers = Some(vec![PeerStatus {
         wal_lsn: None,
         ..peer("pg-b", 0)
@@ -817,8 +841,9 @@ fn leader_drops_a_switchover_to_a_candidate_that_cannot_take_over() {
 #[test]
 fn a_switchover_without_a_candidate_needs_one_able_member() {
     let c = with_request(cluster(Some("pg-a")), Some("pg-a"), None, None);
-    let mut o = obs("pg-a", primary(5_000), Some(c));
-    o.peers = Some(vec![peer("pg-b", 1_000), peer("pg-c", 4_500)]);
+    let local = primary_streaming_to(5_000, &[("pg-b", 1_000), ("pg-c", 4_500)]);
+    let mut o = obs("pg-a", local, Some(c));
+    o.peers = Some(vec![peer("pg-b", 5_000), peer("pg-c", 5_000)]);
     assert!(decided(&o, &cfg()).contains(&Action::Demote(DemoteMode::Graceful)));
     assert!(reason_of(&o, &cfg()).contains("pg-c"));
 }
@@ -1007,7 +1032,8 @@ fn synchronous_mode_allows_only_the_sync_standby_to_take_over_a_switchover() {
         synchronous_mode: true,
         ..cfg()
     };
-    let mut o = obs("pg-a", primary(5_000), Some(c));
+    let local = primary_streaming_to(5_000, &[("pg-b", 5_000), ("pg-c", 4_900)]);
+    let mut o = obs("pg-a", local, Some(c));
     o.peers = Some(vec![peer("pg-b", 5_000), peer("pg-c", 4_900)]);
     assert!(
         reason_of(&o, &sync_cfg).contains("pg-c"),
