@@ -153,9 +153,9 @@ pub fn check(
     }
 }
 
-/// Why `name` may not become the leader, judged from the DCS, if it may not. In a
-/// switchover it must stream from the leader; a failover also takes a member whose
-/// upstream is gone.
+/// Why `name` may not become the leader, judged from the DCS, if it may not: it must run
+/// a replica. Whether it streams, and how far behind, the leader judges when it acts,
+/// from its own pg_stat_replication (member keys are up to a loop old).
 pub fn ineligibility(
     cluster: &Cluster,
     ha: &crate::HaConfig,
@@ -176,12 +176,12 @@ pub fn ineligibility(
         return Some(format!("it is not a replica (role: {})", m.data.role));
     }
     let leader = cluster.leader_name().and_then(|l| cluster.member(l));
-    let streaming = m.data.state == "streaming";
-    if kind == Kind::Switchover && !streaming {
-        return Some(format!("it is not streaming (state: {})", m.data.state));
-    }
-    if !streaming && m.data.state != "running" {
-        return Some(format!("it is not running (state: {})", m.data.state));
+    if !matches!(m.data.state.as_str(), "running" | "streaming") {
+        let what = match kind {
+            Kind::Switchover => "streaming",
+            Kind::Failover => "running",
+        };
+        return Some(format!("it is not {what} (state: {})", m.data.state));
     }
     let Some(position) = m.data.xlog_location else {
         return Some("its WAL position is unknown".into());
@@ -474,10 +474,12 @@ mod tests {
             check(c, Kind::Switchover, &ask, 0).unwrap_err().to_string()
         };
         let c = cluster();
+        let mut stopped = cluster();
+        stopped.members[2].data.state = "stopped".into();
         assert!(
-            refuse(&c, "c").contains("not streaming"),
+            refuse(&stopped, "c").contains("not streaming"),
             "{}",
-            refuse(&c, "c")
+            refuse(&stopped, "c")
         );
         assert!(refuse(&c, "zz").contains("no member zz"));
         assert!(refuse(&c, "a").contains("already the leader"));

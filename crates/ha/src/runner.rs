@@ -22,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+/// How often a replica that does not stream yet looks again.
+const STREAM_CHECK: Duration = Duration::from_secs(1);
+
 /// How many times in a row a tick may ask to be repeated at once before the loop sleeps.
 const MAX_IMMEDIATE_RETICKS: u32 = 5;
 
@@ -265,6 +268,11 @@ impl Agent {
             if let Some(due) = self.until_scheduled_request() {
                 wait = wait.min(due);
             }
+            if self.awaiting_stream() {
+                // Publish "streaming" soon after re-pointing, not a loop later: a
+                // switchover to this member is judged by what it publishes.
+                wait = wait.min(STREAM_CHECK);
+            }
             if let Some(s) = self.scheduled_restart {
                 let secs = (s.at - crate::manual::unix_now()).max(0) as u64;
                 wait = wait.min(Duration::from_secs(secs));
@@ -284,6 +292,16 @@ impl Agent {
         }
         self.answer_pending(Err("the agent is shutting down".into()));
         self.shutdown().await;
+    }
+
+    /// A running replica of another leader whose WAL receiver does not stream yet.
+    fn awaiting_stream(&self) -> bool {
+        let s = self.status.get();
+        let leader = s
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader_name().map(str::to_string));
+        s.running && s.in_recovery && !self.streaming && leader.is_some_and(|l| l != self.spec.name)
     }
 
     /// Time left until a scheduled switchover is due, so the leader wakes for it.
