@@ -30,6 +30,8 @@ fn demo_ha() -> HaConfig {
         use_slots: true,
         paused: false,
         synchronous_mode: false,
+        synchronous_mode_strict: false,
+        synchronous_node_count: 1,
         primary_start_timeout: 300_000,
     }
 }

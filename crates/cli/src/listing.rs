@@ -25,11 +25,20 @@ pub fn rows(cluster: &Cluster) -> Vec<Row> {
             .and_then(|l| cluster.member(l))
             .and_then(|m| m.data.xlog_location)
     });
+    let sync = pgherd_ha::key_members(cluster);
     let mut rows: Vec<Row> = cluster
         .members
         .iter()
         .map(|m| {
             let is_leader = Some(m.name.as_str()) == leader;
+            // patronictl's role names.
+            let role = if is_leader {
+                "Leader"
+            } else if sync.contains(&m.name) {
+                "Sync Standby"
+            } else {
+                "Replica"
+            };
             let host = pgherd_ha::runner::parse_conn_url(&m.data.conn_url)
                 .map(|(h, p)| format!("{h}:{p}"))
                 .unwrap_or_else(|| m.data.conn_url.clone());
@@ -40,7 +49,7 @@ pub fn rows(cluster: &Cluster) -> Vec<Row> {
             Row {
                 member: m.name.clone(),
                 host,
-                role: if is_leader { "Leader" } else { "Replica" }.to_string(),
+                role: role.to_string(),
                 state: m.data.state.clone(),
                 timeline: m.data.timeline,
                 lag_mb,

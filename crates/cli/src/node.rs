@@ -85,6 +85,8 @@ pub fn spec_from_config(
         use_slots: pg.use_slots.unwrap_or(d.postgresql.use_slots),
         paused: d.pause,
         synchronous_mode: d.synchronous_mode,
+        synchronous_mode_strict: d.synchronous_mode_strict,
+        synchronous_node_count: d.synchronous_node_count,
         primary_start_timeout: d.primary_start_timeout.as_millis() as u64,
     };
     let api_listen = resolve(&cfg.restapi.listen.host, cfg.restapi.listen.port)

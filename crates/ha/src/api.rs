@@ -145,15 +145,22 @@ async fn read_only(State(st): State<SharedStatus>, method: Method) -> Response {
     answer(is_leader(&s) || is_running_replica(&s), &method, &s)
 }
 
-/// Synchronous replication is not managed yet, so no member is a synchronous standby.
+/// A running replica the `sync` key names as a synchronous standby.
+fn is_sync_standby(s: &NodeStatus) -> bool {
+    is_running_replica(s)
+        && s.cluster
+            .as_ref()
+            .is_some_and(|c| crate::decide::key_members(c).contains(&s.name))
+}
+
 async fn sync(State(st): State<SharedStatus>, method: Method) -> Response {
     let s = st.get();
-    answer(false, &method, &s)
+    answer(is_sync_standby(&s), &method, &s)
 }
 
 async fn asynchronous(State(st): State<SharedStatus>, method: Method) -> Response {
     let s = st.get();
-    answer(is_running_replica(&s), &method, &s)
+    answer(is_running_replica(&s) && !is_sync_standby(&s), &method, &s)
 }
 
 async fn health(State(st): State<SharedStatus>, method: Method) -> Response {
@@ -559,6 +566,8 @@ mod tests {
                 use_slots: true,
                 paused: false,
                 synchronous_mode: false,
+                synchronous_mode_strict: false,
+                synchronous_node_count: 1,
                 primary_start_timeout: 300_000,
             },
             Default::default(),

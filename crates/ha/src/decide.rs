@@ -34,6 +34,11 @@ pub struct HaConfig {
     pub paused: bool,
     /// `synchronous_mode`: only a synchronous standby may take over.
     pub synchronous_mode: bool,
+    /// `synchronous_mode_strict`: with no synchronous standby, commits wait rather than
+    /// going asynchronous.
+    pub synchronous_mode_strict: bool,
+    /// `synchronous_node_count`: how many synchronous standbys (default 1).
+    pub synchronous_node_count: u32,
     /// How long a crashed primary is restarted in place before its leader key is released
     /// (0: at once).
     pub primary_start_timeout: Millis,
@@ -61,6 +66,8 @@ pub struct LocalPg {
     pub shut_down_cleanly: bool,
     /// On a primary: the standbys connected to it (pg_stat_replication), by member name.
     pub standbys: Vec<Standby>,
+    /// On a running server: `synchronous_standby_names` as PostgreSQL applies it.
+    pub sync_setting: Option<SyncSetting>,
 }
 
 /// One standby connected to this primary, as pg_stat_replication shows it now.
@@ -72,6 +79,8 @@ pub struct Standby {
     pub streaming: bool,
     /// What it has flushed to disk.
     pub flush_lsn: Option<u64>,
+    /// pg_stat_replication's `sync_state` is `sync`: commits wait for it.
+    pub synchronous: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +121,9 @@ pub struct AgentMemory {
     /// When this member last gave up the leader key (crashed primary, switchover,
     /// shutdown): for one ttl it leaves the key to the others.
     pub released_leader_at: Option<Millis>,
+    /// The primary's WAL position when it last changed `synchronous_standby_names`: a new
+    /// synchronous standby joins the `sync` key once it has flushed that far.
+    pub sync_set_at_lsn: Option<u64>,
 }
 
 impl AgentMemory {
@@ -248,6 +260,15 @@ pub enum Action {
     AdoptRequest {
         version: i64,
     },
+    /// Write `synchronous_standby_names` (`None`: leave it unset) and reload; remember
+    /// the WAL position it took effect at.
+    SetSyncStandbys(Option<SyncSetting>),
+    /// Write the `sync` key naming us as leader and these synchronous standbys, if it is
+    /// still at `version` (0: absent).
+    SetSyncKey {
+        standbys: Vec<String>,
+        version: i64,
+    },
     /// Nothing to do until the next tick.
     Wait,
 }
@@ -277,6 +298,8 @@ impl Action {
             Action::EnsureSlots(_) => "ensure_slots",
             Action::ClearFailover { .. } => "clear_failover",
             Action::AdoptRequest { .. } => "adopt_request",
+            Action::SetSyncStandbys(_) => "set_sync_standbys",
+            Action::SetSyncKey { .. } => "set_sync_key",
             Action::Wait => "wait",
         }
     }
@@ -349,12 +372,15 @@ pub fn cluster_timeline(cluster: &Cluster) -> Option<u32> {
 
 #[path = "decide/requests.rs"]
 mod requests;
+#[path = "decide/sync.rs"]
+mod sync;
 #[cfg(test)]
 #[path = "decide/tests.rs"]
 mod tests;
 
-pub(crate) use requests::not_synchronous;
 use requests::{race_with_request, request_kind, request_to_leader};
+pub(crate) use sync::not_synchronous;
+pub use sync::{key_members, SyncSetting};
 
 /// Decide what this member does now. See the module docs for the execution rule.
 ///
@@ -750,6 +776,11 @@ fn lead(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Re
             "holding the leader lock but in recovery: promoting",
         ));
     }
+    if !obs.local.in_recovery {
+        if let Some(step) = sync::manage_sync(obs, cluster, cfg) {
+            actions.push(step);
+        }
+    }
     if let Some(failover) = &cluster.failover {
         let step = request_to_leader(obs, cluster, cfg, failover);
         let ends_tick = matches!(
@@ -904,6 +935,9 @@ fn failover_ineligibility(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) 
              maximum_lag_on_failover {}",
             cfg.maximum_lag_on_failover
         ));
+    }
+    if let Some(why) = not_synchronous(cluster, cfg, &obs.me) {
+        return Some(why);
     }
     // Promoting from an older timeline would fork history a second time and could reuse a
     // timeline number that already exists.

@@ -22,6 +22,8 @@ pub struct DynamicConfig {
     pub maximum_lag_on_failover: u64,
     pub synchronous_mode: bool,
     pub synchronous_mode_strict: bool,
+    /// How many synchronous standbys (default 1).
+    pub synchronous_node_count: u32,
     /// How long a crashed primary is restarted in place before its leader key is
     /// released for a failover (default 300 s; 0: release at once).
     pub primary_start_timeout: Duration,
@@ -67,6 +69,7 @@ impl Default for DynamicConfig {
             maximum_lag_on_failover: 1_048_576,
             synchronous_mode: false,
             synchronous_mode_strict: false,
+            synchronous_node_count: 1,
             primary_start_timeout: Duration::from_secs(300),
             pause: false,
             postgresql: DynamicPostgresql::default(),
@@ -110,6 +113,10 @@ impl DynamicConfig {
             self.synchronous_mode_strict.into(),
         );
         out.insert(
+            "synchronous_node_count".into(),
+            self.synchronous_node_count.into(),
+        );
+        out.insert(
             "primary_start_timeout".into(),
             seconds_json(self.primary_start_timeout),
         );
@@ -142,6 +149,7 @@ pub struct Read {
     pub maximum_lag_on_failover: Option<u64>,
     pub synchronous_mode: Option<bool>,
     pub synchronous_mode_strict: Option<bool>,
+    pub synchronous_node_count: Option<u32>,
     pub primary_start_timeout: Option<Duration>,
     pub pause: Option<bool>,
     pub use_pg_rewind: Option<bool>,
@@ -175,6 +183,9 @@ impl Read {
             synchronous_mode_strict: self
                 .synchronous_mode_strict
                 .unwrap_or(d.synchronous_mode_strict),
+            synchronous_node_count: self
+                .synchronous_node_count
+                .unwrap_or(d.synchronous_node_count),
             primary_start_timeout: self
                 .primary_start_timeout
                 .unwrap_or(d.primary_start_timeout),
@@ -209,6 +220,17 @@ pub fn read(value: &Value) -> Read {
             }
             "synchronous_mode" => r.synchronous_mode = boolean(&mut r, key, v),
             "synchronous_mode_strict" => r.synchronous_mode_strict = boolean(&mut r, key, v),
+            "synchronous_node_count" => {
+                let n = unsigned(&mut r, key, v, "standbys");
+                r.synchronous_node_count = match n.map(u32::try_from) {
+                    Some(Ok(n)) if n >= 1 => Some(n),
+                    Some(_) => {
+                        r.problem(key, "must be at least 1");
+                        None
+                    }
+                    None => None,
+                };
+            }
             // Patroni's older name for the same setting.
             "primary_start_timeout" | "master_start_timeout" => {
                 r.primary_start_timeout = seconds(&mut r, key, v, 0)
@@ -324,6 +346,12 @@ pub fn apply(base: &HaConfig, config: Option<&Value>) -> Dynamic {
         .unwrap_or(base.maximum_lag_on_failover);
     ha.paused = r.pause.unwrap_or(base.paused);
     ha.synchronous_mode = r.synchronous_mode.unwrap_or(base.synchronous_mode);
+    ha.synchronous_mode_strict = r
+        .synchronous_mode_strict
+        .unwrap_or(base.synchronous_mode_strict);
+    ha.synchronous_node_count = r
+        .synchronous_node_count
+        .unwrap_or(base.synchronous_node_count);
     if let Some(t) = r.primary_start_timeout {
         ha.primary_start_timeout = millis(t);
     }
@@ -628,6 +656,8 @@ mod tests {
             use_slots: true,
             paused: false,
             synchronous_mode: false,
+            synchronous_mode_strict: false,
+            synchronous_node_count: 1,
             primary_start_timeout: 300_000,
         }
     }

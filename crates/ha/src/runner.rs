@@ -6,7 +6,7 @@
 
 use crate::decide::{
     decide, history_after_promotion, Action, AgentMemory, DataDirState, DemoteMode, HaConfig,
-    LocalPg, MemberRequest, Millis, Observation, PeerStatus, Standby,
+    LocalPg, MemberRequest, Millis, Observation, PeerStatus, Standby, SyncSetting,
 };
 use crate::dynamic;
 use crate::operator::{self, Answer, Command, ScheduledRestart};
@@ -73,6 +73,9 @@ pub struct Agent {
     last_actions: Vec<Action>,
     /// Operator commands from the REST API, until `run` takes them.
     commands: Option<mpsc::Receiver<Command>>,
+    /// `synchronous_standby_names` as the HA loop wants it on this primary (synchronous
+    /// mode); `None`: not managed, the configured value applies.
+    sync_standbys: Option<SyncSetting>,
     /// The operator's request this tick carries out, and where the answer goes (none for
     /// a scheduled restart).
     pending: Option<Pending>,
@@ -115,6 +118,7 @@ impl Agent {
             last_wait_reason: None,
             last_actions: Vec::new(),
             commands: None,
+            sync_standbys: None,
             pending: None,
             scheduled_restart: None,
         }
@@ -527,6 +531,7 @@ impl Agent {
                 system_identifier: None,
                 shut_down_cleanly: false,
                 standbys: Vec::new(),
+                sync_setting: None,
             });
         }
         if self.pg.postmaster_pid().is_some() {
@@ -580,6 +585,7 @@ impl Agent {
             following: None,
             shut_down_cleanly: was_primary && control.shut_down_cleanly(),
             standbys: Vec::new(),
+            sync_setting: None,
             system_identifier: Some(control.system_identifier),
         })
     }
@@ -639,8 +645,10 @@ impl Agent {
                     name: r.application_name.clone(),
                     streaming: r.state == "streaming",
                     flush_lsn: r.flush_lsn,
+                    synchronous: r.sync_state == "sync",
                 })
                 .collect(),
+            sync_setting: SyncSetting::parse(&state.synchronous_standby_names),
         })
     }
 
@@ -779,6 +787,24 @@ impl Agent {
                     .leased(self.dcs.set_failover(&request, Some(*version)))
                     .await?;
                 Ok(adopted)
+            }
+            Action::SetSyncStandbys(setting) => {
+                self.sync_standbys = setting.clone();
+                self.rewrite_config_and_reload().await?;
+                let client = self.client().await?;
+                let at = Instance::query_state(client).await?.wal_lsn;
+                self.memory.sync_set_at_lsn = Some(at);
+                Ok(true)
+            }
+            Action::SetSyncKey { standbys, version } => {
+                let value = pgherd_dcs::SyncState {
+                    leader: Some(self.spec.name.clone()),
+                    sync_standby: (!standbys.is_empty()).then(|| standbys.join(",")),
+                };
+                let written = self
+                    .leased(self.dcs.set_sync(&value, Some(*version)))
+                    .await?;
+                Ok(written)
             }
             Action::ClearFailover { version } => {
                 let cleared = self
@@ -1065,6 +1091,10 @@ impl Agent {
     }
 
     async fn write_config(&mut self, standby: Option<&StandbyConfig>) -> Result<(), ActionError> {
+        if standby.is_some() {
+            // A standby waits for nobody; a later promotion chooses afresh.
+            self.sync_standbys = None;
+        }
         let Merged {
             params,
             overruled,
@@ -1104,8 +1134,19 @@ impl Agent {
             &self.dynamic.parameters,
             &self.spec.instance.parameters,
         );
-        let sources = merged.iter().map(|(k, (_, s))| (k.clone(), *s)).collect();
-        let values = merged.into_iter().map(|(k, (v, _))| (k, v)).collect();
+        let mut sources: BTreeMap<String, dynamic::Source> =
+            merged.iter().map(|(k, (_, s))| (k.clone(), *s)).collect();
+        let mut values: BTreeMap<String, String> =
+            merged.into_iter().map(|(k, (v, _))| (k, v)).collect();
+        if self.dynamic.ha.synchronous_mode {
+            // Synchronous mode owns the setting: the HA loop's choice, else empty.
+            let names = self.sync_standbys.as_ref().map(SyncSetting::to_conf);
+            values.insert(
+                "synchronous_standby_names".into(),
+                names.unwrap_or_default(),
+            );
+            sources.insert("synchronous_standby_names".into(), dynamic::Source::Cluster);
+        }
         let (params, notes) = pg::translate_parameters(self.pg.config().bin.major_version, &values);
         for note in notes {
             debug!(member = %self.spec.name, %note, "parameter translated");
@@ -1412,6 +1453,8 @@ pub fn default_ha_config() -> HaConfig {
         use_slots: true,
         paused: false,
         synchronous_mode: false,
+        synchronous_mode_strict: false,
+        synchronous_node_count: 1,
         primary_start_timeout: 300_000,
     }
 }

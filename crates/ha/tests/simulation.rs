@@ -215,6 +215,7 @@ impl Pg {
             system_identifier: self.sysid.clone(),
             shut_down_cleanly: self.shut_down_cleanly(),
             standbys: Vec::new(),
+            sync_setting: None,
         }
     }
 
@@ -401,6 +402,8 @@ impl Sim {
             use_slots: rng.random_bool(0.5),
             paused: false,
             synchronous_mode: false,
+            synchronous_mode_strict: false,
+            synchronous_node_count: 1,
             primary_start_timeout: if rng.random_bool(0.5) { 0 } else { 300_000 },
         };
         let mut sim = Sim {
@@ -684,6 +687,9 @@ impl Sim {
                 Action::Restart { .. } | Action::Reload | Action::Reinitialize { .. } => {
                     unreachable!("the simulation sends no operator requests")
                 }
+                Action::SetSyncStandbys(_) | Action::SetSyncKey { .. } => {
+                    unreachable!("the simulation does not run synchronous mode yet")
+                }
             },
         };
         if duration == 0 {
@@ -823,6 +829,7 @@ impl Sim {
                 name: n.name.clone(),
                 streaming: true,
                 flush_lsn: Some(n.pg.lsn),
+                synchronous: false,
             })
             .collect()
     }
@@ -889,6 +896,9 @@ impl Sim {
             Action::Wait | Action::EnsureSlots(_) => true,
             Action::Restart { .. } | Action::Reload | Action::Reinitialize { .. } => {
                 unreachable!("the simulation sends no operator requests")
+            }
+            Action::SetSyncStandbys(_) | Action::SetSyncKey { .. } => {
+                unreachable!("the simulation does not run synchronous mode yet")
             }
             Action::ClearFailover { version } => {
                 if !dcs_ok {

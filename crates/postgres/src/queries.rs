@@ -44,6 +44,8 @@ pub struct PgState {
     pub pending_restart: bool,
     /// A standby's WAL receiver is streaming from its upstream right now.
     pub streaming: bool,
+    /// `synchronous_standby_names` as applied.
+    pub synchronous_standby_names: String,
 }
 
 const STATE_SQL: &str = "\
@@ -61,7 +63,8 @@ SELECT pg_catalog.pg_is_in_recovery(),
        pg_catalog.current_setting('server_version_num')::int,
        pg_catalog.pg_postmaster_start_time()::text,
        EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart),
-       COALESCE((SELECT status = 'streaming' FROM pg_catalog.pg_stat_wal_receiver), false)";
+       COALESCE((SELECT status = 'streaming' FROM pg_catalog.pg_stat_wal_receiver), false),
+       pg_catalog.current_setting('synchronous_standby_names')";
 
 const REPLICATION_SQL: &str = "\
 SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority,
@@ -100,6 +103,7 @@ impl Instance {
         let postmaster_start_time: Option<String> = row.try_get(10).map_err(q)?;
         let pending_restart: bool = row.try_get(11).map_err(q)?;
         let streaming: bool = row.try_get(12).map_err(q)?;
+        let synchronous_standby_names: String = row.try_get(13).map_err(q)?;
 
         let as_tli = |v: Option<i32>| v.and_then(|t| u32::try_from(t).ok()).filter(|t| *t > 0);
         let fallback = as_tli(checkpoint_tli)
@@ -161,6 +165,7 @@ impl Instance {
             postmaster_start_time,
             pending_restart,
             streaming,
+            synchronous_standby_names,
         })
     }
 

@@ -1,6 +1,7 @@
 //! Rules for a pending switchover or failover (the `failover` key): what the leader does
 //! with it, and who takes over when the leader has stepped down or is gone.
 
+use super::sync::not_synchronous;
 use super::{
     act, cluster_timeline, healthier_peer, take_over, wait, Action, DemoteMode, HaConfig,
     Observation, PeerStatus, Reason,
@@ -159,20 +160,6 @@ fn switchover_target(
         .max_by_key(flushed)
         .map(|p| p.name.clone())
         .ok_or_else(|| "no member can take over".into())
-}
-
-/// In synchronous mode only a member named in the `sync` key holds every acknowledged
-/// write.
-pub(crate) fn not_synchronous(cluster: &Cluster, cfg: &HaConfig, name: &str) -> Option<String> {
-    if !cfg.synchronous_mode {
-        return None;
-    }
-    let listed = cluster
-        .sync
-        .as_ref()
-        .and_then(|s| s.value.sync_standby.as_deref())
-        .is_some_and(|names| names.split(',').any(|n| n.trim() == name));
-    (!listed).then(|| format!("{name} is not a synchronous standby"))
 }
 
 /// No leader, and a switchover or failover is pending: the candidate takes over when it

@@ -17,6 +17,8 @@ fn cfg() -> HaConfig {
         use_slots: true,
         paused: false,
         synchronous_mode: false,
+        synchronous_mode_strict: false,
+        synchronous_node_count: 1,
         primary_start_timeout: 300_000,
     }
 }
@@ -38,6 +40,7 @@ fn pg(
         system_identifier: Some(SYSID.into()),
         shut_down_cleanly: false,
         standbys: Vec::new(),
+        sync_setting: None,
     }
 }
 
@@ -54,6 +57,7 @@ fn primary_streaming_to(lsn: u64, standbys: &[(&str, u64)]) -> LocalPg {
             name: name.to_string(),
             streaming: true,
             flush_lsn: Some(*flushed),
+            synchronous: false,
         })
         .collect();
     local
@@ -83,6 +87,7 @@ fn empty() -> LocalPg {
         system_identifier: None,
         shut_down_cleanly: false,
         standbys: Vec::new(),
+        sync_setting: None,
     }
 }
 
@@ -1185,4 +1190,179 @@ fn memory_tracks_since_when_the_leaders_postgres_is_down() {
     assert_eq!(m.primary_down_since, Some(10));
     m.saw_own_postgres(false, 30);
     assert_eq!(m.primary_down_since, None);
+}
+
+// ----- synchronous replication -----
+
+fn sync_cfg(strict: bool) -> HaConfig {
+    HaConfig {
+        synchronous_mode: true,
+        synchronous_mode_strict: strict,
+        ..cfg()
+    }
+}
+
+fn with_sync_key(mut c: Cluster, leader: &str, standbys: &[&str]) -> Cluster {
+    c.sync = Some(Versioned {
+        value: pgherd_dcs::SyncState {
+            leader: Some(leader.into()),
+            sync_standby: (!standbys.is_empty()).then(|| standbys.join(",")),
+        },
+        version: 3,
+    });
+    c
+}
+
+fn sync_standby(name: &str, flushed: u64, synchronous: bool) -> Standby {
+    Standby {
+        name: name.into(),
+        streaming: true,
+        flush_lsn: Some(flushed),
+        synchronous,
+    }
+}
+
+fn first(names: &[&str]) -> SyncSetting {
+    SyncSetting {
+        count: names.len(),
+        names: names.iter().map(|n| n.to_string()).collect(),
+    }
+}
+
+/// The leader's plan without its heartbeat.
+fn sync_steps(o: &Observation, cfg: &HaConfig) -> Vec<Action> {
+    decided(o, cfg)
+        .into_iter()
+        .filter(|a| !matches!(a, Action::RenewLeader | Action::EnsureSlots(_)))
+        .collect()
+}
+
+#[test]
+fn a_new_leader_takes_the_sync_key_before_anything_else() {
+    let c = with_sync_key(cluster(Some("pg-a")), "pg-z", &["pg-a"]);
+    let o = obs(
+        "pg-a",
+        primary_streaming_to(5_000, &[("pg-b", 5_000)]),
+        Some(c),
+    );
+    assert_eq!(
+        sync_steps(&o, &sync_cfg(false)),
+        [Action::SetSyncKey {
+            standbys: vec![],
+            version: 3
+        }]
+    );
+}
+
+#[test]
+fn a_standby_becomes_synchronous_in_postgresql_first_then_in_the_key() {
+    let c = with_sync_key(cluster(Some("pg-a")), "pg-a", &[]);
+    let mut local = primary(5_000);
+    local.standbys = vec![
+        sync_standby("pg-b", 5_000, false),
+        sync_standby("pg-c", 5_000, false),
+    ];
+    let o = obs("pg-a", local.clone(), Some(c.clone()));
+    assert_eq!(
+        sync_steps(&o, &sync_cfg(false)),
+        [Action::SetSyncStandbys(Some(first(&["pg-b"])))]
+    );
+    // PostgreSQL applied it and reports pg-b as sync, but pg-b has not flushed what was
+    // written before: not yet in the key.
+    local.sync_setting = Some(first(&["pg-b"]));
+    local.standbys[0].synchronous = true;
+    let mut o = obs("pg-a", local.clone(), Some(c.clone()));
+    o.memory.sync_set_at_lsn = Some(5_001);
+    assert_eq!(sync_steps(&o, &sync_cfg(false)), Vec::<Action>::new());
+    o.memory.sync_set_at_lsn = Some(5_000);
+    assert_eq!(
+        sync_steps(&o, &sync_cfg(false)),
+        [Action::SetSyncKey {
+            standbys: vec!["pg-b".into()],
+            version: 3
+        }]
+    );
+}
+
+#[test]
+fn a_lost_sync_standby_leaves_the_key_first_then_postgresql() {
+    let c = with_sync_key(cluster(Some("pg-a")), "pg-a", &["pg-b"]);
+    let mut local = primary(5_000);
+    local.sync_setting = Some(first(&["pg-b"]));
+    let o = obs("pg-a", local.clone(), Some(c));
+    assert_eq!(
+        sync_steps(&o, &sync_cfg(false)),
+        [Action::SetSyncKey {
+            standbys: vec![],
+            version: 3
+        }]
+    );
+    let c = with_sync_key(cluster(Some("pg-a")), "pg-a", &[]);
+    let o = obs("pg-a", local.clone(), Some(c.clone()));
+    assert_eq!(
+        sync_steps(&o, &sync_cfg(false)),
+        [Action::SetSyncStandbys(None)],
+        "not strict: commits go on without a synchronous standby"
+    );
+    assert_eq!(
+        sync_steps(&o, &sync_cfg(true)),
+        [Action::SetSyncStandbys(Some(SyncSetting::any_standby()))],
+        "strict: commits wait"
+    );
+}
+
+#[test]
+fn nosync_members_and_the_node_count_shape_the_choice() {
+    let mut c = with_sync_key(cluster(Some("pg-a")), "pg-a", &[]);
+    c.members[1].data.tags.nosync = true;
+    let mut local = primary(5_000);
+    local.standbys = vec![
+        sync_standby("pg-b", 5_000, false),
+        sync_standby("pg-c", 4_000, false),
+    ];
+    let o = obs("pg-a", local.clone(), Some(c));
+    assert_eq!(
+        sync_steps(&o, &sync_cfg(false)),
+        [Action::SetSyncStandbys(Some(first(&["pg-c"])))]
+    );
+    let two = HaConfig {
+        synchronous_node_count: 2,
+        ..sync_cfg(false)
+    };
+    let c = with_sync_key(cluster(Some("pg-a")), "pg-a", &[]);
+    let o = obs("pg-a", local, Some(c));
+    assert_eq!(
+        sync_steps(&o, &two),
+        [Action::SetSyncStandbys(Some(first(&["pg-b", "pg-c"])))]
+    );
+}
+
+#[test]
+fn turning_synchronous_mode_off_empties_the_key_then_the_setting() {
+    let c = with_sync_key(cluster(Some("pg-a")), "pg-a", &["pg-b"]);
+    let mut local = primary(5_000);
+    local.sync_setting = Some(first(&["pg-b"]));
+    let o = obs("pg-a", local.clone(), Some(c));
+    assert_eq!(
+        sync_steps(&o, &cfg()),
+        [Action::SetSyncKey {
+            standbys: vec![],
+            version: 3
+        }]
+    );
+    let c = with_sync_key(cluster(Some("pg-a")), "pg-a", &[]);
+    let o = obs("pg-a", local, Some(c));
+    assert_eq!(sync_steps(&o, &cfg()), [Action::SetSyncStandbys(None)]);
+}
+
+#[test]
+fn only_a_synchronous_standby_or_the_old_leader_may_take_over() {
+    let c = with_sync_key(cluster(None), "pg-a", &["pg-b"]);
+    let o = obs("pg-c", replica(5_000), Some(c.clone()));
+    assert_eq!(decided(&o, &sync_cfg(false)), [Action::Wait]);
+    assert!(reason_of(&o, &sync_cfg(false)).contains("not a synchronous standby"));
+    let o = obs("pg-b", replica(5_000), Some(c.clone()));
+    assert_eq!(decided(&o, &sync_cfg(false)), [Action::AskPeers]);
+    let o = obs("pg-a", replica(5_000), Some(c));
+    assert_eq!(decided(&o, &sync_cfg(false)), [Action::AskPeers]);
 }

@@ -1,0 +1,256 @@
+//! Synchronous replication (`synchronous_mode`): which standbys the primary waits for
+//! (`synchronous_standby_names`), the `sync` key that names them for everyone else, and
+//! who may take over.
+//!
+//! The key may only ever name members that hold every acknowledged write, so the leader
+//! changes the two in this order: a member leaves the key before it leaves
+//! `synchronous_standby_names`; it joins the key only after PostgreSQL reports it as a
+//! synchronous standby and it has flushed the WAL written before it became one.
+
+use super::{act, Action, HaConfig, Observation, Reason, Standby};
+use pgherd_dcs::Cluster;
+
+/// A value of `synchronous_standby_names` that pgherd writes and reads back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSetting {
+    /// `FIRST count (names)`: commits wait for the first `count` connected of `names`.
+    /// `names == ["*"]`: any one standby (strict mode with no candidate: commits wait).
+    pub count: usize,
+    pub names: Vec<String>,
+}
+
+impl SyncSetting {
+    /// Commits wait for any one standby: strict mode when no member may be synchronous.
+    pub fn any_standby() -> SyncSetting {
+        SyncSetting {
+            count: 1,
+            names: vec!["*".into()],
+        }
+    }
+
+    /// As written into postgresql.conf: `FIRST 2 ("node2","node3")`, or `*`.
+    pub fn to_conf(&self) -> String {
+        if self.names == ["*"] {
+            return "*".into();
+        }
+        let names: Vec<String> = self
+            .names
+            .iter()
+            .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
+            .collect();
+        format!("FIRST {} ({})", self.count, names.join(","))
+    }
+
+    /// What `SHOW synchronous_standby_names` printed: `None` for an empty value; a value
+    /// pgherd did not write (another form, `ANY`) reads as one to replace.
+    pub fn parse(text: &str) -> Option<SyncSetting> {
+        let t = text.trim();
+        if t.is_empty() {
+            return None;
+        }
+        if t == "*" {
+            return Some(SyncSetting::any_standby());
+        }
+        let foreign = || SyncSetting {
+            count: 0,
+            names: vec![t.to_string()],
+        };
+        let Some(rest) = t.strip_prefix("FIRST ") else {
+            return Some(foreign());
+        };
+        let Some((count, list)) = rest.split_once(' ') else {
+            return Some(foreign());
+        };
+        let (Ok(count), Some(list)) = (
+            count.parse::<usize>(),
+            list.strip_prefix('(').and_then(|l| l.strip_suffix(')')),
+        ) else {
+            return Some(foreign());
+        };
+        let names = list
+            .split(',')
+            .map(|n| n.trim().trim_matches('"').replace("\"\"", "\""))
+            .collect();
+        Some(SyncSetting { count, names })
+    }
+}
+
+/// The members the `sync` key names as synchronous standbys (empty when none).
+pub fn key_members(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .sync
+        .as_ref()
+        .and_then(|k| k.value.sync_standby.as_deref())
+        .map(|names| {
+            names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Why `name` may not take over in synchronous mode: the `sync` key, once written, names
+/// the members that hold every acknowledged write — its synchronous standbys and the
+/// leader that wrote it. Before the key exists nothing restricts.
+pub(crate) fn not_synchronous(cluster: &Cluster, cfg: &HaConfig, name: &str) -> Option<String> {
+    if !cfg.synchronous_mode {
+        return None;
+    }
+    let key = cluster.sync.as_ref()?;
+    if key.value.leader.as_deref() == Some(name) || key_members(cluster).iter().any(|n| n == name) {
+        return None;
+    }
+    Some(format!(
+        "{name} is not a synchronous standby (synchronous_mode is on)"
+    ))
+}
+
+/// The leader's one step towards the synchronous standbys it should have, if any.
+pub(super) fn manage_sync(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+) -> Option<(Action, Reason)> {
+    let me = obs.me.as_str();
+    let key = cluster.sync.as_ref();
+    let ours = key.is_some_and(|k| k.value.leader.as_deref() == Some(me));
+    let version = key.map_or(0, |k| k.version);
+    let named = if ours {
+        key_members(cluster)
+    } else {
+        Vec::new()
+    };
+    let set_key =
+        |standbys: Vec<String>, why: String| act(Action::SetSyncKey { standbys, version }, why);
+    let current = obs.local.sync_setting.as_ref();
+    if !cfg.synchronous_mode {
+        if ours && !named.is_empty() {
+            return Some(set_key(
+                Vec::new(),
+                "synchronous_mode is off: emptying the sync key first".into(),
+            ));
+        }
+        return current.map(|_| {
+            act(
+                Action::SetSyncStandbys(None),
+                "synchronous_mode is off: clearing synchronous_standby_names",
+            )
+        });
+    }
+    let wanted = wanted_standbys(obs, cluster, cfg, &named);
+    // 1. Leave the key first.
+    let kept: Vec<String> = named
+        .iter()
+        .filter(|n| wanted.contains(n))
+        .cloned()
+        .collect();
+    if !ours || kept.len() != named.len() {
+        let gone: Vec<&String> = named.iter().filter(|n| !wanted.contains(n)).collect();
+        let why = if ours {
+            format!("{gone:?} can no longer be synchronous: removing them from the sync key first")
+        } else {
+            "we lead: taking over the sync key".to_string()
+        };
+        return Some(set_key(kept, why));
+    }
+    // 2. Then PostgreSQL's setting.
+    let setting = match (wanted.is_empty(), cfg.synchronous_mode_strict) {
+        (false, _) => Some(SyncSetting {
+            count: wanted.len(),
+            names: wanted.clone(),
+        }),
+        (true, true) => Some(SyncSetting::any_standby()),
+        (true, false) => None,
+    };
+    if current != setting.as_ref() {
+        let why = match &setting {
+            Some(s) if s.names == ["*"] => "synchronous_mode_strict and no standby may be \
+                synchronous: commits wait for any standby"
+                .to_string(),
+            Some(s) => format!("synchronous standbys should be {:?}", s.names),
+            None => "no standby may be synchronous: commits no longer wait (not strict)".into(),
+        };
+        return Some(act(Action::SetSyncStandbys(setting), why));
+    }
+    // 3. Join the key once PostgreSQL confirms, with the WAL from before flushed.
+    let confirmed: Vec<String> = wanted
+        .iter()
+        .filter(|n| named.contains(n) || confirmed_sync(obs, n))
+        .cloned()
+        .collect();
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    (sorted(&confirmed) != sorted(&named)).then(|| {
+        set_key(
+            confirmed.clone(),
+            format!("{confirmed:?} are synchronous now: naming them in the sync key"),
+        )
+    })
+}
+
+/// The standbys that should be synchronous: streaming, known to the DCS, not tagged
+/// `nosync`; the current ones first (no needless change), then the most advanced.
+fn wanted_standbys(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    named: &[String],
+) -> Vec<String> {
+    let mut candidates: Vec<&Standby> = obs
+        .local
+        .standbys
+        .iter()
+        .filter(|s| s.streaming)
+        .filter(|s| cluster.member(&s.name).is_some_and(|m| !m.data.tags.nosync))
+        .collect();
+    candidates.sort_by(|a, b| {
+        let current = |s: &Standby| !named.contains(&s.name);
+        (current(a), std::cmp::Reverse(a.flush_lsn), &a.name).cmp(&(
+            current(b),
+            std::cmp::Reverse(b.flush_lsn),
+            &b.name,
+        ))
+    });
+    candidates
+        .into_iter()
+        .take(cfg.synchronous_node_count.max(1) as usize)
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// PostgreSQL reports `name` as synchronous, and it has flushed everything written
+/// before our setting took effect (commits acknowledged before that did not wait for it).
+fn confirmed_sync(obs: &Observation, name: &str) -> bool {
+    let since = obs.memory.sync_set_at_lsn.unwrap_or(u64::MAX);
+    obs.local
+        .standbys
+        .iter()
+        .any(|s| s.name == name && s.synchronous && s.flush_lsn.is_some_and(|f| f >= since))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_through_postgresql_conf() {
+        for s in [
+            SyncSetting {
+                count: 2,
+                names: vec!["node2".into(), "no\"de3".into()],
+            },
+            SyncSetting::any_standby(),
+        ] {
+            assert_eq!(SyncSetting::parse(&s.to_conf()), Some(s.clone()));
+        }
+        assert_eq!(SyncSetting::parse(""), None);
+        let foreign = SyncSetting::parse("ANY 1 (a, b)").unwrap();
+        assert_eq!(foreign.count, 0, "not ours: to be replaced");
+    }
+}
