@@ -139,14 +139,15 @@ wait_commits() {     # wait_commits LOGFILE N
 # until the first commit on a server other than OLD_PORT; and the failed transactions
 # after T0. Prints "WINDOW FAILED", or nothing when no commit reached another server.
 measure() {          # measure LOGFILE T0 OLD_PORT
+  # (awk reads to the end: an early exit would kill sort with SIGPIPE under pipefail)
   sort -k2,2g "$1" | awk -v t0="$2" -v old="$3" '
-    $2 + 0 < t0 + 0 { next }
+    BEGIN { last = t0; worst = 0; failed = 0 }
+    done || $2 + 0 < t0 + 0 { next }
     $1 == "err" { failed++; next }
     $1 == "ok" {
       gap = $2 - last; if (gap > worst) worst = gap; last = $2
-      if ($3 != old) { printf "%.2f %d\n", worst, failed; done = 1; exit }
-    }
-    BEGIN { last = t0; worst = 0; failed = 0 }'
+      if ($3 != old) { printf "%.2f %d\n", worst, failed; done = 1 }
+    }'
 }
 
 # ---------------------------------------------------------------- rounds

@@ -380,7 +380,7 @@ mod tests;
 
 use requests::{race_with_request, request_kind, request_to_leader};
 pub(crate) use sync::not_synchronous;
-pub use sync::{key_members, SyncSetting};
+pub use sync::{key_members, sync_setting_on_restart, SyncSetting};
 
 /// Decide what this member does now. See the module docs for the execution rule.
 ///
@@ -588,10 +588,11 @@ fn start_stopped(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(A
     // We gave the leader key up (our primary crashed, or we stepped down): stay stopped
     // for a ttl, so that we neither answer as a candidate nor race for the key while
     // another member takes over.
+    // (A clock that went back ends the wait rather than stretching it.)
     let released_for = obs
         .memory
         .released_leader_at
-        .map(|at| obs.now.saturating_sub(at));
+        .and_then(|at| obs.now.checked_sub(at));
     if cluster.leader.is_none() && released_for.is_some_and(|t| t < cfg.ttl) {
         return wait(
             "we released the leader key less than a ttl ago: staying stopped while another \
@@ -771,6 +772,7 @@ fn lead(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Re
         "holding the leader key: renewing it",
     )];
     if obs.local.in_recovery {
+        actions.extend(sync::claim_sync_key(obs, cluster, cfg));
         actions.push(act(
             Action::Promote,
             "holding the leader lock but in recovery: promoting",
@@ -883,7 +885,7 @@ fn race_for_leader(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<
             "no leader: asking other members how far they got",
         )];
     };
-    if let Some(why) = healthier_peer(obs, peers) {
+    if let Some(why) = healthier_peer(obs, cluster, cfg, peers) {
         return wait(format!("no leader, but not the healthiest member: {why}"));
     }
     take_over(
@@ -900,10 +902,9 @@ fn take_over(
     cfg: &HaConfig,
     why: impl Into<Reason>,
 ) -> Vec<(Action, Reason)> {
-    let mut actions = vec![
-        act(Action::AcquireLeader, why),
-        act(Action::Promote, "acquired the leader lock: promoting"),
-    ];
+    let mut actions = vec![act(Action::AcquireLeader, why)];
+    actions.extend(sync::claim_sync_key(obs, cluster, cfg));
+    actions.push(act(Action::Promote, "acquired the leader lock: promoting"));
     if let Some(failover) = &cluster.failover {
         actions.push(act(
             Action::ClearFailover {
@@ -951,9 +952,15 @@ fn failover_ineligibility(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) 
 }
 
 /// A peer that should take over rather than us, if any. A live primary blocks everyone;
-/// otherwise the furthest WAL position on the same or a newer timeline wins, and equal
-/// positions go to the lowest name so that exactly one member tries first.
-fn healthier_peer(obs: &Observation, peers: &[PeerStatus]) -> Option<String> {
+/// otherwise, among the peers that may take over, the furthest WAL position on the same
+/// or a newer timeline wins, and equal positions go to the lowest name so that exactly one
+/// member tries first.
+fn healthier_peer(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    peers: &[PeerStatus],
+) -> Option<String> {
     let my_lsn = obs.local.wal_lsn.unwrap_or(0);
     let my_timeline = obs.local.timeline.unwrap_or(0);
     for peer in peers.iter().filter(|p| p.name != obs.me) {
@@ -961,7 +968,11 @@ fn healthier_peer(obs: &Observation, peers: &[PeerStatus]) -> Option<String> {
             return Some(format!("{} still runs a primary", peer.name));
         }
         let Some(lsn) = peer.wal_lsn else { continue };
-        if peer.nofailover || peer.timeline.is_some_and(|t| t < my_timeline) {
+        // A peer that may not take over does not hold us back.
+        if peer.nofailover
+            || peer.timeline.is_some_and(|t| t < my_timeline)
+            || not_synchronous(cluster, cfg, &peer.name).is_some()
+        {
             continue;
         }
         if lsn > my_lsn || (lsn == my_lsn && peer.name < obs.me) {

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+/// How often the agent looks whether its postmaster still runs, between ticks.
+const POSTMASTER_CHECK: Duration = Duration::from_millis(250);
+
 /// How often a replica that does not stream yet looks again.
 const STREAM_CHECK: Duration = Duration::from_secs(1);
 
@@ -287,6 +290,7 @@ impl Agent {
             }
             let command = tokio::select! {
                 _ = self.wait_for_change(wait) => None,
+                _ = self.postmaster_exit() => None,
                 _ = shutdown.changed() => None,
                 c = next_command(&mut commands) => c,
             };
@@ -296,6 +300,18 @@ impl Agent {
         }
         self.answer_pending(Err("the agent is shutting down".into()));
         self.shutdown().await;
+    }
+
+    /// Resolves when a postmaster that ran at the last tick has gone (a crash is acted on
+    /// at once, not a loop later); never while none runs.
+    async fn postmaster_exit(&self) {
+        if !self.status.get().running || self.pg.postmaster_pid().is_none() {
+            return std::future::pending().await;
+        }
+        while self.pg.postmaster_pid().is_some() {
+            tokio::time::sleep(POSTMASTER_CHECK).await;
+        }
+        info!(member = %self.spec.name, "PostgreSQL's postmaster exited");
     }
 
     /// A running replica of another leader whose WAL receiver does not stream yet.
@@ -741,6 +757,13 @@ impl Agent {
                     self.lease_lost();
                     return Ok(false);
                 }
+                if let Some(c) = cluster {
+                    self.sync_standbys = crate::decide::sync_setting_on_restart(
+                        &self.dynamic.ha,
+                        c,
+                        &self.spec.name,
+                    );
+                }
                 self.write_config(None).await?;
                 self.status.update(starting);
                 self.pg.start(self.spec.pg_ctl_timeout).await?;
@@ -927,6 +950,19 @@ impl Agent {
             ));
         }
         self.lease_renewed(sent);
+        if self.dynamic.ha.synchronous_mode {
+            // Before any commit: until a standby is synchronous, only we may lead.
+            let sync = pgherd_dcs::SyncState {
+                leader: Some(self.spec.name.clone()),
+                sync_standby: None,
+            };
+            self.dcs.set_sync(&sync, None).await?;
+            self.sync_standbys = self
+                .dynamic
+                .ha
+                .synchronous_mode_strict
+                .then(SyncSetting::any_standby);
+        }
         self.write_config(None).await?;
         self.pg.start(self.spec.pg_ctl_timeout).await?;
         let (superuser, replication, rewind) = (
@@ -977,6 +1013,15 @@ impl Agent {
             &self.spec.name,
         );
         self.leased(self.dcs.set_history(&history)).await?;
+        if self.dynamic.ha.synchronous_mode {
+            // Written while still a standby, so that not one commit of the new primary is
+            // acknowledged without the synchronous standbys it must wait for.
+            if let Some(c) = cluster {
+                self.sync_standbys =
+                    crate::decide::sync_setting_on_restart(&self.dynamic.ha, c, &self.spec.name);
+            }
+            self.rewrite_config_and_reload().await?;
+        }
         self.pg.promote(self.spec.pg_ctl_timeout).await?;
         self.status.update(|s| s.promotions += 1);
         info!(member = %self.spec.name, ended_timeline, switch_lsn = %pg::format_lsn(switch_lsn), "promoted");
@@ -999,6 +1044,7 @@ impl Agent {
             s.role = Role::Demoted;
             s.holds_leader = false;
         });
+        self.sync_standbys = None;
         if mode == DemoteMode::Offline {
             // Read-only until the DCS says who leads.
             self.write_config(Some(&StandbyConfig {
@@ -1086,15 +1132,13 @@ impl Agent {
         };
         let slot = (self.dynamic.ha.use_slots && primary.is_some())
             .then(|| pg::slot_name(&self.spec.name));
+        // A standby waits for nobody; a later promotion chooses afresh.
+        self.sync_standbys = None;
         self.write_config(Some(&StandbyConfig { primary, slot }))
             .await
     }
 
     async fn write_config(&mut self, standby: Option<&StandbyConfig>) -> Result<(), ActionError> {
-        if standby.is_some() {
-            // A standby waits for nobody; a later promotion chooses afresh.
-            self.sync_standbys = None;
-        }
         let Merged {
             params,
             overruled,

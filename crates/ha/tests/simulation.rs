@@ -8,12 +8,13 @@
 //! default; `PGHERD_SIM_SEED=S` runs just seed S (with its full log on failure).
 
 use pgherd_dcs::{
-    Cluster, ClusterStatus, FailoverRequest, HistoryEntry, Member, MemberData, Tags, Versioned,
+    Cluster, ClusterStatus, FailoverRequest, HistoryEntry, Member, MemberData, SyncState, Tags,
+    Versioned,
 };
 use pgherd_ha::runner::iso8601;
 use pgherd_ha::{
-    decide, history_after_promotion, Action, AgentMemory, DataDirState, DemoteMode, HaConfig,
-    LocalPg, Millis, Observation, PeerStatus, Standby,
+    decide, history_after_promotion, sync_setting_on_restart, Action, AgentMemory, DataDirState,
+    DemoteMode, HaConfig, LocalPg, Millis, Observation, PeerStatus, Standby, SyncSetting,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -79,6 +80,9 @@ struct FakeDcs {
     /// The `failover` key and its version.
     failover: Option<(FailoverRequest, i64)>,
     failover_version: i64,
+    /// The `sync` key and its version.
+    sync: Option<(SyncState, i64)>,
+    sync_version: i64,
 }
 
 impl FakeDcs {
@@ -147,7 +151,10 @@ impl FakeDcs {
                 value: r.clone(),
                 version: *v,
             }),
-            sync: None,
+            sync: self.sync.as_ref().map(|(v, version)| Versioned {
+                value: v.clone(),
+                version: *version,
+            }),
             status: self.status.clone(),
         }
     }
@@ -170,6 +177,8 @@ struct Pg {
     /// Stopped cleanly as a primary: the WAL ends with a shutdown checkpoint record that
     /// starts one byte before `lsn`.
     clean_stop: bool,
+    /// `synchronous_standby_names` as applied.
+    ssn: Option<SyncSetting>,
 }
 
 impl Pg {
@@ -184,6 +193,7 @@ impl Pg {
             following: None,
             sysid: None,
             clean_stop: false,
+            ssn: None,
         }
     }
 
@@ -215,7 +225,7 @@ impl Pg {
             system_identifier: self.sysid.clone(),
             shut_down_cleanly: self.shut_down_cleanly(),
             standbys: Vec::new(),
-            sync_setting: None,
+            sync_setting: if self.running { self.ssn.clone() } else { None },
         }
     }
 
@@ -225,6 +235,7 @@ impl Pg {
 
     fn start_standby(&mut self, upstream: Option<String>) {
         self.clean_stop = false;
+        self.ssn = None;
         self.running = true;
         self.in_recovery = true;
         self.following = upstream;
@@ -354,6 +365,9 @@ struct Sim {
     /// The last clean step-down that released the leader key: who, on which timeline,
     /// and where its WAL ends. Cleared by the next promotion.
     handed_over: Option<(String, u32, u64)>,
+    /// Per timeline, the highest WAL position a commit was acknowledged at: with no
+    /// synchronous standby set at once, else once the synchronous standbys flushed it.
+    acked: BTreeMap<u32, u64>,
     faults: u32,
     events: u64,
     /// When maintenance mode last ended: a primary whose lease ran out while paused gets
@@ -401,9 +415,9 @@ impl Sim {
             use_pg_rewind: rng.random_bool(0.7),
             use_slots: rng.random_bool(0.5),
             paused: false,
-            synchronous_mode: false,
-            synchronous_mode_strict: false,
-            synchronous_node_count: 1,
+            synchronous_mode: rng.random_bool(0.3),
+            synchronous_mode_strict: rng.random_bool(0.5),
+            synchronous_node_count: rng.random_range(1..=2),
             primary_start_timeout: if rng.random_bool(0.5) { 0 } else { 300_000 },
         };
         let mut sim = Sim {
@@ -422,6 +436,7 @@ impl Sim {
             promotions: 0,
             requested_promotions: 0,
             handed_over: None,
+            acked: BTreeMap::new(),
             faults: 0,
             events: 0,
             resumed_from_pause_at: None,
@@ -517,11 +532,59 @@ impl Sim {
             for i in 0..self.nodes.len() {
                 self.replicate(i, dt);
             }
+            for i in 0..self.nodes.len() {
+                self.acknowledge(i);
+            }
         }
         if self.dcs.expire(self.now) {
             self.note(|| "leader key expired".into());
             self.watch_fires();
         }
+    }
+
+    /// Commits on a primary are acknowledged at once without synchronous standbys, else
+    /// up to where all of them (FIRST n) have flushed; with too few connected they wait.
+    fn acknowledge(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        if !(n.alive && !n.frozen && n.pg.writable()) {
+            return;
+        }
+        let acked = match &n.pg.ssn {
+            None => Some(n.pg.lsn),
+            Some(setting) => {
+                let sync = self.sync_standbys_of(i);
+                let lsns: Vec<u64> = sync
+                    .iter()
+                    .filter_map(|name| self.nodes.iter().find(|m| m.name == *name))
+                    .map(|m| m.pg.lsn.min(n.pg.lsn))
+                    .collect();
+                (lsns.len() >= setting.count.max(1)).then(|| lsns.into_iter().min().unwrap_or(0))
+            }
+        };
+        if let Some(a) = acked {
+            let t = n.pg.timeline;
+            let e = self.acked.entry(t).or_insert(0);
+            *e = (*e).max(a);
+        }
+    }
+
+    /// The standbys node `i`'s commits wait for: of the streaming ones, the first
+    /// `count` named in its setting, or for `*` the first one.
+    fn sync_standbys_of(&self, i: usize) -> Vec<String> {
+        let Some(setting) = &self.nodes[i].pg.ssn else {
+            return Vec::new();
+        };
+        let streaming: Vec<String> = self.standbys_of(i).into_iter().map(|s| s.name).collect();
+        if setting.names == ["*"] {
+            return streaming.into_iter().take(1).collect();
+        }
+        setting
+            .names
+            .iter()
+            .filter(|n| streaming.contains(n))
+            .take(setting.count)
+            .cloned()
+            .collect()
     }
 
     fn replicate(&mut self, i: usize, dt: Millis) {
@@ -687,9 +750,8 @@ impl Sim {
                 Action::Restart { .. } | Action::Reload | Action::Reinitialize { .. } => {
                     unreachable!("the simulation sends no operator requests")
                 }
-                Action::SetSyncStandbys(_) | Action::SetSyncKey { .. } => {
-                    unreachable!("the simulation does not run synchronous mode yet")
-                }
+                Action::SetSyncStandbys(_) => self.rng.random_range(20..200),
+                Action::SetSyncKey { .. } => dcs_call(self),
             },
         };
         if duration == 0 {
@@ -775,7 +837,11 @@ impl Sim {
         }
         let mut local = self.nodes[i].pg.local();
         if self.nodes[i].pg.writable() {
+            let sync = self.sync_standbys_of(i);
             local.standbys = self.standbys_of(i);
+            for s in local.standbys.iter_mut() {
+                s.synchronous = sync.contains(&s.name);
+            }
         }
         let node = &self.nodes[i];
         let obs = Observation {
@@ -897,8 +963,27 @@ impl Sim {
             Action::Restart { .. } | Action::Reload | Action::Reinitialize { .. } => {
                 unreachable!("the simulation sends no operator requests")
             }
-            Action::SetSyncStandbys(_) | Action::SetSyncKey { .. } => {
-                unreachable!("the simulation does not run synchronous mode yet")
+            Action::SetSyncStandbys(setting) => {
+                let node = &mut self.nodes[i];
+                if !node.pg.writable() {
+                    return false;
+                }
+                node.pg.ssn = setting.clone();
+                node.memory.sync_set_at_lsn = Some(node.pg.lsn);
+                true
+            }
+            Action::SetSyncKey { standbys, version } => {
+                let current = self.dcs.sync.as_ref().map_or(0, |(_, v)| *v);
+                if !dcs_ok || current != *version {
+                    return false;
+                }
+                self.dcs.sync_version += 1;
+                let value = SyncState {
+                    leader: Some(name.clone()),
+                    sync_standby: (!standbys.is_empty()).then(|| standbys.join(",")),
+                };
+                self.dcs.sync = Some((value, self.dcs.sync_version));
+                true
             }
             Action::ClearFailover { version } => {
                 if !dcs_ok {
@@ -996,6 +1081,7 @@ impl Sim {
                 if !self.lease_still_ours(i) {
                     return false;
                 }
+                let ssn = sync_setting_on_restart(&self.cfg, &self.dcs.snapshot(), &name);
                 let pg = &mut self.nodes[i].pg;
                 if pg.data != DataDirState::Primary {
                     return false;
@@ -1004,6 +1090,7 @@ impl Sim {
                     pg.clean_stop = false;
                     pg.running = true;
                     pg.in_recovery = false;
+                    pg.ssn = ssn;
                     pg.following = None;
                 }
                 true
@@ -1114,6 +1201,15 @@ impl Sim {
         let lease = self.dcs.renew(&name, self.now, self.timing.ttl);
         self.take_leader_key(i, lease);
         self.watch_fires();
+        if self.cfg.synchronous_mode {
+            // The runner's bootstrap: the sync key names the new leader before any commit.
+            self.dcs.sync_version += 1;
+            let value = SyncState {
+                leader: Some(name.clone()),
+                sync_standby: None,
+            };
+            self.dcs.sync = Some((value, self.dcs.sync_version));
+        }
         let pg = &mut self.nodes[i].pg;
         if pg.data == DataDirState::Empty {
             // initdb, then start the fresh primary under the lease just taken.
@@ -1127,6 +1223,7 @@ impl Sim {
                 following: None,
                 sysid: Some(sysid),
                 clean_stop: false,
+                ssn: None,
             };
             self.created_timelines.insert(1);
             self.nodes[i].max_timeline = 1;
@@ -1160,6 +1257,15 @@ impl Sim {
                 "{name} promoted at {lsn}, beyond the lag limit of optime {optime}"
             ));
         }
+        // Synchronous mode: no acknowledged commit is lost.
+        if self.cfg.synchronous_mode {
+            if let Some(acked) = self.acked.get(&ended).copied().filter(|a| lsn < *a) {
+                self.fail(&format!(
+                    "{name} promoted at {lsn} on timeline {ended}, but commits were \
+                     acknowledged up to {acked} in synchronous mode"
+                ));
+            }
+        }
         // A switchover loses no write: whoever takes over after the old leader stopped
         // cleanly and released the key holds all of its WAL. (When the release did not
         // reach the DCS, the lease runs out and it is an ordinary failover.)
@@ -1171,7 +1277,9 @@ impl Sim {
                 ));
             }
         }
+        let ssn = sync_setting_on_restart(&self.cfg, &self.dcs.snapshot(), &name);
         let pg = &mut self.nodes[i].pg;
+        pg.ssn = ssn;
         pg.history.push((ended, lsn));
         pg.timeline += 1;
         pg.in_recovery = false;

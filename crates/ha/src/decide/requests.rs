@@ -245,7 +245,7 @@ pub(super) fn race_with_request(
         .filter(|p| Some(p.name.as_str()) != old_leader)
         .cloned()
         .collect();
-    if let Some(why) = healthier_peer(obs, &others) {
+    if let Some(why) = healthier_peer(obs, cluster, cfg, &others) {
         return wait(format!(
             "a {kind} is pending, but not the healthiest member: {why}"
         ));

@@ -108,6 +108,52 @@ pub(crate) fn not_synchronous(cluster: &Cluster, cfg: &HaConfig, name: &str) -> 
     ))
 }
 
+/// `synchronous_standby_names` for a primary that starts again under its lease (after a
+/// crash or an agent restart): the standbys its `sync` key names, so commits keep waiting
+/// for exactly the members that may take over.
+pub fn sync_setting_on_restart(cfg: &HaConfig, cluster: &Cluster, me: &str) -> Option<SyncSetting> {
+    if !cfg.synchronous_mode {
+        return None;
+    }
+    let ours = cluster
+        .sync
+        .as_ref()
+        .is_some_and(|k| k.value.leader.as_deref() == Some(me));
+    let names = if ours {
+        key_members(cluster)
+    } else {
+        Vec::new()
+    };
+    if names.is_empty() {
+        return cfg.synchronous_mode_strict.then(SyncSetting::any_standby);
+    }
+    Some(SyncSetting {
+        count: names.len(),
+        names,
+    })
+}
+
+/// A new leader in synchronous mode writes the `sync` key naming itself and nobody else
+/// before it promotes: the old key may name standbys that will not receive the commits
+/// it acknowledges before it has synchronous standbys of its own.
+pub(super) fn claim_sync_key(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+) -> Option<(Action, Reason)> {
+    let key = cluster.sync.as_ref();
+    let ours = key.is_some_and(|k| k.value.leader.as_deref() == Some(obs.me.as_str()));
+    (cfg.synchronous_mode && !ours).then(|| {
+        act(
+            Action::SetSyncKey {
+                standbys: Vec::new(),
+                version: key.map_or(0, |k| k.version),
+            },
+            "synchronous mode: naming us alone in the sync key before promoting",
+        )
+    })
+}
+
 /// The leader's one step towards the synchronous standbys it should have, if any.
 pub(super) fn manage_sync(
     obs: &Observation,
