@@ -32,6 +32,7 @@ fn demo_ha() -> HaConfig {
         synchronous_mode: false,
         synchronous_mode_strict: false,
         synchronous_node_count: 1,
+        member_slots_ttl: 1_800_000,
         primary_start_timeout: 300_000,
     }
 }

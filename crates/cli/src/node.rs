@@ -87,6 +87,7 @@ pub fn spec_from_config(
         synchronous_mode: d.synchronous_mode,
         synchronous_mode_strict: d.synchronous_mode_strict,
         synchronous_node_count: d.synchronous_node_count,
+        member_slots_ttl: d.member_slots_ttl.as_millis() as u64,
         primary_start_timeout: d.primary_start_timeout.as_millis() as u64,
     };
     let api_listen = resolve(&cfg.restapi.listen.host, cfg.restapi.listen.port)

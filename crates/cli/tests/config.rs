@@ -137,6 +137,7 @@ fn bootstrap_dcs_becomes_patroni_shaped_config_json() {
             "ttl": 30, "loop_wait": 10, "retry_timeout": 10,
             "maximum_lag_on_failover": 1048576,
             "synchronous_mode": false, "synchronous_mode_strict": false,
+            "synchronous_node_count": 1, "member_slots_ttl": 1800,
             "primary_start_timeout": 300,
             "postgresql": {
                 "use_pg_rewind": true, "use_slots": true,

@@ -39,6 +39,9 @@ pub struct HaConfig {
     pub synchronous_mode_strict: bool,
     /// `synchronous_node_count`: how many synchronous standbys (default 1).
     pub synchronous_node_count: u32,
+    /// How long the leader keeps the replication slot of a member whose key vanished
+    /// (Patroni 4's `member_slots_ttl`, default 30 min; 0: drop it at once).
+    pub member_slots_ttl: Millis,
     /// How long a crashed primary is restarted in place before its leader key is released
     /// (0: at once).
     pub primary_start_timeout: Millis,
@@ -124,6 +127,8 @@ pub struct AgentMemory {
     /// The primary's WAL position when it last changed `synchronous_standby_names`: a new
     /// synchronous standby joins the `sync` key once it has flushed that far.
     pub sync_set_at_lsn: Option<u64>,
+    /// When each member's key was last seen (for `member_slots_ttl`).
+    pub members_seen: std::collections::BTreeMap<String, Millis>,
 }
 
 impl AgentMemory {
@@ -139,6 +144,9 @@ impl AgentMemory {
     /// Note a successful read of the DCS at `now`. A clock that went back restarts the
     /// count, so no wait it bounds can last longer than meant.
     pub fn saw_cluster(&mut self, cluster: &Cluster, now: Millis) {
+        for m in &cluster.members {
+            self.members_seen.insert(m.name.clone(), now);
+        }
         if cluster.leader.is_some() {
             self.no_leader_since = None;
         } else if self.no_leader_since.is_none_or(|since| since > now) {
@@ -799,19 +807,34 @@ fn lead(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Re
 }
 
 /// One physical slot per other member, so none of them loses WAL it still needs.
+/// A member whose key vanished (it reboots, its agent restarts) keeps its slot for
+/// `member_slots_ttl`, so that it can resume streaming instead of being cloned again.
 fn keep_slots(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Option<(Action, Reason)> {
     if !cfg.use_slots {
         return None;
     }
-    let slots = cluster
+    let recently_seen = obs
+        .memory
+        .members_seen
+        .iter()
+        .filter(|(_, at)| {
+            obs.now
+                .checked_sub(**at)
+                .is_some_and(|ago| ago < cfg.member_slots_ttl)
+        })
+        .map(|(name, _)| name.as_str());
+    let names: std::collections::BTreeSet<&str> = cluster
         .members
         .iter()
-        .filter(|m| m.name != obs.me)
-        .map(|m| slot_name(&m.name))
+        .map(|m| m.name.as_str())
+        .chain(recently_seen)
+        .filter(|n| *n != obs.me)
         .collect();
+    let slots = names.into_iter().map(slot_name).collect();
     Some(act(
         Action::EnsureSlots(slots),
-        "keeping one replication slot per other member",
+        "keeping one replication slot per other member (and for member_slots_ttl after one \
+         vanished)",
     ))
 }
 

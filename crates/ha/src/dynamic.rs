@@ -24,6 +24,8 @@ pub struct DynamicConfig {
     pub synchronous_mode_strict: bool,
     /// How many synchronous standbys (default 1).
     pub synchronous_node_count: u32,
+    /// How long the leader keeps a vanished member's replication slot (default 30 min).
+    pub member_slots_ttl: Duration,
     /// How long a crashed primary is restarted in place before its leader key is
     /// released for a failover (default 300 s; 0: release at once).
     pub primary_start_timeout: Duration,
@@ -70,6 +72,7 @@ impl Default for DynamicConfig {
             synchronous_mode: false,
             synchronous_mode_strict: false,
             synchronous_node_count: 1,
+            member_slots_ttl: Duration::from_secs(1800),
             primary_start_timeout: Duration::from_secs(300),
             pause: false,
             postgresql: DynamicPostgresql::default(),
@@ -117,6 +120,10 @@ impl DynamicConfig {
             self.synchronous_node_count.into(),
         );
         out.insert(
+            "member_slots_ttl".into(),
+            seconds_json(self.member_slots_ttl),
+        );
+        out.insert(
             "primary_start_timeout".into(),
             seconds_json(self.primary_start_timeout),
         );
@@ -150,6 +157,7 @@ pub struct Read {
     pub synchronous_mode: Option<bool>,
     pub synchronous_mode_strict: Option<bool>,
     pub synchronous_node_count: Option<u32>,
+    pub member_slots_ttl: Option<Duration>,
     pub primary_start_timeout: Option<Duration>,
     pub pause: Option<bool>,
     pub use_pg_rewind: Option<bool>,
@@ -186,6 +194,7 @@ impl Read {
             synchronous_node_count: self
                 .synchronous_node_count
                 .unwrap_or(d.synchronous_node_count),
+            member_slots_ttl: self.member_slots_ttl.unwrap_or(d.member_slots_ttl),
             primary_start_timeout: self
                 .primary_start_timeout
                 .unwrap_or(d.primary_start_timeout),
@@ -231,6 +240,7 @@ pub fn read(value: &Value) -> Read {
                     None => None,
                 };
             }
+            "member_slots_ttl" => r.member_slots_ttl = seconds(&mut r, key, v, 0),
             // Patroni's older name for the same setting.
             "primary_start_timeout" | "master_start_timeout" => {
                 r.primary_start_timeout = seconds(&mut r, key, v, 0)
@@ -352,6 +362,9 @@ pub fn apply(base: &HaConfig, config: Option<&Value>) -> Dynamic {
     ha.synchronous_node_count = r
         .synchronous_node_count
         .unwrap_or(base.synchronous_node_count);
+    if let Some(t) = r.member_slots_ttl {
+        ha.member_slots_ttl = millis(t);
+    }
     if let Some(t) = r.primary_start_timeout {
         ha.primary_start_timeout = millis(t);
     }
@@ -438,11 +451,34 @@ fn number(v: &Value) -> Option<f64> {
     (f.is_finite() && f >= 0.0).then_some(f)
 }
 
+/// A number of seconds, or a string with Patroni's units: `45`, `"45s"`, `"30min"`,
+/// `"1h"`, `"1d"`, `"500ms"`.
+fn seconds_value(v: &Value) -> Option<f64> {
+    let Value::String(text) = v else {
+        return number(v);
+    };
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (amount, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return None,
+    };
+    number(&Value::String(amount.trim().to_string())).map(|f| f * scale)
+}
+
 /// Seconds, at least `min`.
 fn seconds(r: &mut Read, path: &str, v: &Value, min: u64) -> Option<Duration> {
     // Durations up to ~31 years; beyond that is surely a mistake, and from_secs_f64
     // panics on overflow.
-    let Some(d) = number(v).filter(|f| *f < 1e9).map(Duration::from_secs_f64) else {
+    let Some(d) = seconds_value(v)
+        .filter(|f| *f < 1e9)
+        .map(Duration::from_secs_f64)
+    else {
         r.problem(
             path,
             format!("must be a number of seconds, got {}", show(v)),
@@ -658,6 +694,7 @@ mod tests {
             synchronous_mode: false,
             synchronous_mode_strict: false,
             synchronous_node_count: 1,
+            member_slots_ttl: 1_800_000,
             primary_start_timeout: 300_000,
         }
     }

@@ -1499,6 +1499,7 @@ pub fn default_ha_config() -> HaConfig {
         synchronous_mode: false,
         synchronous_mode_strict: false,
         synchronous_node_count: 1,
+        member_slots_ttl: 1_800_000,
         primary_start_timeout: 300_000,
     }
 }

@@ -418,6 +418,7 @@ impl Sim {
             synchronous_mode: rng.random_bool(0.3),
             synchronous_mode_strict: rng.random_bool(0.5),
             synchronous_node_count: rng.random_range(1..=2),
+            member_slots_ttl: 1_800_000,
             primary_start_timeout: if rng.random_bool(0.5) { 0 } else { 300_000 },
         };
         let mut sim = Sim {

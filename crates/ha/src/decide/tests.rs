@@ -19,6 +19,7 @@ fn cfg() -> HaConfig {
         synchronous_mode: false,
         synchronous_mode_strict: false,
         synchronous_node_count: 1,
+        member_slots_ttl: 1_800_000,
         primary_start_timeout: 300_000,
     }
 }
@@ -1365,4 +1366,19 @@ fn only_a_synchronous_standby_or_the_old_leader_may_take_over() {
     assert_eq!(decided(&o, &sync_cfg(false)), [Action::AskPeers]);
     let o = obs("pg-a", replica(5_000), Some(c));
     assert_eq!(decided(&o, &sync_cfg(false)), [Action::AskPeers]);
+}
+
+#[test]
+fn a_vanished_members_slot_is_kept_for_member_slots_ttl() {
+    let mut c = cluster(Some("pg-a"));
+    c.members.retain(|m| m.name != "pg-c");
+    let ten_minutes = HaConfig {
+        member_slots_ttl: 600_000,
+        ..cfg()
+    };
+    let mut o = obs("pg-a", primary(5_000), Some(c));
+    o.memory.members_seen.insert("pg-c".into(), o.now - 60_000);
+    assert!(decided(&o, &ten_minutes).contains(&slots(&["pg_b", "pg_c"])));
+    o.memory.members_seen.insert("pg-c".into(), o.now - 600_000);
+    assert!(decided(&o, &ten_minutes).contains(&slots(&["pg_b"])));
 }
