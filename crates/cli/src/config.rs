@@ -172,6 +172,9 @@ pub struct PostgresqlConfig {
     pub use_slots: Option<bool>,
     /// `postgresql.basebackup` as pg_basebackup arguments (`--max-rate=100M`).
     pub basebackup: Vec<String>,
+    /// `postgresql.callbacks` (`on_start`, `on_stop`, `on_restart`, `on_reload`,
+    /// `on_role_change`) and `postgresql.pre_promote`, each split into words.
+    pub callbacks: pgherd_ha::Callbacks,
 }
 
 /// `postgresql.authentication`
@@ -457,6 +460,46 @@ impl<'a> Section<'a> {
         let v = self.take(key)?;
         seconds_value(ctx, &self.path(key), v)
     }
+}
+
+/// `postgresql.callbacks` and `postgresql.pre_promote`: command lines, split as a shell
+/// would split them.
+fn callbacks(ctx: &mut Ctx, s: &mut Section) -> pgherd_ha::Callbacks {
+    let command = |ctx: &mut Ctx, path: String, v: Option<String>| -> Option<Vec<String>> {
+        let line = v?;
+        match pgherd_ha::spec::split_command_line(&line) {
+            Some(words) if !words.is_empty() => Some(words),
+            Some(_) => {
+                ctx.error(&path, "must not be empty");
+                None
+            }
+            None => {
+                ctx.error(&path, "has an unclosed quote");
+                None
+            }
+        }
+    };
+    let mut out = pgherd_ha::Callbacks::default();
+    let path = s.path("pre_promote");
+    let pre_promote = s.string(ctx, "pre_promote");
+    out.pre_promote = command(ctx, path, pre_promote);
+    let Some(v) = s.take("callbacks") else {
+        return out;
+    };
+    let mut cb = Section::of(ctx, &s.path("callbacks"), Some(v));
+    for (key, slot) in [
+        ("on_start", &mut out.on_start),
+        ("on_stop", &mut out.on_stop),
+        ("on_restart", &mut out.on_restart),
+        ("on_reload", &mut out.on_reload),
+        ("on_role_change", &mut out.on_role_change),
+    ] {
+        let path = cb.path(key);
+        let line = cb.string(ctx, key);
+        *slot = command(ctx, path, line);
+    }
+    cb.finish(ctx);
+    out
 }
 
 fn untag(mut v: &Value) -> &Value {
@@ -1269,9 +1312,8 @@ fn postgresql(ctx: &mut Ctx, root: &mut Section<'_>) -> PostgresqlConfig {
     for key in ["use_unix_socket", "use_unix_socket_repl"] {
         s.accept(key);
     }
+    let callbacks = callbacks(ctx, &mut s);
     for key in [
-        "callbacks",
-        "pre_promote",
         "before_stop",
         "config_dir",
         "custom_conf",
@@ -1302,6 +1344,7 @@ fn postgresql(ctx: &mut Ctx, root: &mut Section<'_>) -> PostgresqlConfig {
         use_pg_rewind,
         use_slots,
         basebackup,
+        callbacks,
     }
 }
 

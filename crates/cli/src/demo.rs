@@ -167,6 +167,7 @@ async fn start_members(
             instance,
             rewind: None,
             pg_ctl_timeout: Duration::from_secs(60),
+            callbacks: Default::default(),
         };
         let dcs: Arc<dyn Dcs> = Arc::new(MemoryDcs::new(
             store.clone(),

@@ -131,6 +131,7 @@ pub fn spec_from_config(
         instance,
         rewind: pg.authentication.rewind.clone(),
         pg_ctl_timeout: pg.pg_ctl_timeout,
+        callbacks: pg.callbacks.clone(),
     })
 }
 

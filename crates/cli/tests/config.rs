@@ -668,21 +668,38 @@ fn unsupported_patroni_sections_are_ignored_with_a_warning() {
 }
 
 #[test]
-fn callbacks_and_other_replica_methods_are_accepted_with_a_warning() {
+fn callbacks_are_read_and_other_replica_methods_accepted_with_a_warning() {
     let yaml = MINIMAL.replace(
         "  data_dir: /tmp/data\n",
-        "  data_dir: /tmp/data\n  callbacks:\n    on_start: /bin/true\n  \
+        "  data_dir: /tmp/data\n  callbacks:\n    on_start: /bin/cb --tag 'a b'\n    \
+         on_role_change: /bin/true\n  pre_promote: /bin/check\n  \
          create_replica_methods: [wal_e, basebackup]\n",
     );
     let l = ok(&yaml);
-    assert!(l
+    let cb = &l.config.postgresql.callbacks;
+    assert_eq!(
+        cb.on_start,
+        Some(vec!["/bin/cb".into(), "--tag".into(), "a b".into()])
+    );
+    assert_eq!(cb.on_role_change, Some(vec!["/bin/true".to_string()]));
+    assert_eq!(cb.pre_promote, Some(vec!["/bin/check".to_string()]));
+    assert_eq!(cb.on_stop, None);
+    assert!(!l
         .warnings
         .iter()
-        .any(|w| w.starts_with("postgresql.callbacks:")));
+        .any(|w| w.starts_with("postgresql.callbacks")));
     assert!(l
         .warnings
         .iter()
         .any(|w| w.starts_with("postgresql.create_replica_methods:") && w.contains("wal_e")));
+    let e = err(&MINIMAL.replace(
+        "  data_dir: /tmp/data\n",
+        "  data_dir: /tmp/data\n  callbacks:\n    on_stop: \"/bin/x 'open\"\n",
+    ));
+    assert!(
+        e.contains("postgresql.callbacks.on_stop: has an unclosed quote"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -264,6 +264,9 @@ pub fn patroni_json(s: &NodeStatus) -> Value {
     if s.pending_restart {
         o.insert("pending_restart".into(), json!(true));
     }
+    if s.promotion_vetoed {
+        o.insert("pre_promote_vetoed".into(), json!(true));
+    }
     if let Some(why) = &s.last_request_dropped {
         o.insert("last_request_dropped".into(), json!(why));
     }

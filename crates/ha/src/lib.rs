@@ -13,5 +13,5 @@ pub mod status;
 
 pub use decide::*;
 pub use runner::Agent;
-pub use spec::{ApiAuth, NodeSpec};
+pub use spec::{ApiAuth, Callbacks, NodeSpec};
 pub use status::{NodeStatus, Role, SharedStatus};

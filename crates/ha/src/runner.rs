@@ -22,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+/// How long an operator's callback may run before it is killed.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How often the agent looks whether its postmaster still runs, between ticks.
 const POSTMASTER_CHECK: Duration = Duration::from_millis(250);
 
@@ -83,6 +86,8 @@ pub struct Agent {
     /// a scheduled restart).
     pending: Option<Pending>,
     scheduled_restart: Option<ScheduledRestart>,
+    /// When pre_promote last vetoed a promotion.
+    vetoed_at: Option<Instant>,
 }
 
 /// An operator's request waiting for the next tick.
@@ -124,6 +129,7 @@ impl Agent {
             sync_standbys: None,
             pending: None,
             scheduled_restart: None,
+            vetoed_at: None,
         }
     }
 
@@ -314,6 +320,70 @@ impl Agent {
         info!(member = %self.spec.name, "PostgreSQL's postmaster exited");
     }
 
+    /// Run an `on_*` callback in the background (`script action role scope`), bounded by
+    /// CALLBACK_TIMEOUT, its output logged: the HA loop does not wait for it.
+    fn callback(&self, action: &'static str, role: Role) {
+        tokio::spawn(self.run_callback(action, role));
+    }
+
+    /// The callback `action` as a future that runs it and logs the outcome.
+    fn run_callback(
+        &self,
+        action: &'static str,
+        role: Role,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let argv = self.spec.callbacks.get(action).map(|argv| {
+            let mut argv = argv.clone();
+            argv.extend([
+                action.to_string(),
+                role.as_str().to_string(),
+                self.spec.scope.clone(),
+            ]);
+            argv
+        });
+        let os_user = self.spec.instance.os_user.clone();
+        let member = self.spec.name.clone();
+        async move {
+            let Some(argv) = argv else {
+                return;
+            };
+            match pg::run_script(&argv, os_user.as_ref(), CALLBACK_TIMEOUT).await {
+                Ok(out) => info!(%member, callback = action,
+                    output = %String::from_utf8_lossy(&out.stdout).trim(), "callback ran"),
+                Err(e) => warn!(%member, callback = action, error = %e, "callback failed"),
+            }
+        }
+    }
+
+    /// `pre_promote`, waited for: a non-zero exit (or a timeout) vetoes the promotion.
+    async fn pre_promote(&self) -> Result<(), ActionError> {
+        let Some(argv) = self.spec.callbacks.pre_promote.as_ref() else {
+            return Ok(());
+        };
+        let mut argv = argv.clone();
+        argv.extend([
+            "pre_promote".to_string(),
+            Role::Replica.as_str().to_string(),
+            self.spec.scope.clone(),
+        ]);
+        let out = pg::run_script(&argv, self.spec.instance.os_user.as_ref(), CALLBACK_TIMEOUT)
+            .await
+            .map_err(|e| ActionError::Other(format!("pre_promote vetoed the promotion: {e}")))?;
+        info!(member = %self.spec.name, output = %String::from_utf8_lossy(&out.stdout).trim(), "pre_promote allowed the promotion");
+        Ok(())
+    }
+
+    /// Our pre_promote vetoed a promotion less than a ttl ago.
+    fn promotion_vetoed(&self) -> bool {
+        let vetoed = self
+            .vetoed_at
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(self.dynamic.ha.ttl));
+        if !vetoed {
+            self.status.update(|s| s.promotion_vetoed = false);
+        }
+        vetoed
+    }
+
     /// A running replica of another leader whose WAL receiver does not stream yet.
     fn awaiting_stream(&self) -> bool {
         let s = self.status.get();
@@ -350,6 +420,8 @@ impl Agent {
 
     async fn shutdown(&mut self) {
         info!(member = %self.spec.name, "agent shutting down: stopping PostgreSQL");
+        let was_running = self.pg.postmaster_pid().is_some();
+        let role = self.status.get().role;
         if self.lease_expires.is_some() && self.pg.postmaster_pid().is_some() {
             // As in a switchover: the replicas receive every WAL record on the way down
             // and learn where it ends, so one of them takes over within a loop.
@@ -359,6 +431,10 @@ impl Agent {
         }
         if let Err(e) = self.pg.stop(StopMode::Fast, self.spec.pg_ctl_timeout).await {
             warn!(error = %e, "stopping PostgreSQL failed");
+        }
+        if was_running {
+            // Waited for: the process ends right after.
+            self.run_callback("on_stop", role).await;
         }
         if self.lease_expires.take().is_some() {
             match self.dcs.delete_leader().await {
@@ -507,7 +583,8 @@ impl Agent {
             now: self.now(),
             wall_clock_secs: crate::manual::unix_now(),
             me: self.spec.name.clone(),
-            my_tags_nofailover: self.spec.tags.nofailover,
+            // After a pre_promote veto, for a ttl: neither race nor look like a candidate.
+            my_tags_nofailover: self.spec.tags.nofailover || self.promotion_vetoed(),
             local,
             cluster,
             peers: None,
@@ -750,6 +827,7 @@ impl Agent {
                 self.configure_standby(cluster, upstream.as_deref()).await?;
                 self.status.update(starting);
                 self.pg.start_standby(self.spec.pg_ctl_timeout).await?;
+                self.callback("on_start", Role::Replica);
                 Ok(true)
             }
             Action::StartPrimary => {
@@ -767,6 +845,7 @@ impl Agent {
                 self.write_config(None).await?;
                 self.status.update(starting);
                 self.pg.start(self.spec.pg_ctl_timeout).await?;
+                self.callback("on_start", Role::Primary);
                 Ok(true)
             }
             Action::Follow { upstream } => {
@@ -778,9 +857,19 @@ impl Agent {
                 self.clone_from(cluster, from).await?;
                 Ok(true)
             }
-            Action::Restart { as_primary } => self.restart(cluster, *as_primary).await,
+            Action::Restart { as_primary } => {
+                let restarted = self.restart(cluster, *as_primary).await?;
+                let role = if restarted && *as_primary {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                };
+                self.callback("on_restart", role);
+                Ok(restarted)
+            }
             Action::Reload => {
                 self.rewrite_config_and_reload().await?;
+                self.callback("on_reload", self.status.get().role);
                 Ok(true)
             }
             Action::Reinitialize { from } => {
@@ -965,6 +1054,7 @@ impl Agent {
         }
         self.write_config(None).await?;
         self.pg.start(self.spec.pg_ctl_timeout).await?;
+        self.callback("on_start", Role::Primary);
         let (superuser, replication, rewind) = (
             self.spec.instance.superuser.clone(),
             self.spec.instance.replication.clone(),
@@ -998,6 +1088,15 @@ impl Agent {
             self.lease_lost();
             return Ok(false);
         }
+        if let Err(veto) = self.pre_promote().await {
+            // Give the key up, and for a ttl count as tagged nofailover (in our own
+            // decisions and in our answers to the others), so another member takes over.
+            self.vetoed_at = Some(Instant::now());
+            self.status.update(|s| s.promotion_vetoed = true);
+            let _ = self.leased(self.dcs.delete_leader()).await;
+            self.lease_lost();
+            return Err(veto);
+        }
         let ended_timeline = before.timeline.unwrap_or(1);
         let switch_lsn = before.wal_lsn.unwrap_or(0);
         // History first: every timeline that may exist must be on record, or a later
@@ -1024,6 +1123,7 @@ impl Agent {
         }
         self.pg.promote(self.spec.pg_ctl_timeout).await?;
         self.status.update(|s| s.promotions += 1);
+        self.callback("on_role_change", Role::Primary);
         info!(member = %self.spec.name, ended_timeline, switch_lsn = %pg::format_lsn(switch_lsn), "promoted");
         // No upstream any more: drop the standby settings.
         self.write_config(None).await?;
@@ -1032,8 +1132,11 @@ impl Agent {
 
     async fn demote(&mut self, mode: DemoteMode) -> Result<bool, ActionError> {
         if mode == DemoteMode::Graceful {
-            return self.step_down().await;
+            let stepped_down = self.step_down().await?;
+            self.callback("on_stop", Role::Primary);
+            return Ok(stepped_down);
         }
+        self.callback("on_role_change", Role::Replica);
         warn!(member = %self.spec.name, ?mode, "demoting: stopping the writable PostgreSQL");
         self.client = None;
         self.pg
@@ -1451,7 +1554,8 @@ fn peer_status(name: &str, json: Option<&serde_json::Value>, nofailover: bool) -
         nofailover: nofailover
             || j.pointer("/tags/nofailover")
                 .and_then(|v| v.as_bool())
-                .unwrap_or(false),
+                .unwrap_or(false)
+            || j["pre_promote_vetoed"] == true,
         is_primary: (role == "primary" || role == "master") && state == "running",
     }
 }

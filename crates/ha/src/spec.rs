@@ -50,6 +50,93 @@ pub struct NodeSpec {
     pub rewind: Option<Credentials>,
     /// How long pg_ctl may take to start, stop or promote.
     pub pg_ctl_timeout: Duration,
+    /// `postgresql.callbacks` and `postgresql.pre_promote`.
+    pub callbacks: Callbacks,
+}
+
+/// Operators' scripts, as in Patroni: each a command line, called with the action, the
+/// member's role and the cluster's name appended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Callbacks {
+    pub on_start: Option<Vec<String>>,
+    pub on_stop: Option<Vec<String>>,
+    pub on_restart: Option<Vec<String>>,
+    pub on_reload: Option<Vec<String>>,
+    pub on_role_change: Option<Vec<String>>,
+    /// Run before a promotion; a non-zero exit vetoes it.
+    pub pre_promote: Option<Vec<String>>,
+}
+
+impl Callbacks {
+    /// The command line for `on_start`, `on_stop`, ... by Patroni's name.
+    pub fn get(&self, action: &str) -> Option<&Vec<String>> {
+        match action {
+            "on_start" => self.on_start.as_ref(),
+            "on_stop" => self.on_stop.as_ref(),
+            "on_restart" => self.on_restart.as_ref(),
+            "on_reload" => self.on_reload.as_ref(),
+            "on_role_change" => self.on_role_change.as_ref(),
+            "pre_promote" => self.pre_promote.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Split a command line as a POSIX shell would split words: blanks separate, single
+/// quotes keep everything, double quotes keep everything but `\"` and `\\`, a
+/// backslash outside quotes escapes the next character. `None` for an unclosed quote.
+pub fn split_command_line(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => word.push(c),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => match chars.next()? {
+                            c @ ('"' | '\\') => word.push(c),
+                            c => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                        },
+                        c => word.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                word.push(chars.next()?);
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Some(words)
 }
 
 impl NodeSpec {
@@ -61,5 +148,26 @@ impl NodeSpec {
     }
     pub fn api_url(&self) -> String {
         format!("http://{}/patroni", self.api_connect_address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_split_like_a_shell() {
+        assert_eq!(
+            split_command_line("/bin/cb --tag 'a b' \"c \\\" d\" e\\ f"),
+            Some(vec![
+                "/bin/cb".to_string(),
+                "--tag".into(),
+                "a b".into(),
+                "c \" d".into(),
+                "e f".into()
+            ])
+        );
+        assert_eq!(split_command_line("  "), Some(vec![]));
+        assert_eq!(split_command_line("x 'open"), None);
     }
 }

@@ -60,6 +60,8 @@ pub struct NodeStatus {
     pub server_version: Option<u32>,
     pub postmaster_start_time: Option<String>,
     pub pending_restart: bool,
+    /// pre_promote vetoed a promotion lately: not a candidate for now.
+    pub promotion_vetoed: bool,
     /// The PostgreSQL parameters last written, as PostgreSQL reads them, with where
     /// each came from (`default`, `cluster`, `local`).
     pub parameters: BTreeMap<String, (String, &'static str)>,
@@ -106,6 +108,7 @@ impl NodeStatus {
             server_version: None,
             postmaster_start_time: None,
             pending_restart: false,
+            promotion_vetoed: false,
             parameters: BTreeMap::new(),
             lease_renewals: 0,
             promotions: 0,

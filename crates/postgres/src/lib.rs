@@ -26,4 +26,5 @@ pub use instance::{
 };
 pub use lsn::{format_lsn, parse_lsn};
 pub use params::{default_parameters, quote_conf_value, translate_parameters};
+pub use process::run_script;
 pub use queries::{quote_ident, quote_literal, slot_name, PgState, ReplicationRow};

@@ -21,10 +21,37 @@ pub(crate) fn pg_command(
     os_user: Option<&OsUser>,
     new_session: bool,
 ) -> Result<Command> {
+    command_as(bin.program(program).as_os_str(), os_user, new_session)
+}
+
+/// An operator's script (a Patroni-style callback): `argv[0]` with the rest of `argv`,
+/// run like a PostgreSQL program (as `os_user`, its own process group, no `PG*`
+/// variables) and killed after `timeout`. Its output, whatever the exit status.
+pub async fn run_script(
+    argv: &[String],
+    os_user: Option<&OsUser>,
+    timeout: Duration,
+) -> Result<Output> {
+    let (program, args) = argv.split_first().ok_or_else(|| {
+        PgError::io(
+            "an empty command line",
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+    let mut cmd = command_as(std::ffi::OsStr::new(program), os_user, false)?;
+    cmd.args(args);
+    run(cmd, program, timeout, None).await
+}
+
+fn command_as(
+    program: &std::ffi::OsStr,
+    os_user: Option<&OsUser>,
+    new_session: bool,
+) -> Result<Command> {
     if os_user.is_none() && nix::unistd::geteuid().is_root() {
         return Err(PgError::RefuseRoot);
     }
-    let mut cmd = Command::new(bin.program(program));
+    let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -149,6 +149,12 @@ pub struct TestCluster {
 impl TestCluster {
     /// Write configs for `n` members (not started yet).
     pub fn new(n: usize) -> TestCluster {
+        Self::new_with(n, |_, _| String::new())
+    }
+
+    /// As [`TestCluster::new`], with `extra(name, node_dir)` appended to each member's
+    /// `postgresql:` section (lines indented by two spaces).
+    pub fn new_with(n: usize, extra: impl Fn(&str, &Path) -> String) -> TestCluster {
         pgherd_testkit::init_tracing();
         let etcd = EtcdServer::start().expect("start etcd");
         let dir = PgTempDir::new().expect("temp dir");
@@ -162,18 +168,15 @@ impl TestCluster {
                 let pg_port = free_port();
                 let api_port = free_port();
                 let config_path = node_dir.join("node.yml");
-                fs::write(
-                    &config_path,
-                    node_yaml(
-                        &scope,
-                        &name,
-                        pg_port,
-                        api_port,
-                        &etcd.endpoint(),
-                        &node_dir,
-                    ),
-                )
-                .expect("write config");
+                let yaml = node_yaml(
+                    &scope,
+                    &name,
+                    pg_port,
+                    api_port,
+                    &etcd.endpoint(),
+                    &node_dir,
+                ) + &extra(&name, &node_dir);
+                fs::write(&config_path, yaml).expect("write config");
                 TestNode {
                     name,
                     pg_port,
