@@ -425,15 +425,6 @@ async fn patronictl_lists_and_switches_over_a_pgherd_cluster() {
     cluster.wait_healthy(1, Duration::from_secs(120)).await;
 }
 
-/// What a command printed, stdout then stderr.
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Maintenance mode: `ctl pause --wait` stops automatic actions (a PostgreSQL that dies
 /// is left stopped) while the leader keeps its key past the ttl; `ctl resume --wait`
 /// brings them back and the primary is restarted.

@@ -7,14 +7,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn output(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 async fn postmaster_start(node: &TestNode) -> String {
     node.api("/patroni").await.1["postmaster_start_time"]
         .as_str()
@@ -48,7 +40,7 @@ async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
     // The replica restarts; the primary stays where it is.
     let started = postmaster_start(cluster.node(&replica)).await;
     let out = cluster.ctl(&["restart", &replica, "--force"]);
-    assert!(out.status.success(), "{}", output(&out));
+    assert!(out.status.success(), "{}", text(&out));
     restarted_since(cluster.node(&replica), &started).await;
     cluster.wait_healthy(1, Duration::from_secs(60)).await;
     assert_eq!(cluster.primary().await.as_deref(), Some(primary.as_str()));
@@ -56,9 +48,9 @@ async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
     // The primary restarts in place: same leader, same timeline.
     let started = postmaster_start(cluster.node(&primary)).await;
     let out = cluster.ctl(&["restart", "--role", "primary", "--force"]);
-    assert!(out.status.success(), "{}", output(&out));
-    assert!(output(&out).contains(&format!("restart on member {primary}")));
-    assert!(!output(&out).contains(&format!("restart on member {replica}")));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("restart on member {primary}")));
+    assert!(!text(&out).contains(&format!("restart on member {replica}")));
     let back = cluster.wait_healthy(1, Duration::from_secs(60)).await;
     assert_eq!(back, primary);
     let (_, after) = cluster.node(&primary).api("/patroni").await;
@@ -72,12 +64,12 @@ async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
     );
 
     let out = cluster.ctl(&["reload", "--force"]);
-    assert!(out.status.success(), "{}", output(&out));
+    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
-        output(&out).matches("Success: reload").count(),
+        text(&out).matches("Success: reload").count(),
         2,
         "{}",
-        output(&out)
+        text(&out)
     );
 
     // A scheduled restart waits and can be cancelled (patronictl flush uses DELETE).
@@ -88,8 +80,8 @@ async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
         "2099-01-01T00:00:00Z",
         "--force",
     ]);
-    assert!(out.status.success(), "{}", output(&out));
-    assert!(output(&out).contains("restart scheduled at 2099-01-01T00:00:00+00:00"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("restart scheduled at 2099-01-01T00:00:00+00:00"));
     let url = format!(
         "http://127.0.0.1:{}/restart",
         cluster.node(&replica).api_port
@@ -110,15 +102,15 @@ async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
     // Reinit: refused on the leader, and a replica's data is cloned afresh.
     let out = cluster.ctl(&["reinit", &primary, "--force"]);
     assert!(!out.status.success());
-    assert!(output(&out).contains("is the leader"), "{}", output(&out));
+    assert!(text(&out).contains("is the leader"), "{}", text(&out));
     let marker = cluster.node(&replica).data_dir().join("reinit-marker");
     std::fs::write(&marker, "x").expect("write a marker into the replica's data");
     let out = cluster.ctl(&["reinit", &replica, "--force"]);
-    assert!(out.status.success(), "{}", output(&out));
+    assert!(out.status.success(), "{}", text(&out));
     assert!(
-        output(&out).contains("reinitialize started"),
+        text(&out).contains("reinitialize started"),
         "{}",
-        output(&out)
+        text(&out)
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     while marker.exists() {
@@ -156,15 +148,15 @@ async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
     // version and topology.
     let out = cluster.ctl(&["version"]);
     assert!(
-        output(&out).contains(&format!("{primary}: agent version ")),
+        text(&out).contains(&format!("{primary}: agent version ")),
         "{}",
-        output(&out)
+        text(&out)
     );
     let out = cluster.ctl(&["topology"]);
     assert!(
-        output(&out).contains(&format!("| + {replica} ")),
+        text(&out).contains(&format!("| + {replica} ")),
         "{}",
-        output(&out)
+        text(&out)
     );
 }
 
@@ -196,19 +188,19 @@ async fn remove_wipes_the_cluster_after_typed_confirmation() {
         child.wait_with_output().expect("ctl remove")
     };
     let out = remove("other\n", &scope);
-    assert!(!out.status.success(), "{}", output(&out));
+    assert!(!out.status.success(), "{}", text(&out));
     let out = remove(&format!("{scope}\nnot-the-leader\n"), &scope);
     assert!(
         !out.status.success(),
         "the leader still holds its key: {}",
-        output(&out)
+        text(&out)
     );
     let out = remove(&format!("{scope}\n{primary}\n"), "wrong-cluster");
     assert!(!out.status.success());
     let list = cluster.ctl(&["list", "--format", "json"]);
-    assert!(output(&list).contains(&primary), "nothing was removed yet");
+    assert!(text(&list).contains(&primary), "nothing was removed yet");
     let out = remove(&format!("{scope}\n{primary}\n"), &scope);
-    assert!(out.status.success(), "{}", output(&out));
+    assert!(out.status.success(), "{}", text(&out));
     let list = cluster.ctl(&["list", "--format", "json"]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
 }
@@ -235,7 +227,7 @@ async fn crashed_or_stopped_primary_hands_over_without_waiting_for_the_ttl() {
     cluster.start_all();
     let first = cluster.wait_healthy(1, Duration::from_secs(120)).await;
     let out = cluster.ctl(&["edit-config", "--set", "primary_start_timeout=0", "--force"]);
-    assert!(out.status.success(), "{}", output(&out));
+    assert!(out.status.success(), "{}", text(&out));
     tokio::time::sleep(Duration::from_secs(LOOP_WAIT + 1)).await;
 
     let crashed = Instant::now();

@@ -128,14 +128,6 @@ async fn delete(port: u16, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
 
-fn output(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Three switchovers back and forth while a client writes: every acknowledged row is on
 /// the final primary, each old primary follows the new one on its timeline without
 /// pg_rewind, and bad requests are refused up front with the reason.
@@ -178,7 +170,7 @@ async fn switchovers_under_a_writer_lose_nothing_and_need_no_rewind() {
     for (args, why) in refused {
         let out = cluster.ctl(&args);
         assert!(!out.status.success(), "{args:?} must fail");
-        assert!(output(&out).contains(why), "{args:?}: {}", output(&out));
+        assert!(text(&out).contains(why), "{args:?}: {}", text(&out));
     }
     let api = cluster.node(&first).api_port;
     let (code, body) = post(api, "/switchover", "{not json").await;
@@ -198,13 +190,13 @@ async fn switchovers_under_a_writer_lose_nothing_and_need_no_rewind() {
         "2099-01-01T00:00:00Z",
         "--force",
     ]);
-    assert!(out.status.success(), "{}", output(&out));
-    assert!(output(&out).contains("scheduled at 2099-01-01T00:00:00+00:00"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("scheduled at 2099-01-01T00:00:00+00:00"));
     let out = cluster.ctl(&["switchover", "--force"]);
     assert!(
-        !out.status.success() && output(&out).contains("pending"),
+        !out.status.success() && text(&out).contains("pending"),
         "{}",
-        output(&out)
+        text(&out)
     );
     assert_eq!(delete(api, "/switchover").await.0, 200);
     assert_eq!(delete(api, "/switchover").await.0, 404);
@@ -248,12 +240,11 @@ async fn switchovers_under_a_writer_lose_nothing_and_need_no_rewind() {
                     &candidate,
                     "--force",
                 ]);
-                assert!(out.status.success(), "{}", output(&out));
+                assert!(out.status.success(), "{}", text(&out));
                 assert!(
-                    output(&out)
-                        .contains(&format!("Successfully switched over to \"{candidate}\"")),
+                    text(&out).contains(&format!("Successfully switched over to \"{candidate}\"")),
                     "{}",
-                    output(&out)
+                    text(&out)
                 );
             }
         }
@@ -298,7 +289,7 @@ async fn switchovers_under_a_writer_lose_nothing_and_need_no_rewind() {
             n.name
         );
     }
-    let history = output(&cluster.ctl(&["history"]));
+    let history = text(&cluster.ctl(&["history"]));
     assert_eq!(
         history.lines().count(),
         4,
@@ -325,11 +316,11 @@ async fn failover_promotes_the_named_member_when_the_leader_is_gone() {
     let wanted = replicas[1].clone();
     cluster.node_mut(&primary).kill_node();
     let out = cluster.ctl(&["failover", "--candidate", &wanted, "--force"]);
-    assert!(out.status.success(), "{}", output(&out));
+    assert!(out.status.success(), "{}", text(&out));
     assert!(
-        output(&out).contains(&format!("Successfully failed over to \"{wanted}\"")),
+        text(&out).contains(&format!("Successfully failed over to \"{wanted}\"")),
         "{}",
-        output(&out)
+        text(&out)
     );
     wait_primary(&cluster, &wanted).await;
     let other = cluster.node(&replicas[0]);

@@ -7,14 +7,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn output(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// One primary, and `replica` named in the sync key (its `/sync` answers 200).
 async fn wait_synchronous(cluster: &TestCluster, within: Duration) -> (String, String) {
     let deadline = Instant::now() + within;
@@ -39,7 +31,7 @@ fn set(cluster: &TestCluster, settings: &[&str]) {
         args.extend(["--set", s]);
     }
     let out = cluster.ctl(&args);
-    assert!(out.status.success(), "{}", output(&out));
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +50,7 @@ async fn no_acknowledged_commit_is_lost_when_the_primary_dies_at_once() {
         .expect("create table");
     set(&cluster, &["synchronous_mode=true"]);
     let (_, standby) = wait_synchronous(&cluster, Duration::from_secs(60)).await;
-    let list = output(&cluster.ctl(&["list"]));
+    let list = text(&cluster.ctl(&["list"]));
     assert!(list.contains("Sync Standby"), "{list}");
     let standby_node = cluster.node(&standby);
     assert_eq!(standby_node.api("/async").await.0, 503);

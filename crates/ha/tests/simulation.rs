@@ -130,6 +130,15 @@ impl FakeDcs {
         }
     }
 
+    fn write_sync(&mut self, leader: &str, standbys: &[String]) {
+        self.sync_version += 1;
+        let value = SyncState {
+            leader: Some(leader.to_string()),
+            sync_standby: (!standbys.is_empty()).then(|| standbys.join(",")),
+        };
+        self.sync = Some((value, self.sync_version));
+    }
+
     fn snapshot(&self) -> Cluster {
         Cluster {
             initialize: self.initialize.clone(),
@@ -978,12 +987,7 @@ impl Sim {
                 if !dcs_ok || current != *version {
                     return false;
                 }
-                self.dcs.sync_version += 1;
-                let value = SyncState {
-                    leader: Some(name.clone()),
-                    sync_standby: (!standbys.is_empty()).then(|| standbys.join(",")),
-                };
-                self.dcs.sync = Some((value, self.dcs.sync_version));
+                self.dcs.write_sync(&name, standbys);
                 true
             }
             Action::ClearFailover { version } => {
@@ -1042,14 +1046,7 @@ impl Sim {
                 if !dcs_ok {
                     return false;
                 }
-                if self.dcs.leader.as_ref().is_some_and(|(l, _)| *l == name) {
-                    self.dcs.leader = None;
-                    self.dcs.leader_version += 1;
-                    self.watch_fires();
-                }
-                self.nodes[i].memory.last_leader_renewal = None;
-                self.nodes[i].lease_sent_at = None;
-                self.nodes[i].memory.released_leader_at = Some(self.agent_clock(i));
+                self.release_leader_key(i);
                 true
             }
             Action::Initialize => self.initialize(i, dcs_ok),
@@ -1204,12 +1201,7 @@ impl Sim {
         self.watch_fires();
         if self.cfg.synchronous_mode {
             // The runner's bootstrap: the sync key names the new leader before any commit.
-            self.dcs.sync_version += 1;
-            let value = SyncState {
-                leader: Some(name.clone()),
-                sync_standby: None,
-            };
-            self.dcs.sync = Some((value, self.dcs.sync_version));
+            self.dcs.write_sync(&name, &[]);
         }
         let pg = &mut self.nodes[i].pg;
         if pg.data == DataDirState::Empty {
@@ -1442,17 +1434,25 @@ impl Sim {
             .map(|s| s.slots.clone())
             .unwrap_or_default();
         self.dcs.status = Some(ClusterStatus { optime: end, slots });
+        self.release_leader_key(i);
+        self.handed_over = Some((name.clone(), timeline, end));
+        self.note(|| format!("{name}: stopped cleanly at {end} and released the leader key"));
+        true
+    }
+
+    /// Node `i` deletes the leader key if it holds it, and forgets its lease.
+    fn release_leader_key(&mut self, i: usize) {
+        let name = self.nodes[i].name.clone();
         if self.dcs.leader.as_ref().is_some_and(|(l, _)| *l == name) {
             self.dcs.leader = None;
             self.dcs.leader_version += 1;
             self.watch_fires();
         }
-        self.nodes[i].memory.last_leader_renewal = None;
-        self.nodes[i].lease_sent_at = None;
-        self.handed_over = Some((name.clone(), timeline, end));
-        self.nodes[i].memory.released_leader_at = Some(self.agent_clock(i));
-        self.note(|| format!("{name}: stopped cleanly at {end} and released the leader key"));
-        true
+        let at = self.agent_clock(i);
+        let node = &mut self.nodes[i];
+        node.memory.last_leader_renewal = None;
+        node.lease_sent_at = None;
+        node.memory.released_leader_at = Some(at);
     }
 
     /// kill -9 of the agent and PostgreSQL.

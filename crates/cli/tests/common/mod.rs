@@ -113,6 +113,15 @@ impl TestNode {
     }
 }
 
+/// What a command printed, stdout then stderr.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub async fn api_get(port: u16, path: &str) -> (u16, serde_json::Value) {
     let url = format!("http://127.0.0.1:{port}{path}");
     let client = reqwest::Client::builder()
