@@ -423,6 +423,39 @@ async fn patronictl_lists_and_switches_over_a_pgherd_cluster() {
         text(&out)
     );
     cluster.wait_healthy(1, Duration::from_secs(120)).await;
+
+    // The read-only views and the dynamic config.
+    let out = patronictl(&["topology"]);
+    assert!(
+        out.status.success() && text(&out).contains(&other),
+        "{}",
+        text(&out)
+    );
+    let out = patronictl(&["history", "-f", "json"]);
+    let history: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(
+        history.as_array().map(Vec::len),
+        Some(2),
+        "two promotions: {history}"
+    );
+    let out = patronictl(&["edit-config", "--set", "loop_wait=3", "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = patronictl(&["show-config"]);
+    assert!(text(&out).contains("loop_wait: 3"), "{}", text(&out));
+    let ours = cluster.ctl(&["show-config"]);
+    assert!(text(&ours).contains("loop_wait: 3"), "{}", text(&ours));
+
+    // Maintenance mode through the leader's REST API (PATCH /config).
+    let out = patronictl(&["pause", "--wait"]);
+    assert!(text(&out).contains("paused"), "{}", text(&out));
+    assert!(
+        text(&cluster.ctl(&["list"])).contains("Maintenance mode: on"),
+        "pgherd sees the pause"
+    );
+    let out = patronictl(&["resume", "--wait"]);
+    assert!(text(&out).contains("resumed"), "{}", text(&out));
+    assert!(!text(&cluster.ctl(&["list"])).contains("Maintenance mode"));
 }
 
 /// Maintenance mode: `ctl pause --wait` stops automatic actions (a PostgreSQL that dies

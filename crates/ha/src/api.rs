@@ -444,23 +444,32 @@ fn json_object(body: &[u8]) -> Result<Value, Refusal> {
 }
 
 /// A config that pgherd would refuse to start with is not written: 400 naming each key.
-fn checked(config: &Value) -> Result<(), Refusal> {
-    dynamic::parse(config).map(|_| ()).map_err(|problems| {
-        let list: Vec<String> = problems
-            .iter()
-            .map(|p| {
-                if p.path.is_empty() {
-                    p.message.clone()
-                } else {
-                    format!("{}: {}", p.path, p.message)
-                }
-            })
-            .collect();
-        refuse(
-            StatusCode::BAD_REQUEST,
-            format!("invalid configuration: {}", list.join("; ")),
-        )
-    })
+/// Problems already in `before` (another tool wrote them) do not block an unrelated change.
+fn checked(config: &Value, before: Option<&Value>) -> Result<(), Refusal> {
+    let Err(problems) = dynamic::parse(config) else {
+        return Ok(());
+    };
+    let known = before
+        .and_then(|b| dynamic::parse(b).err())
+        .unwrap_or_default();
+    let list: Vec<String> = problems
+        .iter()
+        .filter(|p| !known.contains(p))
+        .map(|p| {
+            if p.path.is_empty() {
+                p.message.clone()
+            } else {
+                format!("{}: {}", p.path, p.message)
+            }
+        })
+        .collect();
+    if list.is_empty() {
+        return Ok(());
+    }
+    Err(refuse(
+        StatusCode::BAD_REQUEST,
+        format!("invalid configuration: {}", list.join("; ")),
+    ))
 }
 
 fn dcs_down(what: &str, e: impl std::fmt::Display) -> Refusal {
@@ -494,7 +503,7 @@ async fn patch_config(
     if !dynamic::patch(&mut config, &patch) {
         return Ok(Json(config));
     }
-    checked(&config)?;
+    checked(&config, Some(&current.value))?;
     match control.dcs.set_config(&config, Some(current.version)).await {
         Ok(true) => Ok(Json(config)),
         Ok(false) => Err(refuse(
@@ -513,7 +522,7 @@ async fn put_config(
 ) -> Result<Json<Value>, Refusal> {
     let control = authorized(&api, &headers)?;
     let config = json_object(&body)?;
-    checked(&config)?;
+    checked(&config, None)?;
     control
         .dcs
         .set_config(&config, None)

@@ -336,4 +336,25 @@ async fn patch_and_put_config_change_the_dcs_with_basic_auth_and_checks() {
         dcs.get_cluster().await.unwrap().config.unwrap().value,
         serde_json::from_str::<serde_json::Value>(whole).unwrap()
     );
+
+    // A problem another tool wrote (patronictl edit-config does not check the timings)
+    // does not block an unrelated change such as `patronictl pause`; a new one does.
+    let foreign = serde_json::json!({"ttl": 10, "loop_wait": 3, "retry_timeout": 4});
+    dcs.set_config(&foreign, None).await.unwrap();
+    let r = send(reqwest::Method::PATCH, r#"{"pause": true}"#, good)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = send(reqwest::Method::PATCH, r#"{"use_slots": "x"}"#, good)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "an unknown key is kept, not refused"
+    );
+    let r = send(reqwest::Method::PATCH, r#"{"pause": "maybe"}"#, good)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
 }
