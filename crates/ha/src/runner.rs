@@ -375,13 +375,8 @@ impl Agent {
 
     /// Our pre_promote vetoed a promotion less than a ttl ago.
     fn promotion_vetoed(&self) -> bool {
-        let vetoed = self
-            .vetoed_at
-            .is_some_and(|at| at.elapsed() < Duration::from_millis(self.dynamic.ha.ttl));
-        if !vetoed {
-            self.status.update(|s| s.promotion_vetoed = false);
-        }
-        vetoed
+        self.vetoed_at
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(self.dynamic.ha.ttl))
     }
 
     /// A running replica of another leader whose WAL receiver does not stream yet.
@@ -579,12 +574,14 @@ impl Agent {
                 self.lease_lost();
             }
         }
+        let vetoed = self.promotion_vetoed();
+        self.status.update(|s| s.promotion_vetoed = vetoed);
         Ok(Observation {
             now: self.now(),
             wall_clock_secs: crate::manual::unix_now(),
             me: self.spec.name.clone(),
             // After a pre_promote veto, for a ttl: neither race nor look like a candidate.
-            my_tags_nofailover: self.spec.tags.nofailover || self.promotion_vetoed(),
+            my_tags_nofailover: self.spec.tags.nofailover || vetoed,
             local,
             cluster,
             peers: None,
@@ -1092,7 +1089,6 @@ impl Agent {
             // Give the key up, and for a ttl count as tagged nofailover (in our own
             // decisions and in our answers to the others), so another member takes over.
             self.vetoed_at = Some(Instant::now());
-            self.status.update(|s| s.promotion_vetoed = true);
             let _ = self.leased(self.dcs.delete_leader()).await;
             self.lease_lost();
             return Err(veto);
@@ -1136,7 +1132,6 @@ impl Agent {
             self.callback("on_stop", Role::Primary);
             return Ok(stepped_down);
         }
-        self.callback("on_role_change", Role::Replica);
         warn!(member = %self.spec.name, ?mode, "demoting: stopping the writable PostgreSQL");
         self.client = None;
         self.pg
@@ -1147,6 +1142,7 @@ impl Agent {
             s.role = Role::Demoted;
             s.holds_leader = false;
         });
+        self.callback("on_role_change", Role::Replica);
         self.sync_standbys = None;
         if mode == DemoteMode::Offline {
             // Read-only until the DCS says who leads.

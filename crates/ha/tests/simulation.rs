@@ -130,6 +130,16 @@ impl FakeDcs {
         }
     }
 
+    /// The `status` key's optime (its slots kept).
+    fn set_optime(&mut self, optime: u64) {
+        let slots = self
+            .status
+            .as_ref()
+            .map(|s| s.slots.clone())
+            .unwrap_or_default();
+        self.status = Some(ClusterStatus { optime, slots });
+    }
+
     fn write_sync(&mut self, leader: &str, standbys: &[String]) {
         self.sync_version += 1;
         let value = SyncState {
@@ -944,13 +954,7 @@ impl Sim {
         let leads = self.dcs.leader.as_ref().is_some_and(|(l, _)| *l == name);
         if leads && self.nodes[i].pg.writable() {
             let optime = self.nodes[i].pg.lsn;
-            let slots = self
-                .dcs
-                .status
-                .as_ref()
-                .map(|s| s.slots.clone())
-                .unwrap_or_default();
-            self.dcs.status = Some(ClusterStatus { optime, slots });
+            self.dcs.set_optime(optime);
         }
     }
 
@@ -1427,13 +1431,7 @@ impl Sim {
             return false;
         }
         let end = self.nodes[i].pg.lsn - 1;
-        let slots = self
-            .dcs
-            .status
-            .as_ref()
-            .map(|s| s.slots.clone())
-            .unwrap_or_default();
-        self.dcs.status = Some(ClusterStatus { optime: end, slots });
+        self.dcs.set_optime(end);
         self.release_leader_key(i);
         self.handed_over = Some((name.clone(), timeline, end));
         self.note(|| format!("{name}: stopped cleanly at {end} and released the leader key"));
