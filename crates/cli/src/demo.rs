@@ -29,7 +29,7 @@ fn demo_ha() -> HaConfig {
         use_pg_rewind: true,
         use_slots: true,
         paused: false,
-        synchronous_mode: false,
+        synchronous_mode: pgherd_ha::SynchronousMode::Off,
         synchronous_mode_strict: false,
         synchronous_node_count: 1,
         member_slots_ttl: 1_800_000,

@@ -26,6 +26,10 @@ pub fn rows(cluster: &Cluster) -> Vec<Row> {
             .and_then(|m| m.data.xlog_location)
     });
     let sync = pgherd_ha::key_members(cluster);
+    let sync_role = match pgherd_ha::dynamic::synchronous_mode_of(cluster) {
+        pgherd_ha::SynchronousMode::Quorum => "Quorum Standby",
+        _ => "Sync Standby",
+    };
     let mut rows: Vec<Row> = cluster
         .members
         .iter()
@@ -35,7 +39,7 @@ pub fn rows(cluster: &Cluster) -> Vec<Row> {
             let role = if is_leader {
                 "Leader"
             } else if sync.contains(&m.name) {
-                "Sync Standby"
+                sync_role
             } else {
                 "Replica"
             };

@@ -1,6 +1,7 @@
 //! Node config loading and validation (`pgherd_cli::config`).
 
 use pgherd_cli::config::{self, ConfigError, DcsConfig, DynamicConfig, HostPort, Loaded};
+use pgherd_ha::SynchronousMode;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -183,7 +184,7 @@ fn missing_optional_keys_take_patroni_defaults() {
         )
     );
     assert_eq!(d.maximum_lag_on_failover, 1_048_576);
-    assert!(!d.synchronous_mode && !d.synchronous_mode_strict && !d.pause);
+    assert!(!d.synchronous_mode.is_active() && !d.synchronous_mode_strict && !d.pause);
     assert!(!d.postgresql.use_pg_rewind && d.postgresql.use_slots);
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
 }
@@ -250,7 +251,7 @@ tags:
     assert_eq!(d.ttl, Duration::from_secs(20));
     assert_eq!(d.loop_wait, Duration::from_secs(5));
     assert_eq!(d.maximum_lag_on_failover, 1024);
-    assert!(d.synchronous_mode);
+    assert_eq!(d.synchronous_mode, SynchronousMode::On);
     assert!(d.postgresql.use_pg_rewind);
     assert!(l.config.tags.nofailover && l.config.tags.nosync);
 }
@@ -765,7 +766,7 @@ fn dynamic_config_json_round_trips() {
     });
     let d = config::parse_dynamic(&patroni).expect("valid");
     assert_eq!(d.ttl, Duration::from_secs(20));
-    assert!(d.pause && d.synchronous_mode);
+    assert!(d.pause && d.synchronous_mode == SynchronousMode::On);
     assert!(!d.postgresql.use_slots);
     assert_eq!(d.postgresql.parameters["wal_log_hints"], "on");
     assert_eq!(d.postgresql.parameters["max_connections"], "100");
@@ -779,6 +780,35 @@ fn dynamic_config_json_round_trips() {
         json!(100)
     );
     assert_eq!(config::parse_dynamic(&out).expect("valid"), d);
+}
+
+#[test]
+fn synchronous_mode_may_be_quorum_as_in_patroni_4() {
+    for (value, mode) in [
+        (json!("quorum"), SynchronousMode::Quorum),
+        (json!("QUORUM"), SynchronousMode::Quorum),
+        (json!("on"), SynchronousMode::On),
+        (json!(false), SynchronousMode::Off),
+    ] {
+        let d = config::parse_dynamic(&json!({ "synchronous_mode": value })).expect("valid");
+        assert_eq!(d.synchronous_mode, mode, "{value}");
+        assert_eq!(config::parse_dynamic(&d.to_json()).expect("valid"), d);
+    }
+    assert_eq!(
+        DynamicConfig {
+            synchronous_mode: SynchronousMode::Quorum,
+            ..DynamicConfig::default()
+        }
+        .to_json()["synchronous_mode"],
+        json!("quorum")
+    );
+    let e = config::parse_dynamic(&json!({"synchronous_mode": "majority"}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(r#"synchronous_mode: expected true, false or quorum, got "majority""#),
+        "{e}"
+    );
 }
 
 #[test]

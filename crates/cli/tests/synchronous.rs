@@ -140,3 +140,138 @@ async fn strict_mode_makes_a_commit_wait_until_a_standby_is_back() {
         .expect("read");
     assert_eq!(rows.len(), 1);
 }
+
+/// The primary's `synchronous_standby_names`.
+async fn standby_names(cluster: &TestCluster, primary: &str) -> String {
+    let client = cluster.node(primary).connect().await.expect("connect");
+    let row = client
+        .query_one("SHOW synchronous_standby_names", &[])
+        .await
+        .expect("show");
+    row.get(0)
+}
+
+/// One primary whose commits wait for `ANY 1` of `standbys`, each of which answers
+/// `/quorum` with 200.
+async fn wait_quorum(cluster: &TestCluster, standbys: usize, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let primary = cluster.wait_healthy(standbys, within).await;
+        let mut voters = 0;
+        for n in cluster.nodes.iter().filter(|n| n.name != primary) {
+            if n.api("/quorum").await.0 == 200 {
+                voters += 1;
+            }
+        }
+        let names = standby_names(cluster, &primary).await;
+        if voters == standbys
+            && names.starts_with("ANY 1 (")
+            && names.matches(',').count() + 1 == standbys
+        {
+            return primary;
+        }
+        if Instant::now() > deadline {
+            cluster.dump_logs();
+            panic!("no quorum of {standbys} within {within:?}: {voters} voters, {names:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Commit a row on `primary`, kill -9 its node at once, and check that whoever takes
+/// over has the row. Returns the new primary.
+async fn commit_then_kill_primary(cluster: &mut TestCluster, primary: &str, id: i32) -> String {
+    let client = cluster.node(primary).connect().await.expect("connect");
+    client
+        .execute("INSERT INTO acked (id) VALUES ($1)", &[&id])
+        .await
+        .expect("commit acknowledged");
+    cluster.node_mut(primary).kill_node();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let taker = loop {
+        match cluster.primary().await {
+            Some(p) if p != primary => break p,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            cluster.dump_logs();
+            panic!("row {id}: nobody took over from {primary}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rows = cluster
+        .node(&taker)
+        .connect()
+        .await
+        .expect("connect to the new primary")
+        .query("SELECT 1 FROM acked WHERE id = $1", &[&id])
+        .await
+        .expect("read");
+    assert_eq!(rows.len(), 1, "row {id}: the acknowledged row is lost");
+    taker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_mode_loses_no_acknowledged_commit_and_shrinks_with_its_standbys() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(3);
+    cluster.start_all();
+    let first = cluster.wait_healthy(2, Duration::from_secs(120)).await;
+    cluster
+        .node(&first)
+        .connect()
+        .await
+        .expect("connect")
+        .batch_execute("CREATE TABLE acked (id int PRIMARY KEY)")
+        .await
+        .expect("create table");
+    set(&cluster, &["synchronous_mode=quorum"]);
+    let primary = wait_quorum(&cluster, 2, Duration::from_secs(60)).await;
+    let list = text(&cluster.ctl(&["list"]));
+    assert_eq!(list.matches("Quorum Standby").count(), 2, "{list}");
+    let replica = cluster.nodes.iter().find(|n| n.name != primary).unwrap();
+    assert_eq!(replica.api("/sync").await.0, 503, "quorum, not sync");
+    assert_eq!(replica.api("/async").await.0, 503);
+    assert_eq!(replica.api("/read-only-quorum").await.0, 200);
+    assert_eq!(replica.api("/patroni").await.1["quorum_standby"], true);
+
+    // Commits wait for any one of the two standbys; whichever takes over has them.
+    let mut primary = primary;
+    for id in 1..=3 {
+        let old = primary.clone();
+        primary = commit_then_kill_primary(&mut cluster, &old, id).await;
+        cluster.node_mut(&old).start();
+        primary = wait_quorum(&cluster, 2, Duration::from_secs(120))
+            .await
+            .max(primary);
+    }
+
+    // With one standby gone, commits go on, waiting for the other, which alone may take
+    // over then.
+    let primary = wait_quorum(&cluster, 2, Duration::from_secs(120)).await;
+    let gone = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name != primary)
+        .unwrap()
+        .name
+        .clone();
+    cluster.node_mut(&gone).kill_node();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let names = standby_names(&cluster, &primary).await;
+        let key = cluster.keys().await.sync.expect("sync key").value;
+        let voters = key.sync_standby.clone().unwrap_or_default();
+        if names.starts_with("ANY 1 (") && !names.contains(&gone) && !voters.contains(&gone) {
+            assert_eq!(key.quorum, Some(0), "{key:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{gone} still in {names} or in {key:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let survivor = commit_then_kill_primary(&mut cluster, &primary, 100).await;
+    assert_ne!(survivor, gone);
+}

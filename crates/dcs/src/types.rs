@@ -170,6 +170,10 @@ pub struct SyncState {
     pub leader: Option<String>,
     #[serde(default)]
     pub sync_standby: Option<String>,
+    /// Quorum commit (Patroni 4): how many of `sync_standby` besides itself a member
+    /// must see before it may take over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
 }
 
 /// The `status` key: the leader's last WAL position and its replication slots.
@@ -276,6 +280,7 @@ mod tests {
             serde_json::from_str(r#"{"leader":"node1","sync_standby":"node2","quorum":0}"#)
                 .unwrap();
         assert_eq!(s.sync_standby.as_deref(), Some("node2"));
+        assert_eq!(s.quorum, Some(0));
         let st: ClusterStatus = serde_json::from_str(
             r#"{"optime":67108960,"slots":{"node2":67108960},"retain_slots":["node2"]}"#,
         )

@@ -495,10 +495,12 @@ async fn compare_and_set_on_sync<H: Harness>(h: H) {
     let s1 = SyncState {
         leader: Some("node1".into()),
         sync_standby: Some("node2".into()),
+        quorum: None,
     };
     let s2 = SyncState {
         leader: Some("node1".into()),
         sync_standby: None,
+        quorum: Some(1),
     };
     assert!(a.set_sync(&s1, Some(0)).await.unwrap());
     assert!(!a.set_sync(&s2, Some(0)).await.unwrap());

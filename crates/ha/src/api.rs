@@ -6,6 +6,7 @@
 //! /reinitialize`) need a [`Control`] and,
 //! when `restapi.authentication` is set, its basic-auth credentials.
 
+use crate::decide::SynchronousMode;
 use crate::dynamic;
 use crate::spec::ApiAuth;
 use crate::status::{NodeStatus, Role, SharedStatus};
@@ -61,6 +62,10 @@ pub fn router(status: SharedStatus, control: Option<Control>) -> Router {
         .route("/read-only", any(read_only))
         .route("/sync", any(sync))
         .route("/synchronous", any(sync))
+        .route("/read-only-sync", any(read_only_sync))
+        .route("/read-only-synchronous", any(read_only_sync))
+        .route("/quorum", any(quorum))
+        .route("/read-only-quorum", any(read_only_quorum))
         .route("/async", any(asynchronous))
         .route("/asynchronous", any(asynchronous))
         .route("/health", any(health))
@@ -145,9 +150,11 @@ async fn read_only(State(st): State<SharedStatus>, method: Method) -> Response {
     answer(is_leader(&s) || is_running_replica(&s), &method, &s)
 }
 
-/// A running replica the `sync` key names as a synchronous standby.
-fn is_sync_standby(s: &NodeStatus) -> bool {
-    is_running_replica(s)
+/// A running replica the `sync` key names, in synchronous mode `mode`: a synchronous
+/// standby under `on`, a quorum standby under `quorum`.
+pub(crate) fn named_in_sync_key(s: &NodeStatus, mode: SynchronousMode) -> bool {
+    s.ha.synchronous_mode == mode
+        && is_running_replica(s)
         && s.cluster
             .as_ref()
             .is_some_and(|c| crate::decide::key_members(c).contains(&s.name))
@@ -155,12 +162,31 @@ fn is_sync_standby(s: &NodeStatus) -> bool {
 
 async fn sync(State(st): State<SharedStatus>, method: Method) -> Response {
     let s = st.get();
-    answer(is_sync_standby(&s), &method, &s)
+    answer(named_in_sync_key(&s, SynchronousMode::On), &method, &s)
+}
+
+async fn quorum(State(st): State<SharedStatus>, method: Method) -> Response {
+    let s = st.get();
+    answer(named_in_sync_key(&s, SynchronousMode::Quorum), &method, &s)
+}
+
+async fn read_only_sync(State(st): State<SharedStatus>, method: Method) -> Response {
+    let s = st.get();
+    let ok = is_leader(&s) || named_in_sync_key(&s, SynchronousMode::On);
+    answer(ok, &method, &s)
+}
+
+async fn read_only_quorum(State(st): State<SharedStatus>, method: Method) -> Response {
+    let s = st.get();
+    let ok = is_leader(&s) || named_in_sync_key(&s, SynchronousMode::Quorum);
+    answer(ok, &method, &s)
 }
 
 async fn asynchronous(State(st): State<SharedStatus>, method: Method) -> Response {
     let s = st.get();
-    answer(is_running_replica(&s) && !is_sync_standby(&s), &method, &s)
+    let named = named_in_sync_key(&s, SynchronousMode::On)
+        || named_in_sync_key(&s, SynchronousMode::Quorum);
+    answer(is_running_replica(&s) && !named, &method, &s)
 }
 
 async fn health(State(st): State<SharedStatus>, method: Method) -> Response {
@@ -258,6 +284,12 @@ pub fn patroni_json(s: &NodeStatus) -> Value {
     if s.cluster.as_ref().is_some_and(|c| c.leader.is_none()) {
         o.insert("cluster_unlocked".into(), json!(true));
     }
+    if named_in_sync_key(s, SynchronousMode::On) {
+        o.insert("sync_standby".into(), json!(true));
+    }
+    if named_in_sync_key(s, SynchronousMode::Quorum) {
+        o.insert("quorum_standby".into(), json!(true));
+    }
     if s.ha.paused {
         o.insert("pause".into(), json!(true));
     }
@@ -296,15 +328,26 @@ pub fn cluster_json(scope: &str, c: &pgherd_dcs::Cluster) -> Value {
             .and_then(|l| c.member(l))
             .and_then(|m| m.data.xlog_location)
     });
+    let sync = crate::decide::key_members(c);
+    let sync_role = match dynamic::synchronous_mode_of(c) {
+        SynchronousMode::Off => "replica",
+        SynchronousMode::On => "sync_standby",
+        SynchronousMode::Quorum => "quorum_standby",
+    };
     let members: Vec<Value> = c
         .members
         .iter()
         .map(|m| {
             let is_leader = Some(m.name.as_str()) == leader;
             let (host, port) = crate::runner::parse_conn_url(&m.data.conn_url).unwrap_or_default();
+            let role = match (is_leader, sync.contains(&m.name)) {
+                (true, _) => "leader",
+                (false, true) => sync_role,
+                (false, false) => "replica",
+            };
             let mut v = json!({
                 "name": m.name,
-                "role": if is_leader { "leader" } else { "replica" },
+                "role": role,
                 "state": m.data.state,
                 "api_url": m.data.api_url,
                 "host": host,
@@ -577,7 +620,7 @@ mod tests {
                 use_pg_rewind: true,
                 use_slots: true,
                 paused: false,
-                synchronous_mode: false,
+                synchronous_mode: crate::decide::SynchronousMode::Off,
                 synchronous_mode_strict: false,
                 synchronous_node_count: 1,
                 member_slots_ttl: 1_800_000,

@@ -32,8 +32,8 @@ pub struct HaConfig {
     pub use_slots: bool,
     /// Maintenance mode: no automatic action, only publishing state.
     pub paused: bool,
-    /// `synchronous_mode`: only a synchronous standby may take over.
-    pub synchronous_mode: bool,
+    /// `synchronous_mode`: only a member that holds every acknowledged write may take over.
+    pub synchronous_mode: SynchronousMode,
     /// `synchronous_mode_strict`: with no synchronous standby, commits wait rather than
     /// going asynchronous.
     pub synchronous_mode_strict: bool,
@@ -45,6 +45,35 @@ pub struct HaConfig {
     /// How long a crashed primary is restarted in place before its leader key is released
     /// (0: at once).
     pub primary_start_timeout: Millis,
+}
+
+/// Patroni's `synchronous_mode`: `off`, `on` (`FIRST n`) or `quorum` (`ANY n`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SynchronousMode {
+    #[default]
+    Off,
+    /// Commits wait for the first `synchronous_node_count` standbys the `sync` key names,
+    /// and only those may take over.
+    On,
+    /// Commits wait for any `n` of the standbys in the `sync` key; a member may take over
+    /// once it has seen that enough of them are not ahead of it (`decide/quorum.rs`).
+    Quorum,
+}
+
+impl SynchronousMode {
+    /// `on` or `quorum`: commits wait for standbys.
+    pub fn is_active(self) -> bool {
+        self != SynchronousMode::Off
+    }
+
+    /// As Patroni writes it in the dynamic config: `false`, `true` or `"quorum"`.
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            SynchronousMode::Off => false.into(),
+            SynchronousMode::On => true.into(),
+            SynchronousMode::Quorum => "quorum".into(),
+        }
+    }
 }
 
 /// What the member sees of its own PostgreSQL.
@@ -272,9 +301,11 @@ pub enum Action {
     /// the WAL position it took effect at.
     SetSyncStandbys(Option<SyncSetting>),
     /// Write the `sync` key naming us as leader and these synchronous standbys, if it is
-    /// still at `version` (0: absent).
+    /// still at `version` (0: absent). `quorum`: in quorum mode, how many of them besides
+    /// itself a member must see before it may take over (0 otherwise).
     SetSyncKey {
         standbys: Vec<String>,
+        quorum: u32,
         version: i64,
     },
     /// Nothing to do until the next tick.
@@ -378,6 +409,8 @@ pub fn cluster_timeline(cluster: &Cluster) -> Option<u32> {
     from_history.max(from_members)
 }
 
+#[path = "decide/quorum.rs"]
+mod quorum;
 #[path = "decide/requests.rs"]
 mod requests;
 #[path = "decide/sync.rs"]
@@ -386,6 +419,7 @@ mod sync;
 #[path = "decide/tests.rs"]
 mod tests;
 
+pub use quorum::key_quorum;
 use requests::{race_with_request, request_kind, request_to_leader};
 pub(crate) use sync::not_synchronous;
 pub use sync::{key_members, sync_setting_on_restart, SyncSetting};
@@ -911,6 +945,11 @@ fn race_for_leader(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<
     if let Some(why) = healthier_peer(obs, cluster, cfg, peers) {
         return wait(format!("no leader, but not the healthiest member: {why}"));
     }
+    if cfg.synchronous_mode == SynchronousMode::Quorum {
+        if let Some(why) = quorum::shortfall(obs, cluster, peers) {
+            return wait(format!("no leader, but we may not take over yet: {why}"));
+        }
+    }
     take_over(
         obs,
         cluster,
@@ -986,6 +1025,12 @@ fn healthier_peer(
 ) -> Option<String> {
     let my_lsn = obs.local.wal_lsn.unwrap_or(0);
     let my_timeline = obs.local.timeline.unwrap_or(0);
+    let quorum_mode = cfg.synchronous_mode == SynchronousMode::Quorum;
+    let everyone = if quorum_mode {
+        quorum::with_us(obs, peers)
+    } else {
+        Vec::new()
+    };
     for peer in peers.iter().filter(|p| p.name != obs.me) {
         if peer.is_primary {
             return Some(format!("{} still runs a primary", peer.name));
@@ -995,6 +1040,7 @@ fn healthier_peer(
         if peer.nofailover
             || peer.timeline.is_some_and(|t| t < my_timeline)
             || not_synchronous(cluster, cfg, &peer.name).is_some()
+            || (quorum_mode && quorum::shortfall_of(peer, cluster, &everyone).is_some())
         {
             continue;
         }

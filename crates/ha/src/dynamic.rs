@@ -4,7 +4,7 @@
 //! the lenient one (the HA loop: a key that is missing or wrong keeps the member's own
 //! value, since another tool may write junk and a running cluster must not stop over it).
 
-use crate::decide::HaConfig;
+use crate::decide::{HaConfig, SynchronousMode};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,7 +20,8 @@ pub struct DynamicConfig {
     pub retry_timeout: Duration,
     /// Bytes (default 1048576).
     pub maximum_lag_on_failover: u64,
-    pub synchronous_mode: bool,
+    /// `false`, `true` or `quorum`.
+    pub synchronous_mode: SynchronousMode,
     pub synchronous_mode_strict: bool,
     /// How many synchronous standbys (default 1).
     pub synchronous_node_count: u32,
@@ -69,7 +70,7 @@ impl Default for DynamicConfig {
             loop_wait: Duration::from_secs(10),
             retry_timeout: Duration::from_secs(10),
             maximum_lag_on_failover: 1_048_576,
-            synchronous_mode: false,
+            synchronous_mode: SynchronousMode::Off,
             synchronous_mode_strict: false,
             synchronous_node_count: 1,
             member_slots_ttl: Duration::from_secs(1800),
@@ -110,7 +111,7 @@ impl DynamicConfig {
             "maximum_lag_on_failover".into(),
             self.maximum_lag_on_failover.into(),
         );
-        out.insert("synchronous_mode".into(), self.synchronous_mode.into());
+        out.insert("synchronous_mode".into(), self.synchronous_mode.to_json());
         out.insert(
             "synchronous_mode_strict".into(),
             self.synchronous_mode_strict.into(),
@@ -154,7 +155,7 @@ pub struct Read {
     pub loop_wait: Option<Duration>,
     pub retry_timeout: Option<Duration>,
     pub maximum_lag_on_failover: Option<u64>,
-    pub synchronous_mode: Option<bool>,
+    pub synchronous_mode: Option<SynchronousMode>,
     pub synchronous_mode_strict: Option<bool>,
     pub synchronous_node_count: Option<u32>,
     pub member_slots_ttl: Option<Duration>,
@@ -227,7 +228,7 @@ pub fn read(value: &Value) -> Read {
             "maximum_lag_on_failover" => {
                 r.maximum_lag_on_failover = unsigned(&mut r, key, v, "bytes")
             }
-            "synchronous_mode" => r.synchronous_mode = boolean(&mut r, key, v),
+            "synchronous_mode" => r.synchronous_mode = synchronous_mode(&mut r, key, v),
             "synchronous_mode_strict" => r.synchronous_mode_strict = boolean(&mut r, key, v),
             "synchronous_node_count" => {
                 let n = unsigned(&mut r, key, v, "standbys");
@@ -324,6 +325,15 @@ pub struct Dynamic {
     pub ha: HaConfig,
     /// `postgresql.parameters`, values as PostgreSQL would read them.
     pub parameters: BTreeMap<String, String>,
+}
+
+/// The cluster's `synchronous_mode`, as its `config` key says (off when unset or invalid).
+pub fn synchronous_mode_of(cluster: &pgherd_dcs::Cluster) -> SynchronousMode {
+    cluster
+        .config
+        .as_ref()
+        .and_then(|c| read(&c.value).synchronous_mode)
+        .unwrap_or_default()
 }
 
 /// Lenient: overlay the `config` key on `base` (the member's own settings). A key that is
@@ -439,6 +449,26 @@ fn boolean(r: &mut Read, path: &str, v: &Value) -> Option<bool> {
         r.problem(path, format!("expected true or false, got {}", show(v)));
     }
     parsed
+}
+
+/// `synchronous_mode`: a boolean, or Patroni 4's `quorum`.
+fn synchronous_mode(r: &mut Read, path: &str, v: &Value) -> Option<SynchronousMode> {
+    if v.as_str()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("quorum"))
+    {
+        return Some(SynchronousMode::Quorum);
+    }
+    match boolean_value(v) {
+        Some(true) => Some(SynchronousMode::On),
+        Some(false) => Some(SynchronousMode::Off),
+        None => {
+            r.problem(
+                path,
+                format!("expected true, false or quorum, got {}", show(v)),
+            );
+            None
+        }
+    }
 }
 
 /// A non-negative number, from a number or a numeric string.
@@ -691,7 +721,7 @@ mod tests {
             use_pg_rewind: false,
             use_slots: true,
             paused: false,
-            synchronous_mode: false,
+            synchronous_mode: SynchronousMode::Off,
             synchronous_mode_strict: false,
             synchronous_node_count: 1,
             member_slots_ttl: 1_800_000,

@@ -521,6 +521,7 @@ mod tests {
             value: pgherd_dcs::SyncState {
                 leader: Some("a".into()),
                 sync_standby: Some("c".into()),
+                quorum: None,
             },
             version: 1,
         });

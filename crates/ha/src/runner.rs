@@ -6,7 +6,7 @@
 
 use crate::decide::{
     decide, history_after_promotion, Action, AgentMemory, DataDirState, DemoteMode, HaConfig,
-    LocalPg, MemberRequest, Millis, Observation, PeerStatus, Standby, SyncSetting,
+    LocalPg, MemberRequest, Millis, Observation, PeerStatus, Standby, SyncSetting, SynchronousMode,
 };
 use crate::dynamic;
 use crate::operator::{self, Answer, Command, ScheduledRestart};
@@ -564,6 +564,12 @@ impl Agent {
             });
         }
         let local = self.observe_local().await?;
+        if self.memory.sync_set_at_lsn.is_none() && local.running && !local.in_recovery {
+            // A primary we did not configure in this process (the agent restarted): its
+            // setting took effect no later than now, so a standby that flushed this far
+            // holds every commit acknowledged before it.
+            self.memory.sync_set_at_lsn = local.wal_lsn;
+        }
         if let Some(c) = &cluster {
             let leads = c.leader_name() == Some(self.spec.name.as_str());
             let now = self.now();
@@ -735,7 +741,8 @@ impl Agent {
                     name: r.application_name.clone(),
                     streaming: r.state == "streaming",
                     flush_lsn: r.flush_lsn,
-                    synchronous: r.sync_state == "sync",
+                    // `quorum` under `ANY n`.
+                    synchronous: r.sync_state == "sync" || r.sync_state == "quorum",
                 })
                 .collect(),
             sync_setting: SyncSetting::parse(&state.synchronous_standby_names),
@@ -905,10 +912,16 @@ impl Agent {
                 self.memory.sync_set_at_lsn = Some(at);
                 Ok(true)
             }
-            Action::SetSyncKey { standbys, version } => {
+            Action::SetSyncKey {
+                standbys,
+                quorum,
+                version,
+            } => {
+                let quorum_mode = self.dynamic.ha.synchronous_mode == SynchronousMode::Quorum;
                 let value = pgherd_dcs::SyncState {
                     leader: Some(self.spec.name.clone()),
                     sync_standby: (!standbys.is_empty()).then(|| standbys.join(",")),
+                    quorum: quorum_mode.then_some(*quorum),
                 };
                 let written = self
                     .leased(self.dcs.set_sync(&value, Some(*version)))
@@ -1036,11 +1049,12 @@ impl Agent {
             ));
         }
         self.lease_renewed(sent);
-        if self.dynamic.ha.synchronous_mode {
+        if self.dynamic.ha.synchronous_mode.is_active() {
             // Before any commit: until a standby is synchronous, only we may lead.
             let sync = pgherd_dcs::SyncState {
                 leader: Some(self.spec.name.clone()),
                 sync_standby: None,
+                quorum: None,
             };
             self.dcs.set_sync(&sync, None).await?;
             self.sync_standbys = self
@@ -1108,7 +1122,7 @@ impl Agent {
             &self.spec.name,
         );
         self.leased(self.dcs.set_history(&history)).await?;
-        if self.dynamic.ha.synchronous_mode {
+        if self.dynamic.ha.synchronous_mode.is_active() {
             // Written while still a standby, so that not one commit of the new primary is
             // acknowledged without the synchronous standbys it must wait for.
             if let Some(c) = cluster {
@@ -1118,6 +1132,8 @@ impl Agent {
             self.rewrite_config_and_reload().await?;
         }
         self.pg.promote(self.spec.pg_ctl_timeout).await?;
+        // Our setting takes effect now; `observe` records where.
+        self.memory.sync_set_at_lsn = None;
         self.status.update(|s| s.promotions += 1);
         self.callback("on_role_change", Role::Primary);
         info!(member = %self.spec.name, ended_timeline, switch_lsn = %pg::format_lsn(switch_lsn), "promoted");
@@ -1281,7 +1297,7 @@ impl Agent {
             merged.iter().map(|(k, (_, s))| (k.clone(), *s)).collect();
         let mut values: BTreeMap<String, String> =
             merged.into_iter().map(|(k, (v, _))| (k, v)).collect();
-        if self.dynamic.ha.synchronous_mode {
+        if self.dynamic.ha.synchronous_mode.is_active() {
             // Synchronous mode owns the setting: the HA loop's choice, else empty.
             let names = self.sync_standbys.as_ref().map(SyncSetting::to_conf);
             values.insert(
@@ -1596,7 +1612,7 @@ pub fn default_ha_config() -> HaConfig {
         use_pg_rewind: false,
         use_slots: true,
         paused: false,
-        synchronous_mode: false,
+        synchronous_mode: SynchronousMode::Off,
         synchronous_mode_strict: false,
         synchronous_node_count: 1,
         member_slots_ttl: 1_800_000,

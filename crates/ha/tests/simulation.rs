@@ -15,6 +15,7 @@ use pgherd_ha::runner::iso8601;
 use pgherd_ha::{
     decide, history_after_promotion, sync_setting_on_restart, Action, AgentMemory, DataDirState,
     DemoteMode, HaConfig, LocalPg, Millis, Observation, PeerStatus, Standby, SyncSetting,
+    SynchronousMode,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -140,11 +141,12 @@ impl FakeDcs {
         self.status = Some(ClusterStatus { optime, slots });
     }
 
-    fn write_sync(&mut self, leader: &str, standbys: &[String]) {
+    fn write_sync(&mut self, leader: &str, standbys: &[String], quorum: Option<u32>) {
         self.sync_version += 1;
         let value = SyncState {
             leader: Some(leader.to_string()),
             sync_standby: (!standbys.is_empty()).then(|| standbys.join(",")),
+            quorum,
         };
         self.sync = Some((value, self.sync_version));
     }
@@ -434,7 +436,11 @@ impl Sim {
             use_pg_rewind: rng.random_bool(0.7),
             use_slots: rng.random_bool(0.5),
             paused: false,
-            synchronous_mode: rng.random_bool(0.3),
+            synchronous_mode: match rng.random_range(0..20) {
+                0..=2 => SynchronousMode::On,
+                3..=5 => SynchronousMode::Quorum,
+                _ => SynchronousMode::Off,
+            },
             synchronous_mode_strict: rng.random_bool(0.5),
             synchronous_node_count: rng.random_range(1..=2),
             member_slots_ttl: 1_800_000,
@@ -563,7 +569,8 @@ impl Sim {
     }
 
     /// Commits on a primary are acknowledged at once without synchronous standbys, else
-    /// up to where all of them (FIRST n) have flushed; with too few connected they wait.
+    /// up to where all of them (FIRST n) or any n of them (ANY n) have flushed; with too
+    /// few connected they wait.
     fn acknowledge(&mut self, i: usize) {
         let n = &self.nodes[i];
         if !(n.alive && !n.frozen && n.pg.writable()) {
@@ -573,12 +580,15 @@ impl Sim {
             None => Some(n.pg.lsn),
             Some(setting) => {
                 let sync = self.sync_standbys_of(i);
-                let lsns: Vec<u64> = sync
+                let mut lsns: Vec<u64> = sync
                     .iter()
                     .filter_map(|name| self.nodes.iter().find(|m| m.name == *name))
                     .map(|m| m.pg.lsn.min(n.pg.lsn))
                     .collect();
-                (lsns.len() >= setting.count.max(1)).then(|| lsns.into_iter().min().unwrap_or(0))
+                // FIRST n: all n waited-for standbys; ANY n: the n-th most advanced.
+                lsns.sort_unstable_by(|a, b| b.cmp(a));
+                let wanted = setting.count.max(1);
+                (lsns.len() >= wanted).then(|| lsns[wanted - 1])
             }
         };
         if let Some(a) = acked {
@@ -589,7 +599,8 @@ impl Sim {
     }
 
     /// The standbys node `i`'s commits wait for: of the streaming ones, the first
-    /// `count` named in its setting, or for `*` the first one.
+    /// `count` named in its setting (any of those named, for `ANY`), or for `*` the
+    /// first one.
     fn sync_standbys_of(&self, i: usize) -> Vec<String> {
         let Some(setting) = &self.nodes[i].pg.ssn else {
             return Vec::new();
@@ -598,11 +609,17 @@ impl Sim {
         if setting.names == ["*"] {
             return streaming.into_iter().take(1).collect();
         }
+        // Under ANY n every listed standby counts (`sync_state` is `quorum`).
+        let take = if setting.quorum {
+            usize::MAX
+        } else {
+            setting.count
+        };
         setting
             .names
             .iter()
             .filter(|n| streaming.contains(n))
-            .take(setting.count)
+            .take(take)
             .cloned()
             .collect()
     }
@@ -986,12 +1003,18 @@ impl Sim {
                 node.memory.sync_set_at_lsn = Some(node.pg.lsn);
                 true
             }
-            Action::SetSyncKey { standbys, version } => {
+            Action::SetSyncKey {
+                standbys,
+                quorum,
+                version,
+            } => {
                 let current = self.dcs.sync.as_ref().map_or(0, |(_, v)| *v);
                 if !dcs_ok || current != *version {
                     return false;
                 }
-                self.dcs.write_sync(&name, standbys);
+                let quorum_mode = self.cfg.synchronous_mode == SynchronousMode::Quorum;
+                self.dcs
+                    .write_sync(&name, standbys, quorum_mode.then_some(*quorum));
                 true
             }
             Action::ClearFailover { version } => {
@@ -1203,9 +1226,9 @@ impl Sim {
         let lease = self.dcs.renew(&name, self.now, self.timing.ttl);
         self.take_leader_key(i, lease);
         self.watch_fires();
-        if self.cfg.synchronous_mode {
+        if self.cfg.synchronous_mode.is_active() {
             // The runner's bootstrap: the sync key names the new leader before any commit.
-            self.dcs.write_sync(&name, &[]);
+            self.dcs.write_sync(&name, &[], None);
         }
         let pg = &mut self.nodes[i].pg;
         if pg.data == DataDirState::Empty {
@@ -1255,7 +1278,7 @@ impl Sim {
             ));
         }
         // Synchronous mode: no acknowledged commit is lost.
-        if self.cfg.synchronous_mode {
+        if self.cfg.synchronous_mode.is_active() {
             if let Some(acked) = self.acked.get(&ended).copied().filter(|a| lsn < *a) {
                 self.fail(&format!(
                     "{name} promoted at {lsn} on timeline {ended}, but commits were \
@@ -1275,6 +1298,8 @@ impl Sim {
             }
         }
         let ssn = sync_setting_on_restart(&self.cfg, &self.dcs.snapshot(), &name);
+        // The runner's `observe` records where the setting took effect.
+        self.nodes[i].memory.sync_set_at_lsn = Some(lsn);
         let pg = &mut self.nodes[i].pg;
         pg.ssn = ssn;
         pg.history.push((ended, lsn));

@@ -224,6 +224,22 @@ impl TestCluster {
             .expect("node by name")
     }
 
+    /// The cluster's keys as etcd holds them now.
+    pub async fn keys(&self) -> pgherd_dcs::Cluster {
+        use pgherd_dcs::Dcs;
+        let dcs = pgherd_dcs::etcd::EtcdDcs::connect(
+            &[self.etcd.endpoint()],
+            "/pgherd-test/",
+            &self.scope,
+            "test-observer",
+            Duration::from_secs(TTL),
+            Duration::from_secs(RETRY_TIMEOUT),
+        )
+        .await
+        .expect("connect to etcd");
+        dcs.get_cluster().await.expect("read the cluster's keys")
+    }
+
     /// The member that answers 200 on `/primary`, if exactly one does.
     pub async fn primary(&self) -> Option<String> {
         let mut found = Vec::new();

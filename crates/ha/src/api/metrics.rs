@@ -1,6 +1,8 @@
 //! `GET /metrics`: the member in Prometheus text format — Patroni's metric names (so
 //! existing dashboards keep working) and pgherd's own counters and last decision.
 
+use super::named_in_sync_key;
+use crate::decide::SynchronousMode;
 use crate::status::{NodeStatus, Role, SharedStatus};
 use axum::extract::State;
 use axum::http::header;
@@ -54,20 +56,15 @@ pub fn render(s: &NodeStatus) -> String {
         "This member runs a replica.",
         flag(s.running && s.in_recovery),
     );
-    let sync = s
-        .cluster
-        .as_ref()
-        .and_then(|c| c.sync.as_ref())
-        .is_some_and(|k| {
-            k.value
-                .sync_standby
-                .as_deref()
-                .is_some_and(|names| names.split(',').any(|n| n.trim() == s.name))
-        });
     gauge(
         "patroni_sync_standby",
         "This member is a synchronous standby.",
-        flag(sync),
+        flag(named_in_sync_key(s, SynchronousMode::On)),
+    );
+    gauge(
+        "patroni_quorum_standby",
+        "This member is a quorum standby (synchronous_mode: quorum).",
+        flag(named_in_sync_key(s, SynchronousMode::Quorum)),
     );
     gauge(
         "patroni_postgres_timeline",

@@ -1,10 +1,11 @@
 //! Rules for a pending switchover or failover (the `failover` key): what the leader does
 //! with it, and who takes over when the leader has stepped down or is gone.
 
+use super::quorum::{shortfall, shortfall_of, with_us};
 use super::sync::not_synchronous;
 use super::{
     act, cluster_timeline, healthier_peer, take_over, wait, Action, DemoteMode, HaConfig,
-    Observation, PeerStatus, Reason,
+    Observation, PeerStatus, Reason, SynchronousMode,
 };
 use pgherd_dcs::{Cluster, FailoverRequest, Versioned};
 
@@ -178,6 +179,9 @@ pub(super) fn race_with_request(
     if req.candidate.as_deref() == Some(me) {
         // The leader key is gone: the old leader stopped before releasing it, or its
         // lease ran out (and by then it had demoted itself). Nobody else writes.
+        if let Some(not_yet) = quorum_gate(obs, cluster, cfg, kind) {
+            return not_yet;
+        }
         return match request_ineligibility(obs, cluster, cfg, req) {
             None => take_over(
                 obs,
@@ -211,12 +215,15 @@ pub(super) fn race_with_request(
         .no_leader_since
         .map_or(0, |since| obs.now.saturating_sub(since));
     let patient = leaderless_for < cfg.ttl;
+    let everyone = with_us(obs, peers);
+    let quorum_mode = cfg.synchronous_mode == SynchronousMode::Quorum;
     let able = |p: &PeerStatus| {
         p.wal_lsn.is_some()
             && !p.nofailover
             && not_synchronous(cluster, cfg, &p.name).is_none()
             && (patient
-                || position_ineligibility(p.wal_lsn, p.timeline, cluster, cfg, req).is_none())
+                || (position_ineligibility(p.wal_lsn, p.timeline, cluster, cfg, req).is_none()
+                    && !(quorum_mode && shortfall_of(p, cluster, &everyone).is_some())))
     };
     if let Some(c) = req.candidate.as_deref() {
         if peers.iter().any(|p| p.name == c && able(p)) {
@@ -250,6 +257,9 @@ pub(super) fn race_with_request(
             "a {kind} is pending, but not the healthiest member: {why}"
         ));
     }
+    if let Some(not_yet) = quorum_gate(obs, cluster, cfg, kind) {
+        return not_yet;
+    }
     let why = match (old_leader == Some(me), req.candidate.as_deref()) {
         (true, _) => format!("nobody else can take over after our {kind}: taking the key back"),
         (false, Some(c)) => format!("{c} cannot take over in the {kind}: racing for the key"),
@@ -258,6 +268,30 @@ pub(super) fn race_with_request(
         }
     };
     take_over(obs, cluster, cfg, why)
+}
+
+/// In quorum mode a requested take-over, too, needs enough voters seen not ahead of us
+/// (the old leader may have stopped without writing where its WAL ended).
+fn quorum_gate(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    kind: &str,
+) -> Option<Vec<(Action, Reason)>> {
+    if cfg.synchronous_mode != SynchronousMode::Quorum {
+        return None;
+    }
+    let Some(peers) = obs.peers.as_deref() else {
+        return Some(vec![act(
+            Action::AskPeers,
+            format!("a {kind} is pending in quorum mode: asking the synchronous standbys"),
+        )]);
+    };
+    shortfall(obs, cluster, peers).map(|why| {
+        wait(format!(
+            "a {kind} is pending, but we may not take over: {why}"
+        ))
+    })
 }
 
 /// Why this member may not take over in the requested switchover or failover.

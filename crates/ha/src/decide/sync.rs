@@ -7,16 +7,19 @@
 //! `synchronous_standby_names`; it joins the key only after PostgreSQL reports it as a
 //! synchronous standby and it has flushed the WAL written before it became one.
 
-use super::{act, Action, HaConfig, Observation, Reason, Standby};
+use super::quorum::{key_quorum, manage_quorum};
+use super::{act, Action, HaConfig, Observation, Reason, Standby, SynchronousMode};
 use pgherd_dcs::Cluster;
 
 /// A value of `synchronous_standby_names` that pgherd writes and reads back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncSetting {
-    /// `FIRST count (names)`: commits wait for the first `count` connected of `names`.
+    /// `FIRST count (names)`: commits wait for the first `count` connected of `names`;
+    /// with `quorum`, `ANY count (names)`: for any `count` of them.
     /// `names == ["*"]`: any one standby (strict mode with no candidate: commits wait).
     pub count: usize,
     pub names: Vec<String>,
+    pub quorum: bool,
 }
 
 impl SyncSetting {
@@ -25,10 +28,17 @@ impl SyncSetting {
         SyncSetting {
             count: 1,
             names: vec!["*".into()],
+            quorum: false,
         }
     }
 
-    /// As written into postgresql.conf: `FIRST 2 ("node2","node3")`, or `*`.
+    /// Whether this is `*` or a value pgherd did not write.
+    pub fn is_wildcard_or_foreign(&self) -> bool {
+        self.count == 0 || self.names == ["*"]
+    }
+
+    /// As written into postgresql.conf: `FIRST 2 ("node2","node3")`, `ANY 1 ("node2","node3")`
+    /// or `*`.
     pub fn to_conf(&self) -> String {
         if self.names == ["*"] {
             return "*".into();
@@ -38,11 +48,12 @@ impl SyncSetting {
             .iter()
             .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
             .collect();
-        format!("FIRST {} ({})", self.count, names.join(","))
+        let method = if self.quorum { "ANY" } else { "FIRST" };
+        format!("{method} {} ({})", self.count, names.join(","))
     }
 
     /// What `SHOW synchronous_standby_names` printed: `None` for an empty value; a value
-    /// pgherd did not write (another form, `ANY`) reads as one to replace.
+    /// pgherd did not write (another form) reads as one to replace (`count` 0).
     pub fn parse(text: &str) -> Option<SyncSetting> {
         let t = text.trim();
         if t.is_empty() {
@@ -54,9 +65,12 @@ impl SyncSetting {
         let foreign = || SyncSetting {
             count: 0,
             names: vec![t.to_string()],
+            quorum: false,
         };
-        let Some(rest) = t.strip_prefix("FIRST ") else {
-            return Some(foreign());
+        let (quorum, rest) = match (t.strip_prefix("FIRST "), t.strip_prefix("ANY ")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Some(foreign()),
         };
         let Some((count, list)) = rest.split_once(' ') else {
             return Some(foreign());
@@ -71,7 +85,11 @@ impl SyncSetting {
             .split(',')
             .map(|n| n.trim().trim_matches('"').replace("\"\"", "\""))
             .collect();
-        Some(SyncSetting { count, names })
+        Some(SyncSetting {
+            count,
+            names,
+            quorum,
+        })
     }
 }
 
@@ -92,11 +110,12 @@ pub fn key_members(cluster: &Cluster) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Why `name` may not take over in synchronous mode: the `sync` key, once written, names
-/// the members that hold every acknowledged write — its synchronous standbys and the
-/// leader that wrote it. Before the key exists nothing restricts.
+/// Why `name` may not take over in synchronous mode `on`: the `sync` key, once written,
+/// names the members that hold every acknowledged write — its synchronous standbys and
+/// the leader that wrote it. Before the key exists nothing restricts. (In quorum mode
+/// anyone may, after seeing enough voters: `quorum::shortfall`.)
 pub(crate) fn not_synchronous(cluster: &Cluster, cfg: &HaConfig, name: &str) -> Option<String> {
-    if !cfg.synchronous_mode {
+    if cfg.synchronous_mode != SynchronousMode::On {
         return None;
     }
     let key = cluster.sync.as_ref()?;
@@ -110,9 +129,10 @@ pub(crate) fn not_synchronous(cluster: &Cluster, cfg: &HaConfig, name: &str) -> 
 
 /// `synchronous_standby_names` for a primary that starts again under its lease (after a
 /// crash or an agent restart): the standbys its `sync` key names, so commits keep waiting
-/// for exactly the members that may take over.
+/// for exactly the members that may take over (in quorum mode: for as many of them as
+/// the key's quorum counts on).
 pub fn sync_setting_on_restart(cfg: &HaConfig, cluster: &Cluster, me: &str) -> Option<SyncSetting> {
-    if !cfg.synchronous_mode {
+    if !cfg.synchronous_mode.is_active() {
         return None;
     }
     let ours = cluster
@@ -124,12 +144,14 @@ pub fn sync_setting_on_restart(cfg: &HaConfig, cluster: &Cluster, me: &str) -> O
     } else {
         Vec::new()
     };
-    if names.is_empty() {
+    let quorum = key_quorum(cluster) as usize;
+    if names.len() <= quorum {
         return cfg.synchronous_mode_strict.then(SyncSetting::any_standby);
     }
     Some(SyncSetting {
-        count: names.len(),
+        count: names.len() - quorum,
         names,
+        quorum: cfg.synchronous_mode == SynchronousMode::Quorum,
     })
 }
 
@@ -143,10 +165,11 @@ pub(super) fn claim_sync_key(
 ) -> Option<(Action, Reason)> {
     let key = cluster.sync.as_ref();
     let ours = key.is_some_and(|k| k.value.leader.as_deref() == Some(obs.me.as_str()));
-    (cfg.synchronous_mode && !ours).then(|| {
+    (cfg.synchronous_mode.is_active() && !ours).then(|| {
         act(
             Action::SetSyncKey {
                 standbys: Vec::new(),
+                quorum: 0,
                 version: key.map_or(0, |k| k.version),
             },
             "synchronous mode: naming us alone in the sync key before promoting",
@@ -169,10 +192,18 @@ pub(super) fn manage_sync(
     } else {
         Vec::new()
     };
-    let set_key =
-        |standbys: Vec<String>, why: String| act(Action::SetSyncKey { standbys, version }, why);
+    let set_key = |standbys: Vec<String>, why: String| {
+        act(
+            Action::SetSyncKey {
+                standbys,
+                quorum: 0,
+                version,
+            },
+            why,
+        )
+    };
     let current = obs.local.sync_setting.as_ref();
-    if !cfg.synchronous_mode {
+    if !cfg.synchronous_mode.is_active() {
         if ours && !named.is_empty() {
             return Some(set_key(
                 Vec::new(),
@@ -186,7 +217,19 @@ pub(super) fn manage_sync(
             )
         });
     }
-    let wanted = wanted_standbys(obs, cluster, cfg, &named);
+    let mut wanted = eligible_standbys(obs, cluster, &named);
+    if cfg.synchronous_mode == SynchronousMode::Quorum {
+        return manage_quorum(obs, cluster, cfg, &wanted);
+    }
+    if ours && key_quorum(cluster) > 0 {
+        // Written in quorum mode: its members need not each hold every write.
+        return Some(set_key(
+            Vec::new(),
+            "synchronous_mode is on: the quorum sync key names nobody until standbys confirm"
+                .into(),
+        ));
+    }
+    wanted.truncate(cfg.synchronous_node_count.max(1) as usize);
     // 1. Leave the key first.
     let kept: Vec<String> = named
         .iter()
@@ -207,6 +250,7 @@ pub(super) fn manage_sync(
         (false, _) => Some(SyncSetting {
             count: wanted.len(),
             names: wanted.clone(),
+            quorum: false,
         }),
         (true, true) => Some(SyncSetting::any_standby()),
         (true, false) => None,
@@ -240,14 +284,9 @@ pub(super) fn manage_sync(
     })
 }
 
-/// The standbys that should be synchronous: streaming, known to the DCS, not tagged
+/// The standbys that may be synchronous: streaming, known to the DCS, not tagged
 /// `nosync`; the current ones first (no needless change), then the most advanced.
-fn wanted_standbys(
-    obs: &Observation,
-    cluster: &Cluster,
-    cfg: &HaConfig,
-    named: &[String],
-) -> Vec<String> {
+fn eligible_standbys(obs: &Observation, cluster: &Cluster, named: &[String]) -> Vec<String> {
     let mut candidates: Vec<&Standby> = obs
         .local
         .standbys
@@ -263,16 +302,12 @@ fn wanted_standbys(
             &b.name,
         ))
     });
-    candidates
-        .into_iter()
-        .take(cfg.synchronous_node_count.max(1) as usize)
-        .map(|s| s.name.clone())
-        .collect()
+    candidates.into_iter().map(|s| s.name.clone()).collect()
 }
 
 /// PostgreSQL reports `name` as synchronous, and it has flushed everything written
 /// before our setting took effect (commits acknowledged before that did not wait for it).
-fn confirmed_sync(obs: &Observation, name: &str) -> bool {
+pub(super) fn confirmed_sync(obs: &Observation, name: &str) -> bool {
     let since = obs.memory.sync_set_at_lsn.unwrap_or(u64::MAX);
     obs.local
         .standbys
@@ -290,13 +325,19 @@ mod tests {
             SyncSetting {
                 count: 2,
                 names: vec!["node2".into(), "no\"de3".into()],
+                quorum: false,
+            },
+            SyncSetting {
+                count: 1,
+                names: vec!["node2".into(), "node3".into()],
+                quorum: true,
             },
             SyncSetting::any_standby(),
         ] {
             assert_eq!(SyncSetting::parse(&s.to_conf()), Some(s.clone()));
         }
         assert_eq!(SyncSetting::parse(""), None);
-        let foreign = SyncSetting::parse("ANY 1 (a, b)").unwrap();
+        let foreign = SyncSetting::parse("2 (a, b)").unwrap();
         assert_eq!(foreign.count, 0, "not ours: to be replaced");
     }
 }

@@ -16,7 +16,7 @@ fn cfg() -> HaConfig {
         use_pg_rewind: true,
         use_slots: true,
         paused: false,
-        synchronous_mode: false,
+        synchronous_mode: SynchronousMode::Off,
         synchronous_mode_strict: false,
         synchronous_node_count: 1,
         member_slots_ttl: 1_800_000,
@@ -1031,11 +1031,12 @@ fn synchronous_mode_allows_only_the_sync_standby_to_take_over_a_switchover() {
         value: pgherd_dcs::SyncState {
             leader: Some("pg-a".into()),
             sync_standby: Some("pg-c".into()),
+            quorum: None,
         },
         version: 1,
     });
     let sync_cfg = HaConfig {
-        synchronous_mode: true,
+        synchronous_mode: SynchronousMode::On,
         ..cfg()
     };
     let local = primary_streaming_to(5_000, &[("pg-b", 5_000), ("pg-c", 4_900)]);
@@ -1197,7 +1198,7 @@ fn memory_tracks_since_when_the_leaders_postgres_is_down() {
 
 fn sync_cfg(strict: bool) -> HaConfig {
     HaConfig {
-        synchronous_mode: true,
+        synchronous_mode: SynchronousMode::On,
         synchronous_mode_strict: strict,
         ..cfg()
     }
@@ -1208,6 +1209,7 @@ fn with_sync_key(mut c: Cluster, leader: &str, standbys: &[&str]) -> Cluster {
         value: pgherd_dcs::SyncState {
             leader: Some(leader.into()),
             sync_standby: (!standbys.is_empty()).then(|| standbys.join(",")),
+            quorum: None,
         },
         version: 3,
     });
@@ -1227,6 +1229,7 @@ fn first(names: &[&str]) -> SyncSetting {
     SyncSetting {
         count: names.len(),
         names: names.iter().map(|n| n.to_string()).collect(),
+        quorum: false,
     }
 }
 
@@ -1250,6 +1253,7 @@ fn a_new_leader_takes_the_sync_key_before_anything_else() {
         sync_steps(&o, &sync_cfg(false)),
         [Action::SetSyncKey {
             standbys: vec![],
+            quorum: 0,
             version: 3
         }]
     );
@@ -1280,6 +1284,7 @@ fn a_standby_becomes_synchronous_in_postgresql_first_then_in_the_key() {
         sync_steps(&o, &sync_cfg(false)),
         [Action::SetSyncKey {
             standbys: vec!["pg-b".into()],
+            quorum: 0,
             version: 3
         }]
     );
@@ -1295,6 +1300,7 @@ fn a_lost_sync_standby_leaves_the_key_first_then_postgresql() {
         sync_steps(&o, &sync_cfg(false)),
         [Action::SetSyncKey {
             standbys: vec![],
+            quorum: 0,
             version: 3
         }]
     );
@@ -1348,6 +1354,7 @@ fn turning_synchronous_mode_off_empties_the_key_then_the_setting() {
         sync_steps(&o, &cfg()),
         [Action::SetSyncKey {
             standbys: vec![],
+            quorum: 0,
             version: 3
         }]
     );
@@ -1381,4 +1388,88 @@ fn a_vanished_members_slot_is_kept_for_member_slots_ttl() {
     assert!(decided(&o, &ten_minutes).contains(&slots(&["pg_b", "pg_c"])));
     o.memory.members_seen.insert("pg-c".into(), o.now - 600_000);
     assert!(decided(&o, &ten_minutes).contains(&slots(&["pg_b"])));
+}
+
+// ----- quorum commit -----
+
+fn quorum_cfg() -> HaConfig {
+    HaConfig {
+        synchronous_mode: SynchronousMode::Quorum,
+        ..cfg()
+    }
+}
+
+/// The leaderless cluster after pg-a died, with its key: any `quorum + 1` of `voters`.
+fn with_quorum_key(voters: &[&str], quorum: u32) -> Cluster {
+    let mut c = with_sync_key(cluster(None), "pg-a", voters);
+    c.sync.as_mut().unwrap().value.quorum = Some(quorum);
+    c
+}
+
+#[test]
+fn a_quorum_standby_takes_over_after_seeing_enough_voters_not_ahead() {
+    let c = with_quorum_key(&["pg-b", "pg-c"], 1);
+    let mut o = obs("pg-b", replica(5_000), Some(c));
+    o.peers = Some(vec![peer("pg-a", 0), peer("pg-c", 4_900)]);
+    o.peers.as_mut().unwrap()[0].wal_lsn = None; // the old primary is gone
+    assert_eq!(decided(&o, &quorum_cfg())[0], Action::AcquireLeader);
+    // pg-c does not answer: pg-b alone is not `quorum + 1` voters.
+    o.peers = Some(vec![PeerStatus {
+        wal_lsn: None,
+        ..peer("pg-c", 0)
+    }]);
+    assert_eq!(decided(&o, &quorum_cfg()), [Action::Wait]);
+    assert!(reason_of(&o, &quorum_cfg()).contains("quorum commit"));
+}
+
+#[test]
+fn a_member_outside_the_key_needs_quorum_plus_one_voters() {
+    // pg-c is not a voter: it must see `quorum + 1` = 1 voter, pg-b, not ahead of it.
+    let c = with_quorum_key(&["pg-b"], 0);
+    let mut o = obs("pg-c", replica(5_000), Some(c));
+    o.peers = Some(vec![peer("pg-b", 4_000)]);
+    assert_eq!(decided(&o, &quorum_cfg())[0], Action::AcquireLeader);
+    o.peers = Some(vec![PeerStatus {
+        wal_lsn: None,
+        ..peer("pg-b", 0)
+    }]);
+    assert_eq!(decided(&o, &quorum_cfg()), [Action::Wait]);
+}
+
+#[test]
+fn a_key_with_no_voters_lets_only_its_leader_or_one_who_saw_it_take_over() {
+    let c = with_quorum_key(&[], 0);
+    let mut o = obs("pg-b", replica(5_000), Some(c));
+    o.peers = Some(vec![peer("pg-c", 4_000)]);
+    assert_eq!(decided(&o, &quorum_cfg()), [Action::Wait]);
+    // The old leader answers (back as a replica) and is not ahead: we hold its writes.
+    o.peers = Some(vec![peer("pg-a", 5_000), peer("pg-c", 4_000)]);
+    assert_eq!(decided(&o, &quorum_cfg())[0], Action::AcquireLeader);
+}
+
+#[test]
+fn a_peer_ahead_that_reaches_the_quorum_holds_us_back() {
+    // pg-c is ahead and no voter; it sees the only voter, pg-b, not ahead of it, so it
+    // may take over, and pg-b waits for it.
+    let c = with_quorum_key(&["pg-b"], 0);
+    let mut o = obs("pg-b", replica(5_000), Some(c));
+    o.peers = Some(vec![peer("pg-c", 5_100)]);
+    assert_eq!(decided(&o, &quorum_cfg()), [Action::Wait]);
+    assert!(reason_of(&o, &quorum_cfg()).contains("not the healthiest"));
+}
+
+#[test]
+fn the_quorum_leader_moves_its_setting_before_its_key() {
+    let mut c = with_sync_key(cluster(Some("pg-a")), "pg-a", &["pg-b", "pg-c"]);
+    c.sync.as_mut().unwrap().value.quorum = Some(1);
+    let mut local = primary_streaming_to(5_000, &[("pg-b", 5_000)]);
+    local.sync_setting = SyncSetting::parse(r#"ANY 1 ("pg-b","pg-c")"#);
+    let o = obs("pg-a", local, Some(c));
+    // pg-c stopped streaming: commits first wait for pg-b alone, the key follows later.
+    assert_eq!(
+        sync_steps(&o, &quorum_cfg()),
+        [Action::SetSyncStandbys(SyncSetting::parse(
+            r#"ANY 1 ("pg-b")"#
+        ))]
+    );
 }
