@@ -51,7 +51,7 @@ pub enum CtlCommand {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Show the cluster's dynamic configuration; with --effective, the PostgreSQL
+    /// Show the cluster's dynamic configuration; with --effective, the HA settings and PostgreSQL
     /// parameters a member runs with and where each comes from.
     ShowConfig {
         /// A member: its parameters, each with its source (default, cluster, local).
@@ -283,23 +283,42 @@ async fn show_effective(cluster: &Cluster, member: &str) -> Result<String> {
     let Some(params) = answer["parameters"].as_object().filter(|p| !p.is_empty()) else {
         anyhow::bail!("{member} has not written its PostgreSQL configuration yet");
     };
-    let rows: Vec<(&str, &str, &str)> = params
+    let settings = answer["settings"].as_object().cloned().unwrap_or_default();
+    Ok(format!(
+        "{}\n{}",
+        source_table("setting", &settings),
+        source_table("parameter", params)
+    ))
+}
+
+/// `name  value  source` rows, aligned, under a header naming the first column `what`.
+fn source_table(what: &str, rows: &serde_json::Map<String, serde_json::Value>) -> String {
+    let shown = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let rows: Vec<(&str, String, &str)> = rows
         .iter()
         .map(|(k, v)| {
             (
                 k.as_str(),
-                v["value"].as_str().unwrap_or(""),
+                shown(&v["value"]),
                 v["source"].as_str().unwrap_or(""),
             )
         })
         .collect();
-    let name_w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(9);
+    let name_w = rows
+        .iter()
+        .map(|r| r.0.len())
+        .max()
+        .unwrap_or(0)
+        .max(what.len());
     let value_w = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(5);
-    let mut out = format!("{:name_w$}  {:value_w$}  source\n", "parameter", "value");
+    let mut out = format!("{what:name_w$}  {:value_w$}  source\n", "value");
     for (name, value, source) in rows {
         out.push_str(&format!("{name:name_w$}  {value:value_w$}  {source}\n"));
     }
-    Ok(out)
+    out
 }
 
 fn is_paused(cluster: &Cluster) -> bool {

@@ -325,22 +325,66 @@ async fn crashed_postgres_of_the_leader_comes_back_as_primary_on_the_same_timeli
     }
 }
 
-/// Real `patronictl` (Debian package patroni) reads a pgherd cluster from etcd and moves
-/// its primary through pgherd's REST API.
+/// Real `patronictl` (Debian package patroni, 3.0.2) reads a pgherd cluster from etcd and
+/// operates it through pgherd's REST API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patronictl_lists_and_switches_over_a_pgherd_cluster() {
+async fn patronictl_3_operates_a_pgherd_cluster() {
     let _serial = SERIAL.lock().await;
-    if std::process::Command::new("patronictl")
-        .arg("version")
+    patronictl_operates_a_pgherd_cluster("patronictl", "3.0.2").await;
+}
+
+/// Where scripts/setup-debian.sh installs Patroni 4 from PyPI (Debian 12 has 3.0.2).
+const PATRONI4: &str = "/opt/pgherd/patroni4/bin/patronictl";
+
+/// Patroni 4's `patronictl` (PyPI) does the same, and shows quorum commit as Patroni 4
+/// does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patronictl_4_operates_a_pgherd_cluster() {
+    let _serial = SERIAL.lock().await;
+    let cluster = patronictl_operates_a_pgherd_cluster(PATRONI4, "4.").await;
+    let out = std::process::Command::new(PATRONI4)
+        .arg("-c")
+        .arg(&cluster.nodes[0].config_path)
+        .args(["edit-config", "--set", "synchronous_mode=quorum", "--force"])
         .output()
-        .is_err()
-    {
-        panic!("patronictl is missing: scripts/setup-debian.sh installs the patroni package");
+        .expect("run patronictl");
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = std::process::Command::new(PATRONI4)
+            .arg("-c")
+            .arg(&cluster.nodes[0].config_path)
+            .args(["list", "-f", "json"])
+            .output()
+            .expect("run patronictl");
+        let rows: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+        if rows
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["Role"] == "Quorum Standby"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no Quorum Standby: {rows}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `list`, `switchover`, `failover`, `restart`, `reload`, `reinit`, `topology`,
+/// `history`, `edit-config`, `show-config`, `pause` and `resume` with the `patronictl`
+/// at `bin`, whose `version` must contain `version`. Returns the cluster, still running.
+async fn patronictl_operates_a_pgherd_cluster(bin: &str, version: &str) -> TestCluster {
+    let installed = std::process::Command::new(bin).arg("version").output();
+    match installed {
+        Ok(out) if text(&out).contains(version) => {}
+        _ => {
+            panic!("patronictl {version} is missing at {bin}: scripts/setup-debian.sh installs it")
+        }
     }
     let mut cluster = TestCluster::new(2);
     cluster.start_all();
     let primary = cluster.wait_healthy(1, Duration::from_secs(120)).await;
-    let out = std::process::Command::new("patronictl")
+    let out = std::process::Command::new(bin)
         .arg("-c")
         .arg(&cluster.nodes[0].config_path)
         .args(["list", "-f", "json"])
@@ -370,7 +414,7 @@ async fn patronictl_lists_and_switches_over_a_pgherd_cluster() {
 
     let other = replica["Member"].as_str().expect("member name").to_string();
     let patronictl = |args: &[&str]| {
-        std::process::Command::new("patronictl")
+        std::process::Command::new(bin)
             .arg("-c")
             .arg(&cluster.nodes[0].config_path)
             .args(args)
@@ -456,6 +500,7 @@ async fn patronictl_lists_and_switches_over_a_pgherd_cluster() {
     let out = patronictl(&["resume", "--wait"]);
     assert!(text(&out).contains("resumed"), "{}", text(&out));
     assert!(!text(&cluster.ctl(&["list"])).contains("Maintenance mode"));
+    cluster
 }
 
 /// Maintenance mode: `ctl pause --wait` stops automatic actions (a PostgreSQL that dies
@@ -712,6 +757,13 @@ async fn edit_config_merges_validates_asks_and_reaches_postgres() {
     assert_eq!(
         line("hot_standby"),
         Some(vec!["hot_standby".into(), "on".into(), "default".into()]),
+        "{}",
+        text(&effective)
+    );
+    // The HA settings too: the timings came from bootstrap.dcs into the cluster's config.
+    assert_eq!(
+        line("ttl"),
+        Some(vec!["ttl".into(), TTL.to_string(), "cluster".into()]),
         "{}",
         text(&effective)
     );

@@ -395,7 +395,12 @@ async fn effective_config(State(st): State<SharedStatus>) -> Json<Value> {
         .iter()
         .map(|(k, (v, source))| (k.clone(), json!({"value": v, "source": source})))
         .collect();
-    Json(json!({"member": s.name, "parameters": params}))
+    let settings: serde_json::Map<String, Value> = s
+        .ha_settings
+        .iter()
+        .map(|(k, v, source)| (k.to_string(), json!({"value": v, "source": source})))
+        .collect();
+    Json(json!({"member": s.name, "settings": settings, "parameters": params}))
 }
 
 async fn config(State(st): State<SharedStatus>) -> Response {

@@ -602,6 +602,92 @@ pub const CLUSTER_WIDE_PARAMETERS: &[&str] = &[
     "wal_level",
 ];
 
+/// A member's effective HA settings (Patroni's names), each with where it comes from: the
+/// cluster's `config` key when that is what applies, else the member's own file
+/// (`bootstrap.dcs`) when it differs from pgherd's default, else the default. A value the
+/// cluster sets but that is not applied (unsafe timings) shows the value that is.
+pub fn ha_settings(
+    defaults: &HaConfig,
+    base: &HaConfig,
+    effective: &HaConfig,
+    config: Option<&Value>,
+) -> Vec<(&'static str, Value, Source)> {
+    let r = config.map(read).unwrap_or_default();
+    let from_dcs = |v: Option<Duration>| v.map(seconds_json);
+    type Field = fn(&HaConfig) -> Value;
+    let rows: [(&'static str, Field, Option<Value>); 12] = [
+        (
+            "ttl",
+            |h| seconds_json(Duration::from_millis(h.ttl)),
+            from_dcs(r.ttl),
+        ),
+        (
+            "loop_wait",
+            |h| seconds_json(Duration::from_millis(h.loop_wait)),
+            from_dcs(r.loop_wait),
+        ),
+        (
+            "retry_timeout",
+            |h| seconds_json(Duration::from_millis(h.retry_timeout)),
+            from_dcs(r.retry_timeout),
+        ),
+        (
+            "maximum_lag_on_failover",
+            |h| h.maximum_lag_on_failover.into(),
+            r.maximum_lag_on_failover.map(Value::from),
+        ),
+        ("pause", |h| h.paused.into(), r.pause.map(Value::from)),
+        (
+            "synchronous_mode",
+            |h| h.synchronous_mode.to_json(),
+            r.synchronous_mode.map(SynchronousMode::to_json),
+        ),
+        (
+            "synchronous_mode_strict",
+            |h| h.synchronous_mode_strict.into(),
+            r.synchronous_mode_strict.map(Value::from),
+        ),
+        (
+            "synchronous_node_count",
+            |h| h.synchronous_node_count.into(),
+            r.synchronous_node_count.map(Value::from),
+        ),
+        (
+            "member_slots_ttl",
+            |h| seconds_json(Duration::from_millis(h.member_slots_ttl)),
+            from_dcs(r.member_slots_ttl),
+        ),
+        (
+            "primary_start_timeout",
+            |h| seconds_json(Duration::from_millis(h.primary_start_timeout)),
+            from_dcs(r.primary_start_timeout),
+        ),
+        (
+            "postgresql.use_pg_rewind",
+            |h| h.use_pg_rewind.into(),
+            r.use_pg_rewind.map(Value::from),
+        ),
+        (
+            "postgresql.use_slots",
+            |h| h.use_slots.into(),
+            r.use_slots.map(Value::from),
+        ),
+    ];
+    rows.into_iter()
+        .map(|(name, field, dcs)| {
+            let value = field(effective);
+            let source = if dcs.as_ref() == Some(&value) {
+                Source::Cluster
+            } else if value == field(base) && field(base) != field(defaults) {
+                Source::Local
+            } else {
+                Source::Default
+            };
+            (name, value, source)
+        })
+        .collect()
+}
+
 /// Where a member's effective setting comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -847,5 +933,38 @@ mod tests {
     fn unsafe_timings_from_the_dcs_are_ignored() {
         let d = apply(&base(), Some(&json!({"ttl": 10, "loop_wait": 10})));
         assert_eq!((d.ha.ttl, d.ha.loop_wait), (30_000, 10_000));
+    }
+
+    #[test]
+    fn ha_settings_say_where_each_value_comes_from() {
+        let defaults = base();
+        let local = HaConfig {
+            ttl: 40_000,
+            ..base()
+        };
+        let source = |config: Value, name: &str| {
+            let effective = apply(&local, Some(&config)).ha;
+            ha_settings(&defaults, &local, &effective, Some(&config))
+                .into_iter()
+                .find(|(n, _, _)| *n == name)
+                .map(|(_, v, s)| (v, s))
+                .unwrap()
+        };
+        let config = json!({"loop_wait": 5, "synchronous_mode": "quorum"});
+        assert_eq!(source(config.clone(), "ttl"), (json!(40), Source::Local));
+        assert_eq!(
+            source(config.clone(), "loop_wait"),
+            (json!(5), Source::Cluster)
+        );
+        assert_eq!(
+            source(config.clone(), "synchronous_mode"),
+            (json!("quorum"), Source::Cluster)
+        );
+        assert_eq!(
+            source(config, "retry_timeout"),
+            (json!(10), Source::Default)
+        );
+        // Unsafe timings in the cluster's config are not applied: the local ones are.
+        assert_eq!(source(json!({"ttl": 5}), "ttl"), (json!(40), Source::Local));
     }
 }

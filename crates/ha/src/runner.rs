@@ -608,6 +608,17 @@ impl Agent {
         if d != self.dynamic {
             info!(member = %self.spec.name, ha = ?d.ha, "dynamic configuration applied");
         }
+        let settings = dynamic::ha_settings(
+            &default_ha_config(),
+            &self.spec.ha,
+            &d.ha,
+            cluster.config.as_ref().map(|v| &v.value),
+        );
+        let shown = settings
+            .into_iter()
+            .map(|(name, value, source)| (name, value, source.as_str()))
+            .collect();
+        self.status.update(|s| s.ha_settings = shown);
         self.dynamic = d;
     }
 

@@ -65,6 +65,9 @@ pub struct NodeStatus {
     /// The PostgreSQL parameters last written, as PostgreSQL reads them, with where
     /// each came from (`default`, `cluster`, `local`).
     pub parameters: BTreeMap<String, (String, &'static str)>,
+    /// The HA settings in effect (Patroni's names, values as in the `config` key), with
+    /// where each came from.
+    pub ha_settings: Vec<(&'static str, serde_json::Value, &'static str)>,
     /// Successful takes and renewals of the leader key since the agent started.
     pub lease_renewals: u64,
     /// Promotions since the agent started.
@@ -110,6 +113,7 @@ impl NodeStatus {
             pending_restart: false,
             promotion_vetoed: false,
             parameters: BTreeMap::new(),
+            ha_settings: Vec::new(),
             lease_renewals: 0,
             promotions: 0,
             last_decision: None,
