@@ -54,9 +54,13 @@ pub enum CtlCommand {
     /// Show the cluster's dynamic configuration; with --effective, the HA settings and PostgreSQL
     /// parameters a member runs with and where each comes from.
     ShowConfig {
-        /// A member: its parameters, each with its source (default, cluster, local).
+        /// A member: its settings and parameters, each with its source (default, cluster,
+        /// local).
         #[arg(long, value_name = "MEMBER")]
         effective: Option<String>,
+        /// `table` prints YAML (or, with --effective, aligned columns).
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Maintenance mode: no automatic failover, promotion, demotion or restart until
     /// `resume` (members keep publishing their state; the leader keeps its lease).
@@ -190,10 +194,14 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             remove::run(&dcs, &cfg.scope, &cluster, &name).await?
         }
         CtlCommand::History { format } => history(&cluster, format),
-        CtlCommand::ShowConfig { effective: None } => show_config(&cluster)?,
+        CtlCommand::ShowConfig {
+            effective: None,
+            format,
+        } => show_config(&cluster, format)?,
         CtlCommand::ShowConfig {
             effective: Some(member),
-        } => show_effective(&cluster, &member).await?,
+            format,
+        } => show_effective(&cluster, &member, format).await?,
         CtlCommand::Pause { wait } => set_pause(&dcs, true, wait).await?,
         CtlCommand::Resume { wait } => set_pause(&dcs, false, wait).await?,
         CtlCommand::EditConfig {
@@ -254,7 +262,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
 }
 
 /// A member's parameters as it last wrote them, with their sources, from its REST API.
-async fn show_effective(cluster: &Cluster, member: &str) -> Result<String> {
+async fn show_effective(cluster: &Cluster, member: &str, format: Format) -> Result<String> {
     let Some(m) = cluster.member(member) else {
         let names: Vec<&str> = cluster.members.iter().map(|m| m.name.as_str()).collect();
         anyhow::bail!(
@@ -283,6 +291,9 @@ async fn show_effective(cluster: &Cluster, member: &str) -> Result<String> {
     let Some(params) = answer["parameters"].as_object().filter(|p| !p.is_empty()) else {
         anyhow::bail!("{member} has not written its PostgreSQL configuration yet");
     };
+    if format == Format::Json {
+        return Ok(format!("{answer}\n"));
+    }
     let settings = answer["settings"].as_object().cloned().unwrap_or_default();
     Ok(format!(
         "{}\n{}",
@@ -452,11 +463,14 @@ fn history(cluster: &Cluster, format: Format) -> String {
     }
 }
 
-fn show_config(cluster: &Cluster) -> Result<String> {
+fn show_config(cluster: &Cluster, format: Format) -> Result<String> {
     let value = cluster
         .config
         .as_ref()
         .map(|c| c.value.clone())
         .unwrap_or(serde_json::Value::Object(Default::default()));
-    yaml_serde::to_string(&value).context("cannot render the config as YAML")
+    match format {
+        Format::Json => Ok(format!("{value}\n")),
+        Format::Table => yaml_serde::to_string(&value).context("cannot render the config as YAML"),
+    }
 }

@@ -767,6 +767,18 @@ async fn edit_config_merges_validates_asks_and_reaches_postgres() {
         "{}",
         text(&effective)
     );
+    let json = cluster.ctl(&["show-config", "--effective", &primary, "--format", "json"]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&json.stdout).unwrap_or_else(|_| panic!("{}", text(&json)));
+    assert_eq!(json["settings"]["ttl"]["source"], "cluster", "{json}");
+    assert_eq!(json["parameters"]["work_mem"]["value"], "16MB", "{json}");
+    let config = cluster.ctl(&["show-config", "--format", "json"]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&config.stdout).unwrap_or_else(|_| panic!("{}", text(&config)));
+    assert_eq!(
+        config["postgresql"]["parameters"]["work_mem"], "16MB",
+        "{config}"
+    );
     let unknown = cluster.ctl(&["show-config", "--effective", "nobody"]);
     assert!(!unknown.status.success());
     assert!(
