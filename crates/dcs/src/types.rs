@@ -48,6 +48,21 @@ pub struct Member {
     pub data: MemberData,
 }
 
+/// `postgres://[user@]host:port/db` (a member's `conn_url`) → (host, port); port 5432
+/// when absent, brackets around an IPv6 address removed.
+pub fn parse_conn_url(url: &str) -> Option<(String, u16)> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split('/').next()?;
+    let hostport = authority.rsplit('@').next()?;
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (hostport, 5432),
+    };
+    Some((host.trim_matches(['[', ']']).to_string(), port))
+}
+
 /// The JSON a member publishes about itself (Patroni field names).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemberData {

@@ -1535,19 +1535,7 @@ fn member_at(cluster: Option<&Cluster>, host: &str, port: u16) -> Option<String>
         .map(|m| m.name.clone())
 }
 
-/// `postgres://host:port/db` → (host, port).
-pub fn parse_conn_url(url: &str) -> Option<(String, u16)> {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))?;
-    let authority = rest.split('/').next()?;
-    let hostport = authority.rsplit('@').next()?;
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().ok()?),
-        None => (hostport, 5432),
-    };
-    Some((host.trim_matches(['[', ']']).to_string(), port))
-}
+pub use pgherd_dcs::parse_conn_url;
 
 /// A peer's `GET /patroni` answer, reduced to what the failover race needs.
 fn peer_status(name: &str, json: Option<&serde_json::Value>, nofailover: bool) -> PeerStatus {

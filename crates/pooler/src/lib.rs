@@ -25,6 +25,8 @@
 //!   client registry and the client error counters) and [`net`].
 //! - [`server`] talks to PostgreSQL over [`net`]; [`protocol`](pgherd_protocol) frames
 //!   the bytes. [`config`] and [`tls`] are plain data, read at any level.
+//! - [`topology`] follows the clusters routed databases name (through the DCS); [`pools`]
+//!   keeps each routed pool on the members its route names ([`pool::Endpoint`]).
 
 pub mod admin;
 pub mod cancel;
@@ -44,3 +46,4 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod tls;
+pub mod topology;

@@ -3,10 +3,11 @@
 //! one database or user share, `PAUSE`/`RESUME` by database, and the janitor that keeps
 //! every pool tidy (idle timeouts, `min_pool_size`).
 
-use crate::config::{DatabaseConfig, PoolMode, PoolerConfig};
+use crate::config::{DatabaseConfig, PoolMode, PoolerConfig, RouteRole, RouteSpec};
 use crate::live::LiveConfig;
-use crate::pool::{ConnLimit, LimitKind, Pool, PoolKey, PoolLimits};
+use crate::pool::{ConnLimit, Endpoint, LimitKind, Pool, PoolKey, PoolLimits};
 use crate::server::{ServerCredential, ServerTarget};
+use crate::topology::{ClusterView, Topology};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -55,13 +56,20 @@ pub struct Pools {
     janitor_stop: watch::Sender<bool>,
     /// The console's `SHUTDOWN`: the janitor stops too.
     shutdown: watch::Receiver<bool>,
+    /// The clusters routed databases follow (`None`: no store configured).
+    topology: Option<Arc<Topology>>,
 }
 
 impl Pools {
     /// No pools yet; they take their settings from `live` and their janitor stops when
-    /// `shutdown` turns true.
-    pub fn new(live: Arc<LiveConfig>, shutdown: watch::Receiver<bool>) -> Pools {
+    /// `shutdown` turns true. Routed databases follow their cluster in `topology`.
+    pub fn new(
+        live: Arc<LiveConfig>,
+        shutdown: watch::Receiver<bool>,
+        topology: Option<Arc<Topology>>,
+    ) -> Pools {
         Pools {
+            topology,
             live,
             pools: Arc::new(Mutex::new(HashMap::new())),
             conn_limits: Mutex::new(HashMap::new()),
@@ -244,9 +252,24 @@ impl Pools {
             let paused = lock(&self.paused);
             pool.set_paused(paused.all || paused.databases.contains(&key.database));
         }
+        let default_scope = config.cluster.as_ref().and_then(|c| c.scope.as_deref());
+        let route = db.route(default_scope).zip(self.topology.as_ref());
+        if let Some((spec, _)) = &route {
+            // Held before anyone can see it, until the first view says where to go.
+            pool.route_to(Vec::new(), spec.balance, false);
+        }
         pools.insert(key.clone(), pool.clone());
         drop(pools);
         self.start_janitor();
+        if let Some((spec, topology)) = route {
+            let view = topology.follow(&spec.scope);
+            tokio::spawn(follow_route(
+                Arc::downgrade(&pool),
+                spec,
+                view,
+                self.shutdown.clone(),
+            ));
+        }
         pool
     }
 
@@ -378,6 +401,52 @@ async fn janitor_loop(
     }
     fills.shutdown().await;
     debug!("pool janitor stopped");
+}
+
+/// Keep a routed pool on the members its route names, as the cluster's view changes,
+/// until the pool or the pooler is gone. When the primary changes (or goes), a primary
+/// route cuts its lent servers on the old one: a transaction there must not go on.
+async fn follow_route(
+    pool: Weak<Pool>,
+    spec: RouteSpec,
+    mut view: watch::Receiver<Arc<ClusterView>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last_primary: Option<Endpoint> = None;
+    loop {
+        let current = view.borrow_and_update().clone();
+        let Some(pool) = pool.upgrade() else { break };
+        let endpoints: Vec<Endpoint> = current
+            .route_members(&spec)
+            .into_iter()
+            .map(endpoint)
+            .collect();
+        let primary = current.primary().map(endpoint);
+        let sever = spec.role == RouteRole::Primary && primary != last_primary;
+        if endpoints.is_empty() {
+            let why = current
+                .problem
+                .as_deref()
+                .unwrap_or("no member to route to");
+            info!(pool = ?pool.key, scope = %spec.scope, role = %spec.role, %why,
+                "clients wait for a server");
+        }
+        pool.route_to(endpoints, spec.balance, sever);
+        last_primary = primary;
+        drop(pool);
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() { break },
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+}
+
+fn endpoint(m: &crate::topology::Member) -> Endpoint {
+    Endpoint {
+        member: m.name.clone(),
+        host: m.host.clone(),
+        port: m.port,
+    }
 }
 
 /// The database entry `auth_query` logs in with as `auth_user`: `auth_dbname` if set,

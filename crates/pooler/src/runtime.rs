@@ -14,6 +14,7 @@ use crate::pool::{ConnLimit, Pool};
 use crate::pools::Pools;
 use crate::session::{ParkedSession, SessionContext};
 use crate::tls::TlsContexts;
+use crate::topology::Topology;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -49,10 +50,14 @@ impl Runtime {
         hba: Option<HbaRules>,
         tls: TlsContexts,
     ) -> Arc<Runtime> {
+        let topology = config
+            .cluster
+            .as_ref()
+            .map(|store| Arc::new(Topology::etcd(store)));
         let live = Arc::new(LiveConfig::new(config, userlist, hba, tls));
         let shutdown = watch::channel(false).0;
         let ctx = SessionContext {
-            pools: Arc::new(Pools::new(live.clone(), shutdown.subscribe())),
+            pools: Arc::new(Pools::new(live.clone(), shutdown.subscribe(), topology)),
             live,
             cancels: CancelRegistry::default(),
             ticks: OnceLock::new(),

@@ -1083,6 +1083,7 @@ fn server_credential(
 fn pool_error(e: &PoolError) -> ErrorResponse {
     match e {
         PoolError::WaitTimeout => error(Severity::Fatal, "08P01", "query_wait_timeout"),
+        PoolError::NoServer(why) => error(Severity::Fatal, "08006", format!("no server: {why}")),
         PoolError::Server(s) => s.to_client_error(),
     }
 }

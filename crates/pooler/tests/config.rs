@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgherd_pooler::config::{
-    diff, AuthType, ConfigErrors, ConnInfo, ErrorKind, HbaMethod, HbaRules, Loaded, PoolMode,
-    PoolerConfig, RouteRole, SecretKind, SslMode, Userlist, SETTINGS,
+    diff, AuthType, Balance, ConfigErrors, ConnInfo, ErrorKind, Fallback, HbaMethod, HbaRules,
+    Loaded, PoolMode, PoolerConfig, RouteRole, SecretKind, SslMode, Userlist, SETTINGS,
 };
 
 fn fixture(rel: &str) -> PathBuf {
@@ -600,7 +600,7 @@ fn yaml_cluster_and_routes_are_parsed_and_validated() {
     .expect("loads");
     let c = &loaded.config;
     let cluster = c.cluster.as_ref().expect("cluster");
-    assert_eq!(cluster.scope, "batman");
+    assert_eq!(cluster.scope.as_deref(), Some("batman"));
     assert_eq!(cluster.namespace, "/service/");
     assert_eq!(
         cluster.etcd3.hosts,
@@ -727,4 +727,68 @@ fn admin_set_uses_the_same_rules_as_the_files() {
     assert!(s.apply("default_pool_size", "-1").is_err());
     assert!(s.apply("no_such_thing", "1").is_err());
     assert_eq!(s.get("default_pool_size").as_deref(), Some("7"));
+}
+
+#[test]
+fn routed_databases_follow_a_cluster_named_in_the_pgherd_section() {
+    let loaded = ini_ok(
+        "[databases]\n\
+         app = cluster=batman role=primary dbname=app\n\
+         app_ro = role=replica dbname=app max_lag=16MB fallback=none balance=round_robin\n\
+         plain = host=db1 dbname=plain\n\
+         [pgbouncer]\n\
+         listen_port = 6432\n\
+         [pgherd]\n\
+         etcd_hosts = 10.0.0.1:2379, 10.0.0.2:2379\n\
+         scope = robin\n\
+         dcs_timeout = 4\n\
+         metrics_listen = 127.0.0.1:9127\n",
+    );
+    let c = &loaded.config;
+    let store = c.cluster.as_ref().expect("the [pgherd] store");
+    assert_eq!(store.etcd3.hosts, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+    assert_eq!(store.namespace, "/service/");
+    assert_eq!(store.scope.as_deref(), Some("robin"));
+    assert_eq!(store.dcs_timeout, Duration::from_secs(4));
+    assert!(c.settings.metrics_listen.is_some(), "pgherd settings too");
+    let app = c.databases["app"].route(Some("robin")).expect("routed");
+    assert_eq!(
+        (app.scope.as_str(), app.role),
+        ("batman", RouteRole::Primary)
+    );
+    let ro = c.databases["app_ro"].route(Some("robin")).expect("routed");
+    assert_eq!((ro.scope.as_str(), ro.role), ("robin", RouteRole::Replica));
+    assert_eq!(ro.max_lag, Some(16 << 20));
+    assert_eq!(ro.fallback, Fallback::None);
+    assert_eq!(ro.balance, Balance::RoundRobin);
+    assert!(c.databases["plain"].route(Some("robin")).is_none());
+
+    // The same in YAML.
+    let yaml = yaml(
+        "pgbouncer:\n  listen_port: 6432\n\
+         pgherd:\n  metrics_listen: 127.0.0.1:9127\n\
+         cluster:\n  scope: robin\n  etcd3:\n    hosts: [10.0.0.1:2379, 10.0.0.2:2379]\n  dcs_timeout: 4\n\
+         databases:\n  app: {cluster: batman, role: primary, dbname: app}\n  \
+         app_ro: {role: replica, dbname: app, max_lag: 16MB, fallback: none, balance: round_robin}\n  \
+         plain: {host: db1, dbname: plain}\n",
+    )
+    .expect("yaml loads");
+    assert_eq!(yaml.config.cluster, c.cluster);
+    assert_eq!(yaml.config.databases, c.databases);
+}
+
+#[test]
+fn routed_databases_need_the_store_and_no_host() {
+    let e = ini_err("[databases]\napp = cluster=batman dbname=app\n[pgbouncer]\nlisten_port = 1\n")
+        .to_string();
+    assert!(e.contains("needs the store"), "{e}");
+    let e = ini_err("[databases]\napp = role=replica host=db1\n[pgherd]\netcd_hosts = e:2379\n")
+        .to_string();
+    assert!(e.contains("no cluster to route to"), "{e}");
+    assert!(e.contains("host= and cluster="), "{e}");
+    let e =
+        ini_err("[databases]\napp = role=sideways max_lag=lots\n[pgherd]\nscope = s\n").to_string();
+    assert!(e.contains("role: invalid value 'sideways'"), "{e}");
+    assert!(e.contains("max_lag: invalid value 'lots'"), "{e}");
+    assert!(e.contains("[pgherd] needs etcd_hosts"), "{e}");
 }

@@ -1,5 +1,6 @@
 //! `SHOW CLIENTS` and `SHOW SERVERS`: one row per socket, with PgBouncer's socket
-//! columns (`socket_header` in its admin.c).
+//! columns (`socket_header` in its admin.c), then pgherd's `member` when databases follow
+//! a cluster.
 
 use super::output::{client_ptr, int, server_ptr, text, timestamp, Rows, Type};
 use crate::client::ClientState;
@@ -31,8 +32,22 @@ const COLUMNS: &[(&str, Type)] = &[
     ("id", Type::Int4),
 ];
 
-pub fn clients(rt: &Runtime) -> Rows {
+/// pgherd's column, shown only when databases follow a cluster (PgBouncer's columns stay
+/// exactly PgBouncer's otherwise): the member a routed pool's server is on.
+const MEMBER: (&str, Type) = ("member", Type::Text);
+
+/// The socket columns, with `member` when the configuration follows a cluster.
+fn columns(rt: &Runtime) -> (Rows, bool) {
+    let routed = rt.config().cluster.is_some();
     let mut rows = Rows::new(COLUMNS);
+    if routed {
+        rows.columns.push(MEMBER);
+    }
+    (rows, routed)
+}
+
+pub fn clients(rt: &Runtime) -> Rows {
+    let (mut rows, routed) = columns(rt);
     let now = Instant::now();
     for c in rt.clients() {
         let v = c.view();
@@ -48,7 +63,7 @@ pub fn clients(rt: &Runtime) -> Rows {
             .map(|s| now.duration_since(s).as_micros())
             .unwrap_or(0);
         let local = c.local_addr;
-        rows.push(vec![
+        let mut row = vec![
             text("C"),
             v.user.clone(),
             v.database.clone(),
@@ -70,13 +85,17 @@ pub fn clients(rt: &Runtime) -> Rows {
             text(v.application_name.clone().unwrap_or_default()),
             int(0),
             int(c.id),
-        ]);
+        ];
+        if routed {
+            row.push(None);
+        }
+        rows.push(row);
     }
     rows
 }
 
 pub fn servers(rt: &Runtime) -> Rows {
-    let mut rows = Rows::new(COLUMNS);
+    let (mut rows, routed) = columns(rt);
     let mut pools = rt.pools();
     pools.sort_by(|a, b| a.key.cmp(&b.key));
     for pool in pools {
@@ -93,7 +112,7 @@ pub fn servers(rt: &Runtime) -> Rows {
                 }
                 ServerState::Idle => "idle",
             };
-            rows.push(vec![
+            let mut row = vec![
                 text("S"),
                 text(&pool.key.user),
                 text(&pool.key.database),
@@ -115,7 +134,11 @@ pub fn servers(rt: &Runtime) -> Rows {
                 text(""),
                 int(0),
                 int(s.id),
-            ]);
+            ];
+            if routed {
+                row.push(s.endpoint.as_ref().map(|e| e.member.clone()));
+            }
+            rows.push(row);
         }
     }
     rows

@@ -27,6 +27,10 @@ const COLUMNS: &[(&str, Type)] = &[
     ("disabled", Type::Int4),
 ];
 
+/// pgherd's column, shown only when databases follow a cluster: a routed database's
+/// cluster, role and the members it routes to now.
+const ROUTE: (&str, Type) = ("route", Type::Text);
+
 fn client_connections(rt: &Runtime, database: &str) -> usize {
     rt.clients()
         .iter()
@@ -51,7 +55,11 @@ pub fn run(rt: &Runtime) -> Rows {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let pools = rt.pools();
+    let routed = config.cluster.is_some();
     let mut rows = Rows::new(COLUMNS);
+    if routed {
+        rows.columns.push(ROUTE);
+    }
     for (name, db) in &databases {
         let current: usize = pools
             .iter()
@@ -59,10 +67,32 @@ pub fn run(rt: &Runtime) -> Rows {
             .map(|p| p.server_count())
             .sum();
         let paused = rt.is_database_paused(name);
-        rows.push(vec![
+        let default_scope = config.cluster.as_ref().and_then(|c| c.scope.as_deref());
+        let spec = db.route(default_scope);
+        // A routed database's members now (from any of its pools; none yet: no pool).
+        let members = pools
+            .iter()
+            .filter(|p| &p.key.database == name)
+            .find_map(|p| p.routed_endpoints())
+            .unwrap_or_default();
+        let route = spec.as_ref().map(|r| {
+            let names: Vec<&str> = members.iter().map(|e| e.member.as_str()).collect();
+            let to = if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(",")
+            };
+            format!("{} {}: {to}", r.scope, r.role)
+        });
+        let (host, port) = match (spec.is_some(), members.first()) {
+            (true, Some(e)) => (Some(e.host.clone()), e.port),
+            (true, None) => (None, 0),
+            (false, _) => ((!db.host.is_empty()).then(|| db.host.join(",")), db.port),
+        };
+        let mut row = vec![
             text(name),
-            (!db.host.is_empty()).then(|| db.host.join(",")),
-            int(db.port),
+            host,
+            int(port),
             text(db.server_dbname(name)),
             db.user.clone(),
             int(db.pool_size.unwrap_or(s.default_pool_size)),
@@ -83,9 +113,13 @@ pub fn run(rt: &Runtime) -> Rows {
             int(client_connections(rt, name)),
             int(u8::from(paused)),
             int(0),
-        ]);
+        ];
+        if routed {
+            row.push(route);
+        }
+        rows.push(row);
     }
-    rows.push(vec![
+    let mut row = vec![
         text(ADMIN_DATABASE),
         None,
         int(s.listen_port),
@@ -103,6 +137,10 @@ pub fn run(rt: &Runtime) -> Rows {
         int(client_connections(rt, ADMIN_DATABASE)),
         int(0),
         int(0),
-    ]);
+    ];
+    if routed {
+        row.push(None);
+    }
+    rows.push(row);
     rows
 }

@@ -1,32 +1,73 @@
-//! pgherd's extension to the pooler configuration (YAML only): where to watch the
-//! cluster's topology and which listeners route to which role. Parsed and validated
-//! here; the runtime that uses it lives elsewhere.
+//! pgherd's extension to the pooler configuration: where to watch the clusters'
+//! topology, and which databases route to which role of which cluster. Parsed and
+//! validated here; [`crate::topology`] follows the clusters and the pools route by them.
 //!
 //! ```yaml
 //! cluster:
-//!   scope: batman            # Patroni's scope
+//!   scope: batman            # Patroni's scope: the default for routed databases
 //!   namespace: /service/     # Patroni's namespace (default /service/)
 //!   etcd3:
 //!     hosts: [10.0.0.1:2379, 10.0.0.2:2379]   # or "10.0.0.1:2379,10.0.0.2:2379"
-//! routes:
-//!   - listen_port: 6432
-//!     role: primary
-//!   - listen_port: 6433
-//!     role: replica
+//!   dcs_timeout: 10          # no DCS answer this long: no writes routed (default 10 s)
+//! databases:
+//!   app: {cluster: batman, role: primary, dbname: app}
+//!   app_ro: {role: replica, dbname: app, max_lag: 16MB}
 //! ```
+//!
+//! In `pgbouncer.ini` the same store is a `[pgherd]` section (`etcd_hosts`, `namespace`,
+//! `scope`, `dcs_timeout`) and a database is `app = cluster=batman role=primary dbname=app`.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
-use super::{ConfigError, ErrorKind, Location, PoolerConfig};
+use super::{ConfigError, DatabaseConfig, ErrorKind, Location, PoolerConfig};
 
-/// Where the cluster's leader and members are published (Patroni's layout).
+/// Where the clusters' leaders and members are published (Patroni's layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    pub scope: String,
+    /// The cluster a routed database without `cluster=` follows.
+    pub scope: Option<String>,
     /// Default `/service/`, as in Patroni.
     pub namespace: String,
     pub etcd3: Etcd3Config,
+    /// How long the DCS may not answer before the pooler stops routing writes (it can
+    /// no longer know who the primary is). Keep it below the clusters' ttl.
+    pub dcs_timeout: Duration,
+}
+
+/// Default `dcs_timeout`: a third of Patroni's default ttl.
+pub const DEFAULT_DCS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a replica route does when no replica may serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fallback {
+    /// Send the reads to the primary.
+    #[default]
+    Primary,
+    /// Let the clients wait (up to `query_wait_timeout`).
+    None,
+}
+
+/// How a route with several members spreads its server logins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// To the member with the fewest of the pool's servers (ties in turn).
+    #[default]
+    LeastConnections,
+    /// Each member in turn.
+    RoundRobin,
+}
+
+/// A database's route: which members of which cluster its servers log in to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub scope: String,
+    pub role: RouteRole,
+    /// Replicas further behind than this many bytes serve no reads.
+    pub max_lag: Option<u64>,
+    pub fallback: Fallback,
+    pub balance: Balance,
 }
 
 /// Patroni's default namespace.
@@ -81,6 +122,33 @@ impl fmt::Display for RouteRole {
 pub struct Route {
     pub listen_port: u16,
     pub role: RouteRole,
+}
+
+/// Why a routed database (`cluster=`, `role=`, …) cannot be routed under `cluster`
+/// (the store section), if it cannot.
+pub(crate) fn route_problems(
+    cluster: Option<&ClusterConfig>,
+    db: &DatabaseConfig,
+) -> Vec<&'static str> {
+    let mut problems = Vec::new();
+    if !db.is_routed() {
+        return problems;
+    }
+    match cluster {
+        None => problems.push(
+            "a routed database (cluster=, role=) needs the store: a [pgherd] section with \
+             etcd_hosts (YAML: cluster.etcd3.hosts)",
+        ),
+        Some(c) if db.cluster.is_none() && c.scope.is_none() => problems.push(
+            "no cluster to route to: set cluster=SCOPE, or scope in [pgherd] (YAML: \
+             cluster.scope)",
+        ),
+        _ => {}
+    }
+    if !db.host.is_empty() {
+        problems.push("host= and cluster=/role= exclude each other: the cluster names the hosts");
+    }
+    problems
 }
 
 /// Cross-checks once everything is read: routes need a cluster and distinct ports.

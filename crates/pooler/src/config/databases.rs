@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::cluster::{Balance, Fallback, RouteRole, RouteSpec};
 use super::settings::{
     fmt_secs, parse_limit, parse_port, parse_secs, parse_secs_or_off, parse_u32, shown, PoolMode,
 };
@@ -62,6 +63,16 @@ pub struct DatabaseConfig {
     pub datestyle: Option<String>,
     pub timezone: Option<String>,
     pub application_name: Option<String>,
+    /// pgherd: follow this cluster (scope) instead of `host`.
+    pub cluster: Option<String>,
+    /// pgherd: which of the cluster's members (default primary).
+    pub role: Option<RouteRole>,
+    /// pgherd: replicas further behind than this many bytes serve no reads.
+    pub max_lag: Option<u64>,
+    /// pgherd: no replica may serve: use the primary (default) or wait.
+    pub fallback: Option<Fallback>,
+    /// pgherd: how logins spread over several members.
+    pub balance: Option<Balance>,
 }
 
 /// PgBouncer's default server port.
@@ -133,6 +144,42 @@ impl DatabaseConfig {
             "datestyle" => self.datestyle = Some(value),
             "timezone" => self.timezone = Some(value),
             "application_name" => self.application_name = Some(value),
+            "cluster" if v.is_empty() => return Err(ValueError::invalid("cluster: empty scope")),
+            "cluster" => self.cluster = Some(v.to_string()),
+            "role" => {
+                self.role = Some(RouteRole::parse(v).ok_or_else(|| {
+                    ValueError::invalid(format!(
+                        "role: invalid value '{}': expected primary, replica or any",
+                        shown(v)
+                    ))
+                })?)
+            }
+            "max_lag" => self.max_lag = Some(parse_bytes(v).map_err(named)?),
+            "fallback" => {
+                self.fallback = Some(match v.to_ascii_lowercase().as_str() {
+                    "primary" | "master" | "leader" => Fallback::Primary,
+                    "none" => Fallback::None,
+                    _ => {
+                        return Err(ValueError::invalid(format!(
+                            "fallback: invalid value '{}': expected primary or none",
+                            shown(v)
+                        )))
+                    }
+                })
+            }
+            "balance" => {
+                self.balance = Some(match v.to_ascii_lowercase().as_str() {
+                    "least_connections" | "least-connections" => Balance::LeastConnections,
+                    "round_robin" | "round-robin" => Balance::RoundRobin,
+                    _ => {
+                        return Err(ValueError::invalid(format!(
+                            "balance: invalid value '{}': expected least_connections or \
+                             round_robin",
+                            shown(v)
+                        )))
+                    }
+                })
+            }
             _ => {
                 return Err(ValueError::unknown(format!(
                     "unrecognized connection parameter '{}'",
@@ -141,6 +188,29 @@ impl DatabaseConfig {
             }
         }
         Ok(())
+    }
+
+    /// A pgherd route key is set (`cluster`, `role`, `max_lag`, `fallback`, `balance`).
+    pub fn is_routed(&self) -> bool {
+        self.cluster.is_some()
+            || self.role.is_some()
+            || self.max_lag.is_some()
+            || self.fallback.is_some()
+            || self.balance.is_some()
+    }
+
+    /// The route of a routed database, with `default_scope` for one without `cluster=`.
+    pub fn route(&self, default_scope: Option<&str>) -> Option<RouteSpec> {
+        if !self.is_routed() {
+            return None;
+        }
+        Some(RouteSpec {
+            scope: self.cluster.clone().or(default_scope.map(str::to_string))?,
+            role: self.role.unwrap_or(RouteRole::Primary),
+            max_lag: self.max_lag,
+            fallback: self.fallback.unwrap_or_default(),
+            balance: self.balance.unwrap_or_default(),
+        })
     }
 
     /// The server-side database name for a client that asked for `client_db`.
@@ -168,6 +238,7 @@ impl DatabaseConfig {
             ("datestyle", &self.datestyle),
             ("timezone", &self.timezone),
             ("application_name", &self.application_name),
+            ("cluster", &self.cluster),
         ];
         for (k, v) in strings {
             if let Some(v) = v {
@@ -198,6 +269,30 @@ impl DatabaseConfig {
         if let Some(mode) = self.pool_mode {
             push("pool_mode", mode.as_str().into());
         }
+        if let Some(role) = self.role {
+            push("role", role.as_str().into());
+        }
+        if let Some(lag) = self.max_lag {
+            push("max_lag", lag.to_string());
+        }
+        if let Some(f) = self.fallback {
+            push(
+                "fallback",
+                if f == Fallback::None {
+                    "none"
+                } else {
+                    "primary"
+                }
+                .into(),
+            );
+        }
+        if let Some(b) = self.balance {
+            let name = match b {
+                Balance::LeastConnections => "least_connections",
+                Balance::RoundRobin => "round_robin",
+            };
+            push("balance", name.into());
+        }
         if let Some(d) = self.server_lifetime {
             push("server_lifetime", fmt_secs(d));
         }
@@ -208,6 +303,29 @@ impl DatabaseConfig {
             );
         }
         parts.join(" ")
+    }
+}
+
+/// A size in bytes: `1048576`, or with a unit as in Patroni's `?lag=`: `16MB`, `512kB`,
+/// `1GB` (powers of 1024).
+fn parse_bytes(v: &str) -> Result<u64, ValueError> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        _ => 0,
+    };
+    match number.trim().parse::<u64>() {
+        Ok(n) if scale > 0 => n
+            .checked_mul(scale)
+            .ok_or_else(|| ValueError::invalid(format!("invalid value '{}': too large", shown(v)))),
+        _ => Err(ValueError::invalid(format!(
+            "invalid value '{}': expected bytes, e.g. 1048576 or 16MB",
+            shown(v)
+        ))),
     }
 }
 

@@ -20,9 +20,13 @@
 //!   same limit as libusual) and a file including itself, directly or not, is an error.
 //! - `[peers]` is accepted and ignored with a warning; an unknown section's keys are
 //!   ignored with a warning.
+//! - `[pgherd]` (pgherd's own): the store routed databases follow (`etcd_hosts`,
+//!   `namespace`, `scope`, `dcs_timeout`) and pgherd's settings (`metrics_listen`).
 
 use std::path::{Path, PathBuf};
 
+use super::cluster::{ClusterConfig, Etcd3Config, DEFAULT_DCS_TIMEOUT, DEFAULT_NAMESPACE};
+use super::settings::{parse_list, parse_secs};
 use super::{
     read_text, ConfigError, ConfigErrors, Document, Entry, ErrorKind, Location, RawSetting, Warning,
 };
@@ -44,10 +48,15 @@ pub(crate) fn read_str(text: &str, name: &Path) -> Result<Document, ConfigErrors
         section: None,
         stack: vec![identity(name)],
         warned_sections: Vec::new(),
+        store: Vec::new(),
     };
     reader.read_text(text, name);
+    reader.finish_store();
     Ok(reader.doc)
 }
+
+/// `[pgherd]` keys that describe the store (the rest are settings).
+const STORE_KEYS: &[&str] = &["etcd_hosts", "namespace", "scope", "dcs_timeout"];
 
 struct Reader {
     doc: Document,
@@ -57,6 +66,8 @@ struct Reader {
     stack: Vec<PathBuf>,
     /// Sections already warned about (warn once per section).
     warned_sections: Vec<String>,
+    /// `[pgherd]` store keys, values and where they were written.
+    store: Vec<(String, String, Location)>,
 }
 
 /// A path's identity for cycle detection: canonical when it exists.
@@ -119,7 +130,7 @@ impl Reader {
         }
         let name = rest[..end].trim().to_ascii_lowercase();
         match name.as_str() {
-            "pgbouncer" | "databases" | "users" => {}
+            "pgbouncer" | "databases" | "users" | "pgherd" => {}
             "peers" => self.warn_section(
                 &name,
                 location,
@@ -172,12 +183,70 @@ impl Reader {
                 key.to_ascii_lowercase(),
                 unquote_setting(value).to_string(),
             )),
+            "pgherd" => {
+                let key = key.to_ascii_lowercase();
+                let value = unquote_setting(value).to_string();
+                if STORE_KEYS.contains(&key.as_str()) {
+                    self.store.push((key, value, location));
+                    return;
+                }
+                Entry::Setting(raw(key, value))
+            }
             "databases" => Entry::Database(raw(key, value.to_string())),
             "users" => Entry::User(raw(key, value.to_string())),
             // [peers] and unknown sections were warned about at their header.
             _ => return,
         };
         self.doc.entries.push(entry);
+    }
+
+    /// The `[pgherd]` store keys as the document's cluster section.
+    fn finish_store(&mut self) {
+        let store = std::mem::take(&mut self.store);
+        let Some(first) = store.first().map(|(_, _, at)| at.clone()) else {
+            return;
+        };
+        let mut hosts = None;
+        let mut scope = None;
+        let mut namespace = DEFAULT_NAMESPACE.to_string();
+        let mut dcs_timeout = DEFAULT_DCS_TIMEOUT;
+        for (key, value, at) in store {
+            let path = Some(format!("pgherd.{key}"));
+            let v = value.trim();
+            match key.as_str() {
+                "etcd_hosts" => match parse_list(v) {
+                    list if !list.is_empty() => hosts = Some(list),
+                    _ => self.error(at, path, ErrorKind::InvalidValue, "expected host:port, …"),
+                },
+                "scope" if !v.is_empty() => scope = Some(v.to_string()),
+                "namespace" if !v.is_empty() => namespace = v.to_string(),
+                "dcs_timeout" => match parse_secs(v) {
+                    Ok(t) => dcs_timeout = t,
+                    Err(e) => self.error(at, path, e.kind, &e.message),
+                },
+                _ => self.error(
+                    at,
+                    path,
+                    ErrorKind::InvalidValue,
+                    "expected a non-empty value",
+                ),
+            }
+        }
+        let Some(hosts) = hosts else {
+            self.error(
+                first,
+                Some("pgherd".into()),
+                ErrorKind::Inconsistent,
+                "[pgherd] needs etcd_hosts (the etcd endpoints of the clusters to follow)",
+            );
+            return;
+        };
+        self.doc.cluster = Some(ClusterConfig {
+            scope,
+            namespace,
+            etcd3: Etcd3Config { hosts },
+            dcs_timeout,
+        });
     }
 
     fn include(&mut self, target: &str, location: Location) {

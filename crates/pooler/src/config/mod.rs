@@ -37,7 +37,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use cluster::{ClusterConfig, Etcd3Config, Route, RouteRole};
+pub use cluster::{
+    Balance, ClusterConfig, Etcd3Config, Fallback, Route, RouteRole, RouteSpec,
+    DEFAULT_DCS_TIMEOUT, DEFAULT_NAMESPACE,
+};
 pub use databases::{DatabaseConfig, Password, UserConfig};
 pub use hba::{ConnInfo, HbaMethod, HbaRule, HbaRules};
 pub use reload::{diff, Change};
@@ -227,7 +230,8 @@ pub struct PoolerConfig {
     pub fallback_database: Option<DatabaseConfig>,
     /// `[users]`, by user name.
     pub users: BTreeMap<String, UserConfig>,
-    /// pgherd extension (YAML only): where the cluster's topology lives.
+    /// pgherd extension (YAML `cluster:`, INI `[pgherd]`): where the clusters'
+    /// topology lives.
     pub cluster: Option<ClusterConfig>,
     /// pgherd extension (YAML only): listeners that route by role.
     pub routes: Vec<Route>,
@@ -480,6 +484,15 @@ fn build(doc: Document) -> Result<Loaded, ConfigErrors> {
 
     settings::check(&config.settings, &set_at, &mut errors);
     cluster::check(&config, routes_location.as_ref(), &mut errors);
+    if let (false, Some(at)) = (config.routes.is_empty(), &routes_location) {
+        warnings.push(Warning {
+            location: at.clone(),
+            key: "routes".into(),
+            message: "accepted, but pgherd does not listen on route ports yet: give each \
+                      database a role (databases.NAME.role) instead"
+                .into(),
+        });
+    }
 
     // Readers report some problems before the builder sees the values: show them all
     // in file order (stable, so one line's problems keep their order).
@@ -520,6 +533,14 @@ fn add_database(
     }
     match DatabaseConfig::from_params(params) {
         Ok(db) => {
+            for problem in cluster::route_problems(config.cluster.as_ref(), &db) {
+                errors.push(ConfigError::new(
+                    raw.location.clone(),
+                    Some(key.clone()),
+                    ErrorKind::Inconsistent,
+                    problem,
+                ));
+            }
             let replaced = if raw.key == "*" {
                 config.fallback_database.replace(db).is_some()
             } else {

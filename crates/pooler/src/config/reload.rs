@@ -108,10 +108,11 @@ pub fn diff(old: &PoolerConfig, new: &PoolerConfig) -> Vec<Change> {
 
 fn show_cluster(c: &ClusterConfig) -> String {
     format!(
-        "scope={} namespace={} etcd3.hosts={}",
-        c.scope,
+        "scope={} namespace={} etcd3.hosts={} dcs_timeout={}",
+        c.scope.as_deref().unwrap_or(""),
         c.namespace,
-        c.etcd3.hosts.join(",")
+        c.etcd3.hosts.join(","),
+        c.dcs_timeout.as_secs_f64()
     )
 }
 

@@ -27,9 +27,14 @@ use std::path::Path;
 
 use yaml_serde::{Mapping, Value};
 
-use super::cluster::{ClusterConfig, Etcd3Config, Route, RouteRole, DEFAULT_NAMESPACE};
-use super::settings::{parse_list, parse_port};
-use super::{ConfigError, ConfigErrors, Document, Entry, ErrorKind, Location, RawSetting, Warning};
+use super::cluster::{
+    ClusterConfig, Etcd3Config, Route, RouteRole, DEFAULT_DCS_TIMEOUT, DEFAULT_NAMESPACE,
+};
+use super::settings::{parse_list, parse_port, parse_secs};
+use super::{
+    ConfigError, ConfigErrors, Document, Entry, ErrorKind, Location, RawSetting, ValueError,
+    Warning,
+};
 
 /// Keys of the `pgherd:` mapping (settings PgBouncer does not have).
 const PGHERD_SETTINGS: &[&str] = &["metrics_listen"];
@@ -215,6 +220,7 @@ impl YamlReader<'_> {
         let mut scope = None;
         let mut namespace = DEFAULT_NAMESPACE.to_string();
         let mut hosts: Option<Vec<String>> = None;
+        let mut dcs_timeout = DEFAULT_DCS_TIMEOUT;
         for (k, v) in m {
             let key = key_string(k).unwrap_or_default();
             match key.as_str() {
@@ -235,17 +241,18 @@ impl YamlReader<'_> {
                     ),
                 },
                 "etcd3" | "etcd" => hosts = self.etcd(&key, v),
+                "dcs_timeout" => {
+                    match scalar_text(v)
+                        .map_err(ValueError::invalid)
+                        .and_then(|t| parse_secs(t.trim()))
+                    {
+                        Ok(t) => dcs_timeout = t,
+                        Err(e) => self.error(&["cluster", "dcs_timeout"], e.kind, e.message),
+                    }
+                }
                 _ => self.warn(&["cluster", &key], "unknown key; ignored"),
             }
         }
-        let Some(scope) = scope else {
-            self.error(
-                &["cluster"],
-                ErrorKind::Inconsistent,
-                "cluster.scope is required".into(),
-            );
-            return;
-        };
         let Some(hosts) = hosts else {
             self.error(
                 &["cluster"],
@@ -258,6 +265,7 @@ impl YamlReader<'_> {
             scope,
             namespace,
             etcd3: Etcd3Config { hosts },
+            dcs_timeout,
         });
     }
 

@@ -26,11 +26,13 @@
 //! `server_lifetime`, and keep `min_pool_size` connections open once the pool was used.
 
 mod queue;
+mod route;
 
 use crate::client::{ClientInfo, ClientState};
-use crate::server::{ServerConnection, ServerError, ServerTarget};
+use crate::server::{ServerConnection, ServerError, ServerTarget, Severance};
 use prometheus_client::metrics::histogram::Histogram;
 use queue::{Capacity, Env, Grant, Logins, Outcome, Queue};
+pub use route::{Balance, Endpoint};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -208,6 +210,9 @@ pub enum PoolError {
     /// Waited `query_wait_timeout` without a free slot (PgBouncer's `query_wait_timeout`).
     #[error("query_wait_timeout")]
     WaitTimeout,
+    /// A routed pool has no member to log in to (no primary right now).
+    #[error("no server to route to: {0}")]
+    NoServer(String),
     #[error(transparent)]
     Server(#[from] ServerError),
 }
@@ -240,7 +245,7 @@ impl PoolStats {
     /// Count why a client got no server.
     fn count_error(&self, e: &PoolError) {
         let counter = match e {
-            PoolError::WaitTimeout => &self.wait_timeouts,
+            PoolError::WaitTimeout | PoolError::NoServer(_) => &self.wait_timeouts,
             PoolError::Server(_) => &self.server_login_failures,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -332,6 +337,10 @@ pub struct ServerInfo {
     pub link: Option<u64>,
     /// Created before the last `RECONNECT`: closed instead of reused.
     pub generation: u64,
+    /// The cluster member it is on, in a routed pool.
+    pub endpoint: Option<Endpoint>,
+    /// Cuts it from outside (a primary that is no longer one).
+    pub severance: Option<Arc<Severance>>,
 }
 
 type ServerRegistry = Arc<Mutex<BTreeMap<u64, ServerInfo>>>;
@@ -340,6 +349,8 @@ type ServerRegistry = Arc<Mutex<BTreeMap<u64, ServerInfo>>>;
 struct ServerTicket {
     id: u64,
     generation: u64,
+    /// The member it is on, in a routed pool.
+    endpoint: Option<Endpoint>,
     registry: ServerRegistry,
     /// Released (after the registry entry) when the connection is gone.
     _permits: Permits,
@@ -437,6 +448,15 @@ pub struct Pool {
     filling: AtomicBool,
     /// The last failed server login and when it happened (`server_login_retry`).
     login_failure: Mutex<Option<(Instant, ServerError)>>,
+    /// Where a cluster route sends new logins, and how it spreads them (`None`: the
+    /// static `target`). Replaced by [`Pool::route_to`].
+    routing: RwLock<Option<(Arc<[Endpoint]>, Balance)>>,
+    /// The route names no member: clients wait as while paused.
+    held: AtomicBool,
+    /// Turns for spreading logins over endpoints.
+    next_endpoint: AtomicUsize,
+    /// Endpoints that refused a login, skipped until the time given.
+    down: Mutex<std::collections::HashMap<Endpoint, Instant>>,
     /// `login_failure` holds a failure (read on every hand-off without the lock).
     login_failed: AtomicBool,
     /// The server's ParameterStatus values from this pool's first login: what later
@@ -695,6 +715,10 @@ impl Pool {
             login_failure: Mutex::new(None),
             login_failed: AtomicBool::new(false),
             welcome: Mutex::new(None),
+            routing: RwLock::new(None),
+            held: AtomicBool::new(false),
+            next_endpoint: AtomicUsize::new(0),
+            down: Mutex::new(std::collections::HashMap::new()),
         });
         for limit in [&pool.db_limit, &pool.user_limit].into_iter().flatten() {
             limit.join(&pool);
@@ -797,8 +821,9 @@ impl Pool {
         }
     }
 
+    /// Paused by `PAUSE`, or held because its route names no member.
     pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
+        *self.paused.borrow() || self.is_held()
     }
 
     /// The current generation; connections from older ones are closed, not reused.
@@ -872,7 +897,12 @@ impl Pool {
             let idle_ok = limits
                 .server_idle_timeout
                 .is_none_or(|t| now.saturating_duration_since(since) < t);
-            let current = p.ticket.generation >= generation;
+            let current = p.ticket.generation >= generation
+                && !p
+                    .ticket
+                    .endpoint
+                    .as_ref()
+                    .is_some_and(|e| self.routed_away(e));
             let ok = fresh && idle_ok && current && still_alive(&mut p.conn);
             if !ok {
                 debug!(pool = ?self.key, server = p.conn.id(), fresh, idle_ok, current,
@@ -989,7 +1019,16 @@ impl Pool {
                     };
                     // Boxed: a login's state is large and rare; every acquire's future
                     // would carry it.
-                    let p = Box::pin(self.connect_new(permits)).await?;
+                    let p = match Box::pin(self.connect_new(permits)).await {
+                        Ok(p) => p,
+                        // A routed pool's member is gone or names nobody: wait for the
+                        // route to change (the pool holds its clients meanwhile).
+                        Err(PoolError::NoServer(why)) => {
+                            debug!(pool = ?self.key, %why, "no server to route to: waiting");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     slot.armed = false;
                     self.with_queue(|q, env, out| q.login_done(true, env, out));
                     return Ok((p, true));
@@ -1090,7 +1129,21 @@ impl Pool {
     async fn connect_new(&self, permits: Permits) -> Result<Pooled, PoolError> {
         self.stats.server_connects.fetch_add(1, Ordering::Relaxed);
         let connecting = Connecting::new(&self.stats.servers_connecting);
-        let target = self.target();
+        let mut target = self.target();
+        let endpoint = match self.next_endpoint() {
+            None => None,
+            Some(None) => {
+                return Err(PoolError::NoServer(
+                    "the route names no member right now".into(),
+                ))
+            }
+            Some(Some(e)) => {
+                let t = Arc::make_mut(&mut target);
+                t.host = e.host.clone();
+                t.port = e.port;
+                Some(e)
+            }
+        };
         let conn = ServerConnection::connect(&target).await;
         drop(connecting);
         match conn {
@@ -1098,12 +1151,22 @@ impl Pool {
                 if self.login_failed.swap(false, Ordering::Relaxed) {
                     lock(&self.login_failure).take();
                 }
-                debug!(pool = ?self.key, server = conn.id(), "new server connection");
-                let ticket = self.register(&conn, permits);
+                debug!(pool = ?self.key, server = conn.id(), member = ?endpoint.as_ref().map(|e| &e.member),
+                    "new server connection");
+                let ticket = self.register(&conn, permits, endpoint);
                 Ok(Pooled {
                     conn: Box::new(conn),
                     ticket,
                 })
+            }
+            Err(e) if endpoint.is_some() && e.is_unreachable() => {
+                // Down, not refusing us: the route will move on; clients wait.
+                let endpoint = endpoint.expect("checked");
+                self.endpoint_down(&endpoint, &e.to_string());
+                Err(PoolError::NoServer(format!(
+                    "{} is unreachable",
+                    endpoint.member
+                )))
             }
             Err(e) => {
                 warn!(pool = ?self.key, error = %e, retry_after = ?self.limits().server_login_retry,
@@ -1138,7 +1201,12 @@ impl Pool {
                 .is_some_and(|(at, _)| now < *at + self.limits().server_login_retry)
     }
 
-    fn register(&self, conn: &ServerConnection, permits: Permits) -> ServerTicket {
+    fn register(
+        &self,
+        conn: &ServerConnection,
+        permits: Permits,
+        endpoint: Option<Endpoint>,
+    ) -> ServerTicket {
         let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation();
         let now = SystemTime::now();
@@ -1156,11 +1224,14 @@ impl Pool {
                 since: Instant::now(),
                 link: None,
                 generation,
+                endpoint: endpoint.clone(),
+                severance: conn.severance(),
             },
         );
         ServerTicket {
             id,
             generation,
+            endpoint,
             registry: self.servers.clone(),
             _permits: permits,
         }
@@ -1180,7 +1251,11 @@ impl Pool {
             ..
         } = lease;
         lent.disarm();
-        let stale = ticket.generation < self.generation();
+        let stale = ticket.generation < self.generation()
+            || ticket
+                .endpoint
+                .as_ref()
+                .is_some_and(|e| self.routed_away(e));
         // A cancel on its way could hit the next client's query: wait for it (boxed:
         // rare), or close the server if it takes too long.
         let cancels_done =
@@ -1258,7 +1333,11 @@ impl Pool {
             let dead = !still_alive(&mut p.conn);
             let too_old =
                 now.saturating_duration_since(p.conn.created_at()) >= limits.server_lifetime;
-            let stale = p.ticket.generation < generation;
+            let stale = p.ticket.generation < generation
+                || p.ticket
+                    .endpoint
+                    .as_ref()
+                    .is_some_and(|e| self.routed_away(e));
             let idle_too_long = total > keep
                 && limits
                     .server_idle_timeout
@@ -1276,7 +1355,9 @@ impl Pool {
             gone.conn.close().await;
             drop(gone.ticket);
         }
-        // Also what no event announces: a login retry that ran out.
+        // Also what no event announces: a login retry that ran out, a member skipped
+        // long enough.
+        self.refresh_held();
         self.hand_off();
         closed
     }

@@ -62,6 +62,32 @@ pub struct ServerConnection {
     tls: String,
     /// Cancel requests on their way to this backend.
     cancels: Arc<CancelsInFlight>,
+    /// Cuts the socket from outside while a session uses it (`None` if the socket
+    /// could not be duplicated).
+    severance: Option<Arc<Severance>>,
+}
+
+/// A duplicate of a server connection's socket: shutting it down ends the connection
+/// under whoever holds it (a session inside a transaction reads end-of-file and tells
+/// its client the server is gone). Closed with the last clone, after the connection.
+#[derive(Debug)]
+pub struct Severance(std::os::fd::OwnedFd);
+
+impl Severance {
+    fn of(fd: std::os::fd::BorrowedFd<'_>) -> Option<Arc<Severance>> {
+        fd.try_clone_to_owned()
+            .ok()
+            .map(|fd| Arc::new(Severance(fd)))
+    }
+
+    /// Shut the socket down in both directions (idempotent).
+    pub fn sever(&self) {
+        // ENOTCONN once the peer is gone already: nothing left to cut.
+        // SAFETY: shutdown(2) on a descriptor we own; it touches no memory.
+        unsafe {
+            libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&self.0), libc::SHUT_RDWR);
+        }
+    }
 }
 
 impl fmt::Debug for ServerConnection {
@@ -196,6 +222,11 @@ impl ServerConnection {
             Stream::Tcp(tcp) => (Peer::Tcp(tcp.peer_addr()?), Some(tcp.local_addr()?)),
             _ => (Peer::Unix { port: target.port }, None),
         };
+        let severance = match &stream {
+            Stream::Tcp(tcp) => Severance::of(std::os::fd::AsFd::as_fd(tcp)),
+            Stream::Unix(unix) => Severance::of(std::os::fd::AsFd::as_fd(unix)),
+            _ => None,
+        };
         let stream =
             match tokio::time::timeout_at(deadline, negotiate_tls(stream, target, &addr)).await {
                 Err(_) => return Err(timeout("negotiating TLS with")),
@@ -224,6 +255,7 @@ impl ServerConnection {
             query_timeout: target.connect_timeout,
             tls,
             cancels: Arc::default(),
+            severance,
         };
         match tokio::time::timeout_at(deadline, conn.login(target, &addr)).await {
             Err(_) => Err(timeout("logging into")),
@@ -504,6 +536,11 @@ impl ServerConnection {
     /// The server's address.
     pub fn addr(&self) -> Peer {
         self.peer
+    }
+
+    /// A handle that cuts this connection from outside ([`Severance::sever`]).
+    pub fn severance(&self) -> Option<Arc<Severance>> {
+        self.severance.clone()
     }
 
     /// Our end of the connection (`None` over a Unix socket).

@@ -106,6 +106,21 @@ impl From<FramedError> for ServerError {
 }
 
 impl ServerError {
+    /// The server is not there to log in to (down, unreachable, starting up or shutting
+    /// down), as opposed to refusing this login: another member may serve instead.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ServerError::Connect { .. } | ServerError::Io(_) | ServerError::Closed => true,
+            ServerError::Timeout { during, .. } => *during == "connecting to",
+            // cannot_connect_now (starting up, shutting down, in recovery), and a
+            // backend terminated by a shutdown or a crash during the login.
+            ServerError::Auth { response, .. } | ServerError::ServerError(response) => {
+                matches!(response.code(), Some("57P01" | "57P02" | "57P03"))
+            }
+            _ => false,
+        }
+    }
+
     /// The server's own ErrorResponse, when it sent one.
     pub fn server_response(&self) -> Option<&ErrorResponse> {
         match self {

@@ -21,7 +21,7 @@ pub mod framed;
 mod target;
 
 pub use cancel::{send_cancel, CancelInFlight, CancelsInFlight};
-pub use connection::ServerConnection;
+pub use connection::{ServerConnection, Severance};
 pub use error::{LoginFailure, ServerError};
 pub use framed::{FramedError, FramedReader};
 pub use pgherd_protocol::backend::TransactionStatus;

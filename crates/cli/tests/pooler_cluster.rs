@@ -1,0 +1,336 @@
+//! `pgherd pooler` following a real pgherd cluster through etcd: writes go to whoever
+//! holds the leader key, a failover moves them without restarting anything, and reads
+//! spread over the replicas that may serve them.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `pgherd pooler --ini` routing `app` to the cluster's primary and `reads` to its
+/// replicas; killed on drop.
+struct Pooler {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Pooler {
+    fn start(cluster: &TestCluster, reads: &str) -> Pooler {
+        let dir = cluster.dir.path();
+        let port = pgherd_testkit::free_port();
+        fs::write(
+            dir.join("userlist.txt"),
+            format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n"),
+        )
+        .expect("userlist");
+        let etcd = cluster.etcd.endpoint();
+        let ini = dir.join("pooler.ini");
+        fs::write(
+            &ini,
+            format!(
+                "[databases]\n\
+                 app = cluster={scope} role=primary dbname=postgres\n\
+                 reads = cluster={scope} role=replica dbname=postgres pool_mode=session {reads}\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 auth_type = scram-sha-256\n\
+                 auth_file = {userlist}\n\
+                 admin_users = postgres\n\
+                 pool_mode = transaction\n\
+                 default_pool_size = 4\n\
+                 query_wait_timeout = 60\n\
+                 [pgherd]\n\
+                 etcd_hosts = {etcd}\n\
+                 namespace = /pgherd-test/\n\
+                 dcs_timeout = 5\n",
+                scope = cluster.scope,
+                userlist = dir.join("userlist.txt").display(),
+                etcd = etcd.trim_start_matches("http://"),
+            ),
+        )
+        .expect("write ini");
+        let log = dir.join("pooler.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pgherd"))
+            .args(["pooler", "--ini"])
+            .arg(&ini)
+            .env("PGHERD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start pgherd pooler");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the pooler does not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Pooler { child, port, log }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .password(SUPERUSER_PASSWORD)
+            .dbname(db)
+            .connect_timeout(Duration::from_secs(10))
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// The PostgreSQL port a new client of `db` ends up on.
+    async fn server_port(&self, db: &str) -> Option<u16> {
+        let client = self.connect(db).await.ok()?;
+        let row = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .ok()?;
+        row.get::<_, Option<i32>>(0).map(|p| p as u16)
+    }
+
+    /// `SHOW SERVERS` on the admin console: (database, server port) of each.
+    async fn servers(&self) -> Vec<(String, u16)> {
+        let console = self.connect("pgbouncer").await.expect("admin console");
+        let rows = console
+            .simple_query("SHOW SERVERS")
+            .await
+            .expect("SHOW SERVERS");
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                    r.get("database").unwrap_or_default().to_string(),
+                    r.get("port").and_then(|p| p.parse().ok()).unwrap_or(0),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn pgbench(args: &[&str], port: u16, db: &str, out: &Path) -> Child {
+    Command::new(pgherd_testkit::pg::pg_bin_dir().join("pgbench"))
+        .args(args)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            db,
+        ])
+        .env("PGPASSWORD", SUPERUSER_PASSWORD)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(out).expect("pgbench output"))
+        .stderr(fs::File::create(out.with_extension("err")).expect("pgbench errors"))
+        .spawn()
+        .expect("run pgbench")
+}
+
+/// Transactions per second in pgbench's `-P` lines, by the second they end at.
+fn progress(text: &str) -> Vec<(f64, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("progress: ")?;
+            let (at, rest) = rest.split_once(" s, ")?;
+            let tps = rest.split_whitespace().next()?;
+            Some((at.parse().ok()?, tps.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_a_failover_and_nothing_stays_on_the_old_primary() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(2);
+    cluster.start_all();
+    let old = cluster.wait_healthy(1, Duration::from_secs(120)).await;
+    let other = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name != old)
+        .unwrap()
+        .name
+        .clone();
+    let (old_port, new_port) = (cluster.node(&old).pg_port, cluster.node(&other).pg_port);
+    let pooler = Pooler::start(&cluster, "");
+    assert_eq!(
+        pooler.server_port("app").await,
+        Some(old_port),
+        "{}",
+        pooler.log()
+    );
+
+    let dir = cluster.dir.path().to_path_buf();
+    let init = pgbench(
+        &["-i", "-s", "1", "-q"],
+        old_port,
+        "postgres",
+        &dir.join("init"),
+    )
+    .wait()
+    .expect("pgbench -i");
+    assert!(init.success(), "pgbench -i failed");
+    // More clients than the pool's four servers, as users run it.
+    let out = dir.join("bench.out");
+    let mut bench = pgbench(
+        &["-n", "-c", "8", "-j", "2", "-T", "40", "-P", "1"],
+        pooler.port,
+        "app",
+        &out,
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let killed_at = Instant::now();
+    cluster.node_mut(&old).kill_node();
+
+    // The pooler moves to the new primary by itself: a write through it lands there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let moved_after = loop {
+        if pooler.server_port("app").await == Some(new_port) {
+            let client = pooler
+                .connect("app")
+                .await
+                .expect("connect through the pooler");
+            client
+                .execute("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, now())", &[])
+                .await
+                .expect("a write through the pooler after the failover");
+            break killed_at.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pooler did not move to {other}: {}",
+            pooler.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = bench.wait();
+    // pgbench reports progress on stderr.
+    let report = fs::read_to_string(out.with_extension("err")).unwrap_or_default();
+    let tps = progress(&report);
+    let after: Vec<f64> = tps
+        .iter()
+        .filter(|(at, _)| *at > 5.0 + moved_after.as_secs_f64() + 2.0)
+        .map(|(_, tps)| *tps)
+        .collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|t| *t > 0.0),
+        "pgbench did not keep committing after the failover ({moved_after:?}): {report}\n{}",
+        pooler.log()
+    );
+
+    // The old primary comes back as a replica; the pooler keeps nothing on it.
+    cluster.node_mut(&old).start();
+    cluster.wait_healthy(1, Duration::from_secs(120)).await;
+    for _ in 0..10 {
+        assert_eq!(pooler.server_port("app").await, Some(new_port));
+    }
+    let servers = pooler.servers().await;
+    assert!(
+        servers
+            .iter()
+            .filter(|(db, _)| db == "app")
+            .all(|(_, p)| *p == new_port),
+        "{servers:?}"
+    );
+    let pooled: i64 = cluster
+        .node(&old)
+        .connect()
+        .await
+        .expect("connect to the old primary")
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0);
+    assert_eq!(pooled, 0, "server connections left on the old primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_spread_over_replicas_skip_noloadbalance_and_fall_back_to_the_primary() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(4);
+    // node4 serves no reads (and never leads, so that it stays a replica).
+    let tagged = cluster.nodes[3].config_path.clone();
+    let mut yaml = fs::read_to_string(&tagged).expect("read config");
+    yaml.push_str("\ntags:\n  noloadbalance: true\n  nofailover: true\n");
+    fs::write(&tagged, yaml).expect("write config");
+    cluster.start_all();
+    let primary = cluster.wait_healthy(3, Duration::from_secs(180)).await;
+    let primary_port = cluster.node(&primary).pg_port;
+    let untouched_port = cluster.node("node4").pg_port;
+    let readable: Vec<u16> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name != primary && n.name != "node4")
+        .map(|n| n.pg_port)
+        .collect();
+    let pooler = Pooler::start(&cluster, "");
+
+    // Session mode: each client holds its own server, logged in on the replica with
+    // the fewest of the pool's servers.
+    let mut clients = Vec::new();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let c = pooler.connect("reads").await.expect("connect");
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        seen.push(port as u16);
+        clients.push(c);
+    }
+    for p in &readable {
+        assert_eq!(
+            seen.iter().filter(|s| *s == p).count(),
+            2,
+            "reads spread evenly: {seen:?} over {readable:?}"
+        );
+    }
+    assert!(!seen.contains(&untouched_port), "noloadbalance: {seen:?}");
+    assert!(!seen.contains(&primary_port), "{seen:?}");
+    drop(clients);
+
+    // With no replica left to read from, reads go to the primary.
+    let replicas: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name != primary && n.name != "node4")
+        .map(|n| n.name.clone())
+        .collect();
+    for r in &replicas {
+        cluster.node_mut(r).kill_node();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pooler.server_port("reads").await != Some(primary_port) {
+        assert!(
+            Instant::now() < deadline,
+            "reads did not fall back to the primary: {}",
+            pooler.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

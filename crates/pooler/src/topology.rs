@@ -1,0 +1,391 @@
+//! The cluster's topology as the pooler routes by it: who leads, which members run and
+//! how far behind they are, read from the DCS (Patroni's layout) and followed with its
+//! watch, so that a new leader is seen the moment its key is written.
+//!
+//! One follower task per cluster (scope) publishes a [`ClusterView`] on a
+//! `tokio::sync::watch` channel; pools subscribe to it. The view says whether the DCS
+//! could be read lately: a pooler that cannot read it for `dcs_timeout` does not know who
+//! the primary is, and routes no writes.
+
+use crate::config::{ClusterConfig, Fallback, RouteRole, RouteSpec};
+use pgherd_dcs::{parse_conn_url, Cluster, Dcs, EtcdDcs};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// One member as the pooler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// Holds the leader key (and so is the primary).
+    pub leader: bool,
+    /// Its PostgreSQL runs (`running`, or `streaming` on a replica).
+    pub running: bool,
+    /// Bytes behind the leader's last known position; `None` when unknown.
+    pub lag: Option<u64>,
+    /// Tagged `noloadbalance`: not a read target.
+    pub noloadbalance: bool,
+}
+
+/// A cluster's topology at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterView {
+    pub scope: String,
+    pub members: Vec<Member>,
+    /// The DCS answered within `dcs_timeout`. When false, `members` is what it said last,
+    /// but no member counts as the leader.
+    pub dcs_readable: bool,
+    /// Why the view is empty or unreadable, for logs and `SHOW` output.
+    pub problem: Option<String>,
+}
+
+impl ClusterView {
+    /// The member holding the leader key, if the DCS is readable and it runs.
+    pub fn primary(&self) -> Option<&Member> {
+        if !self.dcs_readable {
+            return None;
+        }
+        self.members.iter().find(|m| m.leader && m.running)
+    }
+
+    /// Running replicas that may serve reads: not tagged `noloadbalance`, and within
+    /// `max_lag` bytes of the leader when a limit is set (unknown lag counts as too far).
+    pub fn readable_replicas(&self, max_lag: Option<u64>) -> Vec<&Member> {
+        self.members
+            .iter()
+            .filter(|m| !m.leader && m.running && !m.noloadbalance)
+            .filter(|m| max_lag.is_none_or(|max| m.lag.is_some_and(|l| l <= max)))
+            .collect()
+    }
+
+    /// The view of a cluster as its keys say.
+    pub fn from_cluster(scope: &str, c: &Cluster) -> ClusterView {
+        let leader = c.leader_name();
+        let leader_lsn = c.status.as_ref().map(|s| s.optime).or_else(|| {
+            leader
+                .and_then(|l| c.member(l))
+                .and_then(|m| m.data.xlog_location)
+        });
+        let members = c
+            .members
+            .iter()
+            .filter_map(|m| {
+                let (host, port) = parse_conn_url(&m.data.conn_url)?;
+                let is_leader = Some(m.name.as_str()) == leader;
+                Some(Member {
+                    name: m.name.clone(),
+                    host,
+                    port,
+                    leader: is_leader,
+                    running: matches!(m.data.state.as_str(), "running" | "streaming"),
+                    lag: match (is_leader, leader_lsn, m.data.xlog_location) {
+                        (true, _, _) => Some(0),
+                        (false, Some(l), Some(x)) => Some(l.saturating_sub(x)),
+                        _ => None,
+                    },
+                    noloadbalance: m.data.tags.noloadbalance,
+                })
+            })
+            .collect();
+        ClusterView {
+            scope: scope.to_string(),
+            members,
+            dcs_readable: true,
+            problem: None,
+        }
+    }
+}
+
+impl ClusterView {
+    /// The members `spec` routes to now: the primary; readable replicas (else the
+    /// primary, unless `fallback: none`); or both for `any`.
+    pub fn route_members(&self, spec: &RouteSpec) -> Vec<&Member> {
+        let primary = self.primary();
+        match spec.role {
+            RouteRole::Primary => primary.into_iter().collect(),
+            RouteRole::Replica => {
+                let replicas = self.readable_replicas(spec.max_lag);
+                if replicas.is_empty() && spec.fallback == Fallback::Primary {
+                    primary.into_iter().collect()
+                } else {
+                    replicas
+                }
+            }
+            RouteRole::Any => primary
+                .into_iter()
+                .chain(self.readable_replicas(spec.max_lag))
+                .collect(),
+        }
+    }
+}
+
+/// Connects a handle on one cluster's keys (etcd in production, the in-process store in
+/// the demo and tests).
+pub type Connect = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<Arc<dyn Dcs>, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// How often the follower reads the members' keys even without a wake-up: member keys
+/// (lag, state) do not wake the DCS watch, the leader key does.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// How long to wait before connecting again after the DCS could not be reached.
+const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+
+/// The clusters this pooler follows, one follower task each, started on first use.
+pub struct Topology {
+    connect: Connect,
+    dcs_timeout: Duration,
+    clusters: Mutex<HashMap<String, watch::Receiver<Arc<ClusterView>>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Topology {
+    /// Followers connect with `connect` and count the DCS as unreadable after
+    /// `dcs_timeout` without an answer.
+    pub fn new(connect: Connect, dcs_timeout: Duration) -> Topology {
+        Topology {
+            connect,
+            dcs_timeout,
+            clusters: Mutex::new(HashMap::new()),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    /// Followers of clusters in the etcd the store section names.
+    pub fn etcd(store: &ClusterConfig) -> Topology {
+        let hosts = store.etcd3.hosts.clone();
+        let namespace = store.namespace.clone();
+        let timeout = store.dcs_timeout;
+        let connect: Connect = Arc::new(move |scope: String| {
+            let (hosts, namespace) = (hosts.clone(), namespace.clone());
+            Box::pin(async move {
+                // The handle only reads; its member name is never written.
+                let member = format!("pgherd-pooler-{}", std::process::id());
+                EtcdDcs::connect(&hosts, &namespace, &scope, &member, timeout * 3, timeout)
+                    .await
+                    .map(|d| Arc::new(d) as Arc<dyn Dcs>)
+                    .map_err(|e| e.to_string())
+            })
+        });
+        Topology::new(connect, timeout)
+    }
+
+    /// The view of `scope`, followed from now on (inside a Tokio runtime).
+    pub fn follow(&self, scope: &str) -> watch::Receiver<Arc<ClusterView>> {
+        let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = clusters.get(scope) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(Arc::new(ClusterView {
+            scope: scope.to_string(),
+            problem: Some("the DCS has not been read yet".into()),
+            ..ClusterView::default()
+        }));
+        clusters.insert(scope.to_string(), rx.clone());
+        tokio::spawn(follow_cluster(
+            scope.to_string(),
+            self.connect.clone(),
+            self.dcs_timeout,
+            tx,
+            self.stop.subscribe(),
+        ));
+        rx
+    }
+
+    /// Stop every follower.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Read the cluster, publish its view, wait for a change (or [`REFRESH`]); again, until
+/// `stop`. A DCS that does not answer for `dcs_timeout` makes the view unreadable.
+async fn follow_cluster(
+    scope: String,
+    connect: Connect,
+    dcs_timeout: Duration,
+    tx: watch::Sender<Arc<ClusterView>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_read = Instant::now();
+    let mut dcs: Option<Arc<dyn Dcs>> = None;
+    while !*stop.borrow() {
+        let step = async {
+            let handle = match &dcs {
+                Some(d) => d.clone(),
+                None => {
+                    let d = tokio::time::timeout(dcs_timeout, connect(scope.clone()))
+                        .await
+                        .map_err(|_| format!("no answer within {dcs_timeout:?}"))??;
+                    dcs = Some(d.clone());
+                    d
+                }
+            };
+            let cluster = tokio::time::timeout(dcs_timeout, handle.get_cluster())
+                .await
+                .map_err(|_| format!("no answer within {dcs_timeout:?}"))?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((handle, cluster))
+        };
+        match step.await {
+            Ok((handle, cluster)) => {
+                last_read = Instant::now();
+                let view = ClusterView::from_cluster(&scope, &cluster);
+                publish(&tx, view);
+                tokio::select! {
+                    _ = handle.watch(REFRESH) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+            Err(e) => {
+                dcs = None;
+                if last_read.elapsed() >= dcs_timeout {
+                    let mut view = (**tx.borrow()).clone();
+                    if view.dcs_readable {
+                        warn!(%scope, error = %e, ?dcs_timeout,
+                            "cannot read the DCS: no primary until it answers again");
+                    }
+                    view.dcs_readable = false;
+                    view.problem = Some(format!("cannot read the DCS: {e}"));
+                    publish(&tx, view);
+                } else {
+                    debug!(%scope, error = %e, "DCS read failed; retrying");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONNECT_AFTER) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        }
+    }
+}
+
+/// Send `view` if it differs from the last one (subscribers wake only on a change).
+fn publish(tx: &watch::Sender<Arc<ClusterView>>, view: ClusterView) {
+    tx.send_if_modified(|current| {
+        if **current == view {
+            return false;
+        }
+        let old_leader = current.primary().map(|m| m.name.clone());
+        let new_leader = view.primary().map(|m| m.name.clone());
+        if old_leader != new_leader {
+            info!(scope = %view.scope, from = ?old_leader, to = ?new_leader, "primary changed");
+        }
+        *current = Arc::new(view);
+        true
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgherd_dcs::{ClusterStatus, Member as DcsMember, MemberData, Tags, Versioned};
+
+    fn member(name: &str, port: u16, state: &str, xlog: u64, noloadbalance: bool) -> DcsMember {
+        DcsMember {
+            name: name.into(),
+            data: MemberData {
+                conn_url: format!("postgres://127.0.0.1:{port}/postgres"),
+                state: state.into(),
+                xlog_location: Some(xlog),
+                tags: Tags {
+                    noloadbalance,
+                    ..Tags::default()
+                },
+                ..MemberData::default()
+            },
+        }
+    }
+
+    fn cluster() -> Cluster {
+        Cluster {
+            leader: Some(Versioned {
+                value: "a".into(),
+                version: 1,
+            }),
+            members: vec![
+                member("a", 5001, "running", 1000, false),
+                member("b", 5002, "streaming", 990, false),
+                member("c", 5003, "streaming", 100, false),
+                member("d", 5004, "streaming", 1000, true),
+                member("e", 5005, "stopped", 1000, false),
+            ],
+            status: Some(ClusterStatus {
+                optime: 1000,
+                ..ClusterStatus::default()
+            }),
+            ..Cluster::default()
+        }
+    }
+
+    #[test]
+    fn the_primary_is_the_running_leader_while_the_dcs_is_readable() {
+        let mut view = ClusterView::from_cluster("s", &cluster());
+        assert_eq!(view.primary().map(|m| m.port), Some(5001));
+        view.dcs_readable = false;
+        assert_eq!(view.primary(), None, "no DCS: nobody is known to lead");
+    }
+
+    fn spec(role: RouteRole, max_lag: Option<u64>, fallback: Fallback) -> RouteSpec {
+        RouteSpec {
+            scope: "s".into(),
+            role,
+            max_lag,
+            fallback,
+            balance: Default::default(),
+        }
+    }
+
+    #[test]
+    fn routes_name_the_members_of_their_role() {
+        let view = ClusterView::from_cluster("s", &cluster());
+        let names = |spec: RouteSpec| {
+            view.route_members(&spec)
+                .iter()
+                .map(|m| m.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(spec(RouteRole::Primary, None, Fallback::Primary)),
+            ["a"]
+        );
+        assert_eq!(
+            names(spec(RouteRole::Any, Some(10), Fallback::Primary)),
+            ["a", "b"]
+        );
+        // No replica close enough: the primary, or nobody.
+        assert_eq!(
+            names(spec(RouteRole::Replica, Some(1), Fallback::Primary)),
+            ["a"]
+        );
+        assert!(names(spec(RouteRole::Replica, Some(1), Fallback::None)).is_empty());
+    }
+
+    #[test]
+    fn reads_go_to_running_replicas_within_the_lag_not_tagged_noloadbalance() {
+        let view = ClusterView::from_cluster("s", &cluster());
+        let names = |max| {
+            view.readable_replicas(max)
+                .iter()
+                .map(|m| m.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(None), ["b", "c"]);
+        assert_eq!(names(Some(100)), ["b"]);
+    }
+}
