@@ -6,6 +6,12 @@ use pgherd_dcs::memory::{MemoryDcs, MemoryStore};
 use pgherd_dcs::{Cluster, Dcs, Tags};
 use pgherd_ha::member::{self, RunningMember};
 use pgherd_ha::{HaConfig, NodeSpec, Role};
+use pgherd_pooler::config::{
+    ClusterConfig, DatabaseConfig, Etcd3Config, PoolerConfig, RouteRole, Userlist,
+};
+use pgherd_pooler::service::{Files, Service};
+use pgherd_pooler::tls::TlsContexts;
+use pgherd_pooler::topology::{Connect, Topology};
 use pgherd_postgres::{Binaries, Credentials, InstanceConfig, OsUser};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -219,8 +225,24 @@ async fn serve(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let poolers = start_poolers(store, password).await?;
     println!("{}", listing::table(SCOPE, &cluster));
     print_uris(&cluster, members, password);
+    for (role, service) in [("read-write", &poolers.0), ("read-only", &poolers.1)] {
+        if let Some(addr) = service.addrs.first() {
+            println!("pooler   {role:<10} postgres://postgres:{password}@{addr}/postgres",);
+        }
+    }
+    let outcome = follow(&observer, base, exit_when_ready).await;
+    for service in [poolers.0, poolers.1] {
+        service.shutdown(Duration::from_secs(2)).await;
+    }
+    outcome
+}
+
+/// Until Ctrl-C: print the topology again whenever the leader changes.
+async fn follow(observer: &MemoryDcs, base: &Path, exit_when_ready: bool) -> Result<()> {
+    let cluster = observer.get_cluster().await?;
     if exit_when_ready {
         return Ok(());
     }
@@ -247,6 +269,88 @@ async fn serve(
             last_leader = leader;
         }
     }
+}
+
+/// The demo's pooler: writes through one port to whoever leads, reads through the next
+/// to the replicas; both follow the cluster in the in-process store.
+async fn start_poolers(store: &MemoryStore, password: &str) -> Result<(Service, Service)> {
+    let store = store.clone();
+    let connect: Connect = Arc::new(move |scope: String| {
+        let store = store.clone();
+        Box::pin(async move {
+            let dcs = MemoryDcs::new(
+                store,
+                NAMESPACE,
+                &scope,
+                "pgherd-demo-pooler",
+                Duration::from_secs(10),
+            );
+            Ok(Arc::new(dcs) as Arc<dyn Dcs>)
+        })
+    });
+    let topology = Arc::new(Topology::new(connect, POOLER_DCS_TIMEOUT));
+    let rw_port = free_port_from(6432)?;
+    let rw = start_pooler(rw_port, RouteRole::Primary, password, &topology).await?;
+    let ro_port = free_port_from(rw_port + 1)?;
+    let ro = start_pooler(ro_port, RouteRole::Replica, password, &topology).await?;
+    Ok((rw, ro))
+}
+
+/// How long the demo's pooler goes without reading the store before it routes no writes.
+const POOLER_DCS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One pooler listening on `port`, routing every database to the members of `role`.
+async fn start_pooler(
+    port: u16,
+    role: RouteRole,
+    password: &str,
+    topology: &Arc<Topology>,
+) -> Result<Service> {
+    let ini = format!(
+        "[pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {port}\n\
+         unix_socket_dir =\n\
+         auth_type = scram-sha-256\n\
+         pool_mode = transaction\n\
+         default_pool_size = 10\n\
+         query_wait_timeout = 60\n\
+         admin_users = postgres\n"
+    );
+    let name = Path::new("pgherd-demo-pooler.ini");
+    let mut config = PoolerConfig::from_ini_str(&ini, name)
+        .context("the demo's pooler configuration")?
+        .config;
+    config.cluster = Some(ClusterConfig {
+        scope: Some(SCOPE.into()),
+        namespace: NAMESPACE.into(),
+        etcd3: Etcd3Config { hosts: Vec::new() },
+        dcs_timeout: POOLER_DCS_TIMEOUT,
+    });
+    config.fallback_database = Some(DatabaseConfig {
+        port: 5432,
+        cluster: Some(SCOPE.into()),
+        role: Some(role),
+        ..DatabaseConfig::default()
+    });
+    let userlist = Userlist::parse(&format!("\"postgres\" \"{password}\"\n"), name)
+        .context("the demo's pooler users")?;
+    let files = Files {
+        config,
+        userlist,
+        hba: None,
+        tls: TlsContexts::disabled(),
+    };
+    Service::start_following(files, Some(topology.clone()))
+        .await
+        .with_context(|| format!("cannot start the demo's pooler on port {port}"))
+}
+
+/// The first port from `start` up that is free on loopback.
+fn free_port_from(start: u16) -> Result<u16> {
+    (start..start.saturating_add(100))
+        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .with_context(|| format!("no free loopback port from {start}"))
 }
 
 /// A leader and every other member streaming from it.

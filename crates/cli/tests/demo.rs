@@ -100,6 +100,33 @@ async fn demo_prints_uris_that_work_with_psql_and_cleans_up_on_ctrl_c() {
         assert_eq!(psql(uri, "SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
     }
 
+    // The pooler: writes through one printed URI reach the primary, reads through the
+    // other come from the replicas.
+    let pooler_uri = |role: &str| -> String {
+        printed
+            .iter()
+            .find(|l| l.starts_with("pooler") && l.contains(role))
+            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("postgres://")))
+            .unwrap_or_else(|| panic!("no {role} pooler URI in:\n{text}"))
+            .to_string()
+    };
+    let (rw, ro) = (pooler_uri("read-write"), pooler_uri("read-only"));
+    psql(&rw, "INSERT INTO demo_check VALUES ('through the pooler')")
+        .expect("write through the read-write pooler URI");
+    assert_eq!(psql(&rw, "SELECT pg_is_in_recovery()").as_deref(), Ok("f"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match psql(&ro, "SELECT count(*) FROM demo_check WHERE v = 'through the pooler'") {
+            Ok(v) if v == "1" => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the read-only pooler never showed the row: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(psql(&ro, "SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+
     // Ctrl-C: the demo stops its members and removes what it made.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(demo.id() as i32),

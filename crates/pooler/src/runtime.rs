@@ -44,6 +44,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// A runtime whose routed databases follow the etcd the configuration names.
     pub fn new(
         config: PoolerConfig,
         userlist: Userlist,
@@ -54,6 +55,17 @@ impl Runtime {
             .cluster
             .as_ref()
             .map(|store| Arc::new(Topology::etcd(store)));
+        Runtime::with_topology(config, userlist, hba, tls, topology)
+    }
+
+    /// A runtime whose routed databases follow `topology` (the demo's in-process store).
+    pub fn with_topology(
+        config: PoolerConfig,
+        userlist: Userlist,
+        hba: Option<HbaRules>,
+        tls: TlsContexts,
+        topology: Option<Arc<Topology>>,
+    ) -> Arc<Runtime> {
         let live = Arc::new(LiveConfig::new(config, userlist, hba, tls));
         let shutdown = watch::channel(false).0;
         let ctx = SessionContext {

@@ -6,6 +6,7 @@ use crate::listener;
 use crate::live::LoadError;
 use crate::net::{unix_socket_path, Listener};
 use crate::runtime::Runtime;
+use crate::topology::Topology;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -173,6 +174,20 @@ impl Service {
     /// Bind every listen address (failing fast with the address that is taken) and
     /// start accepting clients.
     pub async fn start(files: Files) -> Result<Service, ServiceError> {
+        let topology = files
+            .config
+            .cluster
+            .as_ref()
+            .map(|store| Arc::new(Topology::etcd(store)));
+        Service::start_following(files, topology).await
+    }
+
+    /// [`Service::start`], with routed databases following `topology` instead of the
+    /// etcd the configuration names (the demo's in-process store).
+    pub async fn start_following(
+        files: Files,
+        topology: Option<Arc<Topology>>,
+    ) -> Result<Service, ServiceError> {
         let addrs = listen_addrs(&files.config);
         let unix_socket = bind_unix_socket(&files.config.settings)?;
         if addrs.is_empty() && unix_socket.is_none() {
@@ -186,7 +201,8 @@ impl Service {
         let metrics_listen = files.config.settings.metrics_listen;
         let backlog = files.config.settings.listen_backlog;
         let reuseport = files.config.settings.get("so_reuseport").as_deref() == Some("1");
-        let rt = Runtime::new(files.config, files.userlist, files.hba, files.tls);
+        let rt =
+            Runtime::with_topology(files.config, files.userlist, files.hba, files.tls, topology);
         if let Some(f) = conffile {
             rt.set_config_path(Path::new(&f));
         }
