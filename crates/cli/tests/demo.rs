@@ -116,7 +116,10 @@ async fn demo_prints_uris_that_work_with_psql_and_cleans_up_on_ctrl_c() {
     assert_eq!(psql(&rw, "SELECT pg_is_in_recovery()").as_deref(), Ok("f"));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match psql(&ro, "SELECT count(*) FROM demo_check WHERE v = 'through the pooler'") {
+        match psql(
+            &ro,
+            "SELECT count(*) FROM demo_check WHERE v = 'through the pooler'",
+        ) {
             Ok(v) if v == "1" => break,
             other => assert!(
                 Instant::now() < deadline,

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `pgherd pooler --ini` routing `app` to the cluster's primary and `reads` to its
-/// replicas; killed on drop.
+/// A `pgherd pooler --ini`, killed on drop.
 struct Pooler {
     child: Child,
     port: u16,
@@ -26,7 +25,27 @@ impl Drop for Pooler {
 }
 
 impl Pooler {
-    fn start(cluster: &TestCluster, reads: &str) -> Pooler {
+    /// Routing `app` to the cluster's primary and `reads` (session mode, with `reads`
+    /// added) to its replicas, following the cluster in etcd.
+    fn following(cluster: &TestCluster, reads: &str) -> Pooler {
+        let databases = format!(
+            "app = cluster={scope} role=primary dbname=postgres\n\
+             reads = cluster={scope} role=replica dbname=postgres pool_mode=session {reads}\n",
+            scope = cluster.scope
+        );
+        let etcd = cluster.etcd.endpoint();
+        let store = format!(
+            "[pgherd]\n\
+             etcd_hosts = {}\n\
+             namespace = /pgherd-test/\n\
+             dcs_timeout = 5\n",
+            etcd.trim_start_matches("http://")
+        );
+        Pooler::start(cluster, &databases, &store)
+    }
+
+    /// With these `[databases]` lines and `extra` sections.
+    fn start(cluster: &TestCluster, databases: &str, extra: &str) -> Pooler {
         let dir = cluster.dir.path();
         let port = pgherd_testkit::free_port();
         fs::write(
@@ -34,14 +53,12 @@ impl Pooler {
             format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n"),
         )
         .expect("userlist");
-        let etcd = cluster.etcd.endpoint();
         let ini = dir.join("pooler.ini");
         fs::write(
             &ini,
             format!(
                 "[databases]\n\
-                 app = cluster={scope} role=primary dbname=postgres\n\
-                 reads = cluster={scope} role=replica dbname=postgres pool_mode=session {reads}\n\
+                 {databases}\
                  [pgbouncer]\n\
                  listen_addr = 127.0.0.1\n\
                  listen_port = {port}\n\
@@ -52,13 +69,8 @@ impl Pooler {
                  pool_mode = transaction\n\
                  default_pool_size = 4\n\
                  query_wait_timeout = 60\n\
-                 [pgherd]\n\
-                 etcd_hosts = {etcd}\n\
-                 namespace = /pgherd-test/\n\
-                 dcs_timeout = 5\n",
-                scope = cluster.scope,
+                 {extra}",
                 userlist = dir.join("userlist.txt").display(),
-                etcd = etcd.trim_start_matches("http://"),
             ),
         )
         .expect("write ini");
@@ -173,7 +185,7 @@ async fn writes_follow_a_failover_and_nothing_stays_on_the_old_primary() {
         .name
         .clone();
     let (old_port, new_port) = (cluster.node(&old).pg_port, cluster.node(&other).pg_port);
-    let pooler = Pooler::start(&cluster, "");
+    let pooler = Pooler::following(&cluster, "");
     assert_eq!(
         pooler.server_port("app").await,
         Some(old_port),
@@ -287,7 +299,7 @@ async fn reads_spread_over_replicas_skip_noloadbalance_and_fall_back_to_the_prim
         .filter(|n| n.name != primary && n.name != "node4")
         .map(|n| n.pg_port)
         .collect();
-    let pooler = Pooler::start(&cluster, "");
+    let pooler = Pooler::following(&cluster, "");
 
     // Session mode: each client holds its own server, logged in on the replica with
     // the fewest of the pool's servers.
@@ -333,4 +345,76 @@ async fn reads_spread_over_replicas_skip_noloadbalance_and_fall_back_to_the_prim
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checked_servers_take_writes_only_on_the_primary_and_follow_a_switchover() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(2);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(1, Duration::from_secs(120)).await;
+    let replica = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name != primary)
+        .unwrap()
+        .name
+        .clone();
+    let list = |f: &dyn Fn(&TestNode) -> u16| {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| f(n).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (ports, api_ports) = (list(&|n| n.pg_port), list(&|n| n.api_port));
+    // The tutorial's two HAProxy backends, as a pooler: HTTP checks on Patroni's
+    // REST API, or SQL checks, every half second.
+    let servers =
+        format!("host=127.0.0.1,127.0.0.1 port={ports} dbname=postgres inter=0.5 fall=1 rise=1");
+    let databases = format!(
+        "app = {servers} check=http check_port={api_ports}\n\
+         app_sql = {servers} check=sql\n\
+         reads = {servers} check=http check_port={api_ports} role=replica pool_mode=session\n"
+    );
+    let pooler = Pooler::start(&cluster, &databases, "");
+    let port_of = |name: &str| Some(cluster.node(name).pg_port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = (
+            pooler.server_port("app").await,
+            pooler.server_port("app_sql").await,
+            pooler.server_port("reads").await,
+        );
+        if seen == (port_of(&primary), port_of(&primary), port_of(&replica)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}: {}", pooler.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let out = cluster.ctl(&["switchover", "--candidate", &replica, "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = (
+            pooler.server_port("app").await,
+            pooler.server_port("app_sql").await,
+            pooler.server_port("reads").await,
+        );
+        if seen == (port_of(&replica), port_of(&replica), port_of(&primary)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}: {}", pooler.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Writes through the pooler land on the new primary.
+    pooler
+        .connect("app")
+        .await
+        .expect("connect")
+        .batch_execute("CREATE TABLE after_switchover (id int)")
+        .await
+        .expect("a write through the health-checked route");
 }

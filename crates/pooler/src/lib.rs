@@ -25,13 +25,15 @@
 //!   client registry and the client error counters) and [`net`].
 //! - [`server`] talks to PostgreSQL over [`net`]; [`protocol`](pgherd_protocol) frames
 //!   the bytes. [`config`] and [`tls`] are plain data, read at any level.
-//! - [`topology`] follows the clusters routed databases name (through the DCS); [`pools`]
-//!   keeps each routed pool on the members its route names ([`pool::Endpoint`]).
+//! - [`topology`] follows the clusters routed databases name (through the DCS), and
+//!   [`health`] checks the hosts of databases with `check=`; [`pools`] keeps each routed
+//!   pool on the members its route names ([`pool::Endpoint`]).
 
 pub mod admin;
 pub mod cancel;
 pub mod client;
 pub mod config;
+pub mod health;
 pub mod lean_writer;
 pub mod listener;
 pub mod live;

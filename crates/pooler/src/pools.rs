@@ -254,8 +254,12 @@ impl Pools {
         }
         let default_scope = config.cluster.as_ref().and_then(|c| c.scope.as_deref());
         let route = db.route(default_scope).zip(self.topology.as_ref());
+        let health = db.health();
+        // Held before anyone can see it, until the first view or check says where to go.
         if let Some((spec, _)) = &route {
-            // Held before anyone can see it, until the first view says where to go.
+            pool.route_to(Vec::new(), spec.balance, false);
+        }
+        if let Some(spec) = &health {
             pool.route_to(Vec::new(), spec.balance, false);
         }
         pools.insert(key.clone(), pool.clone());
@@ -267,6 +271,13 @@ impl Pools {
                 Arc::downgrade(&pool),
                 spec,
                 view,
+                self.shutdown.clone(),
+            ));
+        }
+        if let Some(spec) = health {
+            tokio::spawn(crate::health::follow_health(
+                Arc::downgrade(&pool),
+                spec,
                 self.shutdown.clone(),
             ));
         }

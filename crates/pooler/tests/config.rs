@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgherd_pooler::config::{
-    diff, AuthType, Balance, ConfigErrors, ConnInfo, ErrorKind, Fallback, HbaMethod, HbaRules,
-    Loaded, PoolMode, PoolerConfig, RouteRole, SecretKind, SslMode, Userlist, SETTINGS,
+    diff, AuthType, Balance, CheckKind, ConfigErrors, ConnInfo, ErrorKind, Fallback, HbaMethod,
+    HbaRules, Loaded, PoolMode, PoolerConfig, RouteRole, SecretKind, SslMode, Userlist, SETTINGS,
 };
 
 fn fixture(rel: &str) -> PathBuf {
@@ -791,4 +791,50 @@ fn routed_databases_need_the_store_and_no_host() {
     assert!(e.contains("role: invalid value 'sideways'"), "{e}");
     assert!(e.contains("max_lag: invalid value 'lots'"), "{e}");
     assert!(e.contains("[pgherd] needs etcd_hosts"), "{e}");
+}
+
+#[test]
+fn health_checked_servers_take_haproxy_keys_and_libpq_port_lists() {
+    let loaded = ini_ok(
+        "[databases]\n\
+         app = host=db1,db2 port=5432,5433 check=http check_port=8008,8009 inter=1.5 fall=2 rise=1\n\
+         ro = host=db1,db2 check=sql role=replica\n",
+    );
+    let app = loaded.config.databases["app"].health().expect("checked");
+    assert_eq!(app.kind, CheckKind::Http);
+    let hosts: Vec<_> = app
+        .servers
+        .iter()
+        .map(|s| (s.host.as_str(), s.port, s.check_port))
+        .collect();
+    assert_eq!(hosts, [("db1", 5432, 8008), ("db2", 5433, 8009)]);
+    assert_eq!(
+        (app.inter, app.fall, app.rise),
+        (Duration::from_millis(1500), 2, 1)
+    );
+    assert_eq!(app.role, RouteRole::Primary);
+    let ro = loaded.config.databases["ro"].health().expect("checked");
+    assert_eq!((ro.kind, ro.role), (CheckKind::Sql, RouteRole::Replica));
+    assert_eq!(
+        (ro.inter, ro.fall, ro.rise),
+        (Duration::from_secs(2), 3, 2),
+        "HAProxy's defaults"
+    );
+    assert!(
+        loaded.config.databases["ro"].route(None).is_none(),
+        "no cluster needed"
+    );
+
+    let e = ini_err(
+        "[databases]\n\
+         a = check=http\n\
+         b = host=x,y,z port=1,2 check=sql\n\
+         c = host=x fall=2\n\
+         d = host=x check=tcp\n",
+    )
+    .to_string();
+    assert!(e.contains("check= needs host="), "{e}");
+    assert!(e.contains("port: 2 values for 3 hosts"), "{e}");
+    assert!(e.contains("need check=http or check=sql"), "{e}");
+    assert!(e.contains("check: invalid value 'tcp'"), "{e}");
 }

@@ -59,6 +59,52 @@ pub enum Balance {
     RoundRobin,
 }
 
+/// How a health-checked database tells which of its hosts is what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// Patroni's REST API: `GET /primary`, `GET /replica?lag=…` (200: yes).
+    Http,
+    /// `SELECT pg_is_in_recovery()` as the database's user.
+    Sql,
+}
+
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Http => "http",
+            CheckKind::Sql => "sql",
+        }
+    }
+}
+
+/// Patroni's default REST port.
+pub const DEFAULT_CHECK_PORT: u16 = 8008;
+
+/// One health-checked host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedServer {
+    pub host: String,
+    pub port: u16,
+    /// Its REST API's port (`check=http`).
+    pub check_port: u16,
+}
+
+/// A database whose hosts are health-checked, HAProxy style: a host leaves after `fall`
+/// failed checks in a row and comes back after `rise` passed ones, checked every
+/// `inter`; clients go to the hosts of `role` that are up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub kind: CheckKind,
+    pub servers: Vec<CheckedServer>,
+    pub role: RouteRole,
+    pub max_lag: Option<u64>,
+    pub fallback: Fallback,
+    pub balance: Balance,
+    pub inter: Duration,
+    pub fall: u32,
+    pub rise: u32,
+}
+
 /// A database's route: which members of which cluster its servers log in to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
@@ -146,7 +192,10 @@ pub(crate) fn route_problems(
         _ => {}
     }
     if !db.host.is_empty() {
-        problems.push("host= and cluster=/role= exclude each other: the cluster names the hosts");
+        problems.push(
+            "host= and cluster= exclude each other: the cluster names the hosts (or add \
+             check=http|sql to health-check the hosts instead)",
+        );
     }
     problems
 }

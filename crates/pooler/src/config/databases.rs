@@ -3,7 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::cluster::{Balance, Fallback, RouteRole, RouteSpec};
+use super::cluster::{
+    Balance, CheckKind, CheckedServer, Fallback, HealthSpec, RouteRole, RouteSpec,
+    DEFAULT_CHECK_PORT,
+};
 use super::settings::{
     fmt_secs, parse_limit, parse_port, parse_secs, parse_secs_or_off, parse_u32, shown, PoolMode,
 };
@@ -73,6 +76,18 @@ pub struct DatabaseConfig {
     pub fallback: Option<Fallback>,
     /// pgherd: how logins spread over several members.
     pub balance: Option<Balance>,
+    /// libpq's port list: one port per `host` (`port=5432,5433`); empty: `port` for all.
+    pub host_ports: Vec<u16>,
+    /// pgherd: health-check the hosts and route by `role` to those that pass.
+    pub check: Option<CheckKind>,
+    /// The REST port of each host for `check=http` (one, or one per host; default 8008).
+    pub check_ports: Vec<u16>,
+    /// HAProxy's `inter`: seconds between checks (default 2).
+    pub inter: Option<Duration>,
+    /// HAProxy's `fall`: failed checks in a row that take a host out (default 3).
+    pub fall: Option<u32>,
+    /// HAProxy's `rise`: passed checks in a row that bring it back (default 2).
+    pub rise: Option<u32>,
 }
 
 /// PgBouncer's default server port.
@@ -117,7 +132,28 @@ impl DatabaseConfig {
                 }
                 self.host = hosts;
             }
+            "port" if v.contains(',') => {
+                let ports = parse_ports(v).map_err(named)?;
+                self.port = ports[0];
+                self.host_ports = ports;
+            }
             "port" => self.port = parse_port(v).map_err(named)?,
+            "check" => {
+                self.check = Some(match v.to_ascii_lowercase().as_str() {
+                    "http" => CheckKind::Http,
+                    "sql" => CheckKind::Sql,
+                    _ => {
+                        return Err(ValueError::invalid(format!(
+                            "check: invalid value '{}': expected http or sql",
+                            shown(v)
+                        )))
+                    }
+                })
+            }
+            "check_port" => self.check_ports = parse_ports(v).map_err(named)?,
+            "inter" => self.inter = Some(parse_secs(v).map_err(named)?),
+            "fall" => self.fall = Some(parse_u32(v).map_err(named)?.max(1)),
+            "rise" => self.rise = Some(parse_u32(v).map_err(named)?.max(1)),
             "dbname" => self.dbname = Some(value),
             "user" => self.user = Some(value),
             // Not trimmed: a password is taken exactly as written.
@@ -190,13 +226,15 @@ impl DatabaseConfig {
         Ok(())
     }
 
-    /// A pgherd route key is set (`cluster`, `role`, `max_lag`, `fallback`, `balance`).
+    /// Routed by a cluster's topology: `cluster`, or a route key (`role`, `max_lag`,
+    /// `fallback`, `balance`) without health checks.
     pub fn is_routed(&self) -> bool {
         self.cluster.is_some()
-            || self.role.is_some()
-            || self.max_lag.is_some()
-            || self.fallback.is_some()
-            || self.balance.is_some()
+            || (self.check.is_none()
+                && (self.role.is_some()
+                    || self.max_lag.is_some()
+                    || self.fallback.is_some()
+                    || self.balance.is_some()))
     }
 
     /// The route of a routed database, with `default_scope` for one without `cluster=`.
@@ -213,6 +251,73 @@ impl DatabaseConfig {
         })
     }
 
+    /// The health-checked servers of a database with `check=`: each host with its port
+    /// and check port, and how to judge them.
+    pub fn health(&self) -> Option<HealthSpec> {
+        let kind = self.check?;
+        let nth = |list: &[u16], i: usize, default: u16| match list.len() {
+            0 => default,
+            1 => list[0],
+            _ => list.get(i).copied().unwrap_or(default),
+        };
+        let servers = self
+            .host
+            .iter()
+            .enumerate()
+            .map(|(i, host)| CheckedServer {
+                host: host.clone(),
+                port: nth(&self.host_ports, i, self.port),
+                check_port: nth(&self.check_ports, i, DEFAULT_CHECK_PORT),
+            })
+            .collect();
+        Some(HealthSpec {
+            kind,
+            servers,
+            role: self.role.unwrap_or(RouteRole::Primary),
+            max_lag: self.max_lag,
+            fallback: self.fallback.unwrap_or_default(),
+            balance: self.balance.unwrap_or_default(),
+            inter: self.inter.unwrap_or(Duration::from_secs(2)),
+            fall: self.fall.unwrap_or(3),
+            rise: self.rise.unwrap_or(2),
+        })
+    }
+
+    /// Why the health-check keys do not fit together, if they do not.
+    pub(crate) fn health_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let any_check_key = !self.check_ports.is_empty()
+            || self.inter.is_some()
+            || self.fall.is_some()
+            || self.rise.is_some();
+        if self.check.is_none() {
+            if any_check_key {
+                problems.push("check_port/inter/fall/rise need check=http or check=sql".into());
+            }
+            return problems;
+        }
+        if self.host.is_empty() || self.host.iter().any(|h| h.starts_with('/')) {
+            problems.push("check= needs host= with one or more TCP hosts".into());
+        }
+        if self.cluster.is_some() {
+            problems
+                .push("check= and cluster= exclude each other: the cluster says who leads".into());
+        }
+        for (key, list) in [
+            ("port", &self.host_ports),
+            ("check_port", &self.check_ports),
+        ] {
+            if list.len() > 1 && list.len() != self.host.len() {
+                problems.push(format!(
+                    "{key}: {} values for {} hosts (give one, or one per host)",
+                    list.len(),
+                    self.host.len()
+                ));
+            }
+        }
+        problems
+    }
+
     /// The server-side database name for a client that asked for `client_db`.
     pub fn server_dbname<'a>(&'a self, client_db: &'a str) -> &'a str {
         self.dbname.as_deref().unwrap_or(client_db)
@@ -226,7 +331,25 @@ impl DatabaseConfig {
         if !self.host.is_empty() {
             push("host", self.host.join(","));
         }
-        push("port", self.port.to_string());
+        if self.host_ports.is_empty() {
+            push("port", self.port.to_string());
+        } else {
+            push("port", join_ports(&self.host_ports));
+        }
+        if let Some(kind) = self.check {
+            push("check", kind.as_str().into());
+        }
+        if !self.check_ports.is_empty() {
+            push("check_port", join_ports(&self.check_ports));
+        }
+        for (k, v) in [("fall", self.fall), ("rise", self.rise)] {
+            if let Some(v) = v {
+                push(k, v.to_string());
+            }
+        }
+        if let Some(d) = self.inter {
+            push("inter", fmt_secs(d));
+        }
         let strings = [
             ("dbname", &self.dbname),
             ("user", &self.user),
@@ -304,6 +427,26 @@ impl DatabaseConfig {
         }
         parts.join(" ")
     }
+}
+
+fn join_ports(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A port list: `5432,5433`.
+fn parse_ports(v: &str) -> Result<Vec<u16>, ValueError> {
+    let ports = v
+        .split(',')
+        .map(|p| parse_port(p.trim()))
+        .collect::<Result<Vec<u16>, ValueError>>()?;
+    if ports.is_empty() {
+        return Err(ValueError::invalid("expected a port or a list of ports"));
+    }
+    Ok(ports)
 }
 
 /// A size in bytes: `1048576`, or with a unit as in Patroni's `?lag=`: `16MB`, `512kB`,

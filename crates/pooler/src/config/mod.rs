@@ -38,8 +38,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use cluster::{
-    Balance, ClusterConfig, Etcd3Config, Fallback, Route, RouteRole, RouteSpec,
-    DEFAULT_DCS_TIMEOUT, DEFAULT_NAMESPACE,
+    Balance, CheckKind, CheckedServer, ClusterConfig, Etcd3Config, Fallback, HealthSpec, Route,
+    RouteRole, RouteSpec, DEFAULT_CHECK_PORT, DEFAULT_DCS_TIMEOUT, DEFAULT_NAMESPACE,
 };
 pub use databases::{DatabaseConfig, Password, UserConfig};
 pub use hba::{ConnInfo, HbaMethod, HbaRule, HbaRules};
@@ -533,7 +533,11 @@ fn add_database(
     }
     match DatabaseConfig::from_params(params) {
         Ok(db) => {
-            for problem in cluster::route_problems(config.cluster.as_ref(), &db) {
+            let problems = cluster::route_problems(config.cluster.as_ref(), &db)
+                .into_iter()
+                .map(str::to_string)
+                .chain(db.health_problems());
+            for problem in problems {
                 errors.push(ConfigError::new(
                     raw.location.clone(),
                     Some(key.clone()),
