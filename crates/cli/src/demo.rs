@@ -283,7 +283,7 @@ async fn start_poolers(store: &MemoryStore, password: &str) -> Result<(Service, 
                 NAMESPACE,
                 &scope,
                 "pgherd-demo-pooler",
-                Duration::from_secs(10),
+                POOLER_DCS_TIMEOUT * 2,
             );
             Ok(Arc::new(dcs) as Arc<dyn Dcs>)
         })

@@ -28,6 +28,11 @@ impl Pooler {
     /// Routing `app` to the cluster's primary and `reads` (session mode, with `reads`
     /// added) to its replicas, following the cluster in etcd.
     fn following(cluster: &TestCluster, reads: &str) -> Pooler {
+        Pooler::following_with(cluster, reads, 5)
+    }
+
+    /// [`Pooler::following`] with this `dcs_timeout` (seconds).
+    fn following_with(cluster: &TestCluster, reads: &str, dcs_timeout: u64) -> Pooler {
         let databases = format!(
             "app = cluster={scope} role=primary dbname=postgres\n\
              reads = cluster={scope} role=replica dbname=postgres pool_mode=session {reads}\n",
@@ -38,7 +43,7 @@ impl Pooler {
             "[pgherd]\n\
              etcd_hosts = {}\n\
              namespace = /pgherd-test/\n\
-             dcs_timeout = 5\n",
+             dcs_timeout = {dcs_timeout}\n",
             etcd.trim_start_matches("http://")
         );
         Pooler::start(cluster, &databases, &store)
@@ -94,6 +99,11 @@ impl Pooler {
 
     fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the pooler");
     }
 
     async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -417,4 +427,92 @@ async fn health_checked_servers_take_writes_only_on_the_primary_and_follow_a_swi
         .batch_execute("CREATE TABLE after_switchover (id int)")
         .await
         .expect("a write through the health-checked route");
+}
+
+/// A write through the pooler to `app` that returns within `within`: `Ok` if it
+/// committed, `Err` if it failed or did not return.
+async fn write_within(pooler: &Pooler, within: Duration) -> Result<(), String> {
+    let attempt = async {
+        let client = pooler.connect("app").await.map_err(|e| e.to_string())?;
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS fenced (id int); INSERT INTO fenced VALUES (1)",
+            )
+            .await
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(within, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_pooler_stops_writes_and_a_new_leader_waits_for_every_pooler() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(2);
+    cluster.start_all();
+    let old = cluster.wait_healthy(1, Duration::from_secs(120)).await;
+    // dcs_timeout 8 s < ttl 10 s; the pooler's key lives twice that.
+    let pooler = Pooler::following_with(&cluster, "", 8);
+    write_within(&pooler, Duration::from_secs(30))
+        .await
+        .expect("a write through the pooler");
+    let keys = cluster.keys().await;
+    assert_eq!(keys.poolers.len(), 1, "the pooler publishes its key");
+    assert_eq!(keys.poolers[0].state.leader.as_deref(), Some(old.as_str()));
+    assert_eq!(
+        keys.poolers[0].state.routes_to.as_deref(),
+        Some(old.as_str())
+    );
+
+    // etcd falls silent: within dcs_timeout the pooler stops routing writes.
+    cluster.etcd.pause();
+    let paused_at = Instant::now();
+    let deadline = paused_at + Duration::from_secs(20);
+    while !pooler.log().contains("cannot read the DCS: no primary") {
+        assert!(Instant::now() < deadline, "{}", pooler.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fenced_after = paused_at.elapsed();
+    assert!(
+        fenced_after < Duration::from_secs(8) + Duration::from_millis(1500),
+        "fenced after {fenced_after:?}"
+    );
+    assert!(
+        write_within(&pooler, Duration::from_secs(2)).await.is_err(),
+        "no write goes through while the pooler cannot know who leads"
+    );
+    cluster.etcd.resume();
+    cluster.wait_healthy(1, Duration::from_secs(120)).await;
+    if let Err(e) = write_within(&pooler, Duration::from_secs(60)).await {
+        panic!("writes did not resume with the DCS: {e}\n{}", pooler.log());
+    }
+
+    // A frozen pooler holds up the next promotion until its key's lease runs out.
+    let old = cluster.wait_healthy(1, Duration::from_secs(60)).await;
+    pooler.signal(nix::sys::signal::Signal::SIGSTOP);
+    cluster.node_mut(&old).kill_node();
+    let new = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name != old)
+        .unwrap()
+        .name
+        .clone();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while cluster.primary().await.as_deref() != Some(new.as_str()) {
+        assert!(Instant::now() < deadline, "{new} did not take over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = cluster.node(&new).agent_log();
+    assert!(
+        log.contains("have not read us as the leader yet"),
+        "the new leader waited for the pooler: {log}"
+    );
+    pooler.signal(nix::sys::signal::Signal::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pooler.server_port("app").await != Some(cluster.node(&new).pg_port) {
+        assert!(Instant::now() < deadline, "{}", pooler.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

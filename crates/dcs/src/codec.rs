@@ -2,7 +2,7 @@
 //! both backends so they agree byte for byte on what Patroni reads and writes.
 
 use crate::keys::KeyLayout;
-use crate::{Cluster, DcsError, Member, MemberData, Result, Versioned};
+use crate::{Cluster, DcsError, Member, MemberData, Pooler, PoolerState, Result, Versioned};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -88,6 +88,21 @@ pub(crate) fn parse_cluster<'a>(
                 })
             }
             "status" => c.status = Some(json(key, kv.value)?),
+            _ if rel.starts_with("poolers/") => {
+                let id = &rel["poolers/".len()..];
+                if id.is_empty() || id.contains('/') {
+                    continue;
+                }
+                match serde_json::from_slice::<PoolerState>(kv.value) {
+                    Ok(state) => c.poolers.push(Pooler {
+                        id: id.to_string(),
+                        state,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "skipping a pooler key that does not parse")
+                    }
+                }
+            }
             _ => {
                 let Some(name) = rel.strip_prefix("members/") else {
                     continue;
@@ -108,6 +123,7 @@ pub(crate) fn parse_cluster<'a>(
         }
     }
     c.members.sort_by(|a, b| a.name.cmp(&b.name));
+    c.poolers.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(c)
 }
 

@@ -50,15 +50,24 @@ impl KeyLayout {
         format!("{}members/{name}", self.prefix)
     }
 
+    pub fn poolers_prefix(&self) -> String {
+        format!("{}poolers/", self.prefix)
+    }
+    pub fn pooler(&self, id: &str) -> String {
+        format!("{}poolers/{id}", self.prefix)
+    }
+
     /// Keys whose change wakes a waiting HA loop at once: who leads, the dynamic config,
-    /// and pending requests. Member and status keys change on every tick of every member;
-    /// waking on them would make each member tick whenever any other does.
+    /// pending requests, and poolers (a new leader waits for their acknowledgement; they
+    /// write only when what they route by changes). Member and status keys change on
+    /// every tick of every member; waking on them would make each member tick whenever
+    /// any other does.
     pub fn wakes_watchers(&self, key: &str) -> bool {
         key.strip_prefix(self.prefix.as_str()).is_some_and(|rest| {
             matches!(
                 rest,
                 "leader" | "config" | "failover" | "sync" | "initialize"
-            )
+            ) || rest.starts_with("poolers/")
         })
     }
 }

@@ -79,6 +79,11 @@ pub trait Dcs: Send + Sync {
     /// Remove this member's key.
     async fn delete_member(&self) -> Result<()>;
 
+    /// A pooler's key `poolers/<member name of this handle>`, bound to this handle's
+    /// lease: renew the lease, and write the value only when it (or the lease) changed,
+    /// so that watchers wake only when what the pooler routes by changes.
+    async fn touch_pooler(&self, state: &PoolerState) -> Result<()>;
+
     /// Write the dynamic `config`. `expected_version`: `Some(v)` succeeds only if the key's
     /// current version is `v` (`Some(0)`: only if absent); `None` writes unconditionally.
     async fn set_config(

@@ -12,8 +12,8 @@
 use crate::codec::{parse_cluster, to_json, RawKv};
 use crate::keys::KeyLayout;
 use crate::{
-    Cluster, ClusterStatus, Dcs, DcsError, FailoverRequest, HistoryEntry, MemberData, Result,
-    SyncState,
+    Cluster, ClusterStatus, Dcs, DcsError, FailoverRequest, HistoryEntry, MemberData, PoolerState,
+    Result, SyncState,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -228,6 +228,8 @@ pub struct MemoryDcs {
     /// Revision of the last snapshot (or watch wake-up) this handle has seen.
     last_seen: Mutex<Option<i64>>,
     own_writes: Mutex<VecDeque<i64>>,
+    /// The lease and value of the last `touch_pooler` write.
+    pooler_written: Mutex<Option<(i64, String)>>,
 }
 
 impl MemoryDcs {
@@ -248,6 +250,7 @@ impl MemoryDcs {
             lease: Mutex::new(None),
             last_seen: Mutex::new(None),
             own_writes: Mutex::new(VecDeque::new()),
+            pooler_written: Mutex::new(None),
         }
     }
 
@@ -436,6 +439,25 @@ impl Dcs for MemoryDcs {
             st.put(&key, value.into_bytes(), Some(lease))
         });
         self.own(rev);
+        Ok(())
+    }
+
+    async fn touch_pooler(&self, state: &PoolerState) -> Result<()> {
+        self.gate().await?;
+        let key = self.keys.pooler(&self.member);
+        let value = to_json(&key, state)?;
+        let rev = self.store.with_state(|st, now| {
+            let (lease, _) = self.renew_lease(st, now);
+            let mut written = lock(&self.pooler_written);
+            if written.as_ref() == Some(&(lease, value.clone())) && st.keys.contains_key(&key) {
+                return None;
+            }
+            *written = Some((lease, value.clone()));
+            Some(st.put(&key, value.into_bytes(), Some(lease)))
+        });
+        if let Some(rev) = rev {
+            self.own(rev);
+        }
         Ok(())
     }
 

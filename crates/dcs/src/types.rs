@@ -30,6 +30,8 @@ pub struct Cluster {
     pub sync: Option<Versioned<SyncState>>,
     /// `status`: the leader's last published WAL position.
     pub status: Option<ClusterStatus>,
+    /// `poolers/*` (pgherd): what each live pooler routes writes by, sorted by id.
+    pub poolers: Vec<Pooler>,
 }
 
 impl Cluster {
@@ -39,6 +41,26 @@ impl Cluster {
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.name == name)
     }
+}
+
+/// One `poolers/<id>` key (pgherd's; Patroni ignores it), bound to the pooler's lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pooler {
+    pub id: String,
+    pub state: PoolerState,
+}
+
+/// What a pooler publishes: the leader key it last read and the member it sends writes
+/// to. A new leader promotes only once every live pooler has read it as the leader
+/// (and so dropped the old primary).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolerState {
+    /// The `leader` key's value when the pooler last read the cluster.
+    #[serde(default)]
+    pub leader: Option<String>,
+    /// The member it routes writes to now (`None`: none, clients wait).
+    #[serde(default)]
+    pub routes_to: Option<String>,
 }
 
 /// One `members/<name>` key.

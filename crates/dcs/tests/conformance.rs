@@ -8,7 +8,7 @@ use pgherd_dcs::etcd::rpc::EtcdClient;
 use pgherd_dcs::keys::KeyLayout;
 use pgherd_dcs::{
     Dcs, DcsError, EtcdDcs, FailoverRequest, HistoryEntry, MemberData, MemoryDcs, MemoryStore,
-    SyncState, Tags,
+    PoolerState, SyncState, Tags,
 };
 use pgherd_testkit::etcd::EtcdServer;
 use pgherd_testkit::{init_tracing, wait_until};
@@ -688,6 +688,49 @@ async fn unreachable_store_fails_fast_and_recovers<H: Harness>(h: H) {
     a.touch_member(&member_data("node1", 5432)).await.unwrap();
 }
 
+async fn pooler_keys_wake_watchers_only_when_they_change_and_expire_with_their_lease<H: Harness>(
+    h: H,
+) {
+    let pooler = h.member("pooler-1", SHORT_TTL).await;
+    let w = h.member("node1", LONG_TTL).await;
+    let state = PoolerState {
+        leader: Some("node1".into()),
+        routes_to: Some("node1".into()),
+    };
+    w.get_cluster().await.unwrap();
+    pooler.touch_pooler(&state).await.unwrap();
+    expect_wake(&w, Duration::from_secs(5)).await;
+    let c = w.get_cluster().await.unwrap();
+    assert_eq!(c.poolers.len(), 1);
+    assert_eq!(
+        (c.poolers[0].id.as_str(), &c.poolers[0].state),
+        ("pooler-1", &state)
+    );
+    assert!(c.members.is_empty(), "a pooler is no member");
+
+    // The same again only renews the lease: nobody wakes.
+    pooler.touch_pooler(&state).await.unwrap();
+    assert!(!w.watch(Duration::from_millis(300)).await.unwrap());
+    // A change wakes the HA loops at once.
+    let moved = PoolerState {
+        leader: None,
+        routes_to: None,
+    };
+    pooler.touch_pooler(&moved).await.unwrap();
+    expect_wake(&w, Duration::from_secs(5)).await;
+    assert_eq!(w.get_cluster().await.unwrap().poolers[0].state, moved);
+
+    // A pooler that stops renewing vanishes with its lease.
+    let deadline = Instant::now() + SHORT_TTL * 5;
+    while !w.get_cluster().await.unwrap().poolers.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the pooler key outlived its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The two backends.
 
@@ -728,6 +771,7 @@ memory_tests! {
     memory_watch_ignores_own_writes_and_member_keys => watch_ignores_own_writes_and_member_keys,
     memory_history_round_trips_in_patroni_format => history_round_trips_in_patroni_format,
     memory_unreachable_store_fails_fast_and_recovers => unreachable_store_fails_fast_and_recovers,
+    memory_pooler_keys => pooler_keys_wake_watchers_only_when_they_change_and_expire_with_their_lease,
 }
 
 etcd_tests! {
@@ -749,6 +793,7 @@ etcd_tests! {
     etcd_watch_ignores_own_writes_and_member_keys => watch_ignores_own_writes_and_member_keys,
     etcd_history_round_trips_in_patroni_format => history_round_trips_in_patroni_format,
     etcd_unreachable_store_fails_fast_and_recovers => unreachable_store_fails_fast_and_recovers,
+    etcd_pooler_keys => pooler_keys_wake_watchers_only_when_they_change_and_expire_with_their_lease,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -814,6 +814,10 @@ fn lead(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Re
         "holding the leader key: renewing it",
     )];
     if obs.local.in_recovery {
+        if let Some(why) = poolers_behind(cluster, &obs.me) {
+            actions.push(act(Action::Wait, why));
+            return actions;
+        }
         actions.extend(sync::claim_sync_key(obs, cluster, cfg));
         actions.push(act(
             Action::Promote,
@@ -838,6 +842,24 @@ fn lead(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Re
     }
     actions.extend(keep_slots(obs, cluster, cfg));
     actions
+}
+
+/// Fencing at the routers (DESIGN §3 rule 7): before we take writes, every live pooler
+/// must have read us as the leader, and so dropped the old primary. A pooler that
+/// cannot reach the DCS loses its key with its lease (and stops routing writes before).
+fn poolers_behind(cluster: &Cluster, me: &str) -> Option<String> {
+    let behind: Vec<&str> = cluster
+        .poolers
+        .iter()
+        .filter(|p| p.state.leader.as_deref() != Some(me))
+        .map(|p| p.id.as_str())
+        .collect();
+    (!behind.is_empty()).then(|| {
+        format!(
+            "holding the leader key, but poolers {behind:?} have not read us as the leader \
+             yet: promoting once they have (or their leases run out)"
+        )
+    })
 }
 
 /// One physical slot per other member, so none of them loses WAL it still needs.
@@ -965,6 +987,14 @@ fn take_over(
     why: impl Into<Reason>,
 ) -> Vec<(Action, Reason)> {
     let mut actions = vec![act(Action::AcquireLeader, why)];
+    if !cluster.poolers.is_empty() {
+        // They read the old leader: promote on a later tick, once they read us.
+        actions.push(act(
+            Action::Wait,
+            "acquired the leader lock: promoting once every pooler has read us as the leader",
+        ));
+        return actions;
+    }
     actions.extend(sync::claim_sync_key(obs, cluster, cfg));
     actions.push(act(Action::Promote, "acquired the leader lock: promoting"));
     if let Some(failover) = &cluster.failover {

@@ -8,8 +8,8 @@
 //! default; `PGHERD_SIM_SEED=S` runs just seed S (with its full log on failure).
 
 use pgherd_dcs::{
-    Cluster, ClusterStatus, FailoverRequest, HistoryEntry, Member, MemberData, SyncState, Tags,
-    Versioned,
+    Cluster, ClusterStatus, FailoverRequest, HistoryEntry, Member, MemberData, Pooler, PoolerState,
+    SyncState, Tags, Versioned,
 };
 use pgherd_ha::runner::iso8601;
 use pgherd_ha::{
@@ -84,6 +84,8 @@ struct FakeDcs {
     /// The `sync` key and its version.
     sync: Option<(SyncState, i64)>,
     sync_version: i64,
+    /// `poolers/<id>` keys and when their leases run out.
+    poolers: BTreeMap<String, (PoolerState, Millis)>,
 }
 
 impl FakeDcs {
@@ -121,6 +123,7 @@ impl FakeDcs {
             .collect();
         self.leases.retain(|_, l| l.expiry > now);
         self.members.retain(|_, (_, id)| live.contains(id));
+        self.poolers.retain(|_, (_, expiry)| *expiry > now);
         match &self.leader {
             Some((_, id)) if !live.contains(id) => {
                 self.leader = None;
@@ -177,8 +180,44 @@ impl FakeDcs {
                 version: *version,
             }),
             status: self.status.clone(),
+            poolers: self
+                .poolers
+                .iter()
+                .map(|(id, (state, _))| Pooler {
+                    id: id.clone(),
+                    state: state.clone(),
+                })
+                .collect(),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fake poolers
+
+/// A pooler stops routing writes when it could not read the DCS this long (its
+/// `dcs_timeout`)...
+fn pooler_fence(timing: &Timing) -> Millis {
+    timing.ttl / 3
+}
+
+/// ...and its key's lease is twice that, so it has stopped before the key can vanish.
+fn pooler_lease(timing: &Timing) -> Millis {
+    2 * pooler_fence(timing)
+}
+
+/// How often a pooler reads the DCS without a wake-up.
+const POOLER_REFRESH: Millis = 1_000;
+
+/// A pooler as the HA loop sees it: it reads the DCS (every [`POOLER_REFRESH`], or soon
+/// after a watched key changes), routes writes to the leader it read once that leader's
+/// member key says `primary`, and publishes both in its key.
+#[derive(Debug)]
+struct SimPooler {
+    id: String,
+    reachable: bool,
+    last_read: Millis,
+    routes_to: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -350,6 +389,8 @@ enum Event {
         node: usize,
         epoch: u64,
     },
+    /// A pooler reads the DCS.
+    PoolerRead(usize),
     Heal(Fault),
 }
 
@@ -361,6 +402,7 @@ enum Fault {
     Thaw(usize),
     ReplicationNormal(usize),
     Resume,
+    PoolerBack(usize),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -374,6 +416,7 @@ struct Sim {
     cfg: HaConfig,
     dcs: FakeDcs,
     nodes: Vec<Node>,
+    poolers: Vec<SimPooler>,
     queue: BinaryHeap<Reverse<(Millis, u64, Event)>>,
     seq: u64,
     write_rate: u64,
@@ -454,6 +497,7 @@ impl Sim {
             cfg,
             dcs: FakeDcs::default(),
             nodes,
+            poolers: Vec::new(),
             queue: BinaryHeap::new(),
             seq: 0,
             write_rate,
@@ -472,7 +516,53 @@ impl Sim {
             let start = sim.rng.random_range(0..2_000);
             sim.start_agent(i, start);
         }
+        for k in 0..sim.rng.random_range(0..=2) {
+            sim.poolers.push(SimPooler {
+                id: format!("pooler-{k}"),
+                reachable: true,
+                last_read: 0,
+                routes_to: None,
+            });
+            let first = sim.rng.random_range(0..POOLER_REFRESH);
+            sim.schedule(first, Event::PoolerRead(k));
+        }
         sim
+    }
+
+    /// A pooler reads the DCS and publishes what it routes by; one that could not read
+    /// for its fence time routes no writes.
+    fn pooler_read(&mut self, k: usize) {
+        let next = self.now + POOLER_REFRESH;
+        self.schedule(next, Event::PoolerRead(k));
+        let fence = pooler_fence(&self.timing);
+        let p = &mut self.poolers[k];
+        if !p.reachable {
+            if self.now.saturating_sub(p.last_read) >= fence && p.routes_to.is_some() {
+                p.routes_to = None;
+                let id = p.id.clone();
+                self.note(|| format!("{id}: cannot read the DCS: routes no writes"));
+            }
+            return;
+        }
+        p.last_read = self.now;
+        let leader = self.dcs.leader.as_ref().map(|(l, _)| l.clone());
+        let routes_to = leader.clone().filter(|l| {
+            self.dcs
+                .members
+                .get(l)
+                .is_some_and(|(data, _)| data.role == "primary")
+        });
+        let p = &mut self.poolers[k];
+        p.routes_to = routes_to.clone();
+        let id = p.id.clone();
+        let state = PoolerState { leader, routes_to };
+        let expiry = self.now + pooler_lease(&self.timing);
+        let changed = self.dcs.poolers.get(&id).map(|(s, _)| s) != Some(&state);
+        self.dcs.poolers.insert(id.clone(), (state.clone(), expiry));
+        if changed {
+            self.note(|| format!("{id}: publishes {state:?}"));
+            self.wake_nodes();
+        }
     }
 
     fn normal_catchup(&mut self) -> u64 {
@@ -660,7 +750,18 @@ impl Sim {
         r.max_timeline = r.max_timeline.max(r.pg.timeline);
     }
 
+    /// A watched key changed: the agents and the poolers look soon.
     fn watch_fires(&mut self) {
+        for k in 0..self.poolers.len() {
+            if self.poolers[k].reachable {
+                let delay = self.rng.random_range(5..200);
+                self.schedule(self.now + delay, Event::PoolerRead(k));
+            }
+        }
+        self.wake_nodes();
+    }
+
+    fn wake_nodes(&mut self) {
         for i in 0..self.nodes.len() {
             let n = &self.nodes[i];
             if let Some(until) = n.sleeping_until {
@@ -681,6 +782,7 @@ impl Sim {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Heal(fault) => self.heal(fault),
+            Event::PoolerRead(k) => self.pooler_read(k),
             Event::Wake { node, epoch } | Event::OpDone { node, epoch, .. } => {
                 let n = &mut self.nodes[node];
                 if n.epoch != epoch || !n.alive {
@@ -1270,6 +1372,17 @@ impl Sim {
         let (ended, lsn) = (pg.timeline, pg.lsn);
         self.dcs.history =
             history_after_promotion(&self.dcs.history, ended, lsn, "promoted", "", &name);
+        // Fencing at the routers: no pooler still sends writes elsewhere.
+        if let Some(p) = self
+            .poolers
+            .iter()
+            .find(|p| p.routes_to.as_ref().is_some_and(|r| *r != name))
+        {
+            self.fail(&format!(
+                "{name} promoted while {} still routes writes to {:?}",
+                p.id, p.routes_to
+            ));
+        }
         // Invariant b: never promote beyond the lag limit.
         let optime = self.dcs.status.as_ref().map_or(0, |s| s.optime);
         if lsn + MAX_LAG < optime {
@@ -1380,6 +1493,14 @@ impl Sim {
                 self.note(|| format!("FAULT maintenance mode for {back} ms"));
                 self.cfg.paused = true;
                 self.schedule(self.now + back, Event::Heal(Fault::Resume));
+            }
+            9 if !self.poolers.is_empty() => {
+                let k = self.rng.random_range(0..self.poolers.len());
+                let back = self.rng.random_range(1_000..3 * ttl);
+                let id = self.poolers[k].id.clone();
+                self.note(|| format!("FAULT {id} cannot reach the DCS for {back} ms"));
+                self.poolers[k].reachable = false;
+                self.schedule(self.now + back, Event::Heal(Fault::PoolerBack(k)));
             }
             10 | 11 => self.request_switchover(kind == 10),
             12 => {
@@ -1500,6 +1621,11 @@ impl Sim {
 
     fn heal(&mut self, fault: Fault) {
         match fault {
+            Fault::PoolerBack(k) => {
+                self.poolers[k].reachable = true;
+                let id = self.poolers[k].id.clone();
+                self.note(|| format!("HEAL {id} reaches the DCS again"));
+            }
             Fault::Restart(i) => {
                 if !self.nodes[i].alive {
                     let node = &mut self.nodes[i];

@@ -7,7 +7,7 @@ use crate::config::{DatabaseConfig, PoolMode, PoolerConfig, RouteRole, RouteSpec
 use crate::live::LiveConfig;
 use crate::pool::{ConnLimit, Endpoint, LimitKind, Pool, PoolKey, PoolLimits};
 use crate::server::{ServerCredential, ServerTarget};
-use crate::topology::{ClusterView, Topology};
+use crate::topology::{ClusterView, Receipt, Topology};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -266,11 +266,12 @@ impl Pools {
         drop(pools);
         self.start_janitor();
         if let Some((spec, topology)) = route {
-            let view = topology.follow(&spec.scope);
+            let (view, receipt) = topology.follow(&spec.scope);
             tokio::spawn(follow_route(
                 Arc::downgrade(&pool),
                 spec,
                 view,
+                receipt,
                 self.shutdown.clone(),
             ));
         }
@@ -421,6 +422,7 @@ async fn follow_route(
     pool: Weak<Pool>,
     spec: RouteSpec,
     mut view: watch::Receiver<Arc<ClusterView>>,
+    receipt: Receipt,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last_primary: Option<Endpoint> = None;
@@ -443,6 +445,7 @@ async fn follow_route(
                 "clients wait for a server");
         }
         pool.route_to(endpoints, spec.balance, sever);
+        receipt.applied(&current);
         last_primary = primary;
         drop(pool);
         tokio::select! {

@@ -6,12 +6,19 @@
 //! `tokio::sync::watch` channel; pools subscribe to it. The view says whether the DCS
 //! could be read lately: a pooler that cannot read it for `dcs_timeout` does not know who
 //! the primary is, and routes no writes.
+//!
+//! Fencing (DESIGN §3 rule 7): once every pool has applied a view, the follower writes
+//! what it routes by into `poolers/<id>`, bound to a lease of twice `dcs_timeout`. A new leader
+//! promotes only after every live pooler has read it as the leader, so no pooler still
+//! sends writes to the old primary; a pooler that cannot reach the DCS loses its key
+//! with its lease, by which time it has stopped routing writes by itself.
 
 use crate::config::{ClusterConfig, Fallback, RouteRole, RouteSpec};
-use pgherd_dcs::{parse_conn_url, Cluster, Dcs, EtcdDcs};
+use pgherd_dcs::{parse_conn_url, Cluster, Dcs, EtcdDcs, PoolerState};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -31,27 +38,36 @@ pub struct Member {
     pub lag: Option<u64>,
     /// Tagged `noloadbalance`: not a read target.
     pub noloadbalance: bool,
+    /// Publishes the role `primary` (promoted).
+    pub writable: bool,
 }
 
 /// A cluster's topology at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterView {
     pub scope: String,
+    /// The `leader` key's value as read (also while the DCS is unreadable: the last).
+    pub leader: Option<String>,
     pub members: Vec<Member>,
     /// The DCS answered within `dcs_timeout`. When false, `members` is what it said last,
     /// but no member counts as the leader.
     pub dcs_readable: bool,
     /// Why the view is empty or unreadable, for logs and `SHOW` output.
     pub problem: Option<String>,
+    /// Counts the views published (routes acknowledge the number they applied).
+    pub number: u64,
 }
 
 impl ClusterView {
-    /// The member holding the leader key, if the DCS is readable and it runs.
+    /// The member holding the leader key, if the DCS is readable and it runs as a
+    /// primary (a new leader before its promotion takes no writes yet).
     pub fn primary(&self) -> Option<&Member> {
         if !self.dcs_readable {
             return None;
         }
-        self.members.iter().find(|m| m.leader && m.running)
+        self.members
+            .iter()
+            .find(|m| m.leader && m.running && m.writable)
     }
 
     /// Running replicas that may serve reads: not tagged `noloadbalance`, and within
@@ -90,14 +106,17 @@ impl ClusterView {
                         _ => None,
                     },
                     noloadbalance: m.data.tags.noloadbalance,
+                    writable: matches!(m.data.role.as_str(), "primary" | "master"),
                 })
             })
             .collect();
         ClusterView {
             scope: scope.to_string(),
+            leader: leader.map(str::to_string),
             members,
             dcs_readable: true,
             problem: None,
+            number: 0,
         }
     }
 }
@@ -144,8 +163,26 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 pub struct Topology {
     connect: Connect,
     dcs_timeout: Duration,
-    clusters: Mutex<HashMap<String, watch::Receiver<Arc<ClusterView>>>>,
+    clusters: Mutex<HashMap<String, Followed>>,
     stop: watch::Sender<bool>,
+}
+
+/// One followed cluster: its views, and the views each route applied.
+struct Followed {
+    views: watch::Receiver<Arc<ClusterView>>,
+    applied: Applied,
+}
+
+/// The number of the last view each route applied (dropped routes count no more).
+type Applied = Arc<Mutex<Vec<std::sync::Weak<AtomicU64>>>>;
+
+/// A route's receipt: store the number of each view once applied.
+pub struct Receipt(Arc<AtomicU64>);
+
+impl Receipt {
+    pub fn applied(&self, view: &ClusterView) {
+        self.0.store(view.number, Ordering::Release);
+    }
 }
 
 impl Topology {
@@ -170,7 +207,9 @@ impl Topology {
             Box::pin(async move {
                 // The handle only reads; its member name is never written.
                 let member = format!("pgherd-pooler-{}", std::process::id());
-                EtcdDcs::connect(&hosts, &namespace, &scope, &member, timeout * 3, timeout)
+                // Its key's lease: twice `dcs_timeout`, by when a pooler that cannot
+                // renew it has stopped routing writes (after `dcs_timeout`).
+                EtcdDcs::connect(&hosts, &namespace, &scope, &member, timeout * 2, timeout)
                     .await
                     .map(|d| Arc::new(d) as Arc<dyn Dcs>)
                     .map_err(|e| e.to_string())
@@ -179,26 +218,31 @@ impl Topology {
         Topology::new(connect, timeout)
     }
 
-    /// The view of `scope`, followed from now on (inside a Tokio runtime).
-    pub fn follow(&self, scope: &str) -> watch::Receiver<Arc<ClusterView>> {
+    /// The view of `scope`, followed from now on (inside a Tokio runtime), and the
+    /// receipt on which the caller says which view it applied: the pooler acknowledges
+    /// a view to the cluster only once every route applied it.
+    pub fn follow(&self, scope: &str) -> (watch::Receiver<Arc<ClusterView>>, Receipt) {
         let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = clusters.get(scope) {
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(Arc::new(ClusterView {
-            scope: scope.to_string(),
-            problem: Some("the DCS has not been read yet".into()),
-            ..ClusterView::default()
-        }));
-        clusters.insert(scope.to_string(), rx.clone());
-        tokio::spawn(follow_cluster(
-            scope.to_string(),
-            self.connect.clone(),
-            self.dcs_timeout,
-            tx,
-            self.stop.subscribe(),
-        ));
-        rx
+        let followed = clusters.entry(scope.to_string()).or_insert_with(|| {
+            let (tx, rx) = watch::channel(Arc::new(ClusterView {
+                scope: scope.to_string(),
+                problem: Some("the DCS has not been read yet".into()),
+                ..ClusterView::default()
+            }));
+            let applied = Applied::default();
+            tokio::spawn(follow_cluster(
+                scope.to_string(),
+                self.connect.clone(),
+                self.dcs_timeout,
+                tx,
+                applied.clone(),
+                self.stop.subscribe(),
+            ));
+            Followed { views: rx, applied }
+        });
+        let receipt = Arc::new(AtomicU64::new(0));
+        lock(&followed.applied).push(Arc::downgrade(&receipt));
+        (followed.views.clone(), Receipt(receipt))
     }
 
     /// Stop every follower.
@@ -213,42 +257,98 @@ impl Drop for Topology {
     }
 }
 
-/// Read the cluster, publish its view, wait for a change (or [`REFRESH`]); again, until
-/// `stop`. A DCS that does not answer for `dcs_timeout` makes the view unreadable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long the follower waits for the routes to apply a view before acknowledging
+/// what they have applied (they do so at once; this bounds a stuck one).
+const APPLY_WAIT: Duration = Duration::from_secs(1);
+
+/// Wait (up to [`APPLY_WAIT`]) until every live route applied view `number`.
+async fn routes_applied(applied: &Applied, number: u64) -> bool {
+    let deadline = Instant::now() + APPLY_WAIT;
+    loop {
+        let all = {
+            let mut list = lock(applied);
+            list.retain(|w| w.strong_count() > 0);
+            list.iter()
+                .filter_map(|w| w.upgrade())
+                .all(|a| a.load(Ordering::Acquire) >= number)
+        };
+        if all || Instant::now() >= deadline {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Read the cluster, publish its view, acknowledge it once the routes applied it, wait
+/// for a change (or [`REFRESH`]); again, until `stop`. A DCS that does not answer for
+/// `dcs_timeout` makes the view unreadable.
 async fn follow_cluster(
     scope: String,
     connect: Connect,
     dcs_timeout: Duration,
     tx: watch::Sender<Arc<ClusterView>>,
+    applied: Applied,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_read = Instant::now();
     let mut dcs: Option<Arc<dyn Dcs>> = None;
     while !*stop.borrow() {
+        // Every wait below ends by the time the view must turn unreadable, so that the
+        // pooler stops routing writes within `dcs_timeout` of its last read, well before
+        // its key's lease (twice that) can run out and let a new leader promote.
+        // (Once fenced, a read may take `dcs_timeout` again.)
+        let fence_at = tokio::time::Instant::from_std(if last_read.elapsed() < dcs_timeout {
+            last_read + dcs_timeout
+        } else {
+            Instant::now() + dcs_timeout
+        });
         let step = async {
             let handle = match &dcs {
                 Some(d) => d.clone(),
                 None => {
-                    let d = tokio::time::timeout(dcs_timeout, connect(scope.clone()))
-                        .await
-                        .map_err(|_| format!("no answer within {dcs_timeout:?}"))??;
+                    let d = connect(scope.clone()).await?;
                     dcs = Some(d.clone());
                     d
                 }
             };
-            let cluster = tokio::time::timeout(dcs_timeout, handle.get_cluster())
-                .await
-                .map_err(|_| format!("no answer within {dcs_timeout:?}"))?
-                .map_err(|e| e.to_string())?;
+            let cluster = handle.get_cluster().await.map_err(|e| e.to_string())?;
             Ok::<_, String>((handle, cluster))
         };
-        match step.await {
+        let outcome = tokio::time::timeout_at(fence_at, step)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {dcs_timeout:?}")));
+        match outcome {
             Ok((handle, cluster)) => {
                 last_read = Instant::now();
+                let fence_at = tokio::time::Instant::from_std(last_read + dcs_timeout);
                 let view = ClusterView::from_cluster(&scope, &cluster);
-                publish(&tx, view);
+                let shown = publish(&tx, view);
+                if routes_applied(&applied, shown.number).await {
+                    let state = PoolerState {
+                        leader: shown.leader.clone(),
+                        routes_to: shown.primary().map(|m| m.name.clone()),
+                    };
+                    let touched = tokio::time::timeout_at(fence_at, handle.touch_pooler(&state));
+                    match touched.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            debug!(%scope, error = %e, "could not publish what the pooler routes by")
+                        }
+                        Err(_) => {
+                            debug!(%scope, "could not publish what the pooler routes by in time")
+                        }
+                    }
+                } else {
+                    warn!(%scope, "a route did not apply the new view within {APPLY_WAIT:?}: \
+                        not acknowledging it");
+                }
                 tokio::select! {
                     _ = handle.watch(REFRESH) => {}
+                    _ = tokio::time::sleep(REFRESH) => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
             }
@@ -275,20 +375,24 @@ async fn follow_cluster(
     }
 }
 
-/// Send `view` if it differs from the last one (subscribers wake only on a change).
-fn publish(tx: &watch::Sender<Arc<ClusterView>>, view: ClusterView) {
+/// Send `view` if it differs from the last one (subscribers wake only on a change),
+/// numbered after it; returns the view now current.
+fn publish(tx: &watch::Sender<Arc<ClusterView>>, mut view: ClusterView) -> Arc<ClusterView> {
     tx.send_if_modified(|current| {
+        view.number = current.number;
         if **current == view {
             return false;
         }
+        view.number = current.number + 1;
         let old_leader = current.primary().map(|m| m.name.clone());
         let new_leader = view.primary().map(|m| m.name.clone());
         if old_leader != new_leader {
             info!(scope = %view.scope, from = ?old_leader, to = ?new_leader, "primary changed");
         }
-        *current = Arc::new(view);
+        *current = Arc::new(view.clone());
         true
     });
+    tx.borrow().clone()
 }
 
 #[cfg(test)]

@@ -227,7 +227,16 @@ async fn metrics_show_pools_clients_servers_waits_and_errors() {
     for _ in 0..3 {
         a.simple_query("SELECT 1").await.expect("query");
     }
-    let body = scrape(addr).await;
+    // The pooler hands the server back just after the client has its answer: scrape
+    // once it has (bounded), between transactions.
+    let mut body = scrape(addr).await;
+    for _ in 0..50 {
+        if value(&body, "pgherd_pooler_servers", &app(&[("state", "idle")])) == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        body = scrape(addr).await;
+    }
     let queries = value(&body, "pgherd_pooler_queries_total", &APP).expect("queries");
     assert!(queries >= 3.0, "{body}");
     assert!(value(&body, "pgherd_pooler_transactions_total", &APP).unwrap() >= 3.0);

@@ -19,8 +19,8 @@ pub mod rpc;
 use crate::codec::{parse_cluster, to_json, RawKv};
 use crate::keys::KeyLayout;
 use crate::{
-    Cluster, ClusterStatus, Dcs, DcsError, FailoverRequest, HistoryEntry, MemberData, Result,
-    SyncState,
+    Cluster, ClusterStatus, Dcs, DcsError, FailoverRequest, HistoryEntry, MemberData, PoolerState,
+    Result, SyncState,
 };
 use rpc::{Compare, EtcdClient, RequestOp, ResponseHeader, RpcError, WatchCreateRequest};
 use std::collections::VecDeque;
@@ -70,6 +70,8 @@ pub struct EtcdDcs {
     /// Revision of the last snapshot (or watch wake-up) this handle has seen; 0 = none.
     last_seen: AtomicI64,
     own_writes: Mutex<VecDeque<i64>>,
+    /// The lease and value of the last `touch_pooler` write.
+    pooler_written: Mutex<Option<(i64, String)>>,
 }
 
 /// The revision an answer's header carries.
@@ -126,6 +128,7 @@ impl EtcdDcs {
             lease: tokio::sync::Mutex::new(None),
             last_seen: AtomicI64::new(0),
             own_writes: Mutex::new(VecDeque::new()),
+            pooler_written: Mutex::new(None),
         })
     }
 
@@ -446,6 +449,33 @@ impl Dcs for EtcdDcs {
     async fn delete_member(&self) -> Result<()> {
         self.delete("delete_member", self.keys.member(&self.member))
             .await
+    }
+
+    async fn touch_pooler(&self, state: &PoolerState) -> Result<()> {
+        let key = self.keys.pooler(&self.member);
+        let value = to_json(&key, state)?;
+        self.bounded("touch_pooler", async {
+            let mut slot = self.lease.lock().await;
+            let client = self.client().await?;
+            let lease = self.renew_lease(&client, &mut slot).await?;
+            if lock(&self.pooler_written).as_ref() == Some(&(lease, value.clone())) {
+                return Ok(());
+            }
+            match client.put(key, value.clone(), lease).await {
+                Ok(r) => {
+                    self.own(revision(&r.header));
+                    *lock(&self.pooler_written) = Some((lease, value));
+                    Ok(())
+                }
+                Err(e) => {
+                    if e.is_lease_gone() {
+                        *slot = None;
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
     }
 
     async fn set_config(

@@ -1474,3 +1474,30 @@ fn the_quorum_leader_moves_its_setting_before_its_key() {
         ))]
     );
 }
+
+// ----- fencing at the poolers -----
+
+fn pooler(id: &str, leader: Option<&str>) -> pgherd_dcs::Pooler {
+    pgherd_dcs::Pooler {
+        id: id.into(),
+        state: pgherd_dcs::PoolerState {
+            leader: leader.map(str::to_string),
+            routes_to: leader.map(str::to_string),
+        },
+    }
+}
+
+#[test]
+fn a_new_leader_promotes_only_once_every_pooler_read_it_as_the_leader() {
+    let mut c = cluster(Some("pg-b"));
+    c.poolers = vec![pooler("p1", Some("pg-b")), pooler("p2", Some("pg-a"))];
+    let o = obs("pg-b", replica(5_000), Some(c.clone()));
+    assert_eq!(decided(&o, &cfg()), [Action::RenewLeader, Action::Wait]);
+    assert!(reason_of(&o, &cfg()).contains("[\"p2\"]"));
+    c.poolers[1] = pooler("p2", Some("pg-b"));
+    let o = obs("pg-b", replica(5_000), Some(c));
+    assert_eq!(
+        decided(&o, &cfg())[..2],
+        [Action::RenewLeader, Action::Promote]
+    );
+}
