@@ -516,3 +516,65 @@ async fn a_silent_pooler_stops_writes_and_a_new_leader_waits_for_every_pooler() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchovers_through_the_pooler_fail_no_transaction() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(2);
+    cluster.start_all();
+    let first = cluster.wait_healthy(1, Duration::from_secs(120)).await;
+    let pooler = Pooler::following(&cluster, "");
+    let dir = cluster.dir.path().to_path_buf();
+    let init = pgbench(
+        &["-i", "-s", "1", "-q"],
+        cluster.node(&first).pg_port,
+        "postgres",
+        &dir.join("init"),
+    )
+    .wait()
+    .expect("pgbench -i");
+    assert!(init.success(), "pgbench -i failed");
+    let out = dir.join("switchovers.out");
+    let mut bench = pgbench(
+        &["-n", "-c", "10", "-j", "2", "-T", "45", "-P", "1"],
+        pooler.port,
+        "app",
+        &out,
+    );
+    // Three switchovers, back and forth, under the writer.
+    for round in 1..=3 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let from = cluster.primary().await.expect("a primary");
+        let to = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name != from)
+            .unwrap()
+            .name
+            .clone();
+        let done = cluster.ctl(&["switchover", "--candidate", &to, "--force"]);
+        assert!(done.status.success(), "round {round}: {}", text(&done));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pooler.server_port("app").await != Some(cluster.node(&to).pg_port) {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the pooler did not move to {to}: {}",
+                pooler.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        cluster.wait_healthy(1, Duration::from_secs(60)).await;
+    }
+    let status = bench.wait().expect("pgbench");
+    let report = fs::read_to_string(&out).unwrap_or_default();
+    let errors = fs::read_to_string(out.with_extension("err")).unwrap_or_default();
+    assert!(
+        status.success() && !errors.contains("aborted") && !errors.contains("error"),
+        "pgbench saw errors over the switchovers:\n{report}\n{errors}\n{}",
+        pooler.log()
+    );
+    assert!(
+        report.contains("number of failed transactions: 0 "),
+        "{report}"
+    );
+}

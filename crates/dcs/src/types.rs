@@ -61,6 +61,10 @@ pub struct PoolerState {
     /// The member it routes writes to now (`None`: none, clients wait).
     #[serde(default)]
     pub routes_to: Option<String>,
+    /// A switchover (this `failover` key version) is pending, and the pooler holds new
+    /// transactions and has none left running on the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_for: Option<i64>,
 }
 
 /// One `members/<name>` key.

@@ -696,6 +696,7 @@ async fn pooler_keys_wake_watchers_only_when_they_change_and_expire_with_their_l
     let state = PoolerState {
         leader: Some("node1".into()),
         routes_to: Some("node1".into()),
+        drained_for: None,
     };
     w.get_cluster().await.unwrap();
     pooler.touch_pooler(&state).await.unwrap();
@@ -715,6 +716,7 @@ async fn pooler_keys_wake_watchers_only_when_they_change_and_expire_with_their_l
     let moved = PoolerState {
         leader: None,
         routes_to: None,
+        drained_for: Some(3),
     };
     pooler.touch_pooler(&moved).await.unwrap();
     expect_wake(&w, Duration::from_secs(5)).await;

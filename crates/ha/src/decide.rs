@@ -158,6 +158,9 @@ pub struct AgentMemory {
     pub sync_set_at_lsn: Option<u64>,
     /// When each member's key was last seen (for `member_slots_ttl`).
     pub members_seen: std::collections::BTreeMap<String, Millis>,
+    /// The `failover` key's version and when it was first seen (a switchover waits a
+    /// bounded time for the poolers to drain).
+    pub request_seen: Option<(i64, Millis)>,
 }
 
 impl AgentMemory {
@@ -181,6 +184,11 @@ impl AgentMemory {
         } else if self.no_leader_since.is_none_or(|since| since > now) {
             self.no_leader_since = Some(now);
         }
+        self.request_seen = match (&cluster.failover, self.request_seen) {
+            (None, _) => None,
+            (Some(f), Some((v, at))) if v == f.version && at <= now => Some((v, at)),
+            (Some(f), _) => Some((f.version, now)),
+        };
     }
 }
 

@@ -555,7 +555,19 @@ impl Sim {
         let p = &mut self.poolers[k];
         p.routes_to = routes_to.clone();
         let id = p.id.clone();
-        let state = PoolerState { leader, routes_to };
+        // It holds new transactions during a switchover from the leader it read, and
+        // (having none running in the model) is drained at once.
+        let drained_for = self
+            .dcs
+            .failover
+            .as_ref()
+            .filter(|(r, _)| r.leader.is_some() && r.leader == leader)
+            .map(|(_, v)| *v);
+        let state = PoolerState {
+            leader,
+            routes_to,
+            drained_for,
+        };
         let expiry = self.now + pooler_lease(&self.timing);
         let changed = self.dcs.poolers.get(&id).map(|(s, _)| s) != Some(&state);
         self.dcs.poolers.insert(id.clone(), (state.clone(), expiry));

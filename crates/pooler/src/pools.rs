@@ -426,9 +426,12 @@ async fn follow_route(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last_primary: Option<Endpoint> = None;
+    let pool_ref = pool;
     loop {
         let current = view.borrow_and_update().clone();
-        let Some(pool) = pool.upgrade() else { break };
+        let Some(pool) = pool_ref.upgrade() else {
+            break;
+        };
         let endpoints: Vec<Endpoint> = current
             .route_members(&spec)
             .into_iter()
@@ -445,15 +448,32 @@ async fn follow_route(
                 "clients wait for a server");
         }
         pool.route_to(endpoints, spec.balance, sever);
-        receipt.applied(&current);
+        // A switchover from the leader is pending: hold new transactions, let running
+        // ones finish, and say when none is left (the leader waits for that).
+        let draining = spec.role == RouteRole::Primary && current.switchover.is_some();
+        pool.set_draining(draining);
+        receipt.applied(&current, !draining || pool.active() == 0);
         last_primary = primary;
+        let mut drained = !draining || pool.active() == 0;
         drop(pool);
-        tokio::select! {
-            changed = view.changed() => if changed.is_err() { break },
-            _ = shutdown.wait_for(|s| *s) => break,
+        loop {
+            tokio::select! {
+                changed = view.changed() => if changed.is_err() { return } else { break },
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(DRAIN_CHECK), if !drained => {
+                    let Some(pool) = pool_ref.upgrade() else { return };
+                    drained = pool.active() == 0;
+                    if drained {
+                        receipt.applied(&current, true);
+                    }
+                }
+            }
         }
     }
 }
+
+/// How often a draining route looks whether its last transaction on the primary ended.
+const DRAIN_CHECK: Duration = Duration::from_millis(20);
 
 fn endpoint(m: &crate::topology::Member) -> Endpoint {
     Endpoint {

@@ -56,6 +56,9 @@ pub struct ClusterView {
     pub problem: Option<String>,
     /// Counts the views published (routes acknowledge the number they applied).
     pub number: u64,
+    /// A switchover from the current leader is pending: the `failover` key's version.
+    /// Primary routes hold new transactions and let running ones finish meanwhile.
+    pub switchover: Option<i64>,
 }
 
 impl ClusterView {
@@ -117,6 +120,11 @@ impl ClusterView {
             dcs_readable: true,
             problem: None,
             number: 0,
+            switchover: c
+                .failover
+                .as_ref()
+                .filter(|f| f.value.leader.is_some() && f.value.leader.as_deref() == leader)
+                .map(|f| f.version),
         }
     }
 }
@@ -170,18 +178,38 @@ pub struct Topology {
 /// One followed cluster: its views, and the views each route applied.
 struct Followed {
     views: watch::Receiver<Arc<ClusterView>>,
-    applied: Applied,
+    applied: Arc<Applied>,
 }
 
-/// The number of the last view each route applied (dropped routes count no more).
-type Applied = Arc<Mutex<Vec<std::sync::Weak<AtomicU64>>>>;
+/// What each route reports (dropped routes count no more), and the follower's wake-up
+/// when one reports.
+#[derive(Default)]
+struct Applied {
+    routes: Mutex<Vec<std::sync::Weak<RouteReport>>>,
+    reported: tokio::sync::Notify,
+}
 
-/// A route's receipt: store the number of each view once applied.
-pub struct Receipt(Arc<AtomicU64>);
+/// One route's report: the last view it applied, and whether it has no transaction
+/// left on the primary while a switchover is pending.
+#[derive(Default)]
+struct RouteReport {
+    number: AtomicU64,
+    drained: std::sync::atomic::AtomicBool,
+}
+
+/// A route's receipt: report each view once applied, and when drained.
+pub struct Receipt {
+    report: Arc<RouteReport>,
+    applied: Arc<Applied>,
+}
 
 impl Receipt {
-    pub fn applied(&self, view: &ClusterView) {
-        self.0.store(view.number, Ordering::Release);
+    /// `view` is applied; `drained`: no transaction of this route is left on the
+    /// primary (always true unless a switchover is pending).
+    pub fn applied(&self, view: &ClusterView, drained: bool) {
+        self.report.drained.store(drained, Ordering::Release);
+        self.report.number.store(view.number, Ordering::Release);
+        self.applied.reported.notify_one();
     }
 }
 
@@ -229,7 +257,7 @@ impl Topology {
                 problem: Some("the DCS has not been read yet".into()),
                 ..ClusterView::default()
             }));
-            let applied = Applied::default();
+            let applied = Arc::new(Applied::default());
             tokio::spawn(follow_cluster(
                 scope.to_string(),
                 self.connect.clone(),
@@ -240,9 +268,13 @@ impl Topology {
             ));
             Followed { views: rx, applied }
         });
-        let receipt = Arc::new(AtomicU64::new(0));
-        lock(&followed.applied).push(Arc::downgrade(&receipt));
-        (followed.views.clone(), Receipt(receipt))
+        let report = Arc::new(RouteReport::default());
+        lock(&followed.applied.routes).push(Arc::downgrade(&report));
+        let receipt = Receipt {
+            report,
+            applied: followed.applied.clone(),
+        };
+        (followed.views.clone(), receipt)
     }
 
     /// Stop every follower.
@@ -265,21 +297,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// what they have applied (they do so at once; this bounds a stuck one).
 const APPLY_WAIT: Duration = Duration::from_secs(1);
 
+/// Whether every live route applied view `number` (`.0`) and is drained (`.1`).
+fn routes_report(applied: &Applied, number: u64) -> (bool, bool) {
+    let mut list = lock(&applied.routes);
+    list.retain(|w| w.strong_count() > 0);
+    let reports: Vec<Arc<RouteReport>> = list.iter().filter_map(|w| w.upgrade()).collect();
+    let done = reports
+        .iter()
+        .all(|r| r.number.load(Ordering::Acquire) >= number);
+    let drained = done && reports.iter().all(|r| r.drained.load(Ordering::Acquire));
+    (done, drained)
+}
+
 /// Wait (up to [`APPLY_WAIT`]) until every live route applied view `number`.
 async fn routes_applied(applied: &Applied, number: u64) -> bool {
-    let deadline = Instant::now() + APPLY_WAIT;
+    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
     loop {
-        let all = {
-            let mut list = lock(applied);
-            list.retain(|w| w.strong_count() > 0);
-            list.iter()
-                .filter_map(|w| w.upgrade())
-                .all(|a| a.load(Ordering::Acquire) >= number)
-        };
-        if all || Instant::now() >= deadline {
-            return all;
+        let notified = applied.reported.notified();
+        if routes_report(applied, number).0 {
+            return true;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return routes_report(applied, number).0;
+        }
     }
 }
 
@@ -291,7 +331,7 @@ async fn follow_cluster(
     connect: Connect,
     dcs_timeout: Duration,
     tx: watch::Sender<Arc<ClusterView>>,
-    applied: Applied,
+    applied: Arc<Applied>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_read = Instant::now();
@@ -328,9 +368,11 @@ async fn follow_cluster(
                 let view = ClusterView::from_cluster(&scope, &cluster);
                 let shown = publish(&tx, view);
                 if routes_applied(&applied, shown.number).await {
+                    let drained = routes_report(&applied, shown.number).1;
                     let state = PoolerState {
                         leader: shown.leader.clone(),
                         routes_to: shown.primary().map(|m| m.name.clone()),
+                        drained_for: shown.switchover.filter(|_| drained),
                     };
                     let touched = tokio::time::timeout_at(fence_at, handle.touch_pooler(&state));
                     match touched.await {
@@ -349,6 +391,8 @@ async fn follow_cluster(
                 tokio::select! {
                     _ = handle.watch(REFRESH) => {}
                     _ = tokio::time::sleep(REFRESH) => {}
+                    // A route drained for a switchover: say so at once.
+                    _ = applied.reported.notified(), if shown.switchover.is_some() => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
             }

@@ -4,7 +4,7 @@
 use super::quorum::{shortfall, shortfall_of, with_us};
 use super::sync::not_synchronous;
 use super::{
-    act, cluster_timeline, healthier_peer, take_over, wait, Action, DemoteMode, HaConfig,
+    act, cluster_timeline, healthier_peer, take_over, wait, Action, DemoteMode, HaConfig, Millis,
     Observation, PeerStatus, Reason, SynchronousMode,
 };
 use pgherd_dcs::{Cluster, FailoverRequest, Versioned};
@@ -85,6 +85,9 @@ pub(super) fn request_to_leader(
             ));
         }
     }
+    if let Some(why) = poolers_draining(obs, cluster, cfg, failover) {
+        return act(Action::Wait, why);
+    }
     let Some(peers) = obs.peers.as_deref() else {
         return act(
             Action::AskPeers,
@@ -100,6 +103,43 @@ pub(super) fn request_to_leader(
             "the {kind} is not possible: {why}; dropping the request"
         )),
     }
+}
+
+/// How long a switchover waits for the poolers to drain: a third of the ttl, at most 5 s.
+/// A transaction still open after that gets an error, as it would without poolers.
+fn drain_wait(cfg: &HaConfig) -> Millis {
+    (cfg.ttl / 3).min(5_000)
+}
+
+/// Poolers hold new transactions during a switchover and report when none of theirs is
+/// left on us; the leader stops cleanly only then, or after [`drain_wait`].
+fn poolers_draining(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+    failover: &Versioned<FailoverRequest>,
+) -> Option<String> {
+    let pending: Vec<&str> = cluster
+        .poolers
+        .iter()
+        .filter(|p| p.state.drained_for != Some(failover.version))
+        .map(|p| p.id.as_str())
+        .collect();
+    if pending.is_empty() {
+        return None;
+    }
+    let seen = obs
+        .memory
+        .request_seen
+        .filter(|(v, _)| *v == failover.version)
+        .map_or(obs.now, |(_, at)| at);
+    let left = drain_wait(cfg).saturating_sub(obs.now.saturating_sub(seen));
+    (left > 0).then(|| {
+        format!(
+            "switchover: poolers {pending:?} still finish transactions on us (waiting at most \
+             {left} ms more)"
+        )
+    })
 }
 
 /// The member that will take over from us in a switchover: the named candidate or the

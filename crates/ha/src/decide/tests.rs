@@ -1483,6 +1483,7 @@ fn pooler(id: &str, leader: Option<&str>) -> pgherd_dcs::Pooler {
         state: pgherd_dcs::PoolerState {
             leader: leader.map(str::to_string),
             routes_to: leader.map(str::to_string),
+            drained_for: None,
         },
     }
 }
@@ -1500,4 +1501,39 @@ fn a_new_leader_promotes_only_once_every_pooler_read_it_as_the_leader() {
         decided(&o, &cfg())[..2],
         [Action::RenewLeader, Action::Promote]
     );
+}
+
+#[test]
+fn a_switchover_waits_a_bounded_time_for_the_poolers_to_drain() {
+    let mut c = cluster(Some("pg-a"));
+    c.failover = Some(Versioned {
+        value: FailoverRequest {
+            leader: Some("pg-a".into()),
+            candidate: Some("pg-b".into()),
+            scheduled_at: None,
+        },
+        version: 7,
+    });
+    c.poolers = vec![pooler("p1", Some("pg-a"))];
+    let mut o = obs(
+        "pg-a",
+        primary_streaming_to(5_000, &[("pg-b", 5_000)]),
+        Some(c.clone()),
+    );
+    o.memory.request_seen = Some((7, o.now - 1_000));
+    let steps = decided(&o, &cfg());
+    assert!(steps.contains(&Action::Wait), "{steps:?}");
+    assert!(reason_of(&o, &cfg()).contains("still finish transactions"));
+    // Drained: on with the switchover.
+    c.poolers[0].state.drained_for = Some(7);
+    let mut drained = obs(
+        "pg-a",
+        primary_streaming_to(5_000, &[("pg-b", 5_000)]),
+        Some(c),
+    );
+    drained.memory.request_seen = Some((7, drained.now - 1_000));
+    assert!(decided(&drained, &cfg()).contains(&Action::AskPeers));
+    // Not drained after the bound: on anyway.
+    o.memory.request_seen = Some((7, o.now - 60_000));
+    assert!(decided(&o, &cfg()).contains(&Action::AskPeers));
 }

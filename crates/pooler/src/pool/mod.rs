@@ -451,8 +451,11 @@ pub struct Pool {
     /// Where a cluster route sends new logins, and how it spreads them (`None`: the
     /// static `target`). Replaced by [`Pool::route_to`].
     routing: RwLock<Option<(Arc<[Endpoint]>, Balance)>>,
-    /// The route names no member: clients wait as while paused.
+    /// The route names no member, or a switchover drains it: clients wait as while
+    /// paused.
     held: AtomicBool,
+    /// A switchover is pending (see [`Pool::set_draining`]).
+    draining: AtomicBool,
     /// Turns for spreading logins over endpoints.
     next_endpoint: AtomicUsize,
     /// Endpoints that refused a login, skipped until the time given.
@@ -717,6 +720,7 @@ impl Pool {
             welcome: Mutex::new(None),
             routing: RwLock::new(None),
             held: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             next_endpoint: AtomicUsize::new(0),
             down: Mutex::new(std::collections::HashMap::new()),
         });

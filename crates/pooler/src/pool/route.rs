@@ -70,10 +70,21 @@ impl Pool {
         self.refresh_held();
     }
 
-    /// Recompute whether clients must wait (no endpoint, or all of them down); a pool
-    /// that stops holding serves its waiting clients.
+    /// A switchover is pending (`true`) or over: while it is, new transactions wait and
+    /// running ones finish, so that the old primary stops with none of ours open.
+    pub fn set_draining(&self, draining: bool) {
+        if draining != self.draining.swap(draining, Ordering::AcqRel) {
+            info!(pool = ?self.key, draining, "switchover: {}",
+                if draining { "holding new transactions" } else { "no longer holding" });
+        }
+        self.refresh_held();
+    }
+
+    /// Recompute whether clients must wait (draining for a switchover, no endpoint, or
+    /// all of them down); a pool that stops holding serves its waiting clients.
     pub(super) fn refresh_held(&self) {
-        let held = read(&self.routing).is_some() && self.usable_endpoints().is_empty();
+        let held = read(&self.routing).is_some()
+            && (self.draining.load(Ordering::Acquire) || self.usable_endpoints().is_empty());
         if held != self.held.swap(held, Ordering::AcqRel) {
             info!(pool = ?self.key, held, "route: clients {}",
                 if held { "wait for a server to route to" } else { "are served again" });
