@@ -450,6 +450,12 @@ mod tests {
             data: MemberData {
                 conn_url: format!("postgres://127.0.0.1:{port}/postgres"),
                 state: state.into(),
+                role: if state == "running" {
+                    "primary"
+                } else {
+                    "replica"
+                }
+                .into(),
                 xlog_location: Some(xlog),
                 tags: Tags {
                     noloadbalance,
@@ -483,6 +489,14 @@ mod tests {
 
     #[test]
     fn the_primary_is_the_running_leader_while_the_dcs_is_readable() {
+        let mut c = cluster();
+        c.members[0].data.role = "replica".into();
+        let view = ClusterView::from_cluster("s", &c);
+        assert_eq!(
+            view.primary(),
+            None,
+            "a leader not promoted yet takes no writes"
+        );
         let mut view = ClusterView::from_cluster("s", &cluster());
         assert_eq!(view.primary().map(|m| m.port), Some(5001));
         view.dcs_readable = false;
