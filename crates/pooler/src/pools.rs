@@ -267,9 +267,13 @@ impl Pools {
         self.start_janitor();
         if let Some((spec, topology)) = route {
             let (view, receipt) = topology.follow(&spec.scope);
+            // A session-mode client keeps its server between transactions: waiting for
+            // it to give it back would only delay a switchover.
+            let waits_for_transactions = self.pool_mode(db, &key.user) != PoolMode::Session;
             tokio::spawn(follow_route(
                 Arc::downgrade(&pool),
                 spec,
+                waits_for_transactions,
                 view,
                 receipt,
                 self.shutdown.clone(),
@@ -421,6 +425,7 @@ async fn janitor_loop(
 async fn follow_route(
     pool: Weak<Pool>,
     spec: RouteSpec,
+    waits_for_transactions: bool,
     mut view: watch::Receiver<Arc<ClusterView>>,
     receipt: Receipt,
     mut shutdown: watch::Receiver<bool>,
@@ -452,9 +457,9 @@ async fn follow_route(
         // ones finish, and say when none is left (the leader waits for that).
         let draining = spec.role == RouteRole::Primary && current.switchover.is_some();
         pool.set_draining(draining);
-        receipt.applied(&current, !draining || pool.active() == 0);
+        let mut drained = !draining || !waits_for_transactions || pool.active() == 0;
+        receipt.applied(&current, drained);
         last_primary = primary;
-        let mut drained = !draining || pool.active() == 0;
         drop(pool);
         loop {
             tokio::select! {

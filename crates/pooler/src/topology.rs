@@ -167,6 +167,16 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// How long to wait before connecting again after the DCS could not be reached.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 
+/// This pooler's id in `poolers/`: the host name and the process id.
+fn pooler_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty() && !h.contains('/'))
+        .unwrap_or_else(|| "pooler".into());
+    format!("{host}-{}", std::process::id())
+}
+
 /// The clusters this pooler follows, one follower task each, started on first use.
 pub struct Topology {
     connect: Connect,
@@ -233,8 +243,8 @@ impl Topology {
         let connect: Connect = Arc::new(move |scope: String| {
             let (hosts, namespace) = (hosts.clone(), namespace.clone());
             Box::pin(async move {
-                // The handle only reads; its member name is never written.
-                let member = format!("pgherd-pooler-{}", std::process::id());
+                // Its name is the pooler's id under `poolers/`: host and process.
+                let member = pooler_id();
                 // Its key's lease: twice `dcs_timeout`, by when a pooler that cannot
                 // renew it has stopped routing writes (after `dcs_timeout`).
                 EtcdDcs::connect(&hosts, &namespace, &scope, &member, timeout * 2, timeout)

@@ -83,8 +83,11 @@ impl Pool {
     /// Recompute whether clients must wait (draining for a switchover, no endpoint, or
     /// all of them down); a pool that stops holding serves its waiting clients.
     pub(super) fn refresh_held(&self) {
-        let held = read(&self.routing).is_some()
-            && (self.draining.load(Ordering::Acquire) || self.usable_endpoints().is_empty());
+        // One read of `routing` at a time: a second one in the same expression could
+        // wait behind a writer that waits for the first.
+        let routed = read(&self.routing).is_some();
+        let held =
+            routed && (self.draining.load(Ordering::Acquire) || self.usable_endpoints().is_empty());
         if held != self.held.swap(held, Ordering::AcqRel) {
             info!(pool = ?self.key, held, "route: clients {}",
                 if held { "wait for a server to route to" } else { "are served again" });
@@ -113,7 +116,8 @@ impl Pool {
         read(&self.routing).as_ref().map(|(list, _)| list.to_vec())
     }
 
-    /// The route names no member now: clients wait.
+    /// Clients wait: the route names no member that takes logins now, or a switchover
+    /// drains the pool.
     pub fn is_held(&self) -> bool {
         self.held.load(Ordering::Acquire)
     }
