@@ -33,6 +33,16 @@ impl Pooler {
 
     /// [`Pooler::following`] with this `dcs_timeout` (seconds).
     fn following_with(cluster: &TestCluster, reads: &str, dcs_timeout: u64) -> Pooler {
+        Pooler::following_metered(cluster, reads, dcs_timeout, None)
+    }
+
+    /// [`Pooler::following_with`], serving metrics on `metrics_port` when given.
+    fn following_metered(
+        cluster: &TestCluster,
+        reads: &str,
+        dcs_timeout: u64,
+        metrics_port: Option<u16>,
+    ) -> Pooler {
         let databases = format!(
             "app = cluster={scope} role=primary dbname=postgres\n\
              reads = cluster={scope} role=replica dbname=postgres pool_mode=session {reads}\n",
@@ -43,8 +53,12 @@ impl Pooler {
             "[pgherd]\n\
              etcd_hosts = {}\n\
              namespace = /pgherd-test/\n\
-             dcs_timeout = {dcs_timeout}\n",
-            etcd.trim_start_matches("http://")
+             dcs_timeout = {dcs_timeout}\n\
+             {metrics}\n",
+            etcd.trim_start_matches("http://"),
+            metrics = metrics_port
+                .map(|p| format!("metrics_listen = 127.0.0.1:{p}"))
+                .unwrap_or_default(),
         );
         Pooler::start(cluster, &databases, &store)
     }
@@ -453,7 +467,19 @@ async fn a_silent_pooler_stops_writes_and_a_new_leader_waits_for_every_pooler() 
     cluster.start_all();
     let old = cluster.wait_healthy(1, Duration::from_secs(120)).await;
     // dcs_timeout 8 s < ttl 10 s; the pooler's key lives twice that.
-    let pooler = Pooler::following_with(&cluster, "", 8);
+    let metrics_port = pgherd_testkit::free_port();
+    let pooler = Pooler::following_metered(&cluster, "", 8, Some(metrics_port));
+    let held = || async move {
+        let body = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        body.lines()
+            .find(|l| l.starts_with("pgherd_pooler_route_held{") && l.contains("database=\"app\""))
+            .map(|l| l.ends_with(" 1"))
+    };
     write_within(&pooler, Duration::from_secs(30))
         .await
         .expect("a write through the pooler");
@@ -464,6 +490,7 @@ async fn a_silent_pooler_stops_writes_and_a_new_leader_waits_for_every_pooler() 
         keys.poolers[0].state.routes_to.as_deref(),
         Some(old.as_str())
     );
+    assert_eq!(held().await, Some(false), "routing writes");
 
     // etcd falls silent: within dcs_timeout the pooler stops routing writes.
     cluster.etcd.pause();
@@ -482,6 +509,7 @@ async fn a_silent_pooler_stops_writes_and_a_new_leader_waits_for_every_pooler() 
         write_within(&pooler, Duration::from_secs(2)).await.is_err(),
         "no write goes through while the pooler cannot know who leads"
     );
+    assert_eq!(held().await, Some(true), "the metrics say the clients wait");
     cluster.etcd.resume();
     cluster.wait_healthy(1, Duration::from_secs(120)).await;
     if let Err(e) = write_within(&pooler, Duration::from_secs(60)).await {

@@ -273,6 +273,19 @@ impl Collector for Scrape {
             "Server connections the pool may open (pool_size, without the reserve).",
             per_pool(&|p| p.limits().pool_size as i64),
         )?;
+        gauges(
+            &mut enc,
+            "pgherd_pooler_route_held",
+            "1 while a routed pool holds its clients: no member to route to (no primary, \
+             the DCS unreadable) or a switchover drains it.",
+            per_pool(&|p| i64::from(p.is_held())),
+        )?;
+        gauges(
+            &mut enc,
+            "pgherd_pooler_route_members",
+            "Members a routed pool logs in to now (-1: a pool with fixed hosts).",
+            per_pool(&|p| p.routed_endpoints().map_or(-1, |e| e.len() as i64)),
+        )?;
 
         let rows: Vec<_> = pools
             .iter()

@@ -247,6 +247,12 @@ async fn metrics_show_pools_clients_servers_waits_and_errors() {
         Some(1.0)
     );
     assert_eq!(value(&body, "pgherd_pooler_pool_size", &APP), Some(1.0));
+    // Fixed hosts: no route to hold.
+    assert_eq!(value(&body, "pgherd_pooler_route_held", &APP), Some(0.0));
+    assert_eq!(
+        value(&body, "pgherd_pooler_route_members", &APP),
+        Some(-1.0)
+    );
     // Between transactions: the client is idle, the server back in the pool.
     assert_eq!(
         value(&body, "pgherd_pooler_clients", &app(&[("state", "idle")])),
