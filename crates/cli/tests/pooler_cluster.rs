@@ -183,6 +183,32 @@ fn pgbench(args: &[&str], port: u16, db: &str, out: &Path) -> Child {
         .expect("run pgbench")
 }
 
+/// Initialize pgbench's tables on the primary at `primary_port`, then start pgbench with
+/// `clients` for `seconds` through the pooler's `app` (progress every second). Returns it
+/// and the file its output goes to (the progress is in `.err`).
+fn pgbench_through(
+    cluster: &TestCluster,
+    primary_port: u16,
+    pooler: &Pooler,
+    clients: u32,
+    seconds: u32,
+) -> (Child, PathBuf) {
+    let dir = cluster.dir.path();
+    let init = pgbench(
+        &["-i", "-s", "1", "-q"],
+        primary_port,
+        "postgres",
+        &dir.join("init"),
+    )
+    .wait()
+    .expect("pgbench -i");
+    assert!(init.success(), "pgbench -i failed");
+    let out = dir.join("bench.out");
+    let (clients, seconds) = (clients.to_string(), seconds.to_string());
+    let args = ["-n", "-c", &clients, "-j", "2", "-T", &seconds, "-P", "1"];
+    (pgbench(&args, pooler.port, "app", &out), out)
+}
+
 /// Transactions per second in pgbench's `-P` lines, by the second they end at.
 fn progress(text: &str) -> Vec<(f64, f64)> {
     text.lines()
@@ -201,13 +227,7 @@ async fn writes_follow_a_failover_and_nothing_stays_on_the_old_primary() {
     let mut cluster = TestCluster::new(2);
     cluster.start_all();
     let old = cluster.wait_healthy(1, Duration::from_secs(120)).await;
-    let other = cluster
-        .nodes
-        .iter()
-        .find(|n| n.name != old)
-        .unwrap()
-        .name
-        .clone();
+    let other = cluster.other_than(&old);
     let (old_port, new_port) = (cluster.node(&old).pg_port, cluster.node(&other).pg_port);
     let pooler = Pooler::following(&cluster, "");
     assert_eq!(
@@ -217,24 +237,8 @@ async fn writes_follow_a_failover_and_nothing_stays_on_the_old_primary() {
         pooler.log()
     );
 
-    let dir = cluster.dir.path().to_path_buf();
-    let init = pgbench(
-        &["-i", "-s", "1", "-q"],
-        old_port,
-        "postgres",
-        &dir.join("init"),
-    )
-    .wait()
-    .expect("pgbench -i");
-    assert!(init.success(), "pgbench -i failed");
     // More clients than the pool's four servers, as users run it.
-    let out = dir.join("bench.out");
-    let mut bench = pgbench(
-        &["-n", "-c", "8", "-j", "2", "-T", "40", "-P", "1"],
-        pooler.port,
-        "app",
-        &out,
-    );
+    let (mut bench, out) = pgbench_through(&cluster, old_port, &pooler, 8, 40);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let killed_at = Instant::now();
     cluster.node_mut(&old).kill_node();
@@ -377,13 +381,7 @@ async fn health_checked_servers_take_writes_only_on_the_primary_and_follow_a_swi
     let mut cluster = TestCluster::new(2);
     cluster.start_all();
     let primary = cluster.wait_healthy(1, Duration::from_secs(120)).await;
-    let replica = cluster
-        .nodes
-        .iter()
-        .find(|n| n.name != primary)
-        .unwrap()
-        .name
-        .clone();
+    let replica = cluster.other_than(&primary);
     let list = |f: &dyn Fn(&TestNode) -> u16| {
         cluster
             .nodes
@@ -520,13 +518,7 @@ async fn a_silent_pooler_stops_writes_and_a_new_leader_waits_for_every_pooler() 
     let old = cluster.wait_healthy(1, Duration::from_secs(60)).await;
     pooler.signal(nix::sys::signal::Signal::SIGSTOP);
     cluster.node_mut(&old).kill_node();
-    let new = cluster
-        .nodes
-        .iter()
-        .find(|n| n.name != old)
-        .unwrap()
-        .name
-        .clone();
+    let new = cluster.other_than(&old);
     let deadline = Instant::now() + Duration::from_secs(90);
     while cluster.primary().await.as_deref() != Some(new.as_str()) {
         assert!(Instant::now() < deadline, "{new} did not take over");
@@ -552,34 +544,13 @@ async fn switchovers_through_the_pooler_fail_no_transaction() {
     cluster.start_all();
     let first = cluster.wait_healthy(1, Duration::from_secs(120)).await;
     let pooler = Pooler::following(&cluster, "");
-    let dir = cluster.dir.path().to_path_buf();
-    let init = pgbench(
-        &["-i", "-s", "1", "-q"],
-        cluster.node(&first).pg_port,
-        "postgres",
-        &dir.join("init"),
-    )
-    .wait()
-    .expect("pgbench -i");
-    assert!(init.success(), "pgbench -i failed");
-    let out = dir.join("switchovers.out");
-    let mut bench = pgbench(
-        &["-n", "-c", "10", "-j", "2", "-T", "45", "-P", "1"],
-        pooler.port,
-        "app",
-        &out,
-    );
+    let primary_port = cluster.node(&first).pg_port;
+    let (mut bench, out) = pgbench_through(&cluster, primary_port, &pooler, 10, 45);
     // Three switchovers, back and forth, under the writer.
     for round in 1..=3 {
         tokio::time::sleep(Duration::from_secs(4)).await;
         let from = cluster.primary().await.expect("a primary");
-        let to = cluster
-            .nodes
-            .iter()
-            .find(|n| n.name != from)
-            .unwrap()
-            .name
-            .clone();
+        let to = cluster.other_than(&from);
         let done = cluster.ctl(&["switchover", "--candidate", &to, "--force"]);
         assert!(done.status.success(), "round {round}: {}", text(&done));
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -25,6 +25,25 @@ async fn wait_synchronous(cluster: &TestCluster, within: Duration) -> (String, S
     }
 }
 
+/// `members` started and healthy, with table `table (id int PRIMARY KEY)` on the
+/// primary; returns the cluster and the primary.
+async fn cluster_with_table(members: usize, table: &str) -> (TestCluster, String) {
+    let mut cluster = TestCluster::new(members);
+    cluster.start_all();
+    let primary = cluster
+        .wait_healthy(members - 1, Duration::from_secs(120))
+        .await;
+    cluster
+        .node(&primary)
+        .connect()
+        .await
+        .expect("connect")
+        .batch_execute(&format!("CREATE TABLE {table} (id int PRIMARY KEY)"))
+        .await
+        .expect("create table");
+    (cluster, primary)
+}
+
 fn set(cluster: &TestCluster, settings: &[&str]) {
     let mut args = vec!["edit-config", "--force"];
     for s in settings {
@@ -37,17 +56,7 @@ fn set(cluster: &TestCluster, settings: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_commit_is_lost_when_the_primary_dies_at_once() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = TestCluster::new(2);
-    cluster.start_all();
-    let first = cluster.wait_healthy(1, Duration::from_secs(120)).await;
-    cluster
-        .node(&first)
-        .connect()
-        .await
-        .expect("connect")
-        .batch_execute("CREATE TABLE acked (id int PRIMARY KEY)")
-        .await
-        .expect("create table");
+    let (mut cluster, _) = cluster_with_table(2, "acked").await;
     set(&cluster, &["synchronous_mode=true"]);
     let (_, standby) = wait_synchronous(&cluster, Duration::from_secs(60)).await;
     let list = text(&cluster.ctl(&["list"]));
@@ -87,17 +96,7 @@ async fn no_acknowledged_commit_is_lost_when_the_primary_dies_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mode_makes_a_commit_wait_until_a_standby_is_back() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = TestCluster::new(2);
-    cluster.start_all();
-    let primary = cluster.wait_healthy(1, Duration::from_secs(120)).await;
-    cluster
-        .node(&primary)
-        .connect()
-        .await
-        .expect("connect")
-        .batch_execute("CREATE TABLE strict_rows (id int PRIMARY KEY)")
-        .await
-        .expect("create table");
+    let (mut cluster, _) = cluster_with_table(2, "strict_rows").await;
     set(
         &cluster,
         &["synchronous_mode=true", "synchronous_mode_strict=true"],
@@ -214,17 +213,7 @@ async fn commit_then_kill_primary(cluster: &mut TestCluster, primary: &str, id: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_mode_loses_no_acknowledged_commit_and_shrinks_with_its_standbys() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = TestCluster::new(3);
-    cluster.start_all();
-    let first = cluster.wait_healthy(2, Duration::from_secs(120)).await;
-    cluster
-        .node(&first)
-        .connect()
-        .await
-        .expect("connect")
-        .batch_execute("CREATE TABLE acked (id int PRIMARY KEY)")
-        .await
-        .expect("create table");
+    let (mut cluster, _) = cluster_with_table(3, "acked").await;
     set(&cluster, &["synchronous_mode=quorum"]);
     let primary = wait_quorum(&cluster, 2, Duration::from_secs(60)).await;
     let list = text(&cluster.ctl(&["list"]));
@@ -249,13 +238,7 @@ async fn quorum_mode_loses_no_acknowledged_commit_and_shrinks_with_its_standbys(
     // With one standby gone, commits go on, waiting for the other, which alone may take
     // over then.
     let primary = wait_quorum(&cluster, 2, Duration::from_secs(120)).await;
-    let gone = cluster
-        .nodes
-        .iter()
-        .find(|n| n.name != primary)
-        .unwrap()
-        .name
-        .clone();
+    let gone = cluster.other_than(&primary);
     cluster.node_mut(&gone).kill_node();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -224,6 +224,12 @@ impl TestCluster {
             .expect("node by name")
     }
 
+    /// The name of a member other than `name` (the first such by name).
+    pub fn other_than(&self, name: &str) -> String {
+        let other = self.nodes.iter().find(|n| n.name != name);
+        other.expect("a second member").name.clone()
+    }
+
     /// The cluster's keys as etcd holds them now.
     pub async fn keys(&self) -> pgherd_dcs::Cluster {
         use pgherd_dcs::Dcs;

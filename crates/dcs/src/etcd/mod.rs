@@ -202,6 +202,40 @@ impl EtcdDcs {
 
     /// Renew the lease with one keep-alive round trip, or grant one if there is none or
     /// it is gone. Returns the lease id. Called with the lease lock held.
+    /// Renew this handle's lease and put `key` bound to it, unless `unchanged(lease)`
+    /// says the key already holds this value under that lease. `Some(lease)` when it
+    /// wrote.
+    async fn put_leased(
+        &self,
+        op: &'static str,
+        key: String,
+        value: String,
+        unchanged: impl Fn(i64) -> bool + Send + Sync,
+    ) -> Result<Option<i64>> {
+        self.bounded(op, async {
+            let mut slot = self.lease.lock().await;
+            let client = self.client().await?;
+            let lease = self.renew_lease(&client, &mut slot).await?;
+            if unchanged(lease) {
+                return Ok(None);
+            }
+            match client.put(key, value, lease).await {
+                Ok(r) => {
+                    self.own(revision(&r.header));
+                    Ok(Some(lease))
+                }
+                Err(e) => {
+                    // The lease vanished between renewal and put: forget it.
+                    if e.is_lease_gone() {
+                        *slot = None;
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
+    }
+
     async fn renew_lease(
         &self,
         client: &EtcdClient,
@@ -425,25 +459,9 @@ impl Dcs for EtcdDcs {
     async fn touch_member(&self, data: &MemberData) -> Result<()> {
         let key = self.keys.member(&self.member);
         let value = to_json(&key, data)?;
-        self.bounded("touch_member", async {
-            let mut slot = self.lease.lock().await;
-            let client = self.client().await?;
-            let lease = self.renew_lease(&client, &mut slot).await?;
-            match client.put(key, value, lease).await {
-                Ok(r) => {
-                    self.own(revision(&r.header));
-                    Ok(())
-                }
-                Err(e) => {
-                    // The lease vanished between renewal and put: forget it.
-                    if e.is_lease_gone() {
-                        *slot = None;
-                    }
-                    Err(e)
-                }
-            }
-        })
-        .await
+        self.put_leased("touch_member", key, value, |_| false)
+            .await
+            .map(|_| ())
     }
 
     async fn delete_member(&self) -> Result<()> {
@@ -454,28 +472,15 @@ impl Dcs for EtcdDcs {
     async fn touch_pooler(&self, state: &PoolerState) -> Result<()> {
         let key = self.keys.pooler(&self.member);
         let value = to_json(&key, state)?;
-        self.bounded("touch_pooler", async {
-            let mut slot = self.lease.lock().await;
-            let client = self.client().await?;
-            let lease = self.renew_lease(&client, &mut slot).await?;
-            if lock(&self.pooler_written).as_ref() == Some(&(lease, value.clone())) {
-                return Ok(());
-            }
-            match client.put(key, value.clone(), lease).await {
-                Ok(r) => {
-                    self.own(revision(&r.header));
-                    *lock(&self.pooler_written) = Some((lease, value));
-                    Ok(())
-                }
-                Err(e) => {
-                    if e.is_lease_gone() {
-                        *slot = None;
-                    }
-                    Err(e)
-                }
-            }
-        })
-        .await
+        let same =
+            |lease: i64| lock(&self.pooler_written).as_ref() == Some(&(lease, value.clone()));
+        if let Some(lease) = self
+            .put_leased("touch_pooler", key, value.clone(), same)
+            .await?
+        {
+            *lock(&self.pooler_written) = Some((lease, value));
+        }
+        Ok(())
     }
 
     async fn set_config(

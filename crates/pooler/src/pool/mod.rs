@@ -1163,16 +1163,15 @@ impl Pool {
                     ticket,
                 })
             }
-            Err(e) if endpoint.is_some() && e.is_unreachable() => {
-                // Down, not refusing us: the route will move on; clients wait.
-                let endpoint = endpoint.expect("checked");
-                self.endpoint_down(&endpoint, &e.to_string());
-                Err(PoolError::NoServer(format!(
-                    "{} is unreachable",
-                    endpoint.member
-                )))
-            }
             Err(e) => {
+                if let Some(endpoint) = endpoint.filter(|_| e.is_unreachable()) {
+                    // Down, not refusing us: the route will move on; clients wait.
+                    self.endpoint_down(&endpoint, &e.to_string());
+                    return Err(PoolError::NoServer(format!(
+                        "{} is unreachable",
+                        endpoint.member
+                    )));
+                }
                 warn!(pool = ?self.key, error = %e, retry_after = ?self.limits().server_login_retry,
                     "server login failed");
                 *lock(&self.login_failure) = Some((Instant::now(), replay(&e)));
