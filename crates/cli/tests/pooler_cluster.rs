@@ -63,6 +63,50 @@ impl Pooler {
         Pooler::start(cluster, &databases, &store)
     }
 
+    /// From a `pooler.yml` with `cluster:` and `routes:`: `postgres` read-write on the
+    /// main port, read-only on `read_port` (one of the routes).
+    fn routed_yaml(cluster: &TestCluster, read_port: u16) -> Pooler {
+        let dir = cluster.dir.path();
+        let port = pgherd_testkit::free_port();
+        fs::write(
+            dir.join("userlist.txt"),
+            format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n"),
+        )
+        .expect("userlist");
+        let yml = dir.join("pooler.yml");
+        fs::write(
+            &yml,
+            format!(
+                "pgbouncer:\n\
+                 \x20 listen_addr: 127.0.0.1\n\
+                 \x20 listen_port: {port}\n\
+                 \x20 unix_socket_dir: ''\n\
+                 \x20 auth_type: scram-sha-256\n\
+                 \x20 auth_file: {userlist}\n\
+                 \x20 admin_users: postgres\n\
+                 \x20 pool_mode: session\n\
+                 databases:\n\
+                 \x20 postgres: {{dbname: postgres}}\n\
+                 cluster:\n\
+                 \x20 scope: {scope}\n\
+                 \x20 namespace: /pgherd-test/\n\
+                 \x20 etcd3: {{hosts: [{etcd}]}}\n\
+                 routes:\n\
+                 \x20 - {{listen_port: {port}, role: primary}}\n\
+                 \x20 - {{listen_port: {read_port}, role: replica}}\n",
+                userlist = dir.join("userlist.txt").display(),
+                scope = cluster.scope,
+                etcd = cluster.etcd.endpoint().trim_start_matches("http://"),
+            ),
+        )
+        .expect("write yml");
+        Pooler::spawn(
+            &["-c".as_ref(), yml.as_os_str()],
+            port,
+            dir.join("pooler-yml.log"),
+        )
+    }
+
     /// With these `[databases]` lines and `extra` sections.
     fn start(cluster: &TestCluster, databases: &str, extra: &str) -> Pooler {
         let dir = cluster.dir.path();
@@ -93,10 +137,18 @@ impl Pooler {
             ),
         )
         .expect("write ini");
-        let log = dir.join("pooler.log");
+        Pooler::spawn(
+            &["--ini".as_ref(), ini.as_os_str()],
+            port,
+            dir.join("pooler.log"),
+        )
+    }
+
+    /// `pgherd pooler ARGS`, once it listens on `port`.
+    fn spawn(args: &[&std::ffi::OsStr], port: u16, log: PathBuf) -> Pooler {
         let child = Command::new(env!("CARGO_BIN_EXE_pgherd"))
-            .args(["pooler", "--ini"])
-            .arg(&ini)
+            .arg("pooler")
+            .args(args)
             .env("PGHERD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -121,17 +173,7 @@ impl Pooler {
     }
 
     async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .password(SUPERUSER_PASSWORD)
-            .dbname(db)
-            .connect_timeout(Duration::from_secs(10))
-            .connect(tokio_postgres::NoTls)
-            .await?;
-        tokio::spawn(conn);
-        Ok(client)
+        connect_to(self.port, db).await
     }
 
     /// The PostgreSQL port a new client of `db` ends up on.
@@ -161,6 +203,21 @@ impl Pooler {
             })
             .collect()
     }
+}
+
+/// A client of `db` through the pooler port `port`.
+async fn connect_to(port: u16, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .password(SUPERUSER_PASSWORD)
+        .dbname(db)
+        .connect_timeout(Duration::from_secs(10))
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
 }
 
 fn pgbench(args: &[&str], port: u16, db: &str, out: &Path) -> Child {
@@ -353,6 +410,39 @@ async fn reads_spread_over_replicas_skip_noloadbalance_and_fall_back_to_the_prim
     assert!(!seen.contains(&untouched_port), "noloadbalance: {seen:?}");
     assert!(!seen.contains(&primary_port), "{seen:?}");
     drop(clients);
+
+    // The same from pooler.yml's routes: one database, read-write on one port and
+    // read-only on the other.
+    let read_port = pgherd_testkit::free_port();
+    let routed = Pooler::routed_yaml(&cluster, read_port);
+    let mut read_ports = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let c = connect_to(read_port, "postgres").await.expect("read route");
+        let row = c.query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[]);
+        let row = row.await.expect("read");
+        assert!(row.get::<_, bool>(1), "the read route is on a replica");
+        read_ports.push(row.get::<_, i32>(0) as u16);
+        readers.push(c);
+    }
+    read_ports.sort();
+    let mut expected = readable.clone();
+    expected.sort();
+    assert_eq!(read_ports, expected, "one reader on each replica");
+    assert_eq!(routed.server_port("postgres").await, Some(primary_port));
+    let pools: Vec<String> = routed
+        .servers()
+        .await
+        .into_iter()
+        .map(|(db, _)| db)
+        .collect();
+    assert!(
+        pools.contains(&"postgres@replica".to_string())
+            && pools.contains(&"postgres@primary".to_string()),
+        "route pools are named by role: {pools:?}"
+    );
+    drop(readers);
+    drop(routed);
 
     // With no replica left to read from, reads go to the primary.
     let replicas: Vec<String> = cluster

@@ -62,18 +62,26 @@ impl From<LoadError> for ServiceError {
 
 /// The addresses to listen on for the `[pgbouncer]` settings (`*`: all IPv4 ones).
 fn listen_addrs(config: &PoolerConfig) -> Vec<SocketAddr> {
-    let port = config.settings.listen_port;
-    config
+    let main = config.settings.listen_port;
+    // `routes` listeners on the same addresses; one on listen_port shares its socket.
+    let mut ports = vec![main];
+    for route in &config.routes {
+        if !ports.contains(&route.listen_port) {
+            ports.push(route.listen_port);
+        }
+    }
+    let ips: Vec<std::net::IpAddr> = config
         .settings
         .listen_addr
         .iter()
         .filter_map(|a| match a.as_str() {
-            "*" => Some(SocketAddr::from(([0, 0, 0, 0], port))),
-            a => a
-                .parse::<std::net::IpAddr>()
-                .ok()
-                .map(|ip| SocketAddr::new(ip, port)),
+            "*" => Some(std::net::IpAddr::from([0, 0, 0, 0])),
+            a => a.parse::<std::net::IpAddr>().ok(),
         })
+        .collect();
+    ports
+        .iter()
+        .flat_map(|&port| ips.iter().map(move |&ip| SocketAddr::new(ip, port)))
         .collect()
 }
 

@@ -506,7 +506,8 @@ async fn login(
     if database == ADMIN_DATABASE {
         return Ok(Some(LoggedIn::Admin(startup)));
     }
-    let Some(db) = config.resolve_database(&database) else {
+    let local_port = info.local_addr.map(|a| a.port());
+    let Some((pool_database, db)) = config.database_for(&database, local_port) else {
         return Err(fail(
             out,
             error(
@@ -521,10 +522,13 @@ async fn login(
         authenticate(client, out, ctx, &user, &database, Origin { peer, tls }).await?;
     let credential = server_credential(ctx, &db, &user, authenticated);
     let key = PoolKey {
-        database: database.clone(),
+        database: pool_database.clone(),
         user: db.user.clone().unwrap_or_else(|| user.clone()),
     };
     let pool = ctx.pools.pool(&key, &db, credential);
+    // From here on the client is in the pool's database (`NAME@ROLE` on a route
+    // listener), as SHOW CLIENTS and SHOW POOLS say.
+    let database = pool_database;
     let mode = ctx.pools.pool_mode(&db, &user);
     // The welcome needs the server's parameters: from the pool's first login, or from
     // a server connection now (then a login failure toward the server is reported before

@@ -635,6 +635,48 @@ fn yaml_cluster_and_routes_are_parsed_and_validated() {
 }
 
 #[test]
+fn a_route_listener_serves_each_database_in_its_role() {
+    let loaded = yaml(
+        "pgbouncer:\n  listen_port: 6432\ndatabases:\n  app: {dbname: appdb}\n  pinned: host=10.0.0.9\n  checked: {host: 'a,b', check: http}\n  '*': ''\ncluster:\n  scope: batman\n  etcd3: {hosts: [10.0.0.1:2379]}\nroutes:\n  - {listen_port: 6432, role: primary}\n  - {listen_port: 6433, role: replica}\n",
+    )
+    .expect("loads");
+    let c = &loaded.config;
+    let (name, db) = c.database_for("app", Some(6433)).expect("routed");
+    assert_eq!(name, "app@replica");
+    assert_eq!(db.role, Some(RouteRole::Replica));
+    assert_eq!(db.dbname.as_deref(), Some("appdb"));
+    let spec = db.route(Some("batman")).expect("follows the cluster");
+    assert_eq!(
+        (spec.scope.as_str(), spec.role),
+        ("batman", RouteRole::Replica)
+    );
+    // The pools' names resolve back (SHOW POOLS, RELOAD, PAUSE).
+    assert_eq!(c.resolve_database("app@replica"), Some(db));
+    assert_eq!(
+        c.database_for("app", Some(6432)).expect("rw").0,
+        "app@primary"
+    );
+    // Not on a route's port: the database as configured.
+    assert_eq!(c.database_for("app", Some(7000)).expect("plain").0, "app");
+    // Health-checked hosts take the route's role; a fixed host cannot.
+    let (_, checked) = c.database_for("checked", Some(6433)).expect("checked");
+    assert_eq!(checked.health().expect("health").role, RouteRole::Replica);
+    assert!(c.database_for("pinned", Some(6433)).is_none());
+    // The `*` fallback serves any name.
+    let (name, other) = c.database_for("other", Some(6433)).expect("fallback");
+    assert_eq!(
+        (name.as_str(), other.dbname.as_deref()),
+        ("other@replica", Some("other"))
+    );
+
+    let errs = yaml(
+        "databases:\n  app: {dbname: appdb}\ncluster:\n  etcd3: {hosts: [a:1]}\nroutes:\n  - {listen_port: 7, role: replica}\n",
+    )
+    .expect_err("no scope");
+    assert!(errs.to_string().contains("databases.app"), "{errs}");
+}
+
+#[test]
 fn yaml_errors_name_file_line_and_key_and_unknown_keys_warn() {
     let errs = yaml("pgbouncer:\n  listen_port: 6432\n  max_client_conn: many\n").expect_err("bad");
     assert_eq!(

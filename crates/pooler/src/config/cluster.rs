@@ -216,6 +216,23 @@ pub(crate) fn check(config: &PoolerConfig, at: Option<&Location>, errors: &mut V
             "routes need a cluster section to learn the topology from",
         ));
     }
+    // A database served on a route follows a cluster: its own, or cluster.scope.
+    let no_scope = config.cluster.as_ref().is_some_and(|c| c.scope.is_none());
+    let scopeless = config
+        .databases
+        .iter()
+        .map(|(name, db)| (name.as_str(), db))
+        .chain(config.fallback_database.iter().map(|db| ("*", db)))
+        .filter(|(_, db)| db.cluster.is_none() && db.check.is_none() && db.host.is_empty());
+    for (name, _) in scopeless.filter(|_| no_scope) {
+        errors.push(ConfigError::new(
+            at.clone(),
+            Some(format!("databases.{name}")),
+            ErrorKind::Inconsistent,
+            "served on the routes' ports, but follows no cluster: set cluster.scope, or \
+             the database's own cluster",
+        ));
+    }
     let mut seen: BTreeMap<u16, usize> = BTreeMap::new();
     for (i, r) in config.routes.iter().enumerate() {
         if let Some(first) = seen.insert(r.listen_port, i) {

@@ -313,15 +313,61 @@ impl PoolerConfig {
     /// The database a client asking for `name` gets: the exact entry, else the `*`
     /// fallback with `dbname` defaulting to `name`. The admin console (`pgbouncer`) is
     /// never a configured database.
+    ///
+    /// `NAME@ROLE` names the pools of `NAME` served on a `routes` listener of that role
+    /// (see [`PoolerConfig::database_for`]).
     pub fn resolve_database(&self, name: &str) -> Option<DatabaseConfig> {
         if let Some(db) = self.databases.get(name) {
             return Some(db.clone());
+        }
+        if let Some((base, role)) = self.routed_name(name) {
+            return self.route_database(base, role);
         }
         let mut db = self.fallback_database.clone()?;
         if db.dbname.is_none() {
             db.dbname = Some(name.to_string());
         }
         Some(db)
+    }
+
+    /// The database a client asking for `name` gets on local port `port`, and the
+    /// name its pools go by. On a `routes` listener the route's role replaces the
+    /// database's own and the pools are `NAME@ROLE`, so one database can be read-write
+    /// on one port and read-only on another.
+    pub fn database_for(&self, name: &str, port: Option<u16>) -> Option<(String, DatabaseConfig)> {
+        let route = port.and_then(|p| self.routes.iter().find(|r| r.listen_port == p));
+        match route {
+            Some(route) => {
+                let db = self.route_database(name, route.role)?;
+                Some((format!("{name}@{}", route.role), db))
+            }
+            None => Some((name.to_string(), self.resolve_database(name)?)),
+        }
+    }
+
+    /// `name` under a route of `role`. A database pinned to fixed hosts without
+    /// health checks cannot be told primary from replica, so routes do not serve it.
+    fn route_database(&self, name: &str, role: RouteRole) -> Option<DatabaseConfig> {
+        let mut db = match self.databases.get(name) {
+            Some(db) => db.clone(),
+            None => {
+                let mut db = self.fallback_database.clone()?;
+                db.dbname.get_or_insert_with(|| name.to_string());
+                db
+            }
+        };
+        if !db.host.is_empty() && db.check.is_none() {
+            return None;
+        }
+        db.role = Some(role);
+        Some(db)
+    }
+
+    /// `NAME@ROLE` split, when some route has that role.
+    fn routed_name<'a>(&self, name: &'a str) -> Option<(&'a str, RouteRole)> {
+        let (base, text) = name.rsplit_once('@')?;
+        let route = self.routes.iter().find(|r| r.role.as_str() == text)?;
+        Some((base, route.role))
     }
 
     /// Rows for `SHOW CONFIG`: every `[pgbouncer]` setting with its value, PgBouncer's
@@ -484,15 +530,6 @@ fn build(doc: Document) -> Result<Loaded, ConfigErrors> {
 
     settings::check(&config.settings, &set_at, &mut errors);
     cluster::check(&config, routes_location.as_ref(), &mut errors);
-    if let (false, Some(at)) = (config.routes.is_empty(), &routes_location) {
-        warnings.push(Warning {
-            location: at.clone(),
-            key: "routes".into(),
-            message: "accepted, but pgherd does not listen on route ports yet: give each \
-                      database a role (databases.NAME.role) instead"
-                .into(),
-        });
-    }
 
     // Readers report some problems before the builder sees the values: show them all
     // in file order (stable, so one line's problems keep their order).
