@@ -1,11 +1,12 @@
 //! `pgherd ctl`: the operator's view of a cluster, read from the DCS like `patronictl`.
 
-use crate::{config, edit_config, listing, operate, remove, switchover};
+use crate::{config, drill, edit_config, listing, operate, remove, switchover};
 use anyhow::{Context, Result};
 use pgherd_dcs::etcd::EtcdDcs;
 use pgherd_dcs::{Cluster, Dcs};
 use pgherd_ha::manual::Kind;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -135,6 +136,21 @@ pub enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
+    /// The tutorial's exercises against this cluster and its pooler: replication,
+    /// failover (kill -9 of the primary's node, which must run on this host; asks
+    /// first), switchover under load, read balancing. Exits 0 only if all pass.
+    Drill {
+        /// The pooler's read-write address, `postgres://user[:password]@host:port/db`
+        /// (the password may come from PGPASSWORD instead).
+        #[arg(long, value_name = "URI")]
+        rw: String,
+        /// The pooler's read-only address, the same way.
+        #[arg(long, value_name = "URI")]
+        ro: String,
+        /// Kill without asking.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Change the dynamic configuration: shows the diff and asks before writing. Without
     /// --set, --pg or --apply, $EDITOR edits it as YAML.
     EditConfig {
@@ -248,6 +264,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         }
         CtlCommand::Reload { members, force } => operate::reload(&target, &members, force).await?,
         CtlCommand::Reinit { member, force } => operate::reinit(&target, &member, force).await?,
+        CtlCommand::Drill { rw, ro, yes } => drill(&cfg, &rw, &ro, yes).await?,
         CtlCommand::Failover { candidate, force } => {
             let asked = switchover::Request {
                 candidate,
@@ -473,4 +490,45 @@ fn show_config(cluster: &Cluster, format: Format) -> Result<String> {
         Format::Json => Ok(format!("{value}\n")),
         Format::Table => yaml_serde::to_string(&value).context("cannot render the config as YAML"),
     }
+}
+
+/// `ctl drill`: the report, or an error when a check failed (the exit code says so).
+async fn drill(cfg: &config::NodeConfig, rw: &str, ro: &str, yes: bool) -> Result<String> {
+    let read_write = drill::parse_address(rw).context("--rw")?;
+    let read_only = drill::parse_address(ro).context("--ro")?;
+    let config::DcsConfig::Etcd { endpoints, .. } = &cfg.dcs;
+    let dcs: Arc<dyn Dcs> = Arc::new(
+        EtcdDcs::connect(
+            endpoints,
+            &cfg.namespace,
+            &cfg.scope,
+            "pgherd-ctl-drill",
+            Duration::from_secs(30),
+            DCS_TIMEOUT,
+        )
+        .await
+        .context("cannot read the cluster")?,
+    );
+    let superuser = &cfg.postgresql.authentication.superuser;
+    let member_login = drill::Address {
+        host: String::new(),
+        port: 0,
+        user: superuser.username.clone(),
+        password: superuser.password.clone(),
+        dbname: "postgres".into(),
+    };
+    let mut target = drill::Target {
+        scope: cfg.scope.clone(),
+        dcs: dcs.clone(),
+        read_write,
+        read_only,
+        member_login,
+        nodes: Box::new(drill::LocalNodes::new(dcs, yes)),
+    };
+    let report = drill::run(&mut target).await;
+    print!("{}", report.render());
+    if !report.passed() {
+        anyhow::bail!("the drill failed");
+    }
+    Ok(String::new())
 }

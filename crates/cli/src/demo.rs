@@ -1,6 +1,6 @@
 //! `pgherd demo`: three members and the in-process DCS on loopback, in one command.
 
-use crate::listing;
+use crate::{drill, listing};
 use anyhow::{bail, Context, Result};
 use pgherd_dcs::memory::{MemoryDcs, MemoryStore};
 use pgherd_dcs::{Cluster, Dcs, Tags};
@@ -25,8 +25,9 @@ const MEMBERS: usize = 3;
 /// How long the cluster may take to bootstrap and clone before the demo gives up.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Demo timings: fail over within seconds, still keeping rule 1's inequality.
-fn demo_ha() -> HaConfig {
+/// Demo timings: fail over within seconds, still keeping rule 1's inequality. The drill
+/// runs in synchronous mode, where a failover must lose no acknowledged commit.
+fn demo_ha(synchronous: bool) -> HaConfig {
     HaConfig {
         ttl: 10_000,
         loop_wait: 2_000,
@@ -35,7 +36,11 @@ fn demo_ha() -> HaConfig {
         use_pg_rewind: true,
         use_slots: true,
         paused: false,
-        synchronous_mode: pgherd_ha::SynchronousMode::Off,
+        synchronous_mode: if synchronous {
+            pgherd_ha::SynchronousMode::On
+        } else {
+            pgherd_ha::SynchronousMode::Off
+        },
         synchronous_mode_strict: false,
         synchronous_node_count: 1,
         member_slots_ttl: 1_800_000,
@@ -54,6 +59,11 @@ pub struct DemoArgs {
     /// Start, print the topology, and exit at once after cleaning up (for scripts).
     #[arg(long, hide = true)]
     pub exit_when_ready: bool,
+    /// Run the tutorial's exercises (replication, failover, switchover, read
+    /// balancing) in synchronous mode, print a pass/fail report and exit: 0 only if
+    /// every check passed.
+    #[arg(long)]
+    pub drill: bool,
 }
 
 /// One demo member as printed.
@@ -61,6 +71,8 @@ struct DemoMember {
     name: String,
     pg_port: u16,
     running: RunningMember,
+    /// How to start it again (the drill's revived node).
+    spec: NodeSpec,
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
@@ -87,11 +99,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         os_user.as_ref(),
         &password,
         &store,
+        args.drill,
         &mut members,
     )
     .await;
     let outcome = match started {
-        Ok(()) => serve(&store, &members, &password, &base, args.exit_when_ready).await,
+        Ok(()) => serve(&store, &mut members, &password, &base, &args).await,
         Err(e) => Err(e),
     };
     eprintln!(
@@ -113,6 +126,7 @@ async fn start_members(
     os_user: Option<&OsUser>,
     password: &str,
     store: &MemoryStore,
+    synchronous: bool,
     out: &mut Vec<DemoMember>,
 ) -> Result<()> {
     for i in 1..=MEMBERS {
@@ -152,7 +166,7 @@ async fn start_members(
             pgpass: dir.join("pgpass"),
             log_file: dir.join("postgresql.log"),
         };
-        let ha = demo_ha();
+        let ha = demo_ha(synchronous);
         let spec = NodeSpec {
             name: name.clone(),
             scope: SCOPE.into(),
@@ -167,6 +181,7 @@ async fn start_members(
                 "ttl": ha.ttl / 1000, "loop_wait": ha.loop_wait / 1000,
                 "retry_timeout": ha.retry_timeout / 1000,
                 "maximum_lag_on_failover": ha.maximum_lag_on_failover,
+                "synchronous_mode": synchronous,
                 "postgresql": {"use_pg_rewind": true, "use_slots": true}
             }),
             ha,
@@ -175,30 +190,36 @@ async fn start_members(
             pg_ctl_timeout: Duration::from_secs(60),
             callbacks: Default::default(),
         };
-        let dcs: Arc<dyn Dcs> = Arc::new(MemoryDcs::new(
-            store.clone(),
-            NAMESPACE,
-            SCOPE,
-            &name,
-            Duration::from_millis(demo_ha().ttl),
-        ));
-        let running = member::start(spec, dcs).await?;
+        let running = member::start(spec.clone(), member_dcs(store, &name)).await?;
         out.push(DemoMember {
             name,
             pg_port,
             running,
+            spec,
         });
     }
     Ok(())
 }
 
-/// Wait for the cluster, print how to reach it, then follow it until Ctrl-C.
+/// A member's connection to the in-process store.
+fn member_dcs(store: &MemoryStore, name: &str) -> Arc<dyn Dcs> {
+    Arc::new(MemoryDcs::new(
+        store.clone(),
+        NAMESPACE,
+        SCOPE,
+        name,
+        Duration::from_millis(demo_ha(false).ttl),
+    ))
+}
+
+/// Wait for the cluster, print how to reach it, then follow it until Ctrl-C (or run
+/// the drill).
 async fn serve(
     store: &MemoryStore,
-    members: &[DemoMember],
+    members: &mut Vec<DemoMember>,
     password: &str,
     base: &Path,
-    exit_when_ready: bool,
+    args: &DemoArgs,
 ) -> Result<()> {
     let observer = MemoryDcs::new(
         store.clone(),
@@ -233,7 +254,36 @@ async fn serve(
             println!("pooler   {role:<10} postgres://postgres:{password}@{addr}/postgres",);
         }
     }
-    let outcome = follow(&observer, base, exit_when_ready).await;
+    let outcome = if args.drill {
+        let login = |port: u16| drill::Address {
+            host: "127.0.0.1".into(),
+            port,
+            user: "postgres".into(),
+            password: Some(password.to_string()),
+            dbname: "postgres".into(),
+        };
+        let address = |s: &Service| s.addrs.first().map(|a| a.port()).unwrap_or_default();
+        let mut target = drill::Target {
+            scope: SCOPE.into(),
+            dcs: Arc::new(observer),
+            read_write: login(address(&poolers.0)),
+            read_only: login(address(&poolers.1)),
+            member_login: login(0),
+            nodes: Box::new(DemoNodes {
+                members,
+                store,
+                killed: Vec::new(),
+            }),
+        };
+        let report = drill::run(&mut target).await;
+        print!("{}", report.render());
+        match report.passed() {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!("the drill failed")),
+        }
+    } else {
+        follow(&observer, base, args.exit_when_ready).await
+    };
     for service in [poolers.0, poolers.1] {
         service.shutdown(Duration::from_secs(2)).await;
     }
@@ -416,4 +466,59 @@ fn random_password() -> String {
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect()
+}
+
+/// The drill's hands on the demo's members: a crash of the agent's tasks plus kill -9 of
+/// its PostgreSQL, and a fresh agent on the same data directory.
+struct DemoNodes<'a> {
+    members: &'a mut Vec<DemoMember>,
+    store: &'a MemoryStore,
+    /// Crashed members, to start again.
+    killed: Vec<(NodeSpec, u16)>,
+}
+
+impl DemoNodes<'_> {
+    async fn crash(&mut self, name: &str) -> Result<String> {
+        let at = self
+            .members
+            .iter()
+            .position(|m| m.name == name)
+            .with_context(|| format!("{name} is not running"))?;
+        let m = self.members.remove(at);
+        let postmaster = pgherd_postgres::Instance::new(m.spec.instance.clone()).postmaster_pid();
+        m.running.crash().await;
+        if let Some(pid) = postmaster {
+            drill::kill_postmaster(pid);
+        }
+        let pid = postmaster.map_or("none".to_string(), |p| p.to_string());
+        self.killed.push((m.spec, m.pg_port));
+        Ok(format!(
+            "agent stopped dead, kill -9 of postmaster pid {pid}"
+        ))
+    }
+}
+
+impl drill::Nodes for DemoNodes<'_> {
+    fn kill<'b>(&'b mut self, member: &'b str) -> drill::BoxFuture<'b, Result<String>> {
+        Box::pin(self.crash(member))
+    }
+
+    fn revive<'b>(&'b mut self, member: &'b str) -> drill::BoxFuture<'b, Result<String>> {
+        Box::pin(async move {
+            let at = self
+                .killed
+                .iter()
+                .position(|(spec, _)| spec.name == member)
+                .with_context(|| format!("{member} was not killed"))?;
+            let (spec, pg_port) = self.killed.remove(at);
+            let running = member::start(spec.clone(), member_dcs(self.store, member)).await?;
+            self.members.push(DemoMember {
+                name: member.to_string(),
+                pg_port,
+                running,
+                spec,
+            });
+            Ok(format!("{member} started again: it rejoins as a replica"))
+        })
+    }
 }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod drill;
 pub mod edit_config;
 pub mod listing;
 pub mod node;

@@ -154,3 +154,44 @@ async fn demo_prints_uris_that_work_with_psql_and_cleans_up_on_ctrl_c() {
         "PostgreSQL still runs after Ctrl-C"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_drill_passes_every_exercise_and_exits_0() {
+    let _serial = common::SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("demo");
+    let out = dir.path().join("drill.out");
+    let mut drill = Command::new(env!("CARGO_BIN_EXE_pgherd"))
+        .args(["demo", "--drill", "--dir"])
+        .arg(&base)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("output file"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start pgherd demo --drill");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        if let Some(status) = drill.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = drill.kill();
+            panic!("the drill did not end within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let report = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(status.success(), "drill exit status {status}:\n{report}");
+    for check in ["replication", "failover", "switchover", "balancing"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.trim_start().starts_with("PASS") && l.contains(check)),
+            "{check} did not pass:\n{report}"
+        );
+    }
+    assert!(report.contains("0 lost (synchronous mode)"), "{report}");
+    assert!(report.contains(", 0 failed,"), "{report}");
+    assert!(report.contains("all 4 checks passed"), "{report}");
+    assert!(!base.exists(), "{} was not removed", base.display());
+}

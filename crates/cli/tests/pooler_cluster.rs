@@ -667,3 +667,29 @@ async fn switchovers_through_the_pooler_fail_no_transaction() {
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drill_runs_the_exercises_against_a_real_cluster_and_its_pooler() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(3);
+    cluster.start_all();
+    let primary = cluster.wait_healthy(2, Duration::from_secs(180)).await;
+    let pooler = Pooler::following(&cluster, "");
+    let uri = |db: &str| format!("postgres://postgres@127.0.0.1:{}/{db}", pooler.port);
+    // The password from the environment, as a user would keep it out of the command.
+    let out = cluster
+        .ctl_command(&["drill", "--rw", &uri("app"), "--ro", &uri("reads"), "--yes"])
+        .env("PGPASSWORD", SUPERUSER_PASSWORD)
+        .output()
+        .expect("run pgherd ctl drill");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}\n{log}");
+    assert!(report.contains("all 4 checks passed"), "{report}");
+    assert!(
+        report.contains(&format!("killed {primary} (kill -9 of agent pid")),
+        "the drill killed the primary's node here: {report}"
+    );
+    assert!(!report.contains(SUPERUSER_PASSWORD), "{report}");
+    assert!(!log.contains(SUPERUSER_PASSWORD), "{log}");
+}

@@ -84,6 +84,15 @@ impl RunningMember {
         let _ = self.api.await;
     }
 
+    /// Stop the agent and the API where they are, as kill -9 would: no clean stop, no
+    /// key released; PostgreSQL keeps running (the demo's drill kills it separately).
+    pub async fn crash(self) {
+        self.agent.abort();
+        self.api.abort();
+        let _ = self.agent.await;
+        let _ = self.api.await;
+    }
+
     /// The agent ended on its own (it only does so after a shutdown request).
     pub fn is_finished(&self) -> bool {
         self.agent.is_finished()
