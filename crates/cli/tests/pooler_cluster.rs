@@ -45,6 +45,7 @@ impl Pooler {
     ) -> Pooler {
         let databases = format!(
             "app = cluster={scope} role=primary dbname=postgres\n\
+             app_session = cluster={scope} role=primary dbname=postgres pool_mode=session\n\
              reads = cluster={scope} role=replica dbname=postgres pool_mode=session {reads}\n",
             scope = cluster.scope
         );
@@ -636,6 +637,11 @@ async fn switchovers_through_the_pooler_fail_no_transaction() {
     let pooler = Pooler::following(&cluster, "");
     let primary_port = cluster.node(&first).pg_port;
     let (mut bench, out) = pgbench_through(&cluster, primary_port, &pooler, 10, 45);
+    // Session mode too: each client keeps a server, and moves with the primary between
+    // its transactions.
+    let session_out = cluster.dir.path().join("bench-session.out");
+    let args = ["-n", "-c", "3", "-j", "1", "-T", "45", "-P", "5"];
+    let mut session_bench = pgbench(&args, pooler.port, "app_session", &session_out);
     // Three switchovers, back and forth, under the writer.
     for round in 1..=3 {
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -660,6 +666,18 @@ async fn switchovers_through_the_pooler_fail_no_transaction() {
     assert!(
         status.success() && !errors.contains("aborted") && !errors.contains("error"),
         "pgbench saw errors over the switchovers:\n{report}\n{errors}\n{}",
+        pooler.log()
+    );
+    assert!(
+        report.contains("number of failed transactions: 0 "),
+        "{report}"
+    );
+    let status = session_bench.wait().expect("pgbench");
+    let report = fs::read_to_string(&session_out).unwrap_or_default();
+    let errors = fs::read_to_string(session_out.with_extension("err")).unwrap_or_default();
+    assert!(
+        status.success() && !errors.contains("aborted") && !errors.contains("error"),
+        "session-mode pgbench saw errors over the switchovers:\n{report}\n{errors}\n{}",
         pooler.log()
     );
     assert!(

@@ -585,6 +585,30 @@ pub fn sql_prepare_kind(query: &[u8]) -> SqlPrepare {
     SqlPrepare::Other
 }
 
+/// Whether a session-mode client's message leaves state on its server that a new
+/// server would not have: a named statement (extended-protocol Parse with a name), or
+/// a simple query starting with PREPARE, SET (not SET LOCAL), LISTEN, DECLARE, LOAD or
+/// CREATE TEMP[ORARY]. Such a session cannot move to another server unnoticed. (Only the
+/// first statement of a simple query is looked at.)
+pub fn leaves_session_state(tag: u8, body: &[u8]) -> bool {
+    match tag {
+        b'P' => body.first().is_some_and(|&b| b != 0),
+        b'Q' => {
+            let mut words = keywords(body.strip_suffix(b"\0").unwrap_or(body));
+            let is =
+                |w: Option<&[u8]>, k: &str| w.is_some_and(|w| w.eq_ignore_ascii_case(k.as_bytes()));
+            let first = words.next();
+            let second = words.next();
+            ["PREPARE", "LISTEN", "DECLARE", "LOAD"]
+                .iter()
+                .any(|k| is(first, k))
+                || (is(first, "SET") && !is(second, "LOCAL"))
+                || (is(first, "CREATE") && (is(second, "TEMP") || is(second, "TEMPORARY")))
+        }
+        _ => false,
+    }
+}
+
 /// The leading words of `sql`, skipping whitespace, `--` and `/* */` comments; stops
 /// at the first character that is neither.
 fn keywords(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -955,5 +979,26 @@ mod tests {
         assert_eq!(answer(b"Z", &mut r, &mut prepared), b"Z");
         assert!(r.is_empty());
         assert!(prepared.is_empty(), "never prepared on the server");
+    }
+
+    #[test]
+    fn session_state_is_what_a_new_server_would_not_have() {
+        use super::leaves_session_state;
+        let q = |sql: &str| leaves_session_state(b'Q', format!("{sql}\0").as_bytes());
+        assert!(q("PREPARE s AS SELECT 1"));
+        assert!(q("  /* note */ set search_path = app"));
+        assert!(q("LISTEN jobs"));
+        assert!(q("create temporary table t (a int)"));
+        assert!(q("CREATE TEMP TABLE t (a int)"));
+        assert!(q("DECLARE c CURSOR WITH HOLD FOR SELECT 1"));
+        assert!(!q("SET LOCAL statement_timeout = 0"));
+        assert!(!q("BEGIN"));
+        assert!(!q("UPDATE t SET a = 1"));
+        assert!(!q("CREATE TABLE t (a int)"));
+        assert!(!q("SELECT 1"));
+        // Extended protocol: a named statement stays on its server, the unnamed one not.
+        assert!(leaves_session_state(b'P', b"s1\0SELECT 1\0\0\0"));
+        assert!(!leaves_session_state(b'P', b"\0SELECT 1\0\0\0"));
+        assert!(!leaves_session_state(b'B', b"s1\0"));
     }
 }

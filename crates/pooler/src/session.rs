@@ -378,6 +378,10 @@ struct Session {
     pool: Arc<Pool>,
     /// Tracked startup parameters the client asked for.
     wanted: Vec<(String, String)>,
+    /// Session mode: the client left state on its server (see
+    /// [`prepared::leaves_session_state`]), so it stays with that server when the
+    /// primary moves.
+    pinned: std::sync::atomic::AtomicBool,
     pid: i32,
     key: u32,
     cancel: CancelSlot,
@@ -393,6 +397,8 @@ struct InFlight {
     query_started: Option<Instant>,
     /// When the running transaction's first query went out.
     xact_started: Option<Instant>,
+    /// Session mode: the server owes nothing and is outside a transaction.
+    at_rest: bool,
 }
 
 impl InFlight {
@@ -550,6 +556,7 @@ async fn login(
         database,
         mode,
         wanted,
+        pinned: std::sync::atomic::AtomicBool::new(false),
         pid,
         key: key_secret,
         cancel,
@@ -1151,6 +1158,10 @@ enum Pump {
     TransactionDone,
     /// The server connection failed.
     ServerFailed(String),
+    /// Session mode, between transactions: the primary moved (or is about to), so the
+    /// client leaves its server and takes one where the route points with its next
+    /// message.
+    Moved,
     /// A timeout ran out or a pool-mode rule was broken (PgBouncer's wording): the
     /// client is told and closed.
     Ended(&'static str),
@@ -1285,8 +1296,12 @@ impl Session {
         settings: &crate::config::Settings,
         tracking: &mut Option<Box<Tracking>>,
     ) -> Result<bool, SessionError> {
-        // Queries and Syncs sent whose ReadyForQuery has not come back yet.
-        let mut flight = InFlight::default();
+        // Queries and Syncs sent whose ReadyForQuery has not come back yet. Session mode:
+        // a client that only logged in owes its server nothing yet.
+        let mut flight = InFlight {
+            at_rest: matches!(start, Start::Attached(_)),
+            ..InFlight::default()
+        };
         let mut attached = match start {
             Start::Attached(login) => match self.prepare(*login).await {
                 Ok(l) => l,
@@ -1347,6 +1362,13 @@ impl Session {
             .pump(&mut attached, client, out, &mut flight, settings, tracking)
             .await?
         {
+            Pump::Moved => {
+                info!(peer = %self.info.peer, user = %self.user, database = %self.database,
+                    "the primary moved: the session leaves its server between transactions");
+                self.detach();
+                self.pool.release(attached, false, Some(&self.info)).await;
+                Ok(true)
+            }
             Pump::ClientGone => {
                 Box::pin(self.finish(attached, flight.pending, settings)).await;
                 Ok(false)
@@ -1384,6 +1406,13 @@ impl Session {
         settings: &crate::config::Settings,
         tracking: &mut Option<Box<Tracking>>,
     ) -> Result<Pump, SessionError> {
+        // Session mode on a routed pool: between transactions the client may move to
+        // the new primary (see Pump::Moved); `move_due` waits for its transaction.
+        let mut moves = match self.mode {
+            PoolMode::Session => self.pool.moves(),
+            _ => None,
+        };
+        let mut move_due = false;
         // When the client last sent something, and the server last said ReadyForQuery:
         // read from the clock only when a timeout needs them.
         let timed = settings.query_timeout.is_some()
@@ -1401,6 +1430,12 @@ impl Session {
                 biased;
                 ready = lease.conn.wait_frame() => {
                     if let Err(e) = ready {
+                        // Cut because the primary moved, while the client owed nothing:
+                        // it goes on with a server on the new primary.
+                        let cut = lease.conn.severance().is_some_and(|s| s.is_severed());
+                        if moves.is_some() && flight.at_rest && cut && self.movable() {
+                            return Ok(Pump::Moved);
+                        }
                         return Ok(Pump::ServerFailed(e.to_string()));
                     }
                     // Nothing to rewrite or hold back: everything that arrived goes on
@@ -1422,11 +1457,25 @@ impl Session {
                         ready_at = clock();
                     }
                     let owed = tracking.as_ref().is_some_and(|t| !t.responses.is_empty());
-                    if idle && flight.pending == 0 && !owed && self.mode != PoolMode::Session {
+                    flight.at_rest = idle && flight.pending == 0 && !owed;
+                    if flight.at_rest && self.mode != PoolMode::Session {
                         return Ok(Pump::TransactionDone);
+                    }
+                    if flight.at_rest && move_due && self.movable() {
+                        return Ok(Pump::Moved);
+                    }
+                }
+                moved = async { moves.as_mut()?.changed().await.ok() }, if moves.is_some() => {
+                    if moved.is_none() {
+                        moves = None;
+                    } else if flight.at_rest && self.movable() {
+                        return Ok(Pump::Moved);
+                    } else {
+                        move_due = true;
                     }
                 }
                 ready = client.wait_frame() => {
+                    flight.at_rest = false;
                     match ready {
                         Ok(true) => {}
                         Ok(false) => return Ok(Pump::ClientGone),
@@ -1564,6 +1613,7 @@ impl Session {
             {
                 return None;
             }
+            self.note_session_state(tag, body);
             batch.len += 5 + body.len();
             batch.queries += ready_for_queries_expected(tag);
             batch.drops_all |= query == Some(prepared::SqlPrepare::DropsAll);
@@ -1839,6 +1889,7 @@ impl Session {
 
     /// Count a client message toward `SHOW STATS` (its bytes, and a query if it is one).
     fn count_query(&self, frame: &Frame) {
+        self.note_session_state(frame.tag, &frame.body);
         let stats = &self.pool.stats;
         stats
             .total_received
@@ -1846,6 +1897,18 @@ impl Session {
         if ready_for_queries_expected(frame.tag) > 0 {
             stats.total_query_count.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Session mode: remember that the client left state on its server.
+    fn note_session_state(&self, tag: u8, body: &[u8]) {
+        if self.mode == PoolMode::Session && prepared::leaves_session_state(tag, body) {
+            self.pinned.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a session-mode client may move to another server between transactions.
+    fn movable(&self) -> bool {
+        !self.pinned.load(Ordering::Relaxed)
     }
 
     async fn next_from_client(

@@ -456,6 +456,9 @@ pub struct Pool {
     held: AtomicBool,
     /// A switchover is pending (see [`Pool::set_draining`]).
     draining: AtomicBool,
+    /// Counts the times the primary moved or a switchover began: session-mode clients
+    /// between transactions leave their server then (see [`Pool::moves`]).
+    moves: tokio::sync::watch::Sender<u64>,
     /// Turns for spreading logins over endpoints.
     next_endpoint: AtomicUsize,
     /// Endpoints that refused a login, skipped until the time given.
@@ -721,6 +724,7 @@ impl Pool {
             routing: RwLock::new(None),
             held: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            moves: tokio::sync::watch::channel(0).0,
             next_endpoint: AtomicUsize::new(0),
             down: Mutex::new(std::collections::HashMap::new()),
         });

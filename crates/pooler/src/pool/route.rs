@@ -41,6 +41,7 @@ impl Pool {
                 .map(|s| (s.id, s.severance.clone()))
                 .collect();
             if sever {
+                self.moves.send_modify(|n| *n += 1);
                 for (id, severance) in lent {
                     debug!(pool = ?self.key, server = id, "closing a lent server on a member \
                         the route no longer names");
@@ -74,6 +75,9 @@ impl Pool {
     /// running ones finish, so that the old primary stops with none of ours open.
     pub fn set_draining(&self, draining: bool) {
         if draining != self.draining.swap(draining, Ordering::AcqRel) {
+            if draining {
+                self.moves.send_modify(|n| *n += 1);
+            }
             info!(pool = ?self.key, draining, "switchover: {}",
                 if draining { "holding new transactions" } else { "no longer holding" });
         }
@@ -109,6 +113,15 @@ impl Pool {
             .filter(|e| !down.contains_key(*e))
             .cloned()
             .collect()
+    }
+
+    /// Tells session-mode clients of a routed pool when to leave their server between
+    /// transactions: the primary moved (their server was cut) or a switchover began
+    /// (the old primary is about to stop). `None`: a static pool, whose servers stay.
+    pub fn moves(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        read(&self.routing)
+            .is_some()
+            .then(|| self.moves.subscribe())
     }
 
     /// The members a routed pool logs in to now (`None`: a static pool).

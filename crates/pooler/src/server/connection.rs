@@ -71,21 +71,34 @@ pub struct ServerConnection {
 /// under whoever holds it (a session inside a transaction reads end-of-file and tells
 /// its client the server is gone). Closed with the last clone, after the connection.
 #[derive(Debug)]
-pub struct Severance(std::os::fd::OwnedFd);
+pub struct Severance {
+    fd: std::os::fd::OwnedFd,
+    severed: std::sync::atomic::AtomicBool,
+}
 
 impl Severance {
     fn of(fd: std::os::fd::BorrowedFd<'_>) -> Option<Arc<Severance>> {
-        fd.try_clone_to_owned()
-            .ok()
-            .map(|fd| Arc::new(Severance(fd)))
+        fd.try_clone_to_owned().ok().map(|fd| {
+            Arc::new(Severance {
+                fd,
+                severed: std::sync::atomic::AtomicBool::new(false),
+            })
+        })
+    }
+
+    /// Whether [`Severance::sever`] cut it (rather than the server or the network).
+    pub fn is_severed(&self) -> bool {
+        self.severed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Shut the socket down in both directions (idempotent).
     pub fn sever(&self) {
+        self.severed
+            .store(true, std::sync::atomic::Ordering::Release);
         // ENOTCONN once the peer is gone already: nothing left to cut.
         // SAFETY: shutdown(2) on a descriptor we own; it touches no memory.
         unsafe {
-            libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&self.0), libc::SHUT_RDWR);
+            libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&self.fd), libc::SHUT_RDWR);
         }
     }
 }
