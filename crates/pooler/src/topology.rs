@@ -164,6 +164,15 @@ pub type Connect = Arc<
 /// (lag, state) do not wake the DCS watch, the leader key does.
 const REFRESH: Duration = Duration::from_secs(1);
 
+/// How often it reads them while the leader key names a member whose own key does not
+/// say `primary` yet: a new leader is promoting, and its writes wait for that key (a
+/// full [`REFRESH`] here was most of a switchover's pause).
+const PROMOTION_REFRESH: Duration = Duration::from_millis(25);
+
+/// For how long after the leader key changed the follower reads that often (a leader
+/// that never says `primary`, e.g. a stopped one in maintenance mode, gets [`REFRESH`]).
+const PROMOTION_WATCH: Duration = Duration::from_secs(30);
+
 /// How long to wait before connecting again after the DCS could not be reached.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 
@@ -346,6 +355,8 @@ async fn follow_cluster(
 ) {
     let mut last_read = Instant::now();
     let mut dcs: Option<Arc<dyn Dcs>> = None;
+    // The leader key's value and when this follower first read it.
+    let mut leader_seen: (Option<String>, Instant) = (None, Instant::now());
     while !*stop.borrow() {
         // Every wait below ends by the time the view must turn unreadable, so that the
         // pooler stops routing writes within `dcs_timeout` of its last read, well before
@@ -398,9 +409,20 @@ async fn follow_cluster(
                     warn!(%scope, "a route did not apply the new view within {APPLY_WAIT:?}: \
                         not acknowledging it");
                 }
+                if shown.leader != leader_seen.0 {
+                    leader_seen = (shown.leader.clone(), Instant::now());
+                }
+                let promoting = shown.leader.is_some()
+                    && shown.primary().is_none()
+                    && leader_seen.1.elapsed() < PROMOTION_WATCH;
+                let refresh = if promoting {
+                    PROMOTION_REFRESH
+                } else {
+                    REFRESH
+                };
                 tokio::select! {
-                    _ = handle.watch(REFRESH) => {}
-                    _ = tokio::time::sleep(REFRESH) => {}
+                    _ = handle.watch(refresh) => {}
+                    _ = tokio::time::sleep(refresh) => {}
                     // A route drained for a switchover: say so at once.
                     _ = applied.reported.notified(), if shown.switchover.is_some() => {}
                     _ = stop.wait_for(|s| *s) => break,
