@@ -463,6 +463,9 @@ pub struct Pool {
     next_endpoint: AtomicUsize,
     /// Endpoints that refused a login, skipped until the time given.
     down: Mutex<std::collections::HashMap<Endpoint, Instant>>,
+    /// Endpoints whose refusal was logged as a warning, until a login there works again
+    /// (a dead primary is retried every second until its lease runs out: one warning).
+    reported_down: Mutex<std::collections::HashSet<Endpoint>>,
     /// `login_failure` holds a failure (read on every hand-off without the lock).
     login_failed: AtomicBool,
     /// The server's ParameterStatus values from this pool's first login: what later
@@ -727,6 +730,7 @@ impl Pool {
             moves: tokio::sync::watch::channel(0).0,
             next_endpoint: AtomicUsize::new(0),
             down: Mutex::new(std::collections::HashMap::new()),
+            reported_down: Mutex::new(std::collections::HashSet::new()),
         });
         for limit in [&pool.db_limit, &pool.user_limit].into_iter().flatten() {
             limit.join(&pool);
@@ -1158,6 +1162,9 @@ impl Pool {
             Ok(conn) => {
                 if self.login_failed.swap(false, Ordering::Relaxed) {
                     lock(&self.login_failure).take();
+                }
+                if let Some(e) = &endpoint {
+                    self.endpoint_up(e);
                 }
                 debug!(pool = ?self.key, server = conn.id(), member = ?endpoint.as_ref().map(|e| &e.member),
                     "new server connection");

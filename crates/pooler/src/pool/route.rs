@@ -65,10 +65,22 @@ impl Pool {
     /// `endpoint` refused a login: skip it for [`ENDPOINT_RETRY`]; with no other
     /// endpoint, clients wait meanwhile.
     pub(super) fn endpoint_down(&self, endpoint: &Endpoint, why: &str) {
-        warn!(pool = ?self.key, member = %endpoint.member, %why,
-            "cannot log in to the member: skipping it for {ENDPOINT_RETRY:?}");
+        if lock(&self.reported_down).insert(endpoint.clone()) {
+            warn!(pool = ?self.key, member = %endpoint.member, %why,
+                "cannot log in to the member: skipping it for {ENDPOINT_RETRY:?} at a time");
+        } else {
+            debug!(pool = ?self.key, member = %endpoint.member, %why,
+                "cannot log in to the member yet");
+        }
         lock(&self.down).insert(endpoint.clone(), Instant::now() + ENDPOINT_RETRY);
         self.refresh_held();
+    }
+
+    /// A login on `endpoint` worked: a later refusal there is news again.
+    pub(super) fn endpoint_up(&self, endpoint: &Endpoint) {
+        if lock(&self.reported_down).remove(endpoint) {
+            info!(pool = ?self.key, member = %endpoint.member, "the member takes logins again");
+        }
     }
 
     /// A switchover is pending (`true`) or over: while it is, new transactions wait and
