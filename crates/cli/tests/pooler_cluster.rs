@@ -117,7 +117,8 @@ impl Pooler {
             format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n"),
         )
         .expect("userlist");
-        let ini = dir.join("pooler.ini");
+        // Named by port: a test may run two poolers side by side.
+        let ini = dir.join(format!("pooler-{port}.ini"));
         fs::write(
             &ini,
             format!(
@@ -141,7 +142,7 @@ impl Pooler {
         Pooler::spawn(
             &["--ini".as_ref(), ini.as_os_str()],
             port,
-            dir.join("pooler.log"),
+            dir.join(format!("pooler-{port}.log")),
         )
     }
 
@@ -444,6 +445,62 @@ async fn reads_spread_over_replicas_skip_noloadbalance_and_fall_back_to_the_prim
     );
     drop(readers);
     drop(routed);
+
+    // A replica further behind than max_lag serves no reads: its WAL receiver stopped
+    // while the primary writes.
+    let (behind, caught_up) = (readable[0], readable[1]);
+    let replica = connect(behind).await.expect("the replica");
+    let receiver: i32 = replica
+        .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
+        .await
+        .expect("its WAL receiver")
+        .get(0);
+    let receiver = nix::unistd::Pid::from_raw(receiver);
+    nix::sys::signal::kill(receiver, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let writer = connect(primary_port).await.expect("the primary");
+    writer
+        .batch_execute("CREATE TABLE lag_probe AS SELECT g FROM generate_series(1, 100000) g")
+        .await
+        .expect("write 3 MB of WAL");
+    let tight = Pooler::start(
+        &cluster,
+        &format!(
+            "tight = cluster={} role=replica dbname=postgres pool_mode=session max_lag=64kB\n",
+            cluster.scope
+        ),
+        &format!(
+            "[pgherd]\netcd_hosts = {}\nnamespace = /pgherd-test/\n",
+            cluster.etcd.endpoint().trim_start_matches("http://")
+        ),
+    );
+    // The members publish their positions every loop_wait: wait for the lag to show.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut tight_clients = Vec::new();
+    loop {
+        let c = tight.connect("tight").await.expect("connect");
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if port as u16 == caught_up {
+            tight_clients.push(c);
+            if tight_clients.len() == 3 {
+                break;
+            }
+        } else {
+            tight_clients.clear();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reads still go to the replica beyond max_lag: {}",
+            tight.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    nix::sys::signal::kill(receiver, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    drop(tight_clients);
+    drop(tight);
 
     // With no replica left to read from, reads go to the primary.
     let replicas: Vec<String> = cluster
