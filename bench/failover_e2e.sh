@@ -21,7 +21,9 @@
 # random 1..(1+loop_wait) s the primary's agent and PostgreSQL process group are killed
 # with -9. Recorded: the unavailability (s from the kill to the first acknowledged commit
 # on another member), the longest gap between consecutive acknowledged commits, and the
-# acknowledged ids missing from the new primary (must be 0). The killed node is restarted
+# acknowledged ids missing from the new primary (must be 0), and "after the lease": from the
+# dead leader's key going (polled every 50 ms) to that first acknowledged commit, the part
+# each stack adds to the lease expiry that bounds both. The killed node is restarted
 # and rejoins before the next round; a cluster that is not back to 1 primary + 2 streaming
 # replicas within 180 s is rebuilt.
 #
@@ -49,7 +51,7 @@ while [ $# -gt 0 ]; do
     --timing) TIMING="${2:?--timing needs TTL/LOOP_WAIT/RETRY_TIMEOUT}"; shift 2 ;;
     --pgbouncer) BOUNCER_CHOICE="${2:?--pgbouncer needs auto, debian, source or a path}"; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -124,11 +126,34 @@ analyse() {          # analyse LOGFILE KILL_T OLD_PORT
     END { printf "%s %.2f %d %d %d\n", (first == "" ? "-" : sprintf("%.2f", first)), gap, n, unsure + 0, err + 0 }'
 }
 
-declare -A UNAVAIL GAP LOST ACKS UNSURE ERRS MED_U MED_G
+# The leader key, polled every 50 ms through etcd's JSON gateway: "<time> <value or ->"
+# each time it changes. Tells the lease expiry apart from what each stack adds after it.
+LEADER_PID=""
+start_leader_log() {  # start_leader_log SYS LOGFILE MAX_SECS
+  local b64
+  b64="$(printf '%s' "/pgherd-bench/bench-$1/leader" | base64 -w0)"
+  (
+    last="" end=$((SECONDS + $3))
+    while [ "$SECONDS" -lt "$end" ]; do
+      v="$(curl -s --max-time 1 -X POST "http://127.0.0.1:$ETCD_PORT/v3/kv/range" -d "{\"key\":\"$b64\"}" \
+        | sed -n 's/.*"value":"\([^"]*\)".*/\1/p' | base64 -d 2>/dev/null)"
+      v="${v:--}"
+      if [ "$v" != "$last" ]; then echo "$(date +%s.%N) $v"; last="$v"; fi
+      sleep 0.05
+    done
+  ) >"$2" 2>/dev/null &
+  LEADER_PID=$!
+}
+stop_leader_log() {
+  if alive "$LEADER_PID"; then kill "$LEADER_PID" 2>/dev/null || true; wait "$LEADER_PID" 2>/dev/null || true; fi
+  LEADER_PID=""
+}
+
+declare -A UNAVAIL GAP LOST ACKS UNSURE ERRS MED_U MED_G AFTER MED_A
 
 run_series() {       # run_series STACK
-  local stack="$1" sys r p np rebuilds=0 wlog kill_t old_port settle deadline found res lost
-  local -a u=() g=() l=() a=() un=() er=()
+  local stack="$1" sys r p np rebuilds=0 wlog kill_t old_port settle deadline found res lost expired after
+  local -a u=() g=() l=() a=() un=() er=() af=()
   sys="$(cluster_sys "$stack")"
   log "== $stack: $ROUNDS round(s), ttl=$TTL loop_wait=$LOOP_WAIT retry_timeout=$RETRY_TIMEOUT, synchronous_mode on"
   fresh_stack "$stack" || log "$stack: the stack did not come up"
@@ -137,16 +162,16 @@ run_series() {       # run_series STACK
     if [ -z "$p" ] || ! p="$(wait_healthy)"; then
       log "$stack: no primary with 2 streaming replicas within ${HEALTHY_TIMEOUT}s (round $r)"
       [ -n "$CL" ] && dump_logs
-      if [ "$rebuilds" -ge "$MAX_REBUILDS" ]; then u+=(FAIL); g+=(-); l+=(-); a+=(-); un+=(-); er+=(-); p=""; continue; fi
+      if [ "$rebuilds" -ge "$MAX_REBUILDS" ]; then u+=(FAIL); g+=(-); l+=(-); a+=(-); un+=(-); er+=(-); af+=(-); p=""; continue; fi
       rebuilds=$((rebuilds + 1)); log "$stack: rebuilding the cluster"
       fresh_stack "$stack" || true
       p="$FRESH_P"
-      [ -n "$p" ] || { u+=(FAIL); g+=(-); l+=(-); a+=(-); un+=(-); er+=(-); continue; }
+      [ -n "$p" ] || { u+=(FAIL); g+=(-); l+=(-); a+=(-); un+=(-); er+=(-); af+=(-); continue; }
     fi
     if [ -z "$ROUTER_SYS" ]; then start_router "$sys" || router_logs; fi
     if ! wait_front_on "$p" 60; then
       log "$stack round $r: writes through the router do not reach the primary node$p"
-      router_logs; u+=(FAIL); g+=(-); l+=(-); a+=(-); un+=(-); er+=(-); continue
+      router_logs; u+=(FAIL); g+=(-); l+=(-); a+=(-); un+=(-); er+=(-); af+=(-); continue
     fi
     wlog="$CL/writer-$r.log"; : >"$wlog"
     start_ackwriter "$wlog" $((r * 10000000)) 0.05 $((TTL + LOOP_WAIT + FAILOVER_EXTRA + 120))
@@ -155,6 +180,8 @@ run_series() {       # run_series STACK
     settle="$(awk -v r="$RANDOM" -v lw="$LOOP_WAIT" 'BEGIN { printf "%.2f", 1 + (r / 32768) * lw }')"
     sleep "$settle"
     old_port="${PG_PORT[$p]}"
+    start_leader_log "$sys" "$CL/leader-$r.log" $((TTL + LOOP_WAIT + FAILOVER_EXTRA + 30))
+    sleep 0.2
     log "$stack round $r: kill -9 node$p (primary, port $old_port)"
     kill_t="$(date +%s.%N)"
     kill_node "$p"
@@ -166,8 +193,17 @@ run_series() {       # run_series STACK
     done
     [ -n "$found" ] && sleep "$AFTER_FIRST"
     stop_ackwriter
+    stop_leader_log
     res="$(analyse "$wlog" "$kill_t" "$old_port")"
     read -r first gap nok nunsure nerr <<<"$res"
+    # The stack's own part: from the dead leader's key going (expired, or another
+    # member's) to the first write acknowledged on the new primary.
+    expired="$(awk -v k="$kill_t" -v old="node$p" '$1 + 0 > k + 0 && $2 != old { print $1; exit }' "$CL/leader-$r.log")"
+    after="-"
+    if [ "$first" != "-" ] && [ -n "$expired" ]; then
+      after="$(awk -v k="$kill_t" -v f="$first" -v e="$expired" 'BEGIN { printf "%.2f", k + f - e }')"
+    fi
+    af+=("$after")
     # The new primary, read directly (not through the router).
     np=""; deadline=$((SECONDS + 30))
     while [ -z "$np" ] && [ "$SECONDS" -lt "$deadline" ]; do np="$(current_primary)"; [ -z "$np" ] && sleep 0.5; done
@@ -183,7 +219,7 @@ run_series() {       # run_series STACK
     else
       u+=("$first")
     fi
-    log "$stack round $r: unavailable ${first}s, longest gap ${gap}s, $nok acks, $nunsure unsure, $nerr errors, lost acknowledged writes: $lost (new primary node${np:-?})"
+    log "$stack round $r: unavailable ${first}s (${after}s after the leader key went), longest gap ${gap}s, $nok acks, $nunsure unsure, $nerr errors, lost acknowledged writes: $lost (new primary node${np:-?})"
     if [ "$lost" != "-" ] && [ "$lost" != 0 ]; then
       log "$stack round $r: LOST acknowledged ids: $(head -c 300 "$wlog.lost" | tr '\n' ' ')"
     fi
@@ -196,6 +232,8 @@ run_series() {       # run_series STACK
   ACKS[$stack]="${a[*]}"; UNSURE[$stack]="${un[*]}"; ERRS[$stack]="${er[*]}"
   MED_U[$stack]="$(printf '%s\n' "${u[@]}" | grep -v FAIL | median)"
   MED_G[$stack]="$(printf '%s\n' "${g[@]}" | grep -v -- '^-$' | median)"
+  AFTER[$stack]="${af[*]}"
+  MED_A[$stack]="$(printf '%s\n' "${af[@]}" | grep -v -- '^-$' | median)"
 }
 
 for s in "${STACKS[@]}"; do run_series "$s"; done
@@ -214,11 +252,16 @@ for s in "${STACKS[@]}"; do
   printf '%-36s  %-34s  %-8s  %-34s  %-8s  %s\n' "$(label "$s")" "${UNAVAIL[$s]}" "${MED_U[$s]}" "${GAP[$s]}" "${MED_G[$s]}" "${LOST[$s]}"
 done
 echo
+echo "after the lease: s from the dead leader's key going (expired, read every 50 ms) to the first acknowledged write"
+for s in "${STACKS[@]}"; do
+  printf '%-36s  %-34s  median %s\n' "$(label "$s")" "${AFTER[$s]}" "${MED_A[$s]}"
+done
+echo
 for s in "${STACKS[@]}"; do
   echo "$s: acknowledged writes per round ${ACKS[$s]}; unsure (sync wait cancelled) ${UNSURE[$s]}; failed attempts ${ERRS[$s]}"
 done
 if [ ${#STACKS[@]} -eq 2 ]; then
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
   echo
-  echo "pgherd/glued median ratio: unavailability $(ratio "${MED_U[pgherd]}" "${MED_U[glued]}"), longest gap $(ratio "${MED_G[pgherd]}" "${MED_G[glued]}")"
+  echo "pgherd/glued median ratio: unavailability $(ratio "${MED_U[pgherd]}" "${MED_U[glued]}"), longest gap $(ratio "${MED_G[pgherd]}" "${MED_G[glued]}"), after the lease $(ratio "${MED_A[pgherd]}" "${MED_A[glued]}")"
 fi
