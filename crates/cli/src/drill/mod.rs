@@ -192,7 +192,7 @@ fn streaming_replicas(cluster: &Cluster) -> Vec<(String, String, u16)> {
         .members
         .iter()
         .filter(|m| Some(m.name.as_str()) != leader && m.data.role == "replica")
-        .filter(|m| m.data.state == "streaming" || m.data.state == "running")
+        .filter(|m| m.data.state == "streaming")
         .filter_map(|m| {
             let (host, port) = parse_conn_url(&m.data.conn_url)?;
             Some((m.name.clone(), host, port))
@@ -456,7 +456,7 @@ async fn switchover_check(target: &mut Target<'_>) -> Result<Outcome> {
         force: true,
     };
     let switched = Instant::now();
-    let done = switchover::run(target.dcs.as_ref(), &target.scope, Kind::Switchover, asked).await;
+    let done = switch_over(target, asked).await;
     let handed_over = switched.elapsed();
     tokio::time::sleep(AFTER).await;
     stop.store(true, Ordering::Relaxed);
@@ -491,6 +491,36 @@ async fn switchover_check(target: &mut Target<'_>) -> Result<Outcome> {
         passed: failed == 0 && committed > 0 && new != leader,
         detail,
     })
+}
+
+/// Attempts at the switchover: a replica that has just started following a new leader
+/// may not be streaming in the leader's own view yet, and the leader then drops the
+/// request as impossible; an operator would try again a moment later.
+const SWITCHOVER_ATTEMPTS: usize = 3;
+
+/// Ask for the switchover until the leader changes (at most [`SWITCHOVER_ATTEMPTS`]).
+async fn switch_over(target: &Target<'_>, asked: switchover::Request) -> Result<String> {
+    let mut attempt = 1;
+    loop {
+        let outcome = switchover::run(
+            target.dcs.as_ref(),
+            &target.scope,
+            Kind::Switchover,
+            asked.clone(),
+        )
+        .await;
+        let moved = cluster(target)
+            .await
+            .is_ok_and(|c| c.leader_name().is_some() && c.leader_name() != asked.leader.as_deref());
+        match outcome {
+            Ok(done) => return Ok(done),
+            Err(_) if moved => return Ok("switched over".into()),
+            Err(e) if attempt >= SWITCHOVER_ATTEMPTS => return Err(e),
+            Err(e) => eprintln!("drill: switchover attempt {attempt}: {e:#}; trying again"),
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// (d) Reads through the read-only address, by the replica that served them.

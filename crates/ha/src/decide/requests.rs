@@ -195,12 +195,21 @@ fn switchover_target(
         let standby = obs.local.standbys.iter().find(|s| s.name == p.name);
         standby.and_then(|s| s.flush_lsn)
     };
-    peers
-        .iter()
-        .filter(|p| p.name != obs.me && why_not(p).is_none())
+    let others = || peers.iter().filter(|p| p.name != obs.me);
+    others()
+        .filter(|p| why_not(p).is_none())
         .max_by_key(flushed)
         .map(|p| p.name.clone())
-        .ok_or_else(|| "no member can take over".into())
+        .ok_or_else(|| {
+            // Say why for each, so that the operator knows what to wait for.
+            let reasons: Vec<String> = others()
+                .filter_map(|p| why_not(p).map(|why| format!("{}: {why}", p.name)))
+                .collect();
+            match reasons.is_empty() {
+                true => "no member can take over: no other member answered".into(),
+                false => format!("no member can take over ({})", reasons.join("; ")),
+            }
+        })
 }
 
 /// No leader, and a switchover or failover is pending: the candidate takes over when it
