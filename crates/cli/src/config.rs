@@ -268,24 +268,59 @@ fn join_lines(errors: &[FieldError]) -> String {
         .join("\n")
 }
 
-/// Read and validate the node config at `path`.
+mod env;
+
+/// Read and validate the node config at `path`, with the `PATRONI_*` environment
+/// variables overriding its keys (as in Patroni).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    parse_with_env(&text, &path.display().to_string(), std::env::vars())
+}
+
+/// The config without a file, as Patroni does: the YAML in `PATRONI_CONFIGURATION`, or
+/// else the `PATRONI_*` variables alone.
+pub fn load_from_environment() -> Result<Loaded, ConfigError> {
+    match std::env::var(env::CONFIGURATION) {
+        Ok(yaml) if !yaml.trim().is_empty() => parse(&yaml, env::CONFIGURATION),
+        _ => parse_with_env("", "the PATRONI_* environment", std::env::vars()),
+    }
 }
 
 /// Validate a node config given as YAML text; `source` names it in messages.
 pub fn parse(yaml: &str, source: &str) -> Result<Loaded, ConfigError> {
+    parse_with_env(yaml, source, std::iter::empty::<(String, String)>())
+}
+
+/// [`parse`], with the `PATRONI_*` variables among `vars` overriding the text's keys.
+pub fn parse_with_env<I, K, V>(yaml: &str, source: &str, vars: I) -> Result<Loaded, ConfigError>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
     let mut doc: Value = if yaml.trim().is_empty() {
         Value::Null
     } else {
         yaml_serde::from_str(yaml).map_err(|e| yaml_error(source, &e))?
     };
     doc.apply_merge().map_err(|e| yaml_error(source, &e))?;
+    let overrides = env::overrides(vars);
     let mut ctx = Ctx::default();
+    if !overrides.applied.is_empty() {
+        env::merge(&mut doc, &overrides.tree);
+        let applied: Vec<String> = overrides
+            .applied
+            .iter()
+            .map(|(var, key)| format!("{var} sets {key}"))
+            .collect();
+        ctx.warn("", format!("from the environment: {}", applied.join(", ")));
+    }
+    for var in &overrides.unknown {
+        ctx.warn("", format!("{var}: not a Patroni setting, ignored"));
+    }
     let config = node_config(&mut ctx, &doc);
     if ctx.errors.is_empty() {
         Ok(Loaded {
@@ -293,8 +328,21 @@ pub fn parse(yaml: &str, source: &str) -> Result<Loaded, ConfigError> {
             warnings: ctx.warnings,
         })
     } else {
+        // An error may come from a variable rather than the file: say which were used.
+        let file = match overrides.applied.len() {
+            0 => source.to_string(),
+            _ => format!(
+                "{source} (with {})",
+                overrides
+                    .applied
+                    .iter()
+                    .map(|(var, _)| var.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         Err(ConfigError::Invalid {
-            file: source.to_string(),
+            file,
             errors: ctx.errors,
         })
     }

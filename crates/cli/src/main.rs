@@ -119,10 +119,9 @@ fn main() -> ExitCode {
                 file,
                 validate_config,
             } => {
-                let path = config.or(file).ok_or_else(|| {
-                    anyhow::anyhow!("no config file: use `pgherd node -c node.yml`")
-                })?;
-                node::run(&path, validate_config).await
+                // No file: PATRONI_CONFIGURATION or the PATRONI_* variables (as Patroni).
+                let path = config.or(file);
+                node::run(path.as_deref(), validate_config).await
             }
             Command::Pooler(args) => pooler::run(args, logfile.unwrap_or_default()).await,
             Command::Ctl(args) => ctl::run(args).await,

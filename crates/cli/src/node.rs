@@ -11,10 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tracing::{info, warn};
 
-pub async fn run(path: &Path, validate_only: bool) -> Result<()> {
-    let loaded = config::load(path)?;
+/// Run the agent from the config at `path`, or (without one) from `PATRONI_CONFIGURATION`
+/// or the `PATRONI_*` variables, as Patroni does.
+pub async fn run(path: Option<&Path>, validate_only: bool) -> Result<()> {
+    let (loaded, source) = match path {
+        Some(p) => (config::load(p)?, p.display().to_string()),
+        None => (config::load_from_environment()?, "environment".to_string()),
+    };
     for w in &loaded.warnings {
-        warn!("{}: {w}", path.display());
+        warn!("{source}: {w}");
     }
     let cfg = loaded.config;
     let bin = Binaries::find(cfg.postgresql.bin_dir.as_deref())?;
@@ -22,7 +27,7 @@ pub async fn run(path: &Path, validate_only: bool) -> Result<()> {
     let spec = spec_from_config(&cfg, bin, os_user)?;
     preflight(&spec)?;
     if validate_only {
-        println!("{}: configuration is valid", path.display());
+        println!("{source}: configuration is valid");
         return Ok(());
     }
     let DcsConfig::Etcd { endpoints, .. } = &cfg.dcs;

@@ -38,6 +38,11 @@ impl TestNode {
 
     /// Start `pgherd node -c <config>`, logging to `<dir>/agent.log`.
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// [`TestNode::start`] with these environment variables set for the agent.
+    pub fn start_with_env(&mut self, vars: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -47,6 +52,7 @@ impl TestNode {
             .args(["node", "-c"])
             .arg(&self.config_path)
             .env("PGHERD_LOG", "info")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
