@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 mod metrics;
 mod operator;
+mod server;
 mod switchover;
 
 /// What the mutating endpoints act through: the cluster's DCS, and the credentials of
@@ -98,9 +99,7 @@ pub async fn serve(
     control: Option<Control>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(status, control))
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, router(status, control), shutdown).await
 }
 
 type Params = Query<HashMap<String, String>>;

@@ -358,3 +358,153 @@ async fn patch_and_put_config_change_the_dcs_with_basic_auth_and_checks() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 }
+
+/// Send `request` raw from `from` (an address on loopback) and read what comes back until
+/// the server closes or `within` passes.
+async fn raw(from: &str, base: &str, request: &[u8], within: std::time::Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Hostile or broken clients get an error naming the problem, and the API keeps
+/// answering everyone else: huge and slow bodies, slow headers, malformed JSON, wrong
+/// methods, and more connections from one address than it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_get_errors_and_the_api_keeps_answering_others() {
+    use pgherd_dcs::memory::{MemoryDcs, MemoryStore};
+    use pgherd_dcs::Dcs;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    let dcs: Arc<dyn Dcs> = Arc::new(MemoryDcs::new(
+        MemoryStore::new(),
+        "/service",
+        "demo",
+        "node1",
+        Duration::from_secs(30),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let control = pgherd_ha::api::Control {
+        dcs,
+        auth: None,
+        agent: None,
+    };
+    tokio::spawn(pgherd_ha::api::serve(
+        listener,
+        status(Role::Primary, 0),
+        Some(control),
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let health = || async {
+        let started = std::time::Instant::now();
+        let code = reqwest::Client::new()
+            .get(format!("{base}/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        (code.ok(), started.elapsed())
+    };
+
+    // A body announced as 100 MB: refused at once, before it is sent.
+    let huge = raw(
+        "127.0.0.1",
+        &base,
+        b"PATCH /config HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n{",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(huge.starts_with("HTTP/1.1 413"), "{huge}");
+    // Malformed JSON and wrong methods.
+    let bad = http
+        .patch(format!("{base}/config"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(bad.text().await.unwrap().to_lowercase().contains("json"));
+    for (method, path) in [
+        (reqwest::Method::DELETE, "/patroni"),
+        (reqwest::Method::PUT, "/switchover"),
+        (reqwest::Method::POST, "/history"),
+    ] {
+        let r = http
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+    }
+
+    // One address opens more connections than it may and leaves them hanging mid-header;
+    // another sends a body that never ends.
+    let mut hanging = Vec::new();
+    for _ in 0..40 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        let addr = base.trim_start_matches("http://").parse().unwrap();
+        let mut s = socket.connect(addr).await.expect("connect");
+        s.write_all(b"GET /patroni HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        hanging.push(s);
+    }
+    let slow_body = {
+        let base = base.clone();
+        tokio::spawn(async move {
+            let request =
+                b"POST /switchover HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"leader\":";
+            raw("127.0.0.4", &base, request, Duration::from_secs(20)).await
+        })
+    };
+    // Everyone else is served at once meanwhile.
+    for _ in 0..5 {
+        let (code, took) = health().await;
+        assert_eq!(code, Some(200));
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The hanging address gets no more connections served...
+    let refused = raw(
+        "127.0.0.3",
+        &base,
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(refused.is_empty(), "{refused}");
+    // ...until the server closes its hanging ones (header read timeout), and the slow
+    // body gets 408.
+    let slow = slow_body.await.unwrap();
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let again = raw(
+            "127.0.0.3",
+            &base,
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        if again.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hanging connections were never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(hanging);
+}
