@@ -159,7 +159,7 @@ async fn start_members(
             },
             parameters,
             pg_hba: Some(vec![
-                "local all all trust".into(),
+                "local all all scram-sha-256".into(),
                 "host all all 127.0.0.1/32 scram-sha-256".into(),
                 "host replication replicator 127.0.0.1/32 scram-sha-256".into(),
             ]),

@@ -129,6 +129,36 @@ pub struct Instance {
     cfg: InstanceConfig,
 }
 
+/// pgherd's pg_hba.conf when the config has no `pg_hba`: SCRAM passwords from anywhere
+/// (`listen_addresses` decides who can reach the server), replication for
+/// `replication_user` only.
+pub fn default_pg_hba(replication_user: &str) -> String {
+    let role = quote_hba_name(replication_user);
+    format!(
+        "{MANAGED_MARKER}: default (postgresql.pg_hba is not set); written once after initdb.\n\
+         # TYPE  DATABASE     USER   ADDRESS       METHOD\n\
+         local   all          all                  scram-sha-256\n\
+         host    all          all    0.0.0.0/0     scram-sha-256\n\
+         host    all          all    ::/0          scram-sha-256\n\
+         local   replication  {role}               scram-sha-256\n\
+         host    replication  {role}  0.0.0.0/0    scram-sha-256\n\
+         host    replication  {role}  ::/0         scram-sha-256\n"
+    )
+}
+
+/// A role name as pg_hba.conf reads it: double-quoted when it is not a plain word.
+fn quote_hba_name(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain && !matches!(name, "all" | "sameuser" | "samerole" | "samegroup") {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
 impl Instance {
     pub fn new(cfg: InstanceConfig) -> Instance {
         Instance { cfg }
@@ -339,6 +369,37 @@ impl Instance {
         };
         info!(data_dir = %self.cfg.data_dir.display(), "running initdb");
         run(cmd, "initdb", INITDB_TIMEOUT, None).await?;
+        self.replace_initdb_pg_hba()?;
+        Ok(())
+    }
+
+    /// initdb's pg_hba.conf trusts every local connection, and lets any role replicate.
+    /// Without `pg_hba` in the config, replace it once, after initdb, with password
+    /// (SCRAM) authentication for everyone and replication for the replication role only
+    /// (replicas clone it). A file the operator edits later is left alone. Without a
+    /// superuser password the agent could not log in under it: initdb's file stays, with
+    /// a warning.
+    fn replace_initdb_pg_hba(&self) -> Result<()> {
+        if self.cfg.pg_hba.is_some() {
+            return Ok(());
+        }
+        if self.cfg.superuser.password.is_none() {
+            warn!(
+                "no superuser password: pg_hba.conf keeps initdb's trust authentication; \
+                set postgresql.authentication.superuser.password (or postgresql.pg_hba)"
+            );
+            return Ok(());
+        }
+        let text = default_pg_hba(&self.cfg.replication.username);
+        self.write_owned(
+            &self.cfg.data_dir.join("pg_hba.conf"),
+            text.as_bytes(),
+            0o600,
+        )?;
+        info!(
+            "wrote pg_hba.conf: SCRAM for every role, replication for {} only",
+            self.cfg.replication.username
+        );
         Ok(())
     }
 
@@ -988,6 +1049,20 @@ pub fn pgpass_escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn default_pg_hba_quotes_a_replication_role_that_is_not_a_plain_name() {
+        let plain = super::default_pg_hba("replicator");
+        assert!(
+            plain.contains("host    replication  replicator  0.0.0.0/0"),
+            "{plain}"
+        );
+        let odd = super::default_pg_hba("Repl \"user\"");
+        assert!(odd.contains("replication  \"Repl \"\"user\"\"\""), "{odd}");
+        // A role named like a keyword is quoted, or it would mean every role.
+        assert!(super::default_pg_hba("all").contains("replication  \"all\""));
+        assert!(!plain.contains("trust") && !plain.contains("md5"));
+    }
     use super::*;
 
     #[test]

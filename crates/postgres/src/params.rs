@@ -213,6 +213,8 @@ pub fn default_parameters() -> BTreeMap<String, String> {
         // pg_rewind needs either this or data checksums.
         ("wal_log_hints", "on"),
         ("wal_keep_size", "128MB"),
+        // Passwords set through pgherd are SCRAM verifiers; keep the server's the same.
+        ("password_encryption", "scram-sha-256"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

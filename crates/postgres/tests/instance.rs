@@ -17,6 +17,19 @@ const T: Duration = Duration::from_secs(30);
 static TWO_SERVERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn instance(dir: &PgTempDir, name: &str) -> Instance {
+    instance_with_hba(
+        dir,
+        name,
+        Some(vec![
+            "local all all trust".into(),
+            "host all all 127.0.0.1/32 scram-sha-256".into(),
+            "host replication replicator 127.0.0.1/32 scram-sha-256".into(),
+        ]),
+    )
+}
+
+/// [`instance`] with these pg_hba.conf lines (`None`: pgherd's defaults).
+fn instance_with_hba(dir: &PgTempDir, name: &str, pg_hba: Option<Vec<String>>) -> Instance {
     let bin = Binaries::find(Some(&pg_bin_dir())).expect("PostgreSQL binaries");
     let mut parameters = default_parameters();
     parameters.insert(
@@ -45,11 +58,7 @@ fn instance(dir: &PgTempDir, name: &str) -> Instance {
             password: Some(REPLICATION_PW.into()),
         },
         parameters,
-        pg_hba: Some(vec![
-            "local all all trust".into(),
-            "host all all 127.0.0.1/32 scram-sha-256".into(),
-            "host replication replicator 127.0.0.1/32 scram-sha-256".into(),
-        ]),
+        pg_hba,
         pgpass: dir.join(&format!("{name}.pgpass")),
         log_file: dir.join(&format!("{name}.log")),
     })
@@ -398,4 +407,78 @@ async fn data_dir_owned_by_another_user_is_refused() {
         matches!(err, PgError::DataDirNotDirectory { .. }),
         "{err:?}"
     );
+}
+
+/// A replication connection (`IDENTIFY_SYSTEM`) as `user` with `password` through psql.
+fn replication_login(pg: &Instance, user: &str, password: &str) -> Result<(), String> {
+    let out = std::process::Command::new(pg_bin_dir().join("psql"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user={user} dbname=postgres replication=true",
+            pg.config().port
+        ))
+        .args(["-X", "-A", "-t", "-c", "IDENTIFY_SYSTEM"])
+        .env("PGPASSWORD", password)
+        .output()
+        .map_err(|e| e.to_string())?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+#[tokio::test]
+async fn without_pg_hba_the_defaults_are_scram_replication_for_its_role_and_private_files() {
+    use std::os::unix::fs::PermissionsExt;
+    init_tracing();
+    let dir = PgTempDir::new().unwrap();
+    let pg = instance_with_hba(&dir, "secure", None);
+    let client = bootstrap_primary(&pg).await;
+
+    // initdb's "trust" lines are gone: SCRAM for everyone, replication for one role.
+    let hba = std::fs::read_to_string(dir.join("secure").join("pg_hba.conf")).unwrap();
+    let rules: Vec<&str> = hba
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(!rules.is_empty(), "{hba}");
+    for rule in &rules {
+        assert!(rule.ends_with("scram-sha-256"), "{rule}");
+        let words: Vec<&str> = rule.split_whitespace().collect();
+        if words[1] == "replication" {
+            assert_eq!(words[2], "replicator", "{rule}");
+        }
+    }
+    assert!(!hba.contains("trust") && !hba.contains("md5"), "{hba}");
+    let encryption = client
+        .query_one("SHOW password_encryption", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    assert_eq!(encryption, "scram-sha-256");
+    let verifiers: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_authid WHERE rolname IN ('postgres', 'replicator') \
+             AND rolpassword LIKE 'SCRAM-SHA-256$%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(verifiers, 2, "both passwords are stored as SCRAM verifiers");
+
+    // Replication: the replication role with its password only.
+    replication_login(&pg, "replicator", REPLICATION_PW).expect("the replication role");
+    let superuser = replication_login(&pg, "postgres", SUPERUSER_PW).unwrap_err();
+    assert!(superuser.contains("pg_hba.conf"), "{superuser}");
+    let wrong = replication_login(&pg, "replicator", "wrong").unwrap_err();
+    assert!(wrong.contains("password authentication failed"), "{wrong}");
+
+    // The data directory and the password file are the OS user's alone.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("secure")), 0o700);
+    assert_eq!(mode(&dir.join("secure.pgpass")), 0o600);
+    assert_eq!(mode(&dir.join("secure").join("pg_hba.conf")), 0o600);
+    drop(client);
+    pg.stop(StopMode::Fast, T).await.unwrap();
 }
