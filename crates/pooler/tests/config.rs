@@ -94,7 +94,8 @@ fn tutorial_pgbouncer_ini_loads_unchanged() {
     assert_eq!(s.unix_socket_dir, Some(PathBuf::from("/tmp")));
     assert_eq!(
         s.auth_query,
-        "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+        "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END \
+         FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
     );
 
     // The raw pairs are kept with their lines.

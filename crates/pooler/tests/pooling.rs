@@ -412,6 +412,47 @@ async fn statement_mode_runs_statements_and_refuses_transaction_blocks() {
     );
 }
 
+/// CVE-2025-2291 and PgBouncer issue 423: with the default `auth_query`, a role whose
+/// password has expired, or that lost LOGIN, no longer gets in through the pooler —
+/// also while the pool still holds an idle server connection logged in as that role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_auth_query_refuses_expired_and_nologin_roles() {
+    let _serial = SERIAL.lock().await;
+    let server = postgres().await;
+    let su = server.pg.connect().await.expect("connect");
+    su.batch_execute(
+        "CREATE ROLE lapsing LOGIN PASSWORD 'lapsing pass';
+         CREATE ROLE barred LOGIN PASSWORD 'barred pass';",
+    )
+    .await
+    .expect("roles");
+    let p = common::pooler_with_userlist(
+        &server.pg,
+        "auth_type = scram-sha-256\npool_mode = transaction\nauth_user = postgres",
+        "\"postgres\" \"su\"\n",
+    )
+    .await;
+    // Both log in, and leave a server connection idle in their pools.
+    for (role, password) in [("lapsing", "lapsing pass"), ("barred", "barred pass")] {
+        let c = connect(p.port, role, password, "appdb")
+            .await
+            .unwrap_or_else(|e| panic!("{role} logs in: {e}"));
+        c.query_one("SELECT 1", &[]).await.expect("query");
+    }
+    su.batch_execute(
+        "ALTER ROLE lapsing VALID UNTIL '2000-01-01';
+         ALTER ROLE barred NOLOGIN;",
+    )
+    .await
+    .expect("expire and bar");
+    for (role, password) in [("lapsing", "lapsing pass"), ("barred", "barred pass")] {
+        let e = connect(p.port, role, password, "appdb")
+            .await
+            .expect_err(role);
+        assert_eq!(sqlstate(&e), "28P01", "{role}: {e}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_query_finds_users_missing_from_auth_file() {
     let _serial = SERIAL.lock().await;

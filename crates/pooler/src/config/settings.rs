@@ -5,8 +5,8 @@
 //! PgBouncer documents `0` as "disabled" the field is an `Option` and `0` reads as
 //! `None`. Boolean settings are integers in PgBouncer (`0`/`1`); we also accept
 //! `true/false/on/off/yes/no`. Defaults are those of PgBouncer 1.21–1.23
-//! (`server_check_query = select 1`, the `pg_shadow` `auth_query`,
-//! `max_prepared_statements = 200`).
+//! (`server_check_query = select 1`, `max_prepared_statements = 200`), with 1.24.1's
+//! `auth_query`, which refuses expired and NOLOGIN roles.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -249,7 +249,10 @@ pub struct Settings {
 }
 
 /// PgBouncer 1.2x's default `auth_query`.
-pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+/// PgBouncer 1.24.1's default (CVE-2025-2291): a role whose password has expired gets
+/// no password, and one without LOGIN no row, so neither logs in through the pooler —
+/// not even onto a server connection the pool opened before the change.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
 
 impl Default for Settings {
     fn default() -> Self {
