@@ -509,3 +509,56 @@ async fn auth_query_finds_users_missing_from_auth_file() {
         .expect_err("injection");
     assert_eq!(sqlstate(&e), "28P01");
 }
+
+/// The authentication bypass fixed in PgBouncer 1.26.1: a client that answers the SCRAM
+/// challenge with a second StartupMessage must be disconnected, never logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_startup_message_inside_a_scram_exchange_ends_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = SERIAL.lock().await;
+    let server = postgres().await;
+    let p = pooler(
+        &server.pg,
+        "auth_type = scram-sha-256\npool_mode = transaction",
+    )
+    .await;
+    let startup = |user: &str| {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        for (k, v) in [("user", user), ("database", "appdb")] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&body);
+        msg
+    };
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", p.port))
+        .await
+        .expect("connect");
+    s.write_all(&startup("app")).await.unwrap();
+    // AuthenticationSASL: 'R', length, code 10.
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.expect("the SCRAM challenge");
+    assert_eq!(head[0], b'R');
+    assert_eq!(u32::from_be_bytes(head[5..9].try_into().unwrap()), 10);
+    let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+    let mut rest = vec![0u8; len - 8];
+    s.read_exact(&mut rest).await.unwrap();
+    // Instead of SASLInitialResponse, a new StartupMessage (for a user with no password
+    // problem of its own).
+    s.write_all(&startup("postgres")).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the pooler kept the connection open");
+    // An ErrorResponse, then the end; never AuthenticationOk ('R' with code 0).
+    assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+    let ok = answer
+        .windows(9)
+        .any(|w| w[0] == b'R' && w[1..5] == 8u32.to_be_bytes() && w[5..9] == [0, 0, 0, 0]);
+    assert!(!ok, "logged in: {answer:?}");
+    // The pooler serves others as before.
+    client(p.port, APP_PASSWORD).await.expect("a normal login");
+}
