@@ -25,7 +25,6 @@ use std::time::{Duration, SystemTime};
 
 mod metrics;
 mod operator;
-mod server;
 mod switchover;
 
 /// What the mutating endpoints act through: the cluster's DCS, and the credentials of
@@ -99,7 +98,7 @@ pub async fn serve(
     control: Option<Control>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    server::serve(listener, router(status, control), shutdown).await
+    pgherd_http::serve(listener, router(status, control), shutdown).await
 }
 
 type Params = Query<HashMap<String, String>>;

@@ -441,10 +441,7 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, mut shutdown: watch:
     let stopped = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped)
-        .await
-    {
+    if let Err(e) = pgherd_http::serve(listener, app, stopped).await {
         warn!(error = %e, "metrics listener failed");
     }
 }

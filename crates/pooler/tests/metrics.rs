@@ -435,3 +435,41 @@ async fn metrics_listen_is_off_by_default_and_read_from_ini_and_yaml() {
     assert_eq!(warned.warnings.len(), 1, "{:?}", warned.warnings);
     assert_eq!(warned.warnings[0].key, "pgherd.listen_port");
 }
+
+/// A client that opens many connections and leaves them hanging mid-request does not
+/// keep the scraper from the metrics; the extra connections are closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_clients_do_not_keep_scrapers_from_the_metrics() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = SERIAL.lock().await;
+    let server = common::postgres("metrics-hostile").await;
+    let (svc, _dir) = service(
+        &server.pg,
+        "auth_type = md5\npool_mode = transaction\nmetrics_listen = 127.0.0.1:0",
+    )
+    .await;
+    let addr = svc.metrics_addr.expect("metrics listener");
+    let mut hanging = Vec::new();
+    for _ in 0..(pgherd_http::MAX_PER_PEER + 8) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.5:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        hanging.push(s);
+    }
+    // The address's connections past its share are closed without an answer.
+    let mut last = hanging.pop().expect("one");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), last.read_to_end(&mut buf)).await;
+    // (A reset when the server closes with our request unread.)
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?} {buf:?}");
+    for _ in 0..5 {
+        let started = Instant::now();
+        let body = scrape(addr).await;
+        assert!(body.contains("pgherd_pooler_up 1"), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    drop(hanging);
+}

@@ -1,7 +1,8 @@
-//! The REST API's connections, kept safe from hostile or broken clients: a bounded
-//! number at once, headers and bodies read within a deadline, bodies of bounded size,
-//! and idle keep-alive connections closed, so that one client cannot hold the API away
-//! from the health checks and operators that need it.
+//! pgherd's HTTP listeners (the node's REST API, the pooler's metrics), kept safe from
+//! hostile or broken clients: a bounded number of connections at once (and from one
+//! address), headers and bodies read within a deadline, bodies of bounded size, and idle
+//! keep-alive connections closed, so that one client cannot hold a listener away from
+//! the health checks, scrapers and operators that need it.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -55,19 +56,19 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // Out of descriptors and the like: wait instead of spinning.
-                    warn!(error = %e, "REST API: cannot accept a connection");
+                    warn!(error = %e, "HTTP: cannot accept a connection");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "REST API: {MAX_CONNECTIONS} connections open already: closing this one");
+            debug!(%peer, "HTTP: {MAX_CONNECTIONS} connections open already: closing this one");
             drop(stream);
             continue;
         };
         let Some(peer_slot) = PeerSlot::take(&per_peer, peer.ip()) else {
-            debug!(%peer, "REST API: {MAX_PER_PEER} connections from this address already: \
+            debug!(%peer, "HTTP: {MAX_PER_PEER} connections from this address already: \
                 closing this one");
             drop(stream);
             continue;
@@ -88,7 +89,7 @@ pub async fn serve(
                 tokio::select! {
                     result = conn.as_mut() => {
                         if let Err(e) = result {
-                            debug!(%peer, error = %e, "REST API connection ended");
+                            debug!(%peer, error = %e, "HTTP connection ended");
                         }
                         break;
                     }
