@@ -6,12 +6,13 @@
 # and Patroni (its `patronictl` must read a pgherd cluster) for the compatibility tests,
 # with Patroni 4 from PyPI in a venv at /opt/pgherd/patroni4 beside Debian's 3.0.2 (so
 # python3-venv), gcc and make (ring and jemalloc, pgherd's allocator, are built from C; rustc links
-# with cc), and curl (scripts/check-fresh-build.sh asks the REST API). Building needs no
+# with cc), curl (scripts/check-fresh-build.sh asks the REST API) and iproute2 (`ip netns`: the chaos
+# run's network namespaces). Building needs no
 # protoc: the etcd client's messages are written in Rust.
 # Installs only what is missing, with sudo when not root.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-client-15 etcd-server haproxy patroni python3-venv gcc make curl)
+packages=(postgresql-15 postgresql-client-15 etcd-server haproxy patroni python3-venv gcc make curl iproute2)
 # The Patroni 4 whose patronictl the compatibility tests run (pinned: its output is asserted).
 patroni4_version="4.1.5"
 patroni4_dir="/opt/pgherd/patroni4"

@@ -2,6 +2,7 @@
 //! the right OS user, and wait for conditions with deadlines. Never used by production code.
 
 pub mod etcd;
+pub mod netns;
 pub mod pg;
 
 use std::future::Future;
