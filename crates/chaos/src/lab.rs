@@ -370,6 +370,20 @@ postgresql:
         v[v.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Copy PostgreSQL's logs (`*.log` beside and in the data directory) out of the data
+    /// filesystem before it goes.
+    fn save_pg_logs(&self) {
+        for dir in [self.fs_dir(), self.data_dir(), self.data_dir().join("log")] {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".log") {
+                    let _ = fs::copy(e.path(), self.dir.join(format!("pg-{name}")));
+                }
+            }
+        }
+    }
+
     /// Kill the agent and PostgreSQL, unmount the data filesystem.
     pub fn teardown(&mut self) {
         self.kill_agent();
@@ -377,6 +391,7 @@ postgresql:
             send(pid, Signal::SIGCONT);
         }
         self.kill_postgres();
+        self.save_pg_logs();
         if self.mounted {
             let deadline = Instant::now() + Duration::from_secs(5);
             // Bounded by the deadline: backends may take a moment to exit.

@@ -399,9 +399,9 @@ async fn health(http: &reqwest::Client) -> Health {
 }
 
 /// Run the futures concurrently, in order.
-async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = fs.map(tokio::spawn).collect();
@@ -427,7 +427,10 @@ async fn wait_healthy(
     // Bounded by the deadline.
     loop {
         let h = health(http).await;
-        let acked = sh.map_or(true, |sh| sh.last_ack().is_some_and(|t| t > ack_after));
+        let acked = match sh {
+            None => true,
+            Some(sh) => sh.last_ack().is_some_and(|t| t > ack_after),
+        };
         if let (true, Some(p), true) = (h.healthy(), h.primary, acked) {
             return Ok(p);
         }
