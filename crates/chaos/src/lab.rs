@@ -190,7 +190,12 @@ impl Member {
     }
 
     /// Directories, the data filesystem and node.yml.
-    pub fn prepare(&mut self, scope: &str, synchronous: bool) -> anyhow::Result<()> {
+    pub fn prepare(
+        &mut self,
+        scope: &str,
+        synchronous: bool,
+        failsafe: bool,
+    ) -> anyhow::Result<()> {
         mkdir_for_postgres(&self.dir)?;
         let fs_dir = self.fs_dir();
         fs::create_dir_all(&fs_dir)?;
@@ -210,11 +215,11 @@ impl Member {
         }
         self.mounted = true;
         give_to_postgres(&fs_dir)?;
-        fs::write(&self.config, self.yaml(scope, synchronous))?;
+        fs::write(&self.config, self.yaml(scope, synchronous, failsafe))?;
         Ok(())
     }
 
-    fn yaml(&self, scope: &str, synchronous: bool) -> String {
+    fn yaml(&self, scope: &str, synchronous: bool, failsafe: bool) -> String {
         let a = member_addr(self.idx);
         let dir = self.dir.display();
         let data = self.data_dir();
@@ -240,6 +245,7 @@ bootstrap:
     retry_timeout: {RETRY_TIMEOUT}
     maximum_lag_on_failover: 1048576
     synchronous_mode: {synchronous}
+    failsafe_mode: {failsafe}
     postgresql:
       use_pg_rewind: true
       use_slots: true

@@ -53,6 +53,9 @@ struct Args {
     /// not a failure.
     #[arg(long = "async")]
     asynchronous: bool,
+    /// `failsafe_mode: true` in the cluster's dynamic configuration.
+    #[arg(long)]
+    failsafe: bool,
     /// Only these fault kinds (comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -63,7 +66,7 @@ struct Args {
     #[arg(long)]
     report: Option<PathBuf>,
     /// The pgherd binary (default: `pgherd` beside this binary, else on PATH).
-    #[arg(long)]
+    #[arg(long, overrides_with = "pgherd")]
     pgherd: Option<PathBuf>,
     /// Seconds after a heal for the cluster to be back (one primary, streaming replicas,
     /// a write acknowledged through the pooler).
@@ -639,7 +642,7 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
         .map(|i| Member::new(i, prefix, &run_dir, &pgherd))
         .collect();
     for m in &mut members {
-        m.prepare(SCOPE, synchronous)?;
+        m.prepare(SCOPE, synchronous, args.failsafe)?;
         m.start_agent()?;
     }
     let members = Arc::new(Mutex::new(members));
@@ -932,6 +935,8 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
         let json = serde_json::json!({
             "seed": args.seed,
             "mode": mode,
+            "synchronous_mode": synchronous,
+            "failsafe_mode": args.failsafe,
             "ttl": lab::TTL, "loop_wait": lab::LOOP_WAIT, "retry_timeout": lab::RETRY_TIMEOUT,
             "recovery_timeout_s": args.recovery_timeout,
             "faults_planned": faults.len(),
