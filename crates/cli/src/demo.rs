@@ -45,6 +45,7 @@ fn demo_ha(synchronous: bool) -> HaConfig {
         synchronous_node_count: 1,
         member_slots_ttl: 1_800_000,
         primary_start_timeout: 300_000,
+        failsafe_mode: false,
     }
 }
 

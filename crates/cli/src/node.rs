@@ -94,6 +94,7 @@ pub fn spec_from_config(
         synchronous_node_count: d.synchronous_node_count,
         member_slots_ttl: d.member_slots_ttl.as_millis() as u64,
         primary_start_timeout: d.primary_start_timeout.as_millis() as u64,
+        failsafe_mode: d.failsafe_mode,
     };
     let api_listen = resolve(&cfg.restapi.listen.host, cfg.restapi.listen.port)
         .with_context(|| format!("restapi.listen: cannot resolve {}", cfg.restapi.listen))?;

@@ -5,6 +5,7 @@ use crate::keys::KeyLayout;
 use crate::{Cluster, DcsError, Member, MemberData, Pooler, PoolerState, Result, Versioned};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// One key as read from the store.
 pub(crate) struct RawKv<'a> {
@@ -88,6 +89,15 @@ pub(crate) fn parse_cluster<'a>(
                 })
             }
             "status" => c.status = Some(json(key, kv.value)?),
+            "failsafe" => {
+                // Patroni discards a failsafe topology it cannot read; so do we.
+                match serde_json::from_slice::<BTreeMap<String, String>>(kv.value) {
+                    Ok(members) => c.failsafe = Some(members),
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "ignoring a failsafe key that does not parse")
+                    }
+                }
+            }
             _ if rel.starts_with("poolers/") => {
                 let id = &rel["poolers/".len()..];
                 if id.is_empty() || id.contains('/') {

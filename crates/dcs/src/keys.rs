@@ -43,6 +43,9 @@ impl KeyLayout {
     pub fn status(&self) -> String {
         format!("{}status", self.prefix)
     }
+    pub fn failsafe(&self) -> String {
+        format!("{}failsafe", self.prefix)
+    }
     pub fn members_prefix(&self) -> String {
         format!("{}members/", self.prefix)
     }

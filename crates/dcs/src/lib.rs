@@ -17,6 +17,7 @@ pub use etcd::EtcdDcs;
 pub use memory::{MemoryDcs, MemoryStore};
 pub use types::*;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Errors from a DCS backend. The variant says whether retrying can help.
@@ -114,6 +115,9 @@ pub trait Dcs: Send + Sync {
 
     /// Write the `status` key (leader's last known WAL position, slots).
     async fn set_status(&self, status: &ClusterStatus) -> Result<()>;
+
+    /// Write the `failsafe` key: the members the leader vouches for (name → API URL).
+    async fn set_failsafe(&self, members: &BTreeMap<String, String>) -> Result<()>;
 
     /// Wait until a control key of this cluster (leader, config, failover, sync,
     /// initialize — see [`keys::KeyLayout::wakes_watchers`]) changes, including the leader

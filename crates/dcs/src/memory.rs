@@ -550,6 +550,14 @@ impl Dcs for MemoryDcs {
         Ok(())
     }
 
+    async fn set_failsafe(&self, members: &BTreeMap<String, String>) -> Result<()> {
+        self.gate().await?;
+        let key = self.keys.failsafe();
+        let text = to_json(&key, members)?;
+        self.cas_put(&key, text, None);
+        Ok(())
+    }
+
     async fn watch(&self, timeout: Duration) -> Result<bool> {
         self.gate().await?;
         let deadline = Instant::now() + timeout;

@@ -32,6 +32,10 @@ pub struct Cluster {
     pub status: Option<ClusterStatus>,
     /// `poolers/*` (pgherd): what each live pooler routes writes by, sorted by id.
     pub poolers: Vec<Pooler>,
+    /// `failsafe`: the members (name → REST API URL) the leader last saw, written while
+    /// `failsafe_mode` is on. Without the DCS the leader stays primary only while every
+    /// one of them answers it; a member missing from it may not race for the key.
+    pub failsafe: Option<BTreeMap<String, String>>,
 }
 
 impl Cluster {

@@ -88,6 +88,7 @@ pub fn router(status: SharedStatus, control: Option<Control>) -> Router {
         )
         .route("/reload", post(operator::post_reload))
         .route("/reinitialize", post(operator::post_reinitialize))
+        .route("/failsafe", get(get_failsafe).post(post_failsafe))
         .with_state(ApiState { status, control })
 }
 
@@ -291,6 +292,9 @@ pub fn patroni_json(s: &NodeStatus) -> Value {
     if s.ha.paused {
         o.insert("pause".into(), json!(true));
     }
+    if failsafe_is_active(s) {
+        o.insert("failsafe_mode_is_active".into(), json!(true));
+    }
     if s.pending_restart {
         o.insert("pending_restart".into(), json!(true));
     }
@@ -475,6 +479,65 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A request body that must be a JSON object.
+/// Failsafe mode is at work: on the primary, it runs on without the DCS; on a replica,
+/// the primary confirmed itself to us less than a ttl ago.
+pub fn failsafe_is_active(s: &NodeStatus) -> bool {
+    let heard = s
+        .failsafe_heard
+        .as_ref()
+        .is_some_and(|(_, at)| at.elapsed() < Duration::from_millis(s.ha.ttl));
+    s.ha.failsafe_mode && (s.failsafe_active || heard)
+}
+
+/// `GET /failsafe`: the members of the `failsafe` key (502 when failsafe mode is off).
+async fn get_failsafe(State(st): State<SharedStatus>) -> Response {
+    let s = st.get();
+    if !s.ha.failsafe_mode {
+        return refuse(StatusCode::BAD_GATEWAY, "failsafe_mode is not enabled").into_response();
+    }
+    let members = s.cluster.as_ref().and_then(|c| c.failsafe.clone());
+    Json(json!(members.unwrap_or_default())).into_response()
+}
+
+/// `POST /failsafe`: a primary that cannot reach the DCS asks us to accept it. A replica
+/// answers `Accepted` (with its WAL position in the `lsn` header) and, for a ttl, does not
+/// race for the leader key; a writable primary refuses with 500. It changes what this
+/// member does, so it needs `restapi.authentication` when that is set.
+async fn post_failsafe(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let s = api.status.get();
+    if !s.ha.failsafe_mode {
+        return refuse(StatusCode::BAD_GATEWAY, "failsafe_mode is not enabled").into_response();
+    }
+    if let Err(refusal) = authorized(&api, &headers) {
+        if refusal.code == StatusCode::UNAUTHORIZED {
+            return refusal.into_response();
+        }
+    }
+    let request = match json_object(&body) {
+        Ok(v) => v,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Some(name) = request
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "`name` (the primary's member name) is required",
+        )
+        .into_response();
+    };
+    if s.running && !s.in_recovery {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "Running as a leader").into_response();
+    }
+    let name = name.to_string();
+    api.status
+        .update(|s| s.failsafe_heard = Some((name, std::time::Instant::now())));
+    let lsn = s.receive_lsn.or(s.replay_lsn).or(s.wal_lsn).unwrap_or(0);
+    (StatusCode::OK, [("lsn", lsn.to_string())], "Accepted").into_response()
+}
+
 fn json_object(body: &[u8]) -> Result<Value, Refusal> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),
@@ -628,6 +691,7 @@ mod tests {
                 synchronous_node_count: 1,
                 member_slots_ttl: 1_800_000,
                 primary_start_timeout: 300_000,
+                failsafe_mode: false,
             },
             Default::default(),
         );

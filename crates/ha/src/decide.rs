@@ -45,6 +45,9 @@ pub struct HaConfig {
     /// How long a crashed primary is restarted in place before its leader key is released
     /// (0: at once).
     pub primary_start_timeout: Millis,
+    /// `failsafe_mode`: without the DCS, the leader stays primary while every member of
+    /// the `failsafe` key confirms it over the REST API (`POST /failsafe`).
+    pub failsafe_mode: bool,
 }
 
 /// Patroni's `synchronous_mode`: `off`, `on` (`FIRST n`) or `quorum` (`ANY n`).
@@ -161,6 +164,8 @@ pub struct AgentMemory {
     /// The `failover` key's version and when it was first seen (a switchover waits a
     /// bounded time for the poolers to drain).
     pub request_seen: Option<(i64, Millis)>,
+    /// The `failsafe` key as last read: whom a leader without the DCS must hear from.
+    pub failsafe_members: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl AgentMemory {
@@ -184,6 +189,7 @@ impl AgentMemory {
         } else if self.no_leader_since.is_none_or(|since| since > now) {
             self.no_leader_since = Some(now);
         }
+        self.failsafe_members = cluster.failsafe.clone();
         self.request_seen = match (&cluster.failover, self.request_seen) {
             (None, _) => None,
             (Some(f), Some((v, at))) if v == f.version && at <= now => Some((v, at)),
@@ -205,9 +211,24 @@ pub struct Observation {
     pub cluster: Option<Cluster>,
     /// Other members' status, present only right after an `AskPeers` action.
     pub peers: Option<Vec<PeerStatus>>,
+    /// The answers of the `failsafe` key's members, present only right after an
+    /// `AskFailsafe` action.
+    pub failsafe: Option<FailsafeRound>,
+    /// The leader that last confirmed itself to us with `POST /failsafe`, and when
+    /// (runner clock).
+    pub failsafe_heard: Option<(String, Millis)>,
     /// An operator's request to this member, waiting to be carried out this tick.
     pub request: Option<MemberRequest>,
     pub memory: AgentMemory,
+}
+
+/// How the members of the `failsafe` key answered a leader that cannot reach the DCS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailsafeRound {
+    /// Every one of them accepted it as the primary: none will take over for a ttl.
+    Confirmed,
+    /// Some did not answer or refused; why, by member.
+    Refused(String),
 }
 
 /// What an operator asks of one member through its REST API (`ctl restart`, `ctl
@@ -281,6 +302,13 @@ pub enum Action {
     RemoveDataDir,
     /// Ask other members for their WAL positions; the runner decides again with `peers`.
     AskPeers,
+    /// Without the DCS, on a primary in failsafe mode: `POST /failsafe` to every other
+    /// member of the `failsafe` key; the runner decides again with `failsafe`. Confirmed,
+    /// it counts as a lease renewal sent when the round started: each member that
+    /// accepted stays out of the race for a ttl from then.
+    AskFailsafe,
+    /// Write the `failsafe` key: these members (name → API URL).
+    SetFailsafe(std::collections::BTreeMap<String, String>),
     /// The operator's restart: stop (fast), then start writable when `as_primary` and
     /// the lease still runs by the runner's clock, otherwise as a standby of the leader.
     Restart {
@@ -339,6 +367,8 @@ impl Action {
             Action::Rewind { .. } => "rewind",
             Action::RemoveDataDir => "remove_data_dir",
             Action::AskPeers => "ask_peers",
+            Action::AskFailsafe => "ask_failsafe",
+            Action::SetFailsafe(_) => "set_failsafe",
             Action::Restart { .. } => "restart",
             Action::Reload => "reload",
             Action::Reinitialize { .. } => "reinitialize",
@@ -489,18 +519,44 @@ fn wait(reason: impl Into<Reason>) -> Vec<(Action, Reason)> {
 }
 
 /// Rule 1: the lease cannot be renewed, so a primary must stop accepting writes before
-/// another member may take over. Everything else waits for the DCS.
+/// another member may take over — unless, in failsafe mode, every member it last saw
+/// confirms it, each promising not to take over for a ttl. Everything else waits for the
+/// DCS.
 fn without_dcs(obs: &Observation, cfg: &HaConfig) -> Vec<(Action, Reason)> {
     if cfg.paused {
         return wait("DCS is not accessible; paused, so taking no action");
     }
-    if is_writable(&obs.local) {
+    if !is_writable(&obs.local) {
+        return wait("DCS is not accessible; waiting for it");
+    }
+    if !cfg.failsafe_mode {
         return vec![act(
             Action::Demote(DemoteMode::Offline),
             "DCS is not accessible and this member runs a writable primary: demoting",
         )];
     }
-    wait("DCS is not accessible; waiting for it")
+    let demote = |why: String| {
+        vec![act(
+            Action::Demote(DemoteMode::Offline),
+            format!("DCS is not accessible and {why}: demoting"),
+        )]
+    };
+    match &obs.failsafe {
+        Some(FailsafeRound::Confirmed) => wait(
+            "DCS is not accessible, but every member of the failsafe key confirmed us: \
+             continuing as the primary (failsafe mode)",
+        ),
+        Some(FailsafeRound::Refused(why)) => {
+            demote(format!("failsafe mode could not confirm us ({why})"))
+        }
+        None => match &obs.memory.failsafe_members {
+            Some(members) if members.contains_key(&obs.me) => vec![act(
+                Action::AskFailsafe,
+                "DCS is not accessible; failsafe mode: asking every member to confirm us",
+            )],
+            _ => demote("the failsafe key does not name this member".into()),
+        },
+    }
 }
 
 /// An operator's request, also in maintenance mode: it is not an automatic action.
@@ -848,8 +904,35 @@ fn lead(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Re
             return actions;
         }
     }
+    actions.extend(failsafe_topology(obs, cluster, cfg));
     actions.extend(keep_slots(obs, cluster, cfg));
     actions
+}
+
+/// In failsafe mode, the leader keeps the `failsafe` key naming every member with a REST
+/// API, itself included: the members that must confirm it when the DCS is gone.
+fn failsafe_topology(
+    obs: &Observation,
+    cluster: &Cluster,
+    cfg: &HaConfig,
+) -> Option<(Action, Reason)> {
+    if !cfg.failsafe_mode || cluster.member(&obs.me).is_none() {
+        return None;
+    }
+    let members: std::collections::BTreeMap<String, String> = cluster
+        .members
+        .iter()
+        .filter(|m| !m.data.api_url.is_empty())
+        .map(|m| (m.name.clone(), m.data.api_url.clone()))
+        .collect();
+    if cluster.failsafe.as_ref() == Some(&members) || !members.contains_key(&obs.me) {
+        return None;
+    }
+    let names: Vec<&str> = members.keys().map(String::as_str).collect();
+    Some(act(
+        Action::SetFailsafe(members.clone()),
+        format!("failsafe mode: recording the members {names:?} in the failsafe key"),
+    ))
 }
 
 /// Fencing at the routers (DESIGN §3 rule 7): before we take writes, every live pooler
@@ -960,6 +1043,9 @@ fn race_for_leader(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<
         actions.extend(keep_slots(obs, cluster, cfg));
         return actions;
     }
+    if let Some(why) = failsafe_leader_alive(obs, cfg) {
+        return wait(format!("no leader key, but not racing for it: {why}"));
+    }
     // `patronictl flush … switchover` leaves an empty request behind: it asks nothing.
     let named =
         |f: &&Versioned<FailoverRequest>| f.value.leader.is_some() || f.value.candidate.is_some();
@@ -1021,9 +1107,25 @@ fn take_over(
 }
 
 /// Why this member may not take over automatically, if it may not.
+/// In failsafe mode, a leader that cannot reach the DCS confirmed itself to us less than
+/// a ttl ago: it runs on, so nobody may take over.
+fn failsafe_leader_alive(obs: &Observation, cfg: &HaConfig) -> Option<String> {
+    let (leader, at) = obs.failsafe_heard.as_ref()?;
+    let ago = obs.now.checked_sub(*at)?;
+    (cfg.failsafe_mode && ago < cfg.ttl && *leader != obs.me)
+        .then(|| format!("{leader} confirmed it runs as the primary {ago} ms ago (failsafe mode)"))
+}
+
 fn failover_ineligibility(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Option<String> {
     if obs.my_tags_nofailover {
         return Some("tagged nofailover".into());
+    }
+    if let Some(members) = cluster.failsafe.as_ref().filter(|_| cfg.failsafe_mode) {
+        // The leader did not vouch for us: it would not have asked us before running on
+        // without the DCS.
+        if !members.is_empty() && !members.contains_key(&obs.me) {
+            return Some("failsafe mode, and the failsafe key does not name us".into());
+        }
     }
     let Some(lsn) = obs.local.wal_lsn else {
         return Some("our WAL position is unknown".into());

@@ -32,6 +32,9 @@ pub struct DynamicConfig {
     pub primary_start_timeout: Duration,
     /// Maintenance mode.
     pub pause: bool,
+    /// Patroni's `failsafe_mode`: without the DCS the leader stays primary while every
+    /// member it last saw answers it (default false).
+    pub failsafe_mode: bool,
     pub postgresql: DynamicPostgresql,
     /// Other keys (Patroni's `check_timeline`, `slots`, `standby_cluster`, ...): not
     /// interpreted, kept so they survive a round trip through the DCS.
@@ -76,6 +79,7 @@ impl Default for DynamicConfig {
             member_slots_ttl: Duration::from_secs(1800),
             primary_start_timeout: Duration::from_secs(300),
             pause: false,
+            failsafe_mode: false,
             postgresql: DynamicPostgresql::default(),
             other: BTreeMap::new(),
         }
@@ -128,6 +132,9 @@ impl DynamicConfig {
             "primary_start_timeout".into(),
             seconds_json(self.primary_start_timeout),
         );
+        if self.failsafe_mode {
+            out.insert("failsafe_mode".into(), true.into());
+        }
         if self.pause {
             out.insert("pause".into(), true.into());
         } else {
@@ -161,6 +168,7 @@ pub struct Read {
     pub member_slots_ttl: Option<Duration>,
     pub primary_start_timeout: Option<Duration>,
     pub pause: Option<bool>,
+    pub failsafe_mode: Option<bool>,
     pub use_pg_rewind: Option<bool>,
     pub use_slots: Option<bool>,
     pub parameters: BTreeMap<String, String>,
@@ -200,6 +208,7 @@ impl Read {
                 .primary_start_timeout
                 .unwrap_or(d.primary_start_timeout),
             pause: self.pause.unwrap_or(d.pause),
+            failsafe_mode: self.failsafe_mode.unwrap_or(d.failsafe_mode),
             postgresql: DynamicPostgresql {
                 use_pg_rewind: self.use_pg_rewind.unwrap_or(d.postgresql.use_pg_rewind),
                 use_slots: self.use_slots.unwrap_or(d.postgresql.use_slots),
@@ -247,6 +256,7 @@ pub fn read(value: &Value) -> Read {
                 r.primary_start_timeout = seconds(&mut r, key, v, 0)
             }
             "pause" => r.pause = boolean(&mut r, key, v),
+            "failsafe_mode" => r.failsafe_mode = boolean(&mut r, key, v),
             "postgresql" => read_postgresql(&mut r, v),
             _ => {
                 r.other.insert(key.clone(), v.clone());
@@ -365,6 +375,7 @@ pub fn apply(base: &HaConfig, config: Option<&Value>) -> Dynamic {
         .maximum_lag_on_failover
         .unwrap_or(base.maximum_lag_on_failover);
     ha.paused = r.pause.unwrap_or(base.paused);
+    ha.failsafe_mode = r.failsafe_mode.unwrap_or(base.failsafe_mode);
     ha.synchronous_mode = r.synchronous_mode.unwrap_or(base.synchronous_mode);
     ha.synchronous_mode_strict = r
         .synchronous_mode_strict
@@ -615,7 +626,7 @@ pub fn ha_settings(
     let r = config.map(read).unwrap_or_default();
     let from_dcs = |v: Option<Duration>| v.map(seconds_json);
     type Field = fn(&HaConfig) -> Value;
-    let rows: [(&'static str, Field, Option<Value>); 12] = [
+    let rows: [(&'static str, Field, Option<Value>); 13] = [
         (
             "ttl",
             |h| seconds_json(Duration::from_millis(h.ttl)),
@@ -637,6 +648,11 @@ pub fn ha_settings(
             r.maximum_lag_on_failover.map(Value::from),
         ),
         ("pause", |h| h.paused.into(), r.pause.map(Value::from)),
+        (
+            "failsafe_mode",
+            |h| h.failsafe_mode.into(),
+            r.failsafe_mode.map(Value::from),
+        ),
         (
             "synchronous_mode",
             |h| h.synchronous_mode.to_json(),
@@ -812,6 +828,7 @@ mod tests {
             synchronous_node_count: 1,
             member_slots_ttl: 1_800_000,
             primary_start_timeout: 300_000,
+            failsafe_mode: false,
         }
     }
 

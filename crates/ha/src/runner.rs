@@ -5,8 +5,9 @@
 //! the rest of the tick's list, and the loop observes again at once.
 
 use crate::decide::{
-    decide, history_after_promotion, Action, AgentMemory, DataDirState, DemoteMode, HaConfig,
-    LocalPg, MemberRequest, Millis, Observation, PeerStatus, Standby, SyncSetting, SynchronousMode,
+    decide, history_after_promotion, Action, AgentMemory, DataDirState, DemoteMode, FailsafeRound,
+    HaConfig, LocalPg, MemberRequest, Millis, Observation, PeerStatus, Standby, SyncSetting,
+    SynchronousMode,
 };
 use crate::dynamic;
 use crate::operator::{self, Answer, Command, ScheduledRestart};
@@ -463,6 +464,10 @@ impl Agent {
             obs.peers = Some(peers);
             plan = decide(&obs, &cfg);
         }
+        if plan.iter().any(|(a, _)| *a == Action::AskFailsafe) {
+            obs.failsafe = Some(self.ask_failsafe().await);
+            plan = decide(&obs, &cfg);
+        }
         // The leader's heartbeat (renew, keep slots) is the decision only when it is all.
         let heartbeat = |a: &Action| matches!(a, Action::RenewLeader | Action::EnsureSlots(_));
         let telling = plan.iter().find(|(a, _)| !heartbeat(a)).or(plan.first());
@@ -492,7 +497,7 @@ impl Agent {
                 continue;
             }
             self.last_wait_reason = None;
-            if action == Action::AskPeers {
+            if matches!(action, Action::AskPeers | Action::AskFailsafe) {
                 // Asked already this tick; decide() wants another round.
                 again = true;
                 break;
@@ -561,6 +566,7 @@ impl Agent {
             self.status.update(|s| {
                 s.cluster = Some(c.clone());
                 s.dcs_last_seen = Some(SystemTime::now());
+                s.failsafe_active = false;
             });
         }
         let local = self.observe_local().await?;
@@ -591,6 +597,8 @@ impl Agent {
             local,
             cluster,
             peers: None,
+            failsafe: None,
+            failsafe_heard: self.failsafe_heard(),
             request: self.pending.as_ref().map(|p| p.request),
             memory: self.memory.clone(),
         })
@@ -799,6 +807,85 @@ impl Agent {
         futures::future::join_all(asks).await
     }
 
+    /// The leader that last confirmed itself to our REST API (`POST /failsafe`), and
+    /// when, on the runner's clock.
+    fn failsafe_heard(&self) -> Option<(String, Millis)> {
+        let (leader, at) = self.status.get().failsafe_heard?;
+        let ago = at.elapsed().as_millis() as Millis;
+        Some((leader, self.now().saturating_sub(ago)))
+    }
+
+    /// Failsafe mode without the DCS: ask every other member of the `failsafe` key to
+    /// accept us as the primary. The round ends by the lease cutoff, so a refusal still
+    /// leaves time to demote. Confirmed, it extends our lease as a renewal sent now
+    /// would: each member that accepted stays out of the race for a ttl from its answer.
+    async fn ask_failsafe(&mut self) -> FailsafeRound {
+        let sent = Instant::now();
+        let members: Vec<(String, String)> = self
+            .memory
+            .failsafe_members
+            .iter()
+            .flatten()
+            .filter(|(name, _)| **name != self.spec.name)
+            .map(|(name, url)| (name.clone(), url.clone()))
+            .collect();
+        let me = self.status.get();
+        let body = serde_json::json!({
+            "name": self.spec.name,
+            "conn_url": me.conn_url,
+            "api_url": me.api_url,
+        });
+        let this = &*self;
+        let asks = members.iter().map(|(name, url)| {
+            let body = &body;
+            async move {
+                let refusal = this.post_failsafe(url, body).await.err();
+                (name.as_str(), refusal)
+            }
+        });
+        let round = futures::future::join_all(asks);
+        let answers = match self.dcs_cutoff() {
+            Some(cutoff) => match tokio::time::timeout_at(cutoff.into(), round).await {
+                Ok(answers) => answers,
+                Err(_) => {
+                    return FailsafeRound::Refused(
+                        "the members did not answer before the lease cutoff".into(),
+                    )
+                }
+            },
+            None => round.await,
+        };
+        let refusals: Vec<String> = answers
+            .into_iter()
+            .filter_map(|(name, refusal)| refusal.map(|why| format!("{name}: {why}")))
+            .collect();
+        if !refusals.is_empty() {
+            return FailsafeRound::Refused(refusals.join("; "));
+        }
+        self.lease_expires = Some(sent + Duration::from_millis(self.dynamic.ha.ttl));
+        self.status.update(|s| s.failsafe_active = true);
+        FailsafeRound::Confirmed
+    }
+
+    /// `POST /failsafe` to one member: `Ok` when it answers 200 `Accepted`.
+    async fn post_failsafe(&self, api_url: &str, body: &serde_json::Value) -> Result<(), String> {
+        let mut url = reqwest::Url::parse(api_url).map_err(|e| format!("bad API URL: {e}"))?;
+        url.set_path("/failsafe");
+        url.set_query(None);
+        let mut request = self.http.post(url).json(body);
+        if let Some(auth) = &self.spec.api_auth {
+            request = request.basic_auth(&auth.username, Some(&auth.password));
+        }
+        let answer = request.send().await.map_err(|e| e.to_string())?;
+        let code = answer.status();
+        let text = answer.text().await.unwrap_or_default();
+        if code == reqwest::StatusCode::OK && text.trim() == "Accepted" {
+            Ok(())
+        } else {
+            Err(format!("answered {code}: {}", text.trim()))
+        }
+    }
+
     // ----- act -----
 
     /// Carry out one action. `Ok(false)`: it did not go through (lost a race).
@@ -809,7 +896,11 @@ impl Agent {
         reason: &str,
     ) -> Result<bool, ActionError> {
         match action {
-            Action::Wait | Action::AskPeers => Ok(true),
+            Action::Wait | Action::AskPeers | Action::AskFailsafe => Ok(true),
+            Action::SetFailsafe(members) => {
+                self.leased(self.dcs.set_failsafe(members)).await?;
+                Ok(true)
+            }
             Action::Initialize => self.initialize().await,
             Action::AcquireLeader => {
                 let sent = Instant::now();
@@ -1616,6 +1707,7 @@ pub fn default_ha_config() -> HaConfig {
         synchronous_node_count: 1,
         member_slots_ttl: 1_800_000,
         primary_start_timeout: 300_000,
+        failsafe_mode: false,
     }
 }
 

@@ -76,6 +76,11 @@ pub struct NodeStatus {
     pub last_decision: Option<(String, String)>,
     /// Why this member, as leader, last dropped a switchover or failover request.
     pub last_request_dropped: Option<String>,
+    /// On the primary: the DCS is unreachable and every member confirmed us lately
+    /// (failsafe mode).
+    pub failsafe_active: bool,
+    /// On a replica: the leader that last confirmed itself with `POST /failsafe`, and when.
+    pub failsafe_heard: Option<(String, Instant)>,
 }
 
 impl NodeStatus {
@@ -118,6 +123,8 @@ impl NodeStatus {
             promotions: 0,
             last_decision: None,
             last_request_dropped: None,
+            failsafe_active: false,
+            failsafe_heard: None,
         }
     }
 

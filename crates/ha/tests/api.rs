@@ -508,3 +508,92 @@ async fn hostile_clients_get_errors_and_the_api_keeps_answering_others() {
     }
     drop(hanging);
 }
+
+/// `POST /failsafe` (failsafe mode): a replica accepts a primary that cannot reach the
+/// DCS and says so in `/patroni`; a primary refuses; without failsafe mode, or without
+/// the credentials when `restapi.authentication` is set, nothing is accepted.
+#[tokio::test]
+async fn failsafe_posts_are_accepted_by_replicas_only() {
+    use pgherd_dcs::memory::{MemoryDcs, MemoryStore};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let serve_with_auth = |status: SharedStatus| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let control = pgherd_ha::api::Control {
+            dcs: Arc::new(MemoryDcs::new(
+                MemoryStore::new(),
+                "/service",
+                "demo",
+                "node2",
+                Duration::from_secs(30),
+            )),
+            auth: Some(pgherd_ha::spec::ApiAuth {
+                username: "admin".into(),
+                password: "s3cret".into(),
+            }),
+            agent: None,
+        };
+        tokio::spawn(pgherd_ha::api::serve(
+            listener,
+            status,
+            Some(control),
+            std::future::pending(),
+        ));
+        base
+    };
+    let http = reqwest::Client::new();
+    let post = |base: String, body: &'static str, auth: bool| {
+        let mut r = http.post(format!("{base}/failsafe")).body(body);
+        if auth {
+            r = r.basic_auth("admin", Some("s3cret"));
+        }
+        async move { r.send().await.expect("POST /failsafe") }
+    };
+    let leader = r#"{"name": "node1", "conn_url": "postgres://127.0.0.1:5432/postgres",
+                     "api_url": "http://127.0.0.1:8008/patroni"}"#;
+
+    // Failsafe mode off: 502, as Patroni answers.
+    let replica = status(Role::Replica, 30 << 20);
+    let base = serve_with_auth(replica.clone()).await;
+    assert_eq!(post(base.clone(), leader, true).await.status(), 502);
+    assert_eq!(code(&base, reqwest::Method::GET, "/failsafe").await, 502);
+
+    replica.update(|s| s.ha.failsafe_mode = true);
+    assert_eq!(post(base.clone(), leader, false).await.status(), 401);
+    assert_eq!(post(base.clone(), "{not json", true).await.status(), 400);
+    assert_eq!(
+        post(base.clone(), r#"{"conn_url": "x"}"#, true)
+            .await
+            .status(),
+        400
+    );
+    assert!(get_json(&base, "/patroni")
+        .await
+        .get("failsafe_mode_is_active")
+        .is_none());
+
+    let accepted = post(base.clone(), leader, true).await;
+    assert_eq!(accepted.status(), 200);
+    let lsn = accepted
+        .headers()
+        .get("lsn")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(lsn.as_deref(), Some((30u64 << 20).to_string().as_str()));
+    assert_eq!(accepted.text().await.unwrap(), "Accepted");
+    assert_eq!(
+        get_json(&base, "/patroni").await["failsafe_mode_is_active"],
+        true
+    );
+    let heard = replica.get().failsafe_heard.map(|(name, _)| name);
+    assert_eq!(heard.as_deref(), Some("node1"));
+
+    // A writable primary never accepts another primary.
+    let primary = status(Role::Primary, 50 << 20);
+    primary.update(|s| s.ha.failsafe_mode = true);
+    let base = serve_with_auth(primary).await;
+    let refused = post(base, leader, true).await;
+    assert_eq!(refused.status(), 500);
+    assert_eq!(refused.text().await.unwrap(), "Running as a leader");
+}

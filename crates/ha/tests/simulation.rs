@@ -188,6 +188,7 @@ impl FakeDcs {
                     state: state.clone(),
                 })
                 .collect(),
+            failsafe: None,
         }
     }
 }
@@ -488,6 +489,7 @@ impl Sim {
             synchronous_node_count: rng.random_range(1..=2),
             member_slots_ttl: 1_800_000,
             primary_start_timeout: if rng.random_bool(0.5) { 0 } else { 300_000 },
+            failsafe_mode: false,
         };
         let mut sim = Sim {
             seed,
@@ -887,6 +889,9 @@ impl Sim {
                 Action::Clone { .. } => self.rng.random_range(1_000..5_000),
                 Action::Rewind { .. } => self.rng.random_range(500..3_000),
                 Action::RemoveDataDir => 100,
+                Action::AskFailsafe | Action::SetFailsafe(_) => {
+                    unreachable!("the simulation runs without failsafe mode")
+                }
                 Action::AskPeers => {
                     if self.peers_all_answer(i) {
                         self.rng.random_range(5..50)
@@ -1003,6 +1008,8 @@ impl Sim {
             local,
             cluster,
             peers,
+            failsafe: None,
+            failsafe_heard: None,
             request: None,
             memory: node.memory.clone(),
         };
@@ -1105,6 +1112,9 @@ impl Sim {
         let observed_leader = self.nodes[i].observed_leader.clone();
         match action {
             Action::Wait | Action::EnsureSlots(_) => true,
+            Action::AskFailsafe | Action::SetFailsafe(_) => {
+                unreachable!("the simulation runs without failsafe mode")
+            }
             Action::Restart { .. } | Action::Reload | Action::Reinitialize { .. } => {
                 unreachable!("the simulation sends no operator requests")
             }

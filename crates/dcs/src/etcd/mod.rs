@@ -23,7 +23,7 @@ use crate::{
     Result, SyncState,
 };
 use rpc::{Compare, EtcdClient, RequestOp, ResponseHeader, RpcError, WatchCreateRequest};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -548,6 +548,14 @@ impl Dcs for EtcdDcs {
         let key = self.keys.status();
         let text = to_json(&key, status)?;
         self.cas_put("set_status", key, text, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn set_failsafe(&self, members: &BTreeMap<String, String>) -> Result<()> {
+        let key = self.keys.failsafe();
+        let text = to_json(&key, members)?;
+        self.cas_put("set_failsafe", key, text, None)
             .await
             .map(|_| ())
     }

@@ -117,6 +117,11 @@ pub fn render(s: &NodeStatus) -> String {
     );
     gauge("patroni_is_paused", "Maintenance mode.", flag(s.ha.paused));
     gauge(
+        "patroni_failsafe_mode_is_active",
+        "Failsafe mode keeps the primary running without the DCS.",
+        flag(super::failsafe_is_active(s)),
+    );
+    gauge(
         "pgherd_replication_lag_bytes",
         "Bytes behind the cluster's last known primary position (0 on the primary).",
         if primary {

@@ -21,6 +21,7 @@ fn cfg() -> HaConfig {
         synchronous_node_count: 1,
         member_slots_ttl: 1_800_000,
         primary_start_timeout: 300_000,
+        failsafe_mode: false,
     }
 }
 
@@ -154,6 +155,8 @@ fn obs(me: &str, local: LocalPg, cluster: Option<Cluster>) -> Observation {
         local,
         cluster,
         peers: None,
+        failsafe: None,
+        failsafe_heard: None,
         request: None,
         memory: AgentMemory::default(),
     }
@@ -1154,6 +1157,7 @@ fn with_primary_start_timeout_zero_a_crashed_primary_releases_the_key_at_once() 
     o.memory.primary_down_since = Some(o.now);
     let at_once = HaConfig {
         primary_start_timeout: 0,
+        failsafe_mode: false,
         ..cfg()
     };
     assert_eq!(decided(&o, &at_once), [Action::ReleaseLeader]);
@@ -1536,4 +1540,118 @@ fn a_switchover_waits_a_bounded_time_for_the_poolers_to_drain() {
     // Not drained after the bound: on anyway.
     o.memory.request_seen = Some((7, o.now - 60_000));
     assert!(decided(&o, &cfg()).contains(&Action::AskPeers));
+}
+
+// Failsafe mode (Patroni's `failsafe_mode`).
+
+fn failsafe_cfg() -> HaConfig {
+    HaConfig {
+        failsafe_mode: true,
+        ..cfg()
+    }
+}
+
+fn failsafe_key(names: &[&str]) -> std::collections::BTreeMap<String, String> {
+    names
+        .iter()
+        .map(|n| (n.to_string(), format!("http://{n}:8008/patroni")))
+        .collect()
+}
+
+/// The leader `pg-a` without the DCS, having last read a failsafe key naming everyone.
+fn failsafe_primary_without_dcs() -> Observation {
+    let mut o = obs("pg-a", primary(5_000), None);
+    o.memory.failsafe_members = Some(failsafe_key(&["pg-a", "pg-b", "pg-c"]));
+    o
+}
+
+#[test]
+fn failsafe_primary_without_dcs_asks_the_members_first() {
+    let o = failsafe_primary_without_dcs();
+    assert_eq!(decided(&o, &failsafe_cfg()), vec![Action::AskFailsafe]);
+}
+
+#[test]
+fn failsafe_primary_stays_primary_when_every_member_confirms_it() {
+    let mut o = failsafe_primary_without_dcs();
+    o.failsafe = Some(FailsafeRound::Confirmed);
+    assert_eq!(decided(&o, &failsafe_cfg()), vec![Action::Wait]);
+    assert!(reason_of(&o, &failsafe_cfg()).contains("continuing as the primary"));
+}
+
+#[test]
+fn failsafe_primary_demotes_when_a_member_does_not_confirm_it() {
+    let mut o = failsafe_primary_without_dcs();
+    o.failsafe = Some(FailsafeRound::Refused("pg-c: connection refused".into()));
+    assert_eq!(
+        decided(&o, &failsafe_cfg()),
+        vec![Action::Demote(DemoteMode::Offline)]
+    );
+    assert!(reason_of(&o, &failsafe_cfg()).contains("pg-c: connection refused"));
+}
+
+#[test]
+fn failsafe_primary_not_named_in_the_key_demotes() {
+    let mut o = failsafe_primary_without_dcs();
+    o.memory.failsafe_members = Some(failsafe_key(&["pg-b", "pg-c"]));
+    assert_eq!(
+        decided(&o, &failsafe_cfg()),
+        vec![Action::Demote(DemoteMode::Offline)]
+    );
+    o.memory.failsafe_members = None;
+    assert_eq!(
+        decided(&o, &failsafe_cfg()),
+        vec![Action::Demote(DemoteMode::Offline)]
+    );
+}
+
+#[test]
+fn without_failsafe_mode_the_primary_demotes_without_asking() {
+    let o = failsafe_primary_without_dcs();
+    assert_eq!(
+        decided(&o, &cfg()),
+        vec![Action::Demote(DemoteMode::Offline)]
+    );
+}
+
+#[test]
+fn leader_records_the_members_in_the_failsafe_key_once() {
+    let mut c = cluster(Some("pg-a"));
+    for m in &mut c.members {
+        m.data.api_url = format!("http://{}:8008/patroni", m.name);
+    }
+    let o = obs("pg-a", primary(5_000), Some(c.clone()));
+    let want = Action::SetFailsafe(failsafe_key(&["pg-a", "pg-b", "pg-c"]));
+    assert!(decided(&o, &failsafe_cfg()).contains(&want));
+    assert!(
+        !decided(&o, &cfg()).contains(&want),
+        "only in failsafe mode"
+    );
+
+    c.failsafe = Some(failsafe_key(&["pg-a", "pg-b", "pg-c"]));
+    let o = obs("pg-a", primary(5_000), Some(c));
+    let written = decided(&o, &failsafe_cfg());
+    assert!(!written.iter().any(|a| matches!(a, Action::SetFailsafe(_))));
+}
+
+#[test]
+fn replica_confirmed_to_by_a_failsafe_primary_does_not_race() {
+    let mut o = obs("pg-b", replica(5_000), Some(cluster(None)));
+    o.failsafe_heard = Some(("pg-a".into(), o.now - 1_000));
+    assert_eq!(decided(&o, &failsafe_cfg()), vec![Action::Wait]);
+    assert!(reason_of(&o, &failsafe_cfg()).contains("pg-a confirmed"));
+
+    // A ttl later the promise has run out: the usual race.
+    o.failsafe_heard = Some(("pg-a".into(), o.now - 30_000));
+    assert_eq!(decided(&o, &failsafe_cfg()), vec![Action::AskPeers]);
+}
+
+#[test]
+fn member_missing_from_the_failsafe_key_does_not_race() {
+    let mut c = cluster(None);
+    c.failsafe = Some(failsafe_key(&["pg-a", "pg-c"]));
+    let o = obs("pg-b", replica(5_000), Some(c));
+    assert_eq!(decided(&o, &failsafe_cfg()), vec![Action::Wait]);
+    assert!(reason_of(&o, &failsafe_cfg()).contains("does not name us"));
+    assert_eq!(decided(&o, &cfg()), vec![Action::AskPeers]);
 }
