@@ -15,7 +15,7 @@
 #
 # Usage: bench/chaos.sh [--faults N] [--seed S] [--async] [--only k1,k2] [--skip k1,k2]
 #                       [--report FILE] [--keep] [--recovery-timeout S] [--dry-run]
-# Defaults: 20 faults, seed 1, synchronous mode, report in bench/chaos-report.json.
+# Defaults: 20 faults, seed 1, synchronous mode, JSON report in /tmp/pgherd-chaos-report.json.
 # Env: PGHERD_BIN=/path/to/pgherd uses that binary (default: build the release binaries).
 # Exit status: 0 pass; 1 a lost acknowledged write (synchronous mode), a split brain or a
 # fault not survived; 2 the run could not be set up. Runs as root.
@@ -27,7 +27,7 @@ case " $* " in *" -h "*|*" --help "*) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
 
 args=("$@")
 case " $* " in *" --faults "*) ;; *) args+=(--faults 20) ;; esac
-case " $* " in *" --report "*) ;; *) args+=(--report "$REPO/bench/chaos-report.json") ;; esac
+case " $* " in *" --report "*) ;; *) args+=(--report "${TMPDIR:-/tmp}/pgherd-chaos-report.json") ;; esac
 
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
 if [ -n "${PGHERD_BIN:-}" ]; then

@@ -76,14 +76,14 @@ fn short_chaos_run_passes_and_leaves_nothing_behind() {
     let json = std::fs::read_to_string(&report).unwrap_or_default();
     let _ = std::fs::remove_file(&report);
 
+    assert!(leftover.is_empty(), "namespaces left behind: {leftover:?}");
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
     assert!(
         out.status.success(),
         "the chaos run failed ({}):\n{stdout}\n--- stderr (tail) ---\n{}",
         out.status,
         tail.join("\n")
     );
-    assert!(leftover.is_empty(), "namespaces left behind: {leftover:?}");
-    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
     let v: serde_json::Value = serde_json::from_str(&json).expect("the JSON report");
     assert_eq!(v["faults_injected"], 10);
     assert_eq!(v["faults_survived"], 10);
