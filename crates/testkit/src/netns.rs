@@ -1,9 +1,9 @@
 //! Network namespaces for fault injection: a hub namespace holding a bridge, and one
 //! namespace per host (a cluster member, an etcd member) joined to the hub's bridge by a
 //! veth pair, with an address in a private subnet that exists only inside these
-//! namespaces. Nothing is added to the root namespace. Partitions are blackhole routes in
-//! the cut host's namespace: its packets to the cut addresses are dropped, so the far side
-//! sees silence (its packets arrive, the answers never leave).
+//! namespaces. Nothing is added to the root namespace. Partitions are routes in the cut
+//! host's namespace: its packets to the cut addresses are dropped silently, so the far
+//! side sees silence too (its packets arrive, the answers never leave); see [`cut`].
 //!
 //! Every name starts with a per-run prefix (`<base>-<pid>-`); [`remove_stale`] removes what
 //! a run that died left behind, and [`Lab`]'s drop kills every process inside its
@@ -184,7 +184,7 @@ impl Lab {
     /// Add host `name` (namespace `<prefix>-<name>`) at `<subnet>.<octet>`, its `eth0`
     /// paired with port `<name>` on the hub's bridge.
     pub fn add_host(&mut self, name: &str, octet: u8) -> anyhow::Result<Host> {
-        if name.len() > 15 || octet <= 1 {
+        if name.len() > 15 || octet <= 1 || octet == SINK_OCTET {
             bail!("host name {name:?} too long for an interface, or octet {octet} taken");
         }
         let s = self.subnet;
@@ -241,9 +241,30 @@ impl Lab {
     }
 }
 
-/// In namespace `ns`, drop the packets to each of `to` (blackhole routes): that host no
-/// longer reaches them, and what they send it gets no answer.
+/// In namespace `ns`, send the packets for each of `to` to a gateway that does not exist
+/// (`<its /24>.254`, which no host of a lab may use): they are dropped silently, as in a
+/// real partition — connections hang and time out, nothing is refused — and what the
+/// others send this host gets no answer.
 pub fn cut(ns: &str, to: &[Ipv4Addr]) -> anyhow::Result<()> {
+    for a in to {
+        let o = a.octets();
+        let sink = Ipv4Addr::new(o[0], o[1], o[2], SINK_OCTET).to_string();
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "replace",
+            &format!("{a}/32"),
+            "via",
+            &sink,
+        ])?;
+    }
+    Ok(())
+}
+
+/// As [`cut`], but with blackhole routes: this host's own attempts fail at once
+/// (`EINVAL`), like a cable pulled on its side.
+pub fn cut_reject(ns: &str, to: &[Ipv4Addr]) -> anyhow::Result<()> {
     for a in to {
         ip(&[
             "-n",
@@ -257,10 +278,27 @@ pub fn cut(ns: &str, to: &[Ipv4Addr]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Remove every cut made in namespace `ns`.
+/// Remove every cut made in namespace `ns` (both kinds).
 pub fn heal(ns: &str) -> anyhow::Result<()> {
-    ip(&["-n", ns, "route", "flush", "type", "blackhole"])
+    ip(&["-n", ns, "route", "flush", "type", "blackhole"])?;
+    let out = Command::new(IP)
+        .args(["-n", ns, "-4", "route", "show"])
+        .output()
+        .context("ip route show")?;
+    // `A via X.Y.Z.254 dev eth0`: the silent cuts.
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let [dst, "via", gw, ..] = words.as_slice() {
+            if gw.rsplit('.').next() == Some(&SINK_OCTET.to_string()) {
+                ip(&["-n", ns, "route", "delete", dst, "via", gw])?;
+            }
+        }
+    }
+    Ok(())
 }
+
+/// The last octet of the gateway that silently drops what is routed to it.
+pub const SINK_OCTET: u8 = 254;
 
 impl Drop for Lab {
     fn drop(&mut self) {
