@@ -674,6 +674,7 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
     drop(c);
     let mut pooler = Pooler::start(&run_dir, &pgherd, SCOPE)?;
     let sh = Shared::new(3, args.max_run());
+    let clock_zero = report::utc_clock(std::time::SystemTime::now());
     let writer = tokio::spawn(load::writer(sh.clone()));
     let reader = tokio::spawn(load::reader(sh.clone()));
     let probes: Vec<_> = {
@@ -691,7 +692,7 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
         bail!("no write acknowledged through the pooler within 60 s of the start");
     }
     println!(
-        "cluster up in {:.1} s (primary m{}); injecting",
+        "cluster up in {:.1} s (primary m{}); times below are seconds since {clock_zero} UTC",
         setup_start.elapsed().as_secs_f64(),
         primary + 1
     );
@@ -953,6 +954,14 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
             "reads_ok": sh.reads_ok.load(Ordering::Relaxed),
             "reads_failed": sh.reads_failed.load(Ordering::Relaxed),
             "probe_acks": probe_acks,
+            "clock_zero_utc": clock_zero,
+            "writable_runs_s": probe_data
+                .iter()
+                .map(|p| report::certain_runs(p)
+                    .into_iter()
+                    .map(|(a, b)| [a as f64 / 1000.0, b as f64 / 1000.0])
+                    .collect::<Vec<_>>())
+                .collect::<Vec<_>>(),
             "split_brain": split,
             "agent_unexpected_exits": exits,
             "aborted": aborted,

@@ -42,7 +42,7 @@ pub struct SplitBrain {
 /// A member's runs of acknowledged probes, each as the interval it was certainly
 /// writable: from the first run's acknowledgement to the last one's sending (each commit
 /// lies between its sending and its acknowledgement).
-fn certain_runs(attempts: &[Attempt]) -> Vec<(u64, u64)> {
+pub fn certain_runs(attempts: &[Attempt]) -> Vec<(u64, u64)> {
     let mut runs = Vec::new();
     let mut cur: Option<(u64, u64)> = None;
     for a in attempts {
@@ -156,6 +156,22 @@ pub fn max_gap(acks: &[u64], from: u64, to: u64) -> f64 {
     }
     gap = gap.max(to.saturating_sub(prev));
     gap as f64 / 1000.0
+}
+
+/// Wall-clock `HH:MM:SS.mmm` UTC of `t`, to find a moment of the run in the logs.
+pub fn utc_clock(t: std::time::SystemTime) -> String {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 #[cfg(test)]
