@@ -612,10 +612,11 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
     let run_dir = args.work_dir.join(prefix);
     let synchronous = !args.asynchronous;
     let faults = plan::plan(args.seed, args.faults, &kinds, lab::TTL);
-    let mode = if synchronous {
-        "synchronous"
-    } else {
-        "asynchronous"
+    let mode = match (synchronous, args.failsafe) {
+        (true, false) => "synchronous",
+        (false, false) => "asynchronous",
+        (true, true) => "synchronous, failsafe",
+        (false, true) => "asynchronous, failsafe",
     };
     println!(
         "pgherd-chaos: seed {}, {mode} mode, {} faults, ttl/loop_wait/retry_timeout {}/{}/{}, recovery bound {} s",
