@@ -78,6 +78,10 @@ struct Args {
     /// Keep the run directory (configs, agent, PostgreSQL, etcd and pooler logs).
     #[arg(long)]
     keep: bool,
+    /// Copy every `*.log` of the run (agents, PostgreSQL, etcd, pooler) into this
+    /// directory before the run directory is removed (the test suite's log check).
+    #[arg(long)]
+    logs_to: Option<PathBuf>,
     /// Print the plan and exit.
     #[arg(long)]
     dry_run: bool,
@@ -275,6 +279,9 @@ fn outer_run(args: &Args) -> anyhow::Result<i32> {
         drop(lab);
         status
     };
+    if let Some(to) = &args.logs_to {
+        copy_logs(&run_dir, &to.join(&prefix));
+    }
     if args.keep {
         let _ = std::fs::write(run_dir.join("KEEP"), "");
         eprintln!("pgherd-chaos: logs kept in {}", run_dir.display());
@@ -282,6 +289,36 @@ fn outer_run(args: &Args) -> anyhow::Result<i32> {
         eprintln!("pgherd-chaos: removing {}: {e}", run_dir.display());
     }
     Ok(code)
+}
+
+/// Copy each `*.log` file under `from` (4 levels down at most) into `to`, named by its
+/// path below `from`.
+fn copy_logs(from: &Path, to: &Path) {
+    if let Err(e) = std::fs::create_dir_all(to) {
+        eprintln!("pgherd-chaos: creating {}: {e}", to.display());
+        return;
+    }
+    let mut stack = vec![(from.to_path_buf(), 0usize)];
+    // Bounded by the depth and the files present.
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() && depth < 4 {
+                stack.push((path, depth + 1));
+            } else if kind.is_file() && path.extension().is_some_and(|x| x == "log") {
+                let name = path
+                    .strip_prefix(from)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('/', "_");
+                let _ = std::fs::copy(&path, to.join(name));
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------- inside the hub
