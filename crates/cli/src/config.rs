@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub bootstrap: BootstrapConfig,
     pub postgresql: PostgresqlConfig,
     pub tags: TagsConfig,
+    /// `watchdog`: the device, and pgherd's fencer process.
+    pub watchdog: WatchdogConfig,
 }
 
 /// A `host:port` address. IPv6 hosts are stored without brackets.
@@ -269,6 +271,8 @@ fn join_lines(errors: &[FieldError]) -> String {
 }
 
 mod env;
+mod watchdog;
+pub use watchdog::WatchdogConfig;
 
 /// Read and validate the node config at `path`, with the `PATRONI_*` environment
 /// variables overriding its keys (as in Patroni).
@@ -934,7 +938,7 @@ fn connect_address(
 // ---------------------------------------------------------------------------------------
 // Sections.
 
-const UNSUPPORTED_SECTIONS: [&str; 5] = ["log", "watchdog", "ctl", "citus", "exhibitor"];
+const UNSUPPORTED_SECTIONS: [&str; 4] = ["log", "ctl", "citus", "exhibitor"];
 const OTHER_DCS: [&str; 4] = ["kubernetes", "consul", "zookeeper", "raft"];
 
 fn node_config(ctx: &mut Ctx, doc: &Value) -> NodeConfig {
@@ -961,6 +965,7 @@ fn node_config(ctx: &mut Ctx, doc: &Value) -> NodeConfig {
     let bootstrap = bootstrap(ctx, &mut root);
     let postgresql = postgresql(ctx, &mut root);
     let tags = tags(ctx, &mut root);
+    let watchdog = watchdog::watchdog(ctx, &mut root);
 
     for key in UNSUPPORTED_SECTIONS {
         root.ignore(ctx, key, "not supported, ignored");
@@ -976,6 +981,7 @@ fn node_config(ctx: &mut Ctx, doc: &Value) -> NodeConfig {
         bootstrap,
         postgresql,
         tags,
+        watchdog,
     }
 }
 

@@ -190,6 +190,13 @@ async fn start_members(
             rewind: None,
             pg_ctl_timeout: Duration::from_secs(60),
             callbacks: Default::default(),
+            // The demo's agents share one process, which no fencer could tell apart, and
+            // a laptop's watchdog device must not reset it.
+            watchdog: pgherd_ha::watchdog::WatchdogSpec {
+                mode: pgherd_ha::watchdog::WatchdogMode::Off,
+                fencer: None,
+                ..Default::default()
+            },
         };
         let running = member::start(spec.clone(), member_dcs(store, &name)).await?;
         out.push(DemoMember {

@@ -68,20 +68,21 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// Run a 3-member cluster on this machine, with an in-process DCS.
     Demo(demo::DemoArgs),
+    /// The fencer the node agent starts beside itself (not run by hand).
+    #[command(hide = true)]
+    Fence {
+        /// The data directory of the PostgreSQL to stop.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    pgherd_pooler::park::set_memory_release(flush_allocator_cache);
-    let default_level = match cli.command {
-        Command::Node { .. } | Command::Pooler(_) => "info",
-        _ => "warn",
-    };
+/// Log to stderr (level from `PGHERD_LOG`, else `default_level`), and to the pooler's
+/// `logfile` when given.
+fn init_logging(default_level: &str, logfile: Option<pooler::LogFile>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGHERD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // The pooler may also log to its `logfile`; it opens the file once the config is read.
-    let logfile = matches!(cli.command, Command::Pooler(_)).then(pooler::LogFile::default);
-    let file_layer = logfile.clone().map(|f| {
+    let file_layer = logfile.map(|f| {
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(f)
@@ -91,6 +92,25 @@ fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(file_layer)
         .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Fence { data_dir } = &cli.command {
+        // No async runtime: a few threads reading a pipe and waiting on a deadline.
+        init_logging("info", None);
+        let stdin = std::io::BufReader::new(std::io::stdin());
+        pgherd_ha::fence::run_fencer(data_dir, stdin);
+        return ExitCode::SUCCESS;
+    }
+    pgherd_pooler::park::set_memory_release(flush_allocator_cache);
+    let default_level = match cli.command {
+        Command::Node { .. } | Command::Pooler(_) => "info",
+        _ => "warn",
+    };
+    // The pooler may also log to its `logfile`; it opens the file once the config is read.
+    let logfile = matches!(cli.command, Command::Pooler(_)).then(pooler::LogFile::default);
+    init_logging(default_level, logfile.clone());
     let mut builder = match pooler_threads(&cli.command) {
         Ok(1) => tokio::runtime::Builder::new_current_thread(),
         Ok(n) => {
@@ -126,6 +146,7 @@ fn main() -> ExitCode {
             Command::Pooler(args) => pooler::run(args, logfile.unwrap_or_default()).await,
             Command::Ctl(args) => ctl::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Fence { .. } => Ok(()),
         }
     });
     // Whatever still runs (a blocking task, a child's pipe) gets a moment, not forever:

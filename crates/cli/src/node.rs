@@ -4,6 +4,7 @@ use crate::config::{self, DcsConfig, NodeConfig};
 use anyhow::{bail, Context, Result};
 use pgherd_dcs::etcd::EtcdDcs;
 use pgherd_dcs::{Dcs, Tags};
+use pgherd_ha::watchdog::{WatchdogMode, WatchdogSpec};
 use pgherd_ha::{member, ApiAuth, HaConfig, NodeSpec};
 use pgherd_postgres::{Binaries, Instance, InstanceConfig, OsUser};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -52,6 +53,16 @@ pub async fn run(path: Option<&Path>, validate_only: bool) -> Result<()> {
 
 /// Checks that give a one-line reason before anything is started.
 fn preflight(spec: &NodeSpec) -> Result<()> {
+    if spec.watchdog.mode == WatchdogMode::Required {
+        let device = &spec.watchdog.device;
+        if let Err(why) = pgherd_ha::watchdog::check_usable(device) {
+            bail!(
+                "watchdog.mode is required, but the watchdog device {} cannot be used: {why} \
+                 (load softdog, or set watchdog.mode: automatic to rely on the fencer process)",
+                device.display()
+            );
+        }
+    }
     let instance = Instance::new(spec.instance.clone());
     instance.data_dir_state()?;
     // A running postmaster for this data dir is adopted; otherwise the port must be free.
@@ -138,6 +149,13 @@ pub fn spec_from_config(
         rewind: pg.authentication.rewind.clone(),
         pg_ctl_timeout: pg.pg_ctl_timeout,
         callbacks: pg.callbacks.clone(),
+        watchdog: WatchdogSpec {
+            mode: cfg.watchdog.mode,
+            device: cfg.watchdog.device.clone(),
+            safety_margin: cfg.watchdog.safety_margin,
+            // This very binary runs the fencer (`pgherd fence`).
+            fencer: std::env::current_exe().ok(),
+        },
     })
 }
 

@@ -278,6 +278,18 @@ async fn restarted_agent_adopts_the_running_postgres() {
         Some(pid),
         "the restarted agent must adopt the running postmaster, not restart it"
     );
+    // The dead agent's fencer was armed; the new agent retired it, so a ttl later the
+    // postmaster still runs.
+    tokio::time::sleep(Duration::from_secs(TTL)).await;
+    assert_eq!(
+        cluster.node(&primary).postmaster_pid(),
+        Some(pid),
+        "the earlier agent's fencer must stand down for the new agent"
+    );
+    assert!(cluster
+        .node(&primary)
+        .agent_log()
+        .contains("retiring the fencer of an earlier agent"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

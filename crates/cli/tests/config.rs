@@ -648,16 +648,10 @@ fn unknown_keys_are_warnings_naming_the_full_path() {
 #[test]
 fn unsupported_patroni_sections_are_ignored_with_a_warning() {
     let l = ok(&with(
-        "log:\n  level: INFO\nwatchdog:\n  mode: automatic\nctl:\n  insecure: true\n\
+        "log:\n  level: INFO\nctl:\n  insecure: true\n\
          zookeeper:\n  hosts: [z:2181]\nbootstrap:\n  users:\n    admin:\n      password: x\n",
     ));
-    for key in [
-        "log:",
-        "watchdog:",
-        "ctl:",
-        "zookeeper:",
-        "bootstrap.users:",
-    ] {
+    for key in ["log:", "ctl:", "zookeeper:", "bootstrap.users:"] {
         assert!(
             l.warnings
                 .iter()
@@ -666,6 +660,37 @@ fn unsupported_patroni_sections_are_ignored_with_a_warning() {
             l.warnings
         );
     }
+}
+
+#[test]
+fn watchdog_section_takes_patronis_keys_and_names_bad_values() {
+    use pgherd_ha::watchdog::WatchdogMode;
+    let l = ok(&with(
+        "watchdog:\n  mode: required\n  device: /dev/watchdog1\n  safety_margin: -1\n",
+    ));
+    assert_eq!(l.config.watchdog.mode, WatchdogMode::Required);
+    assert_eq!(
+        l.config.watchdog.device,
+        std::path::PathBuf::from("/dev/watchdog1")
+    );
+    assert_eq!(l.config.watchdog.safety_margin, -1);
+    // YAML's `off` is a boolean; Patroni accepts it all the same.
+    let l = ok(&with("watchdog:\n  mode: off\n"));
+    assert_eq!(l.config.watchdog.mode, WatchdogMode::Off);
+    // Without the section: automatic, /dev/watchdog, 5 s.
+    let l = ok(MINIMAL);
+    assert_eq!(l.config.watchdog.mode, WatchdogMode::Automatic);
+    assert_eq!(l.config.watchdog.safety_margin, 5);
+
+    let e = err(&with("watchdog:\n  mode: sometimes\n  safety_margin: -7\n"));
+    assert!(
+        e.contains("watchdog.mode: expected off, automatic or required"),
+        "{e}"
+    );
+    assert!(
+        e.contains("watchdog.safety_margin: expected whole seconds"),
+        "{e}"
+    );
 }
 
 #[test]

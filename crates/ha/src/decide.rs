@@ -549,6 +549,11 @@ fn without_dcs(obs: &Observation, cfg: &HaConfig) -> Vec<(Action, Reason)> {
         Some(FailsafeRound::Refused(why)) => {
             demote(format!("failsafe mode could not confirm us ({why})"))
         }
+        // Only a lease still held can be extended: once it lapsed, the members' promises
+        // may have too, and someone may be taking over.
+        None if obs.memory.last_leader_renewal.is_none() => {
+            demote("this member holds no leader lease that failsafe mode could extend".into())
+        }
         None => match &obs.memory.failsafe_members {
             Some(members) if members.contains_key(&obs.me) => vec![act(
                 Action::AskFailsafe,

@@ -4,12 +4,14 @@
 pub mod api;
 pub mod decide;
 pub mod dynamic;
+pub mod fence;
 pub mod manual;
 pub mod member;
 pub mod operator;
 pub mod runner;
 pub mod spec;
 pub mod status;
+pub mod watchdog;
 
 pub use decide::*;
 pub use runner::Agent;

@@ -10,9 +10,11 @@ use crate::decide::{
     SynchronousMode,
 };
 use crate::dynamic;
+use crate::fence::Fence;
 use crate::operator::{self, Answer, Command, ScheduledRestart};
 use crate::spec::NodeSpec;
 use crate::status::{Role, SharedStatus};
+use crate::watchdog::{Watchdog, WatchdogMode};
 use pgherd_dcs::{Cluster, ClusterStatus, Dcs, DcsError, MemberData};
 use pgherd_postgres::{
     self as pg, ConnInfo, Instance, PgError, PostmasterStatus, StandbyConfig, StopMode,
@@ -89,6 +91,12 @@ pub struct Agent {
     scheduled_restart: Option<ScheduledRestart>,
     /// When pre_promote last vetoed a promotion.
     vetoed_at: Option<Instant>,
+    /// The fencer process: kills PostgreSQL if this agent stops renewing its lease.
+    fence: Option<Fence>,
+    /// The watchdog device, open while this member leads.
+    watchdog: Option<Watchdog>,
+    /// Why the watchdog device cannot be used, once logged.
+    watchdog_unusable: Option<String>,
 }
 
 /// An operator's request waiting for the next tick.
@@ -107,6 +115,18 @@ impl Agent {
             .timeout(Duration::from_secs(2))
             .build()
             .unwrap_or_default();
+        let fence = match (&spec.watchdog.fencer, spec.watchdog.mode) {
+            (Some(program), WatchdogMode::Automatic | WatchdogMode::Required) => {
+                match Fence::start(program, &spec.instance.data_dir) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::error!(member = %spec.name, error = %e, "cannot start the fencer: PostgreSQL is not fenced if this agent freezes");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Agent {
             spec,
             dcs,
@@ -131,6 +151,9 @@ impl Agent {
             pending: None,
             scheduled_restart: None,
             vetoed_at: None,
+            fence,
+            watchdog: None,
+            watchdog_unusable: None,
         }
     }
 
@@ -250,11 +273,72 @@ impl Agent {
         self.lease_expires = Some(sent + Duration::from_millis(self.dynamic.ha.ttl));
         self.memory.last_leader_renewal = Some(self.now());
         self.status.update(|s| s.lease_renewals += 1);
+        self.guard_lease();
     }
 
     fn lease_lost(&mut self) {
         self.lease_expires = None;
         self.memory.last_leader_renewal = None;
+        self.unguard();
+    }
+
+    /// While leading (and not paused): arm the fencer to kill PostgreSQL halfway
+    /// between our own demotion cutoff and the lease's end — only an agent that missed
+    /// its cutoff gets there — and feed the watchdog device.
+    fn guard_lease(&mut self) {
+        let Some(expires) = self.lease_expires else {
+            return self.unguard();
+        };
+        if self.dynamic.ha.paused || self.spec.watchdog.mode == WatchdogMode::Off {
+            // Patroni disables the watchdog in maintenance mode: nobody takes over then.
+            return self.unguard();
+        }
+        let margin = self.demote_budget() / 2;
+        if let Some(fence) = &mut self.fence {
+            fence.arm(expires.checked_sub(margin).unwrap_or(expires));
+        }
+        if let Some(watchdog) = &mut self.watchdog {
+            if let Err(e) = watchdog.keepalive() {
+                warn!(member = %self.spec.name, error = %e, "watchdog: keepalive failed");
+            }
+            return;
+        }
+        let device = self.spec.watchdog.device.clone();
+        let timeout = self
+            .spec
+            .watchdog
+            .device_timeout(Duration::from_millis(self.dynamic.ha.ttl));
+        let opened = crate::watchdog::check_usable(&device)
+            .and_then(|()| Watchdog::activate(&device, timeout).map_err(|e| e.to_string()));
+        match opened {
+            Ok(w) => {
+                info!(member = %self.spec.name, device = %device.display(), timeout_secs = timeout.as_secs(), "watchdog activated");
+                self.watchdog = Some(w);
+                self.watchdog_unusable = None;
+            }
+            Err(why) => {
+                if self.watchdog_unusable.as_deref() != Some(why.as_str()) {
+                    let fenced = if self.fence.is_some() {
+                        "the fencer process guards the lease instead"
+                    } else {
+                        "nothing stops PostgreSQL if this agent freezes"
+                    };
+                    warn!(member = %self.spec.name, device = %device.display(), reason = %why, "watchdog device not usable; {fenced}");
+                    self.watchdog_unusable = Some(why);
+                }
+            }
+        }
+    }
+
+    /// Not leading (or demoting by ourselves): stand the fencer and the watchdog down.
+    fn unguard(&mut self) {
+        if let Some(fence) = &mut self.fence {
+            fence.disarm();
+        }
+        if let Some(w) = self.watchdog.take() {
+            w.disable();
+            info!(member = %self.spec.name, "watchdog disabled");
+        }
     }
 
     fn now(&self) -> Millis {
@@ -428,6 +512,7 @@ impl Agent {
         if let Err(e) = self.pg.stop(StopMode::Fast, self.spec.pg_ctl_timeout).await {
             warn!(error = %e, "stopping PostgreSQL failed");
         }
+        self.unguard();
         if was_running {
             // Waited for: the process ends right after.
             self.run_callback("on_stop", role).await;
@@ -444,6 +529,14 @@ impl Agent {
     /// One pass of observe → decide → act → publish. Returns true when the loop should
     /// observe again at once (an action failed, or peers were asked).
     pub async fn tick(&mut self) -> bool {
+        let past_cutoff = self.dcs_cutoff().is_some_and(|c| Instant::now() >= c);
+        if past_cutoff && self.pg.postmaster_pid().is_none() {
+            // No renewal can go out in time any more (the agent was frozen and fenced,
+            // or the DCS too slow) and no PostgreSQL runs to demote: stop counting on
+            // the lease. (A running one is demoted first: every DCS call is cut now.)
+            warn!(member = %self.spec.name, "the leader lease was not renewed before its cutoff: no longer counting on it");
+            self.lease_lost();
+        }
         let mut obs = match self.observe().await {
             Ok(o) => o,
             Err(reason) => {
@@ -863,6 +956,7 @@ impl Agent {
             return FailsafeRound::Refused(refusals.join("; "));
         }
         self.lease_expires = Some(sent + Duration::from_millis(self.dynamic.ha.ttl));
+        self.guard_lease();
         self.status.update(|s| s.failsafe_active = true);
         FailsafeRound::Confirmed
     }
@@ -1251,6 +1345,8 @@ impl Agent {
             return Ok(stepped_down);
         }
         warn!(member = %self.spec.name, ?mode, "demoting: stopping the writable PostgreSQL");
+        // We demote by ourselves: the fencer must not kill the read-only restart.
+        self.unguard();
         self.client = None;
         self.pg
             .stop(StopMode::Fast, self.spec.pg_ctl_timeout)

@@ -52,6 +52,9 @@ pub struct NodeSpec {
     pub pg_ctl_timeout: Duration,
     /// `postgresql.callbacks` and `postgresql.pre_promote`.
     pub callbacks: Callbacks,
+    /// `watchdog`: the device and the fencer that stop PostgreSQL when the agent stops
+    /// renewing its lease.
+    pub watchdog: crate::watchdog::WatchdogSpec,
 }
 
 /// Operators' scripts, as in Patroni: each a command line, called with the action, the

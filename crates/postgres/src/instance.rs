@@ -547,24 +547,7 @@ impl Instance {
     /// The postmaster's pid from `postmaster.pid`, when that process is alive (and is a
     /// postgres process): how a restarted agent adopts a running server.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.cfg.data_dir.join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        if pid <= 0 {
-            return None;
-        }
-        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-            Ok(()) | Err(nix::errno::Errno::EPERM) => {}
-            Err(_) => return None,
-        }
-        // Guard against a stale file whose pid now belongs to another program, and
-        // against a killed postmaster nobody has reaped yet (a zombie answers kill 0).
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            let (comm, state) = parse_proc_stat(&stat)?;
-            if (comm != "postgres" && comm != "postmaster") || matches!(state, 'Z' | 'X' | 'x') {
-                return None;
-            }
-        }
-        Some(pid)
+        running_postmaster(&self.cfg.data_dir)
     }
 
     /// When `postmaster.pid` names a killed postmaster that its parent has not reaped
@@ -1014,7 +997,30 @@ impl Instance {
 }
 
 /// `(comm, state)` from the text of `/proc/<pid>/stat`: `1234 (postgres) S 1 ...`.
-fn parse_proc_stat(stat: &str) -> Option<(&str, char)> {
+/// The pid of the postmaster running on `data_dir`, from its `postmaster.pid`, when that
+/// process is alive and is a postgres process.
+pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    if pid <= 0 {
+        return None;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(_) => return None,
+    }
+    // Guard against a stale file whose pid now belongs to another program, and
+    // against a killed postmaster nobody has reaped yet (a zombie answers kill 0).
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        let (comm, state) = parse_proc_stat(&stat)?;
+        if (comm != "postgres" && comm != "postmaster") || matches!(state, 'Z' | 'X' | 'x') {
+            return None;
+        }
+    }
+    Some(pid)
+}
+
+pub(crate) fn parse_proc_stat(stat: &str) -> Option<(&str, char)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?;

@@ -11,6 +11,7 @@ mod conninfo;
 mod controldata;
 mod error;
 mod instance;
+mod kill;
 mod lsn;
 mod params;
 mod process;
@@ -21,9 +22,10 @@ pub use conninfo::{libpq_quote, ConnInfo, Credentials};
 pub use controldata::ControlData;
 pub use error::{PgError, Result};
 pub use instance::{
-    pgpass_escape, DataDirState, Instance, InstanceConfig, PostmasterStatus, StandbyConfig,
-    StopMode,
+    pgpass_escape, running_postmaster, DataDirState, Instance, InstanceConfig, PostmasterStatus,
+    StandbyConfig, StopMode,
 };
+pub use kill::kill_server_now;
 pub use lsn::{format_lsn, parse_lsn};
 pub use params::{default_parameters, quote_conf_value, translate_parameters};
 pub use process::run_script;

@@ -2,6 +2,7 @@
 //! the right OS user, and wait for conditions with deadlines. Never used by production code.
 
 pub mod etcd;
+pub mod logs;
 pub mod netns;
 pub mod pg;
 
@@ -77,13 +78,25 @@ where
     }
 }
 
-/// Initialise logging for a test once (RUST_LOG controls the level, default `info`).
+/// Initialise logging for a test once (RUST_LOG controls the level, default `info`):
+/// to the test's captured output, and to a file in the suite's log directory.
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let file =
+        std::fs::File::create(logs::suite_log_dir().join(format!("{}.log", logs::process_label())))
+            .ok()
+            .map(|f| {
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(f))
+            });
+    let _ = tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_test_writer()
+        .with(tracing_subscriber::fmt::layer().with_test_writer())
+        .with(file)
         .try_init();
 }

@@ -171,6 +171,7 @@ impl Drop for PgTempDir {
         for pid in self.postmaster_pids() {
             stop_postmaster(pid, Duration::from_secs(5));
         }
+        crate::logs::harvest(&self.path);
         if let Some(dir) = self.dir.take() {
             if std::thread::panicking() && std::env::var_os("PGHERD_KEEP_FAILED").is_some() {
                 // Debugging a failed test: keep its logs and data directories.

@@ -69,6 +69,15 @@ impl TestNode {
         }
     }
 
+    /// Send `signal` to the agent (e.g. SIGSTOP to freeze it, SIGCONT to thaw it).
+    pub fn signal_agent(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, signal);
+            }
+        }
+    }
+
     /// Stop the agent as an init system does (SIGTERM) and wait for it to exit.
     pub fn terminate_agent(&mut self) {
         if let Some(mut c) = self.child.take() {

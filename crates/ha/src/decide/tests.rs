@@ -1562,6 +1562,7 @@ fn failsafe_key(names: &[&str]) -> std::collections::BTreeMap<String, String> {
 fn failsafe_primary_without_dcs() -> Observation {
     let mut o = obs("pg-a", primary(5_000), None);
     o.memory.failsafe_members = Some(failsafe_key(&["pg-a", "pg-b", "pg-c"]));
+    o.memory.last_leader_renewal = Some(o.now - 2_000);
     o
 }
 
@@ -1599,6 +1600,16 @@ fn failsafe_primary_not_named_in_the_key_demotes() {
         vec![Action::Demote(DemoteMode::Offline)]
     );
     o.memory.failsafe_members = None;
+    assert_eq!(
+        decided(&o, &failsafe_cfg()),
+        vec![Action::Demote(DemoteMode::Offline)]
+    );
+}
+
+#[test]
+fn failsafe_cannot_extend_a_lease_that_already_lapsed() {
+    let mut o = failsafe_primary_without_dcs();
+    o.memory.last_leader_renewal = None;
     assert_eq!(
         decided(&o, &failsafe_cfg()),
         vec![Action::Demote(DemoteMode::Offline)]
