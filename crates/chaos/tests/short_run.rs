@@ -48,6 +48,9 @@ fn short_chaos_run_passes_and_leaves_nothing_behind() {
         .arg(&report)
         .arg("--pgherd")
         .arg(pgherd_binary())
+        // The suite's log check (scripts/check-log-secrets.sh) reads them there.
+        .arg("--logs-to")
+        .arg(pgherd_testkit::logs::suite_log_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
