@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// The seed's first 10 faults are 10 different kinds, stop-agent among them (see
-/// `pgherd-chaos --dry-run --seed 3`).
+/// The seed's first 10 faults are 10 different kinds — all but partition-all — stop-agent
+/// among them (see `pgherd-chaos --dry-run --seed 3`).
 const SEED: &str = "3";
 
 /// The pgherd binary beside this test's runner (`cargo test --workspace` builds it), else
