@@ -218,7 +218,8 @@ fn outer_run(args: &Args) -> anyhow::Result<i32> {
     }
     args.kinds()?;
     let pgherd = pgherd_binary(args)?;
-    netns::remove_stale(BASE, None);
+    // Our own pid too: a dead run may have had it.
+    netns::remove_stale(BASE, Some(std::process::id()));
     remove_stale_dirs(&args.work_dir);
     let prefix = format!("{BASE}-{}", std::process::id());
     let run_dir = args.work_dir.join(&prefix);
@@ -236,49 +237,7 @@ fn outer_run(args: &Args) -> anyhow::Result<i32> {
             );
         }
     }
-    let code = {
-        let mut lab = netns::Lab::create(&prefix, lab::SUBNET)?;
-        for i in 0..3 {
-            lab.add_host(&format!("e{}", i + 1), 11 + i as u8)?;
-        }
-        for i in 0..3 {
-            lab.add_host(&format!("m{}", i + 1), 21 + i as u8)?;
-        }
-        let me = std::env::current_exe()?;
-        let mut child = netns::command_in(&lab.hub().ns, &me)
-            .args(std::env::args_os().skip(1))
-            .arg("--pgherd")
-            .arg(&pgherd)
-            .arg("--inner")
-            .arg(&prefix)
-            .spawn()
-            .context("starting the runner inside the hub namespace")?;
-        let deadline = Instant::now() + args.max_run() + Duration::from_secs(120);
-        let mut signalled_at: Option<Instant> = None;
-        // Bounded by the deadline, and by 20 s after an interrupt.
-        let status = loop {
-            if let Some(s) = child.try_wait()? {
-                break s.code().unwrap_or(2);
-            }
-            let now = Instant::now();
-            if signalled_at.is_none() && (INTERRUPTED.load(Ordering::SeqCst) || now > deadline) {
-                eprintln!("pgherd-chaos: stopping the run");
-                if let Ok(pid) = i32::try_from(child.id()) {
-                    pgherd_testkit::pg::signal(pid, Signal::SIGTERM);
-                }
-                signalled_at = Some(now);
-            }
-            if signalled_at.is_some_and(|t| now > t + Duration::from_secs(20)) {
-                let _ = child.kill();
-                let _ = child.wait();
-                break 2;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        // The lab's drop kills whatever still runs in its namespaces and deletes them.
-        drop(lab);
-        status
-    };
+    let code = run_in_lab(args, &prefix, &pgherd);
     if let Some(to) = &args.logs_to {
         copy_logs(&run_dir, &to.join(&prefix));
     }
@@ -288,7 +247,53 @@ fn outer_run(args: &Args) -> anyhow::Result<i32> {
     } else if let Err(e) = std::fs::remove_dir_all(&run_dir) {
         eprintln!("pgherd-chaos: removing {}: {e}", run_dir.display());
     }
-    Ok(code)
+    code
+}
+
+/// Create the namespaces, run the runner inside the hub, delete the namespaces (also on
+/// an error or an interrupt); the runner's exit status.
+fn run_in_lab(args: &Args, prefix: &str, pgherd: &Path) -> anyhow::Result<i32> {
+    let mut lab = netns::Lab::create(prefix, lab::SUBNET)?;
+    for i in 0..3 {
+        lab.add_host(&format!("e{}", i + 1), 11 + i as u8)?;
+    }
+    for i in 0..3 {
+        lab.add_host(&format!("m{}", i + 1), 21 + i as u8)?;
+    }
+    let me = std::env::current_exe()?;
+    let mut child = netns::command_in(&lab.hub().ns, &me)
+        .args(std::env::args_os().skip(1))
+        .arg("--pgherd")
+        .arg(pgherd)
+        .arg("--inner")
+        .arg(prefix)
+        .spawn()
+        .context("starting the runner inside the hub namespace")?;
+    let deadline = Instant::now() + args.max_run() + Duration::from_secs(120);
+    let mut signalled_at: Option<Instant> = None;
+    // Bounded by the deadline, and by 20 s after an interrupt.
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s.code().unwrap_or(2);
+        }
+        let now = Instant::now();
+        if signalled_at.is_none() && (INTERRUPTED.load(Ordering::SeqCst) || now > deadline) {
+            eprintln!("pgherd-chaos: stopping the run");
+            if let Ok(pid) = i32::try_from(child.id()) {
+                pgherd_testkit::pg::signal(pid, Signal::SIGTERM);
+            }
+            signalled_at = Some(now);
+        }
+        if signalled_at.is_some_and(|t| now > t + Duration::from_secs(20)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break 2;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The lab's drop kills whatever still runs in its namespaces and deletes them.
+    drop(lab);
+    Ok(status)
 }
 
 /// Copy each `*.log` file under `from` (4 levels down at most) into `to`, named by its
