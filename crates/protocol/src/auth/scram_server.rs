@@ -8,8 +8,9 @@
 //! then AuthenticationOk.
 
 use super::scram::{
-    attribute, b64, b64_decode, check_extensions, hmac, is_valid_nonce, new_nonce, sha256, Key,
-    ScramKeys, ScramVerifier, SCRAM_KEY_LEN, SCRAM_SHA_256,
+    attribute, b64, b64_decode, check_extensions, hmac, is_valid_nonce, new_nonce, random_bytes,
+    sha256, Key, ScramKeys, ScramVerifier, SCRAM_DEFAULT_ITERATIONS, SCRAM_DEFAULT_SALT_LEN,
+    SCRAM_KEY_LEN, SCRAM_SHA_256,
 };
 use super::StoredPassword;
 use crate::error::AuthError;
@@ -83,7 +84,19 @@ impl ScramServer {
     /// For an unknown user: runs the exchange with a random verifier and always ends in
     /// [`AuthError::PasswordMismatch`].
     pub fn mock() -> ScramServer {
-        let mut s = ScramServer::new(ScramVerifier::from_password(new_nonce().as_bytes()));
+        // Random keys and salt: nobody can prove them, and unlike a verifier derived from
+        // a random password they cost no PBKDF2, so a stream of logins for unknown users
+        // costs the pooler no more than the client (PostgreSQL's mock derives nothing
+        // either).
+        let verifier = ScramVerifier {
+            iterations: SCRAM_DEFAULT_ITERATIONS,
+            salt: random_bytes::<SCRAM_DEFAULT_SALT_LEN>().to_vec(),
+            keys: ScramKeys {
+                stored_key: random_bytes(),
+                server_key: random_bytes(),
+            },
+        };
+        let mut s = ScramServer::new(verifier);
         s.mock = true;
         s
     }
