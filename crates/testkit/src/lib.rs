@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod pg;
+pub mod sockets;
 
 use std::future::Future;
 use std::net::TcpListener;
