@@ -739,3 +739,90 @@ async fn a_server_demanding_a_huge_scram_iteration_count_is_refused_and_stalls_n
     fake.abort();
     assert!(!p.serve.is_finished(), "the pooler stopped serving");
 }
+
+// ---------------------------------------------------------------------------------------
+// PgBouncer 1.26.1's CVE-2026-107349: an empty option name in the startup `options`
+
+fn startup_with(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    msg
+}
+
+/// PgBouncer looped forever looking up an empty name from `options` (`-c=`) in a
+/// non-empty `ignore_startup_parameters` that lacks `options`. pgherd does not take
+/// `options` apart: it is refused as a whole unless ignored, then skipped as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_option_names_in_startup_options_are_answered_promptly() {
+    let _serial = SERIAL.lock().await;
+    let server = common::postgres("dos").await;
+    let options = [
+        "-c=",
+        "-c =",
+        "-c",
+        "--=",
+        "-c=x",
+        "-c= -c= -c=",
+        "-c\\=",
+        "--",
+        "-c=\\",
+    ];
+    for (ignored, expect_login) in [("extra_float_digits", false), ("options", true)] {
+        let p = pooler(
+            &server.pg,
+            &format!(
+                "auth_type = scram-sha-256\npool_mode = transaction\n\
+                 ignore_startup_parameters = {ignored}"
+            ),
+        )
+        .await;
+        let base = baseline(p.port).await;
+        let probe = Probe::start(p.port).await;
+        let mut attacks = tokio::task::JoinSet::new();
+        for round in 0..5 {
+            for o in options {
+                let port = p.port;
+                attacks.spawn(async move {
+                    let mut s = TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .expect("connect");
+                    let long = o.repeat(500);
+                    let o = if round == 0 { long.as_str() } else { o };
+                    let packet = startup_with(&[
+                        ("user", "app"),
+                        ("database", "appdb"),
+                        ("options", &o[..o.len().min(9_000)]),
+                    ]);
+                    s.write_all(&packet).await.expect("startup");
+                    let (tag, body) = read_frame(&mut s).await.expect("an answer");
+                    if expect_login {
+                        // Skipped: the login goes on (SCRAM requested).
+                        assert_eq!((tag, &body[..4]), (b'R', &10i32.to_be_bytes()[..]));
+                    } else {
+                        assert_eq!(tag, b'E', "{o:?}");
+                        let mut answer = frame(tag, &body);
+                        answer.extend(drain(&mut s).await);
+                        assert_refused(o, &answer, &["08P01"]);
+                    }
+                });
+            }
+        }
+        while let Some(r) = attacks.join_next().await {
+            r.expect("attack");
+        }
+        assert_prompt(
+            &format!("options with ignore_startup_parameters = {ignored}"),
+            base,
+            probe.finish().await,
+        );
+        assert!(!p.serve.is_finished(), "the pooler stopped serving");
+    }
+}
