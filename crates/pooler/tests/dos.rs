@@ -186,8 +186,8 @@ async fn logged_in(port: u16) -> TcpStream {
     s.write_all(&frame(b'p', last.as_bytes()))
         .await
         .expect("client-final");
-    // Each pass reads one message; read_frame is bounded.
-    loop {
+    // Each pass reads one message (bounded by read_frame); a login is a few messages.
+    for _ in 0..100 {
         let (tag, body) = read_frame(&mut s).await.expect("login goes on");
         match tag {
             b'R' if body[..4] == 12i32.to_be_bytes() => client
@@ -198,6 +198,7 @@ async fn logged_in(port: u16) -> TcpStream {
             _ => {}
         }
     }
+    panic!("no ReadyForQuery after 100 messages");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -598,8 +599,12 @@ async fn fake_server(iterations: u32) -> (u16, Arc<FakeServerLog>, JoinHandle<()
     let log = Arc::new(FakeServerLog::default());
     let seen = log.clone();
     let task = tokio::spawn(async move {
-        // One task per connection; ends when the test drops the handle's runtime.
-        while let Ok((mut s, _)) = listener.accept().await {
+        // One task per connection, for as many as a test makes (bounded); aborted by the
+        // test when done.
+        for _ in 0..10_000 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                break;
+            };
             let seen = seen.clone();
             tokio::spawn(async move {
                 // The StartupMessage, after an SSLRequest (declined) if one comes.
