@@ -1021,7 +1021,7 @@ async fn scram(
         other => ScramServer::from_stored(other).ok(),
     });
     let real = known.is_some();
-    let mut server = known.unwrap_or_else(ScramServer::mock);
+    let mut server = known.unwrap_or_else(|| ScramServer::mock(user));
     send(
         out,
         &Authentication::Sasl {

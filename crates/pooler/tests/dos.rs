@@ -833,3 +833,32 @@ async fn empty_option_names_in_startup_options_are_answered_promptly() {
         assert!(!p.serve.is_finished(), "the pooler stopped serving");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// No PBKDF2 per login attempt, and nothing told away by it
+
+/// Cleartext secrets get one cached verifier (one salt) and unknown users a mock salt
+/// that is just as stable, so asking twice does not tell the two apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_salts_do_not_tell_unknown_users_from_known_ones() {
+    let _serial = SERIAL.lock().await;
+    let server = common::postgres("dos").await;
+    let p = pooler(
+        &server.pg,
+        "auth_type = scram-sha-256\npool_mode = transaction",
+    )
+    .await;
+    let salt = |user: &'static str| async move {
+        let mut s = sasl_requested(p.port, user).await;
+        let first = server_first(&mut s, &ScramClient::new(b"guess")).await;
+        first
+            .split(',')
+            .find_map(|a| a.strip_prefix("s="))
+            .expect("salt")
+            .to_owned()
+    };
+    for user in ["app", "ghost", "phantom"] {
+        assert_eq!(salt(user).await, salt(user).await, "{user}");
+    }
+    assert_ne!(salt("ghost").await, salt("phantom").await);
+}

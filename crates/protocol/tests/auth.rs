@@ -83,7 +83,7 @@ fn wrong_password_fails_as_auth_failed() {
 
 #[test]
 fn mock_exchange_for_unknown_user_always_fails() {
-    let mut server = ScramServer::mock();
+    let mut server = ScramServer::mock("nobody");
     let mut client = ScramClient::new(b"anything");
     assert_eq!(
         exchange(&mut server, &mut client),
@@ -363,4 +363,24 @@ fn client_refuses_a_server_iteration_count_over_the_limit() {
     assert!(pass_through
         .handle_server_first(format!("r={nonce}xyz,s={SALT_B64},i={}", u32::MAX).as_bytes())
         .is_ok());
+}
+
+/// An unknown user's mock exchange offers the same salt on every attempt, as a known
+/// user's stored verifier does, so two attempts do not tell them apart; another name
+/// gets another salt.
+#[test]
+fn mock_salts_are_stable_per_user() {
+    let salt = |user: &str| {
+        let mut server = ScramServer::mock(user);
+        let first = server
+            .handle_client_first(b"n,,n=,r=abcdefgh")
+            .expect("server-first");
+        first
+            .split(',')
+            .find_map(|a| a.strip_prefix("s="))
+            .expect("salt")
+            .to_owned()
+    };
+    assert_eq!(salt("ghost"), salt("ghost"));
+    assert_ne!(salt("ghost"), salt("phantom"));
 }

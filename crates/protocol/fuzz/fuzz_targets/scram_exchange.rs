@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
         1 => {
             for mut server in [
                 ScramServer::with_server_nonce(verifier().clone(), SERVER_NONCE.into()),
-                ScramServer::mock(),
+                ScramServer::mock("fuzz"),
             ] {
                 if server.handle_client_first(first).is_ok() {
                     let _ = server.handle_client_final(second);

@@ -82,15 +82,20 @@ impl ScramServer {
     }
 
     /// For an unknown user: runs the exchange with a random verifier and always ends in
-    /// [`AuthError::PasswordMismatch`].
-    pub fn mock() -> ScramServer {
-        // Random keys and salt: nobody can prove them, and unlike a verifier derived from
-        // a random password they cost no PBKDF2, so a stream of logins for unknown users
-        // costs the pooler no more than the client (PostgreSQL's mock derives nothing
-        // either).
+    /// [`AuthError::PasswordMismatch`]. The salt is the same on every attempt for the
+    /// same `user` (in this process), as a real user's is, so that asking twice does not
+    /// tell unknown users from known ones (PostgreSQL's `scram_mock_salt()`).
+    pub fn mock(user: &str) -> ScramServer {
+        // A per-process secret, so the salt cannot be computed from the name alone.
+        static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let secret = SECRET.get_or_init(random_bytes);
+        let salt = sha256(&[&secret[..], user.as_bytes()].concat());
+        // Random keys: nobody can prove them, and unlike a verifier derived from a random
+        // password they cost no PBKDF2, so a stream of logins for unknown users costs the
+        // pooler no more than the client (PostgreSQL's mock derives nothing either).
         let verifier = ScramVerifier {
             iterations: SCRAM_DEFAULT_ITERATIONS,
-            salt: random_bytes::<SCRAM_DEFAULT_SALT_LEN>().to_vec(),
+            salt: salt[..SCRAM_DEFAULT_SALT_LEN].to_vec(),
             keys: ScramKeys {
                 stored_key: random_bytes(),
                 server_key: random_bytes(),
