@@ -4,6 +4,7 @@
 pub mod etcd;
 pub mod logs;
 pub mod pg;
+pub mod sockets;
 
 use std::future::Future;
 use std::net::TcpListener;
