@@ -106,15 +106,17 @@ struct Pending {
 }
 
 impl Agent {
-    pub fn new(spec: NodeSpec, dcs: Arc<dyn Dcs>, status: SharedStatus) -> Self {
+    /// `http` calls the other members' REST APIs (built for `spec.client_tls`).
+    pub fn new(
+        spec: NodeSpec,
+        dcs: Arc<dyn Dcs>,
+        status: SharedStatus,
+        http: reqwest::Client,
+    ) -> Self {
         let pg = Instance::new(spec.instance.clone());
         let dynamic = dynamic::apply(&spec.ha, None);
         dcs.set_ttl(Duration::from_millis(spec.ha.ttl));
         dcs.set_retry_timeout(Duration::from_millis(spec.ha.retry_timeout));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
         let fence = match (&spec.watchdog.fencer, spec.watchdog.mode) {
             (Some(program), WatchdogMode::Automatic | WatchdogMode::Required) => {
                 match Fence::start(program, &spec.instance.data_dir) {

@@ -43,7 +43,10 @@ async fn restapi_listen_127_0_0_1_binds_127_0_0_1_only() {
     }));
 
     // The API answers (HTTP, whatever the status of this idle node) on that address.
-    reqwest::get(format!("http://{listen}/patroni"))
+    pgherd_http::client::default_client()
+        .expect("HTTP client")
+        .get(format!("http://{listen}/patroni"))
+        .send()
         .await
         .expect("GET /patroni");
     assert_eq!(

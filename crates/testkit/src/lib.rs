@@ -5,6 +5,7 @@ pub mod etcd;
 pub mod logs;
 pub mod pg;
 pub mod sockets;
+pub mod tls;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -139,7 +139,8 @@ pub fn text(o: &std::process::Output) -> String {
 
 pub async fn api_get(port: u16, path: &str) -> (u16, serde_json::Value) {
     let url = format!("http://127.0.0.1:{port}{path}");
-    let client = reqwest::Client::builder()
+    let client = pgherd_http::client::builder(&pgherd_http::ClientTls::default())
+        .expect("HTTP client")
         .timeout(Duration::from_secs(3))
         .build()
         .expect("http client");
