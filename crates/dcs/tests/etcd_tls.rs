@@ -164,6 +164,7 @@ async fn wrong_credentials_missing_certificates_and_untrusted_servers_are_clear_
     .err()
     .expect("an untrusted server must fail");
     assert!(matches!(e, DcsError::Unreachable(_)), "{e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
 
     // Plain HTTP to a TLS port does not work either.
     let plain = EtcdAccess {

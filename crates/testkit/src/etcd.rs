@@ -35,7 +35,9 @@ pub struct EtcdTlsFiles {
     pub key: PathBuf,
     /// The CA clients' certificates must be signed by.
     pub trusted_ca: PathBuf,
-    /// `--client-cert-auth`: refuse clients without a certificate signed by `trusted_ca`.
+    /// `--client-cert-auth` and `--trusted-ca-file`: refuse clients without a
+    /// certificate signed by `trusted_ca` (etcd 3.4 asks for one whenever it has a
+    /// trusted CA file, so without this neither is passed).
     pub client_cert_auth: bool,
     /// `--auth-token-ttl`: seconds a (simple) authentication token lives unused
     /// (etcd's default: 300).
@@ -140,10 +142,11 @@ impl EtcdServer {
         if let Some(tls) = &self.tls {
             command
                 .arg(format!("--cert-file={}", tls.cert.display()))
-                .arg(format!("--key-file={}", tls.key.display()))
-                .arg(format!("--trusted-ca-file={}", tls.trusted_ca.display()));
+                .arg(format!("--key-file={}", tls.key.display()));
             if tls.client_cert_auth {
-                command.arg("--client-cert-auth");
+                command
+                    .arg(format!("--trusted-ca-file={}", tls.trusted_ca.display()))
+                    .arg("--client-cert-auth");
             }
             if let Some(ttl) = tls.auth_token_ttl {
                 command.arg(format!("--auth-token-ttl={ttl}"));

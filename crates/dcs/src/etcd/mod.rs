@@ -125,9 +125,12 @@ impl EtcdDcs {
                 return Err(DcsError::Request(format!("etcd at {at}: {e}")))
             }
             Ok(Err(e)) => {
+                let why = EtcdClient::diagnose(access, retry_timeout)
+                    .await
+                    .unwrap_or_else(|| e.to_string());
                 return Err(DcsError::Unreachable(format!(
-                    "cannot reach etcd at {at}: {e}"
-                )))
+                    "cannot reach etcd at {at}: {why}"
+                )));
             }
             Err(_) => {
                 return Err(DcsError::Unreachable(format!(

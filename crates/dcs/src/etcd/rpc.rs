@@ -200,6 +200,21 @@ fn endpoint(url: &str, tls: Option<&EtcdTls>, connect_timeout: Duration) -> RpcR
     Ok(endpoint.connect_timeout(connect_timeout))
 }
 
+/// An error and its causes, `a: b: c`, without repeats.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// The end of the key range that holds every key starting with `prefix`, as etcd's
 /// clients compute it: the prefix with its last byte below 0xff incremented.
 pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
@@ -237,6 +252,24 @@ impl EtcdClient {
                 })
             }),
         })
+    }
+
+    /// Why the endpoints cannot be reached, as far as connecting to each once tells
+    /// (the channel itself only says "operation was canceled"): e.g. a certificate
+    /// etcd refused, or one its CA did not sign.
+    pub async fn diagnose(access: &EtcdAccess, timeout: Duration) -> Option<String> {
+        let mut reasons = Vec::new();
+        for url in &access.endpoints {
+            let Ok(ep) = endpoint(url, access.tls.as_ref(), timeout) else {
+                continue;
+            };
+            match tokio::time::timeout(timeout, ep.connect()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => reasons.push(format!("{url}: {}", causes(&e))),
+                Err(_) => reasons.push(format!("{url}: no connection within {timeout:?}")),
+            }
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// The token for requests (`None` without authentication): the one etcd gave last,
