@@ -116,7 +116,7 @@ impl fmt::Debug for BasicAuth {
 }
 
 /// The distributed configuration store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DcsConfig {
     /// `etcd3:` or `etcd:` (both use etcd's v3 API).
     Etcd {
@@ -127,6 +127,24 @@ pub enum DcsConfig {
         /// `protocol: https` or `https://` endpoints: `cacert`, `cert`, `key` as PEM.
         tls: Option<EtcdTls>,
     },
+}
+
+impl fmt::Debug for DcsConfig {
+    /// Never the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DcsConfig::Etcd {
+            endpoints,
+            username,
+            password,
+            tls,
+        } = self;
+        f.debug_struct("Etcd")
+            .field("endpoints", endpoints)
+            .field("username", username)
+            .field("password", &password.as_ref().map(|_| "********"))
+            .field("tls", tls)
+            .finish()
+    }
 }
 
 impl DcsConfig {

@@ -178,7 +178,7 @@ impl Etcd3Config {
         let tls = if self.uses_tls() {
             let Some(cacert) = &self.cacert else {
                 return Err(TlsError::Setting {
-                    key: "cacert".into(),
+                    key: "cluster.etcd3.cacert (pgherd.etcd_cacert)".into(),
                     reason: "required with https: the CA that signed etcd's certificate".into(),
                 });
             };
