@@ -12,7 +12,7 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const USER: &str = "pgherd";
-const PASSWORD: &str = "s3cret pass";
+const PASSWORD: &str = "etcd pass";
 
 fn pem(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).expect("read PEM")
@@ -52,7 +52,7 @@ async fn secured_etcd(pki: &Pki, token_ttl: Option<u32>) -> EtcdServer {
     let admin = EtcdClient::with_access(&access(&etcd, tls(pki, &pki.ca, true), None), TIMEOUT)
         .expect("admin client");
     admin
-        .enable_auth("root-password", &[(USER, PASSWORD)])
+        .enable_auth("root pass", &[(USER, PASSWORD)])
         .await
         .expect("enable etcd authentication");
     etcd
