@@ -280,10 +280,18 @@ impl ClientTls {
                 .build()
                 .map_err(|e| cacert.error(e))?
         } else {
-            Arc::new(
-                rustls_platform_verifier::Verifier::new(provider())
-                    .map_err(|e| setting(&key_name, format!("the system's CAs: {e}")))?,
-            )
+            match rustls_platform_verifier::Verifier::new(provider()) {
+                Ok(v) => Arc::new(v),
+                // No system CAs (a minimal container): plain HTTP still works, and
+                // HTTPS says what to set.
+                Err(e) => Arc::new(NoTrust {
+                    provider: provider(),
+                    reason: format!(
+                        "no CA to check the server's certificate with ({e}): set {key_name} \
+                         (or restapi.cafile), or ctl.insecure"
+                    ),
+                }),
+            }
         };
         let builder = builder
             .dangerous()
@@ -301,6 +309,50 @@ impl ClientTls {
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
+    }
+}
+
+/// No CA at all: every server certificate is refused, saying why.
+#[derive(Debug)]
+struct NoTrust {
+    provider: Arc<CryptoProvider>,
+    reason: String,
+}
+
+impl ServerCertVerifier for NoTrust {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::General(self.reason.clone()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        AnyCertificate(self.provider.clone()).verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        AnyCertificate(self.provider.clone()).verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
