@@ -1361,9 +1361,9 @@ fn etcd_tls(ctx: &mut Ctx, s: &mut Section<'_>, https: bool) -> Option<EtcdTls> 
         (Some(cert), key) => {
             let key = key.unwrap_or_else(|| cert.clone());
             let pems = cert
-                .certificates()
+                .check_pair(&key)
                 .and_then(|_| cert.read())
-                .and_then(|c| key.private_key().and_then(|_| key.read()).map(|k| (c, k)));
+                .and_then(|c| key.read().map(|k| (c, k)));
             match pems {
                 Ok(pair) => tls.identity = Some(pair),
                 Err(e) => tls_error(ctx, e),

@@ -245,6 +245,18 @@ fn etcd3_mistakes_name_the_key_and_the_file() {
         "",
     ));
     assert!(e.contains("etcd3.key"), "{e}");
+    // A key, but of another certificate.
+    let e = err(&minimal(
+        "",
+        &format!(
+            "  protocol: https\n  cacert: {}\n  cert: {}\n  key: {}\n",
+            pki.ca.display(),
+            pki.client_cert.display(),
+            pki.server_key.display()
+        ),
+        "",
+    ));
+    assert!(e.contains("etcd3.key") && e.contains("does not fit"), "{e}");
     let e = err(&minimal("", "  password: lonely\n", ""));
     assert!(e.contains("etcd3.password") && !e.contains("lonely"), "{e}");
     // TLS files for plain http are reported, not used.

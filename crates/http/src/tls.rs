@@ -90,6 +90,19 @@ impl TlsFile {
         })
     }
 
+    /// Check that `key` is the private key of this file's certificate (both read).
+    pub fn check_pair(&self, key: &TlsFile) -> Result<(), TlsError> {
+        let certs = self.certificates()?;
+        let der = key.private_key()?;
+        let signing = provider()
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| key.error(e))?;
+        rustls::sign::CertifiedKey::new(certs, signing)
+            .keys_match()
+            .map_err(|e| key.error(format!("does not fit the certificate: {e}")))
+    }
+
     /// The certificates in the file as trust anchors.
     pub fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
         let mut roots = RootCertStore::empty();

@@ -103,8 +103,11 @@ fn ini_pgherd_section_takes_etcd_tls_and_authentication_keys() {
         .expect("store")
         .etcd3
         .access();
-    // The key is read; that it does not fit the certificate shows when connecting.
-    assert!(e.is_ok());
+    let e = e.expect_err("a key of another certificate").to_string();
+    assert!(
+        e.starts_with("pgherd.etcd_key: ") && e.contains("does not fit"),
+        "{e}"
+    );
     let e = ini(&text.replace("etcd_protocol = https", "etcd_protocol = ftp"))
         .expect_err("a bad protocol")
         .to_string();

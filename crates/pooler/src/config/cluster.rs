@@ -189,8 +189,7 @@ impl Etcd3Config {
             };
             if let Some(cert) = &self.cert {
                 let key = self.key.as_ref().unwrap_or(cert);
-                cert.certificates()?;
-                key.private_key()?;
+                cert.check_pair(key)?;
                 tls.identity = Some((cert.read()?, key.read()?));
             }
             Some(tls)
