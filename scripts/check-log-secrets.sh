@@ -14,6 +14,7 @@ secrets=(
     su-pass rep-pass rewind-pass s3cret
     "app pass" "admin pass" "stats pass" "nobody pass"
     su-from-the-environment rep-from-the-environment api-from-the-environment
+    "etcd pass" "root pass"
 )
 found=0
 report() {

@@ -12,6 +12,8 @@
 //! The result is plain typed structs ([`NodeConfig`]) that the node agent maps onto its
 //! runtime types; nothing here depends on the other pgherd crates.
 
+use pgherd_dcs::etcd::{EtcdAuth, EtcdTls};
+use pgherd_http::{ClientTls, ServerTls, TlsError, TlsFile, VerifyClient};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,6 +40,10 @@ pub struct NodeConfig {
     /// `name`: this member's name.
     pub name: String,
     pub restapi: RestApiConfig,
+    /// How this node and `pgherd ctl` call members' REST APIs over HTTPS, as Patroni:
+    /// trust `ctl.cacert` (else `restapi.cafile`, else the system's CAs), present
+    /// `ctl.certfile`/`ctl.keyfile`, or with `ctl.insecure` check nothing.
+    pub client_tls: ClientTls,
     /// From `etcd3:` or `etcd:`.
     pub dcs: DcsConfig,
     pub bootstrap: BootstrapConfig,
@@ -89,6 +95,8 @@ pub struct RestApiConfig {
     pub connect_address: HostPort,
     /// `restapi.authentication`: basic auth for the mutating endpoints.
     pub authentication: Option<BasicAuth>,
+    /// `restapi.certfile` and friends: serve HTTPS (the files were read and fit).
+    pub tls: Option<ServerTls>,
 }
 
 /// `restapi.authentication`: both keys are required when the section is present.
@@ -108,15 +116,55 @@ impl fmt::Debug for BasicAuth {
 }
 
 /// The distributed configuration store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DcsConfig {
     /// `etcd3:` or `etcd:` (both use etcd's v3 API).
     Etcd {
-        /// `http://host:port`, in the order given.
+        /// `http://host:port` or `https://host:port`, in the order given.
         endpoints: Vec<String>,
         username: Option<String>,
         password: Option<String>,
+        /// `protocol: https` or `https://` endpoints: `cacert`, `cert`, `key` as PEM.
+        tls: Option<EtcdTls>,
     },
+}
+
+impl fmt::Debug for DcsConfig {
+    /// Never the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DcsConfig::Etcd {
+            endpoints,
+            username,
+            password,
+            tls,
+        } = self;
+        f.debug_struct("Etcd")
+            .field("endpoints", endpoints)
+            .field("username", username)
+            .field("password", &password.as_ref().map(|_| "********"))
+            .field("tls", tls)
+            .finish()
+    }
+}
+
+impl DcsConfig {
+    /// How to reach etcd: endpoints, TLS and authentication.
+    pub fn etcd_access(&self) -> pgherd_dcs::etcd::EtcdAccess {
+        let DcsConfig::Etcd {
+            endpoints,
+            username,
+            password,
+            tls,
+        } = self;
+        pgherd_dcs::etcd::EtcdAccess {
+            endpoints: endpoints.clone(),
+            tls: tls.clone(),
+            auth: username.as_ref().map(|u| EtcdAuth {
+                username: u.clone(),
+                password: password.clone().unwrap_or_default(),
+            }),
+        }
+    }
 }
 
 impl Default for DcsConfig {
@@ -125,6 +173,7 @@ impl Default for DcsConfig {
             endpoints: Vec::new(),
             username: None,
             password: None,
+            tls: None,
         }
     }
 }
@@ -938,7 +987,7 @@ fn connect_address(
 // ---------------------------------------------------------------------------------------
 // Sections.
 
-const UNSUPPORTED_SECTIONS: [&str; 4] = ["log", "ctl", "citus", "exhibitor"];
+const UNSUPPORTED_SECTIONS: [&str; 3] = ["log", "citus", "exhibitor"];
 const OTHER_DCS: [&str; 4] = ["kubernetes", "consul", "zookeeper", "raft"];
 
 fn node_config(ctx: &mut Ctx, doc: &Value) -> NodeConfig {
@@ -961,6 +1010,7 @@ fn node_config(ctx: &mut Ctx, doc: &Value) -> NodeConfig {
     check_name(ctx, "name", &name);
 
     let restapi = restapi(ctx, &mut root);
+    let client_tls = ctl(ctx, &mut root, &restapi);
     let dcs = dcs(ctx, &mut root);
     let bootstrap = bootstrap(ctx, &mut root);
     let postgresql = postgresql(ctx, &mut root);
@@ -977,6 +1027,7 @@ fn node_config(ctx: &mut Ctx, doc: &Value) -> NodeConfig {
         namespace,
         name,
         restapi,
+        client_tls,
         dcs,
         bootstrap,
         postgresql,
@@ -1021,19 +1072,12 @@ fn restapi(ctx: &mut Ctx, root: &mut Section<'_>) -> RestApiConfig {
         a.finish(ctx);
         BasicAuth { username, password }
     });
-    for key in [
-        "certfile",
-        "keyfile",
-        "keyfile_password",
-        "cafile",
-        "ciphers",
-        "verify_client",
-        "https_extra_headers",
-    ] {
+    let tls = restapi_tls(ctx, &mut s);
+    for key in ["ciphers", "https_extra_headers"] {
         s.ignore(
             ctx,
             key,
-            "TLS for the REST API is not supported yet; ignored (serving plain HTTP)",
+            "not supported yet, ignored (rustls' default cipher suites are used)",
         );
     }
     for key in [
@@ -1050,7 +1094,113 @@ fn restapi(ctx: &mut Ctx, root: &mut Section<'_>) -> RestApiConfig {
         listen: listen.unwrap_or_default(),
         connect_address,
         authentication,
+        tls,
     }
+}
+
+/// A TLS file key: its path, or an error when it is not a string.
+fn tls_file(ctx: &mut Ctx, s: &mut Section<'_>, key: &str) -> Option<TlsFile> {
+    let path = s.path(key);
+    let v = s.string(ctx, key)?;
+    if v.trim().is_empty() {
+        ctx.error(&path, "must not be empty");
+        return None;
+    }
+    Some(TlsFile::new(path, v))
+}
+
+/// Report a TLS problem on the key it names.
+fn tls_error(ctx: &mut Ctx, e: TlsError) {
+    match e {
+        TlsError::File { key, path, reason } => {
+            ctx.error(&key, format!("{}: {reason}", path.display()))
+        }
+        TlsError::Setting { key, reason } => ctx.error(&key, reason),
+    }
+}
+
+/// `restapi.certfile`, `keyfile`, `keyfile_password`, `cafile`, `verify_client`: HTTPS
+/// when `certfile` is set. The files are read now, so a wrong path or a key that does
+/// not fit its certificate is reported with the config's other errors.
+fn restapi_tls(ctx: &mut Ctx, s: &mut Section<'_>) -> Option<ServerTls> {
+    let certfile = tls_file(ctx, s, "certfile");
+    let keyfile = tls_file(ctx, s, "keyfile");
+    let keyfile_password = s.string(ctx, "keyfile_password");
+    let cafile = tls_file(ctx, s, "cafile");
+    let verify_path = s.path("verify_client");
+    let verify_client = match s.string(ctx, "verify_client") {
+        None => VerifyClient::None,
+        Some(v) => VerifyClient::parse(&v).unwrap_or_else(|| {
+            ctx.error(
+                &verify_path,
+                format!("expected none, optional or required, got {v:?}"),
+            );
+            VerifyClient::None
+        }),
+    };
+    let Some(certfile) = certfile else {
+        for (key, set) in [
+            ("keyfile", keyfile.is_some()),
+            ("keyfile_password", keyfile_password.is_some()),
+            ("verify_client", verify_client != VerifyClient::None),
+        ] {
+            if set {
+                ctx.warn(
+                    &s.path(key),
+                    "ignored: the REST API serves plain HTTP without `certfile`",
+                );
+            }
+        }
+        return None;
+    };
+    let tls = ServerTls {
+        certfile,
+        keyfile,
+        keyfile_password,
+        cafile,
+        verify_client,
+        verify_client_key: verify_path,
+    };
+    match tls.acceptor() {
+        Ok(_) => Some(tls),
+        Err(e) => {
+            tls_error(ctx, e);
+            None
+        }
+    }
+}
+
+/// `ctl:`: how this node's agent and `pgherd ctl` call REST APIs (Patroni uses the same
+/// keys for both): `cacert` (else `restapi.cafile`), `certfile`, `keyfile`, `insecure`.
+fn ctl(ctx: &mut Ctx, root: &mut Section<'_>, restapi: &RestApiConfig) -> ClientTls {
+    let path = root.path("ctl");
+    let v = root.take("ctl");
+    let mut s = Section::of(ctx, &path, v);
+    let cacert = tls_file(ctx, &mut s, "cacert");
+    let certfile = tls_file(ctx, &mut s, "certfile");
+    let keyfile = tls_file(ctx, &mut s, "keyfile");
+    // Accepted for an unencrypted key (encrypted ones are refused when read).
+    let _ = s.string(ctx, "keyfile_password");
+    let insecure = s.boolean(ctx, "insecure").unwrap_or(false);
+    for key in ["authentication", "auth"] {
+        s.ignore(
+            ctx,
+            key,
+            "not supported yet, ignored (restapi.authentication is used)",
+        );
+    }
+    s.finish(ctx);
+    let cafile = restapi.tls.as_ref().and_then(|t| t.cafile.clone());
+    let tls = ClientTls {
+        cacert: cacert.or(cafile),
+        certfile,
+        keyfile,
+        insecure,
+    };
+    if let Err(e) = tls.rustls_config() {
+        tls_error(ctx, e);
+    }
+    tls
 }
 
 fn dcs(ctx: &mut Ctx, root: &mut Section<'_>) -> DcsConfig {
@@ -1101,21 +1251,18 @@ fn dcs(ctx: &mut Ctx, root: &mut Section<'_>) -> DcsConfig {
 fn etcd(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> DcsConfig {
     let mut s = Section::of(ctx, path, v);
     let protocol_path = s.path("protocol");
-    let mut tls_error = false;
-    match s.string(ctx, "protocol").as_deref().map(str::trim) {
-        None | Some("http") => {}
-        Some("https") => {
-            tls_error = true;
+    let mut https = match s.string(ctx, "protocol").as_deref().map(str::trim) {
+        None | Some("http") => false,
+        Some("https") => true,
+        Some(other) => {
             ctx.error(
                 &protocol_path,
-                "TLS to etcd is not supported yet (use protocol: http)",
+                format!("expected http or https, got {other:?}"),
             );
+            false
         }
-        Some(other) => ctx.error(
-            &protocol_path,
-            format!("expected http or https, got {other:?}"),
-        ),
-    }
+    };
+    let protocol = if https { "https" } else { "http" };
     let username = s.string(ctx, "username").or_else(|| s.string(ctx, "user"));
     let password = s.string(ctx, "password");
 
@@ -1145,8 +1292,11 @@ fn etcd(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> DcsConfig {
             } else {
                 key_path.clone()
             };
-            match etcd_endpoint(ctx, &item_path, item, &mut tls_error) {
-                Some(e) => endpoints.push(e),
+            match etcd_endpoint(ctx, &item_path, item, protocol) {
+                Some(e) => {
+                    https |= e.starts_with("https://");
+                    endpoints.push(e)
+                }
                 None => any_error = true,
             }
         }
@@ -1157,8 +1307,9 @@ fn etcd(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> DcsConfig {
             "no etcd endpoints: set `hosts`, `host`, `url` or `urls`",
         );
     }
-    for key in ["cacert", "cert", "key", "ca_cert"] {
-        s.ignore(ctx, key, "TLS to etcd is not supported yet; ignored");
+    let tls = etcd_tls(ctx, &mut s, https);
+    if password.is_some() && username.is_none() {
+        ctx.error(&s.path("password"), "set, but no `username` to go with it");
     }
     for key in ["srv", "srv_suffix", "proxy", "use_proxies"] {
         s.ignore(ctx, key, "not supported yet, ignored");
@@ -1168,32 +1319,80 @@ fn etcd(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> DcsConfig {
         endpoints,
         username,
         password,
+        tls,
     }
 }
 
-/// `host:port`, `host` (port 2379) or `http://host:port` → `http://host:port`.
-fn etcd_endpoint(ctx: &mut Ctx, path: &str, item: &str, tls_error: &mut bool) -> Option<String> {
-    let item = item.trim();
-    let rest = if let Some(rest) = item.strip_prefix("http://") {
-        rest
-    } else if item.starts_with("https://") {
-        if !*tls_error {
-            *tls_error = true;
-            ctx.error(path, "TLS to etcd is not supported yet (use http://)");
+/// `cacert` (or `ca_cert`), `cert`, `key` of an etcd section, read now: PEM for tonic,
+/// checked here so that errors name the key and the file.
+fn etcd_tls(ctx: &mut Ctx, s: &mut Section<'_>, https: bool) -> Option<EtcdTls> {
+    let cacert = tls_file(ctx, s, "cacert").or_else(|| tls_file(ctx, s, "ca_cert"));
+    let cert = tls_file(ctx, s, "cert");
+    let key = tls_file(ctx, s, "key");
+    // Accepted for an unencrypted key (encrypted ones are refused when read).
+    let _ = s.string(ctx, "key_password");
+    if !https {
+        for (name, set) in [("cacert", cacert.is_some()), ("cert", cert.is_some())] {
+            if set {
+                ctx.warn(
+                    &s.path(name),
+                    "ignored: etcd is reached over plain http (set `protocol: https`)",
+                );
+            }
         }
         return None;
+    }
+    let Some(cacert) = cacert else {
+        ctx.error(
+            &s.path("cacert"),
+            "required with https: the CA that signed etcd's certificate",
+        );
+        return None;
+    };
+    let mut tls = EtcdTls::default();
+    let ca = cacert.certificates().and_then(|_| cacert.read());
+    match ca {
+        Ok(pem) => tls.ca = Some(pem),
+        Err(e) => tls_error(ctx, e),
+    }
+    match (cert, key) {
+        (None, None) => {}
+        (None, Some(key)) => ctx.error(&key.key, "set, but no `cert` to go with it"),
+        (Some(cert), key) => {
+            let key = key.unwrap_or_else(|| cert.clone());
+            let pems = cert
+                .check_pair(&key)
+                .and_then(|_| cert.read())
+                .and_then(|c| key.read().map(|k| (c, k)));
+            match pems {
+                Ok(pair) => tls.identity = Some(pair),
+                Err(e) => tls_error(ctx, e),
+            }
+        }
+    }
+    Some(tls)
+}
+
+/// `host:port`, `host` (port 2379) → `protocol://host:port`; `http://host:port` and
+/// `https://host:port` keep their scheme.
+fn etcd_endpoint(ctx: &mut Ctx, path: &str, item: &str, protocol: &str) -> Option<String> {
+    let item = item.trim();
+    let (scheme, rest) = if let Some(rest) = item.strip_prefix("http://") {
+        ("http", rest)
+    } else if let Some(rest) = item.strip_prefix("https://") {
+        ("https", rest)
     } else if item.contains("://") {
         ctx.error(
             path,
-            format!("{item:?}: only http:// endpoints are supported"),
+            format!("{item:?}: only http:// and https:// endpoints are supported"),
         );
         return None;
     } else {
-        item
+        (protocol, item)
     };
     let rest = rest.trim_end_matches('/');
     let addr = host_port_value(ctx, path, &Value::String(rest.to_string()), Some(2379))?;
-    Some(format!("http://{addr}"))
+    Some(format!("{scheme}://{addr}"))
 }
 
 fn bootstrap(ctx: &mut Ctx, root: &mut Section<'_>) -> BootstrapConfig {

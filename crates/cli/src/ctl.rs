@@ -183,9 +183,10 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         tracing::debug!(warning = %w, "config");
     }
     let cfg = loaded.config;
-    let config::DcsConfig::Etcd { endpoints, .. } = &cfg.dcs;
-    let dcs = EtcdDcs::connect(
-        endpoints,
+    let http =
+        pgherd_http::client::client(&cfg.client_tls, None).context("cannot make an HTTP client")?;
+    let dcs = EtcdDcs::connect_with(
+        &cfg.dcs.etcd_access(),
         &cfg.namespace,
         &cfg.scope,
         "pgherd-ctl",
@@ -198,6 +199,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
     let target = operate::Target {
         cluster: &cluster,
         auth: cfg.restapi.authentication.as_ref(),
+        http: &http,
     };
     let out = match args.command {
         CtlCommand::List { format } => list(&cfg.scope, &cluster, format),
@@ -217,7 +219,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         CtlCommand::ShowConfig {
             effective: Some(member),
             format,
-        } => show_effective(&cluster, &member, format).await?,
+        } => show_effective(&http, &cluster, &member, format).await?,
         CtlCommand::Pause { wait } => set_pause(&dcs, true, wait).await?,
         CtlCommand::Resume { wait } => set_pause(&dcs, false, wait).await?,
         CtlCommand::EditConfig {
@@ -243,7 +245,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 scheduled,
                 force,
             };
-            switchover::run(&dcs, &cfg.scope, Kind::Switchover, asked).await?
+            switchover::run(&dcs, &http, &cfg.scope, Kind::Switchover, asked).await?
         }
         CtlCommand::Restart {
             members,
@@ -271,7 +273,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 force,
                 ..switchover::Request::default()
             };
-            switchover::run(&dcs, &cfg.scope, Kind::Failover, asked).await?
+            switchover::run(&dcs, &http, &cfg.scope, Kind::Failover, asked).await?
         }
     };
     print!("{out}");
@@ -279,7 +281,12 @@ pub async fn run(args: CtlArgs) -> Result<()> {
 }
 
 /// A member's parameters as it last wrote them, with their sources, from its REST API.
-async fn show_effective(cluster: &Cluster, member: &str, format: Format) -> Result<String> {
+async fn show_effective(
+    http: &reqwest::Client,
+    cluster: &Cluster,
+    member: &str,
+    format: Format,
+) -> Result<String> {
     let Some(m) = cluster.member(member) else {
         let names: Vec<&str> = cluster.members.iter().map(|m| m.name.as_str()).collect();
         anyhow::bail!(
@@ -293,11 +300,9 @@ async fn show_effective(cluster: &Cluster, member: &str, format: Format) -> Resu
         .trim_end_matches("/patroni")
         .trim_end_matches('/');
     let url = format!("{base}/effective-config");
-    let answer: serde_json::Value = reqwest::Client::builder()
-        .timeout(DCS_TIMEOUT)
-        .build()
-        .context("cannot make an HTTP client")?
+    let answer: serde_json::Value = http
         .get(&url)
+        .timeout(DCS_TIMEOUT)
         .send()
         .await
         .and_then(|r| r.error_for_status())
@@ -496,10 +501,9 @@ fn show_config(cluster: &Cluster, format: Format) -> Result<String> {
 async fn drill(cfg: &config::NodeConfig, rw: &str, ro: &str, yes: bool) -> Result<String> {
     let read_write = drill::parse_address(rw).context("--rw")?;
     let read_only = drill::parse_address(ro).context("--ro")?;
-    let config::DcsConfig::Etcd { endpoints, .. } = &cfg.dcs;
     let dcs: Arc<dyn Dcs> = Arc::new(
-        EtcdDcs::connect(
-            endpoints,
+        EtcdDcs::connect_with(
+            &cfg.dcs.etcd_access(),
             &cfg.namespace,
             &cfg.scope,
             "pgherd-ctl-drill",
@@ -524,6 +528,8 @@ async fn drill(cfg: &config::NodeConfig, rw: &str, ro: &str, yes: bool) -> Resul
         read_only,
         member_login,
         nodes: Box::new(drill::LocalNodes::new(dcs, yes)),
+        http: pgherd_http::client::client(&cfg.client_tls, None)
+            .context("cannot make an HTTP client")?,
     };
     let report = drill::run(&mut target).await;
     print!("{}", report.render());

@@ -174,6 +174,8 @@ async fn start_members(
             api_listen,
             api_connect_address: api_listen.to_string(),
             api_auth: None,
+            api_tls: None,
+            client_tls: pgherd_http::ClientTls::default(),
             pg_connect_host: "127.0.0.1".into(),
             pg_connect_port: pg_port,
             tags: Tags::default(),
@@ -282,6 +284,7 @@ async fn serve(
                 store,
                 killed: Vec::new(),
             }),
+            http: pgherd_http::client::default_client()?,
         };
         let report = drill::run(&mut target).await;
         print!("{}", report.render());
@@ -382,7 +385,7 @@ async fn start_pooler(
     config.cluster = Some(ClusterConfig {
         scope: Some(SCOPE.into()),
         namespace: NAMESPACE.into(),
-        etcd3: Etcd3Config { hosts: Vec::new() },
+        etcd3: Etcd3Config::plain(Vec::new()),
         dcs_timeout: POOLER_DCS_TIMEOUT,
     });
     config.fallback_database = Some(DatabaseConfig {

@@ -1,6 +1,6 @@
 //! `pgherd node`: one member's agent, configured by a Patroni-compatible YAML file.
 
-use crate::config::{self, DcsConfig, NodeConfig};
+use crate::config::{self, NodeConfig};
 use anyhow::{bail, Context, Result};
 use pgherd_dcs::etcd::EtcdDcs;
 use pgherd_dcs::{Dcs, Tags};
@@ -31,9 +31,8 @@ pub async fn run(path: Option<&Path>, validate_only: bool) -> Result<()> {
         println!("{source}: configuration is valid");
         return Ok(());
     }
-    let DcsConfig::Etcd { endpoints, .. } = &cfg.dcs;
-    let dcs = EtcdDcs::connect(
-        endpoints,
+    let dcs = EtcdDcs::connect_with(
+        &cfg.dcs.etcd_access(),
         &cfg.namespace,
         &cfg.scope,
         &cfg.name,
@@ -133,6 +132,8 @@ pub fn spec_from_config(
             username: a.username.clone(),
             password: a.password.clone(),
         }),
+        api_tls: cfg.restapi.tls.clone(),
+        client_tls: cfg.client_tls.clone(),
         pg_connect_host: pg.connect_address.host.clone(),
         pg_connect_port: pg.connect_address.port,
         tags: Tags {

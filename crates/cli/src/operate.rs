@@ -21,6 +21,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Target<'a> {
     pub cluster: &'a Cluster,
     pub auth: Option<&'a BasicAuth>,
+    /// Speaks HTTPS as `ctl.*` says (see [`pgherd_http::client`]).
+    pub http: &'a reqwest::Client,
 }
 
 impl Target<'_> {
@@ -61,12 +63,7 @@ impl Target<'_> {
             .trim_end_matches("/patroni")
             .trim_end_matches('/');
         let url = format!("{base}/{path}");
-        let mut request = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("cannot make an HTTP client")?
-            .post(&url)
-            .json(&body);
+        let mut request = self.http.post(&url).timeout(REQUEST_TIMEOUT).json(&body);
         if let Some(a) = self.auth {
             request = request.basic_auth(&a.username, Some(&a.password));
         }

@@ -19,7 +19,13 @@ pub struct Request {
 }
 
 /// Run a switchover or failover; the text to print when it is done.
-pub async fn run(dcs: &dyn Dcs, scope: &str, kind: Kind, asked: Request) -> Result<String> {
+pub async fn run(
+    dcs: &dyn Dcs,
+    http: &reqwest::Client,
+    scope: &str,
+    kind: Kind,
+    asked: Request,
+) -> Result<String> {
     let cluster = dcs.get_cluster().await.context("cannot read the cluster")?;
     let ask = Ask {
         leader: asked.leader,
@@ -56,7 +62,7 @@ pub async fn run(dcs: &dyn Dcs, scope: &str, kind: Kind, asked: Request) -> Resu
     )
     .ha;
     let wait = manual::default_wait(&ha);
-    let outcome = manual::submit(dcs, &request, wait)
+    let outcome = manual::submit(dcs, http, &request, wait)
         .await
         .with_context(|| format!("{} not started", kind.as_str()))?;
     match outcome {

@@ -66,7 +66,8 @@ async fn three_nodes_bootstrap_replicate_fail_over_and_rejoin() {
         .await;
     for r in &replicas {
         let n = cluster.node(r);
-        let options = reqwest::Client::new()
+        let options = pgherd_http::client::default_client()
+            .expect("HTTP client")
             .request(
                 reqwest::Method::OPTIONS,
                 format!("http://127.0.0.1:{}/primary", n.api_port),

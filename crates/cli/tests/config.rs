@@ -354,16 +354,16 @@ fn etcd_hosts_may_be_a_comma_separated_string_and_urls_are_accepted() {
 }
 
 #[test]
-fn etcd_over_tls_is_a_clear_error() {
+fn etcd_over_https_needs_a_ca_certificate() {
     let yaml = MINIMAL.replace(
         "  hosts: 127.0.0.1:2379",
         "  hosts: a:2379\n  protocol: https",
     );
     let e = err(&yaml);
-    assert!(e.contains("etcd3.protocol") && e.contains("TLS"), "{e}");
+    assert!(e.contains("etcd3.cacert") && e.contains("https"), "{e}");
     let yaml = MINIMAL.replace("  hosts: 127.0.0.1:2379", "  url: https://a:2379");
     let e = err(&yaml);
-    assert!(e.contains("etcd3.url") && e.contains("TLS"), "{e}");
+    assert!(e.contains("etcd3.cacert") && e.contains("https"), "{e}");
 }
 
 #[test]
@@ -648,10 +648,10 @@ fn unknown_keys_are_warnings_naming_the_full_path() {
 #[test]
 fn unsupported_patroni_sections_are_ignored_with_a_warning() {
     let l = ok(&with(
-        "log:\n  level: INFO\nctl:\n  insecure: true\n\
+        "log:\n  level: INFO\n\
          zookeeper:\n  hosts: [z:2181]\nbootstrap:\n  users:\n    admin:\n      password: x\n",
     ));
-    for key in ["log:", "ctl:", "zookeeper:", "bootstrap.users:"] {
+    for key in ["log:", "zookeeper:", "bootstrap.users:"] {
         assert!(
             l.warnings
                 .iter()

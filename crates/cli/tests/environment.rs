@@ -63,7 +63,7 @@ async fn a_node_takes_its_passwords_from_patroni_variables_and_never_shows_them(
     assert!(file_password.is_err(), "the file's password must not work");
 
     // The REST API asks for the environment's credentials before it changes anything.
-    let http = reqwest::Client::new();
+    let http = pgherd_http::client::default_client().expect("HTTP client");
     let url = format!("http://127.0.0.1:{}/restart", node.api_port);
     let refused = http.post(&url).body("{}").send().await.expect("POST");
     assert_eq!(refused.status().as_u16(), 401);

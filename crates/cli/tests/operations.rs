@@ -86,7 +86,7 @@ async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
         "http://127.0.0.1:{}/restart",
         cluster.node(&replica).api_port
     );
-    let http = reqwest::Client::new();
+    let http = pgherd_http::client::default_client().expect("HTTP client");
     let cancelled = http.delete(&url).send().await.expect("DELETE /restart");
     assert_eq!(cancelled.status().as_u16(), 200);
     let again = http.delete(&url).send().await.expect("DELETE /restart");
@@ -121,15 +121,18 @@ async fn restart_reload_and_reinit_act_on_one_member_without_failover() {
     assert_eq!(cluster.primary().await.as_deref(), Some(primary.as_str()));
 
     // Prometheus metrics on the node's REST API.
-    let metrics = reqwest::get(format!(
-        "http://127.0.0.1:{}/metrics",
-        cluster.node(&primary).api_port
-    ))
-    .await
-    .expect("GET /metrics")
-    .text()
-    .await
-    .expect("metrics text");
+    let metrics = pgherd_http::client::default_client()
+        .expect("HTTP client")
+        .get(format!(
+            "http://127.0.0.1:{}/metrics",
+            cluster.node(&primary).api_port
+        ))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
     let labels = format!("{{scope=\"{}\",name=\"{primary}\"}}", cluster.scope);
     assert!(
         metrics.contains(&format!("patroni_primary{labels} 1")),

@@ -616,7 +616,10 @@ async fn a_silent_pooler_stops_writes_and_a_new_leader_waits_for_every_pooler() 
     let metrics_port = pgherd_testkit::free_port();
     let pooler = Pooler::following_metered(&cluster, "", 8, Some(metrics_port));
     let held = || async move {
-        let body = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        let body = pgherd_http::client::default_client()
+            .expect("HTTP client")
+            .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .send()
             .await
             .expect("scrape")
             .text()

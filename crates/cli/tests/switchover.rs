@@ -108,7 +108,8 @@ async fn wait_primary(cluster: &TestCluster, name: &str) {
 }
 
 async fn post(port: u16, path: &str, body: &str) -> (u16, String) {
-    let r = reqwest::Client::new()
+    let r = pgherd_http::client::default_client()
+        .expect("HTTP client")
         .post(format!("http://127.0.0.1:{port}{path}"))
         .body(body.to_string())
         .timeout(Duration::from_secs(60))
@@ -119,7 +120,8 @@ async fn post(port: u16, path: &str, body: &str) -> (u16, String) {
 }
 
 async fn delete(port: u16, path: &str) -> (u16, String) {
-    let r = reqwest::Client::new()
+    let r = pgherd_http::client::default_client()
+        .expect("HTTP client")
         .delete(format!("http://127.0.0.1:{port}{path}"))
         .timeout(Duration::from_secs(10))
         .send()

@@ -35,6 +35,8 @@ pub struct Control {
     pub auth: Option<ApiAuth>,
     /// The member's agent, for restart, reload and reinit (`None`: answered 503).
     pub agent: Option<crate::operator::AgentHandle>,
+    /// For asking other members (over HTTPS when their `api_url` says so).
+    pub http: reqwest::Client,
 }
 
 #[derive(Clone)]
@@ -100,6 +102,17 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     pgherd_http::serve(listener, router(status, control), shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (`restapi.certfile`).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    status: SharedStatus,
+    control: Option<Control>,
+    tls: Option<pgherd_http::Acceptor>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    pgherd_http::serve_with(listener, router(status, control), tls, shutdown).await
 }
 
 type Params = Query<HashMap<String, String>>;

@@ -250,6 +250,7 @@ pub enum SubmitError {
 /// up to `wait` for the members to carry it out.
 pub async fn submit(
     dcs: &dyn Dcs,
+    http: &reqwest::Client,
     request: &FailoverRequest,
     wait: Duration,
 ) -> Result<Outcome, SubmitError> {
@@ -284,7 +285,7 @@ pub async fn submit(
         }
         if cluster.failover.is_none() {
             let reason = match leader.as_deref().and_then(|l| cluster.member(l)) {
-                Some(m) => dropped_because(&m.data.api_url).await,
+                Some(m) => dropped_because(http, &m.data.api_url).await,
                 None => None,
             };
             return Ok(Outcome::Failed { leader, reason });
@@ -294,11 +295,7 @@ pub async fn submit(
 }
 
 /// Why the leader dropped the last request, from its `GET /patroni`.
-async fn dropped_because(api_url: &str) -> Option<String> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
+async fn dropped_because(http: &reqwest::Client, api_url: &str) -> Option<String> {
     let status: serde_json::Value = http.get(api_url).send().await.ok()?.json().await.ok()?;
     status["last_request_dropped"].as_str().map(str::to_string)
 }

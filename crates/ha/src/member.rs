@@ -10,6 +10,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
+/// How long a call to another member's REST API may take.
+pub const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A member whose API listens and whose agent runs.
 pub struct RunningMember {
     pub name: String,
@@ -28,10 +31,15 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A certificate, key or CA file of the REST API or its client.
+    #[error(transparent)]
+    Tls(#[from] pgherd_http::TlsError),
 }
 
 /// Bind the REST API (failing fast if its port is taken), then start the agent.
 pub async fn start(spec: NodeSpec, dcs: Arc<dyn Dcs>) -> Result<RunningMember, StartError> {
+    let tls = spec.api_tls.as_ref().map(|t| t.acceptor()).transpose()?;
+    let http = pgherd_http::client::client(&spec.client_tls, Some(PEER_TIMEOUT))?;
     let listener = tokio::net::TcpListener::bind(spec.api_listen)
         .await
         .map_err(|source| StartError::ApiListen {
@@ -51,17 +59,19 @@ pub async fn start(spec: NodeSpec, dcs: Arc<dyn Dcs>) -> Result<RunningMember, S
     let mut api_rx = rx.clone();
     let api_status = status.clone();
     let name = spec.name.clone();
-    let mut agent = Agent::new(spec.clone(), dcs.clone(), status.clone());
+    let mut agent = Agent::new(spec.clone(), dcs.clone(), status.clone(), http.clone());
     let control = crate::api::Control {
         dcs,
         auth: spec.api_auth.clone(),
         agent: Some(agent.handle()),
+        http,
     };
     let api = tokio::spawn(async move {
         let stop = async move {
             let _ = api_rx.wait_for(|s| *s).await;
         };
-        if let Err(e) = crate::api::serve(listener, api_status, Some(control), stop).await {
+        let served = crate::api::serve_with(listener, api_status, Some(control), tls, stop);
+        if let Err(e) = served.await {
             warn!(error = %e, "REST API stopped");
         }
     });

@@ -106,15 +106,17 @@ struct Pending {
 }
 
 impl Agent {
-    pub fn new(spec: NodeSpec, dcs: Arc<dyn Dcs>, status: SharedStatus) -> Self {
+    /// `http` calls the other members' REST APIs (built for `spec.client_tls`).
+    pub fn new(
+        spec: NodeSpec,
+        dcs: Arc<dyn Dcs>,
+        status: SharedStatus,
+        http: reqwest::Client,
+    ) -> Self {
         let pg = Instance::new(spec.instance.clone());
         let dynamic = dynamic::apply(&spec.ha, None);
         dcs.set_ttl(Duration::from_millis(spec.ha.ttl));
         dcs.set_retry_timeout(Duration::from_millis(spec.ha.retry_timeout));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
         let fence = match (&spec.watchdog.fencer, spec.watchdog.mode) {
             (Some(program), WatchdogMode::Automatic | WatchdogMode::Required) => {
                 match Fence::start(program, &spec.instance.data_dir) {
@@ -893,11 +895,39 @@ impl Agent {
                 let answer = self.http.get(&m.data.api_url).send().await;
                 let json: Option<serde_json::Value> = match answer {
                     Ok(r) => r.json().await.ok(),
-                    Err(_) => None,
+                    Err(e) => {
+                        info!(
+                            member = %self.spec.name,
+                            "cannot ask {} ({}): {}",
+                            m.name,
+                            m.data.api_url,
+                            with_causes(&e)
+                        );
+                        None
+                    }
                 };
-                peer_status(&m.name, json.as_ref(), m.data.tags.nofailover)
+                let answered = json.is_some();
+                (
+                    peer_status(&m.name, json.as_ref(), m.data.tags.nofailover),
+                    answered,
+                )
             });
-        futures::future::join_all(asks).await
+        let answers = futures::future::join_all(asks).await;
+        let names = |want: bool| {
+            answers
+                .iter()
+                .filter(|(_, a)| *a == want)
+                .map(|(p, _)| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        info!(
+            member = %self.spec.name,
+            answered = %names(true),
+            unanswered = %names(false),
+            "asked the other members for their WAL positions"
+        );
+        answers.into_iter().map(|(p, _)| p).collect()
     }
 
     /// The leader that last confirmed itself to our REST API (`POST /failsafe`), and
@@ -1725,6 +1755,18 @@ fn member_at(cluster: Option<&Cluster>, host: &str, port: u16) -> Option<String>
 pub use pgherd_dcs::parse_conn_url;
 
 /// A peer's `GET /patroni` answer, reduced to what the failover race needs.
+/// An error with its causes (`a: b: c`): reqwest's own message leaves out what failed
+/// (connection refused, a certificate the CA did not sign).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
 fn peer_status(name: &str, json: Option<&serde_json::Value>, nofailover: bool) -> PeerStatus {
     let Some(j) = json else {
         return PeerStatus {

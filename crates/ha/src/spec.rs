@@ -33,6 +33,11 @@ pub struct NodeSpec {
     /// How other members and tools reach the REST API (`host:port`).
     pub api_connect_address: String,
     pub api_auth: Option<ApiAuth>,
+    /// `restapi.certfile` and friends: the REST API serves HTTPS, and its `api_url`
+    /// (in the member key) starts with `https://`.
+    pub api_tls: Option<pgherd_http::ServerTls>,
+    /// How this member calls other members' REST APIs over HTTPS (`ctl.*`).
+    pub client_tls: pgherd_http::ClientTls,
     /// How other members reach this PostgreSQL (`host`, `port`).
     pub pg_connect_host: String,
     pub pg_connect_port: u16,
@@ -150,7 +155,12 @@ impl NodeSpec {
         )
     }
     pub fn api_url(&self) -> String {
-        format!("http://{}/patroni", self.api_connect_address)
+        let scheme = if self.api_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}/patroni", self.api_connect_address)
     }
 }
 

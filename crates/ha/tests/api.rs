@@ -90,7 +90,8 @@ async fn serve(status: SharedStatus) -> String {
 }
 
 async fn code(base: &str, method: reqwest::Method, path: &str) -> u16 {
-    reqwest::Client::new()
+    pgherd_http::client::default_client()
+        .expect("HTTP client")
         .request(method, format!("{base}{path}"))
         .send()
         .await
@@ -100,7 +101,10 @@ async fn code(base: &str, method: reqwest::Method, path: &str) -> u16 {
 }
 
 async fn get_json(base: &str, path: &str) -> serde_json::Value {
-    reqwest::get(format!("{base}{path}"))
+    pgherd_http::client::default_client()
+        .expect("HTTP client")
+        .get(format!("{base}{path}"))
+        .send()
         .await
         .expect("get")
         .json()
@@ -261,6 +265,7 @@ async fn patch_and_put_config_change_the_dcs_with_basic_auth_and_checks() {
             password: "s3cret".into(),
         }),
         agent: None,
+        http: pgherd_http::client::default_client().expect("HTTP client"),
     };
     tokio::spawn(pgherd_ha::api::serve(
         listener,
@@ -268,7 +273,7 @@ async fn patch_and_put_config_change_the_dcs_with_basic_auth_and_checks() {
         Some(control),
         std::future::pending(),
     ));
-    let http = reqwest::Client::new();
+    let http = pgherd_http::client::default_client().expect("HTTP client");
     let send = |method: reqwest::Method, body: &str, auth: Option<(&str, &str)>| {
         let mut r = http
             .request(method, format!("{base}/config"))
@@ -397,6 +402,7 @@ async fn hostile_clients_get_errors_and_the_api_keeps_answering_others() {
         dcs,
         auth: None,
         agent: None,
+        http: pgherd_http::client::default_client().expect("HTTP client"),
     };
     tokio::spawn(pgherd_ha::api::serve(
         listener,
@@ -404,10 +410,11 @@ async fn hostile_clients_get_errors_and_the_api_keeps_answering_others() {
         Some(control),
         std::future::pending(),
     ));
-    let http = reqwest::Client::new();
+    let http = pgherd_http::client::default_client().expect("HTTP client");
     let health = || async {
         let started = std::time::Instant::now();
-        let code = reqwest::Client::new()
+        let code = pgherd_http::client::default_client()
+            .expect("HTTP client")
             .get(format!("{base}/health"))
             .timeout(Duration::from_secs(2))
             .send()
@@ -534,6 +541,7 @@ async fn failsafe_posts_are_accepted_by_replicas_only() {
                 password: "s3cret".into(),
             }),
             agent: None,
+            http: pgherd_http::client::default_client().expect("HTTP client"),
         };
         tokio::spawn(pgherd_ha::api::serve(
             listener,
@@ -543,7 +551,7 @@ async fn failsafe_posts_are_accepted_by_replicas_only() {
         ));
         base
     };
-    let http = reqwest::Client::new();
+    let http = pgherd_http::client::default_client().expect("HTTP client");
     let post = |base: String, body: &'static str, auth: bool| {
         let mut r = http.post(format!("{base}/failsafe")).body(body);
         if auth {

@@ -4,18 +4,24 @@
 //! keep-alive connections closed, so that one client cannot hold a listener away from
 //! the health checks, scrapers and operators that need it.
 
+pub mod client;
+pub mod tls;
+
+pub use tls::{Acceptor, ClientTls, ServerTls, TlsError, TlsFile, VerifyClient};
+
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -37,11 +43,23 @@ pub const MAX_BODY: usize = 1 << 20;
 /// idle keep-alive connections do not pile up.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Serve `app` on `listener` until `shutdown` resolves; then stop accepting and let
-/// running requests finish.
+/// Serve `app` on `listener` (plain HTTP) until `shutdown` resolves; then stop accepting
+/// and let running requests finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, app, None, shutdown).await
+}
+
+/// Serve `app` on `listener`, over TLS when `tls` is given, until `shutdown` resolves;
+/// then stop accepting and let running requests finish. The TLS handshake must end
+/// within [`HEADER_READ_TIMEOUT`], and counts against the same connection limits.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Acceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = app.layer(axum::middleware::from_fn(read_body));
@@ -73,33 +91,37 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
-        let mut stop = stop_rx.clone();
+        let app = app.clone();
+        let stop = stop_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // HTTP/1.1 only, as Patroni's API.
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
-            tokio::pin!(lifetime);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            debug!(%peer, error = %e, "HTTP connection ended");
+            match tls {
+                None => {
+                    let service = TowerToHyperService::new(app);
+                    connection(stream, service, peer, stop).await;
+                }
+                Some(tls) => {
+                    // The handshake under the header deadline: a client that opens a
+                    // connection and never finishes it does not keep its slot.
+                    let handshake = tls.acceptor.accept(stream);
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let certified = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .is_some_and(|c| !c.is_empty());
+                            let service = TlsService {
+                                inner: TowerToHyperService::new(app),
+                                certified,
+                                verify_client: tls.verify_client,
+                            };
+                            connection(stream, service, peer, stop).await;
                         }
-                        break;
-                    }
-                    _ = &mut lifetime, if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ = stop.wait_for(|s| *s), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
+                        Ok(Err(e)) => debug!(%peer, error = %e, "HTTPS: TLS handshake failed"),
+                        Err(_) => {
+                            debug!(%peer, "HTTPS: no TLS handshake within {} s", HEADER_READ_TIMEOUT.as_secs())
+                        }
                     }
                 }
             }
@@ -113,6 +135,89 @@ pub async fn serve(
     let all = MAX_CONNECTIONS as u32;
     let _ = tokio::time::timeout(Duration::from_secs(5), drained.acquire_many(all)).await;
     Ok(())
+}
+
+/// Serve HTTP/1.1 on one connection until it ends, its lifetime runs out or the
+/// listener stops.
+async fn connection<I, S>(io: I, service: S, peer: SocketAddr, mut stop: watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // HTTP/1.1 only, as Patroni's API.
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+    tokio::pin!(lifetime);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(%peer, error = %e, "HTTP connection ended");
+                }
+                break;
+            }
+            _ = &mut lifetime, if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = stop.wait_for(|s| *s), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Present in a request's extensions when it came over TLS with a client certificate
+/// that the listener's CA verified.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCertificate;
+
+/// The service of one TLS connection: marks requests that came with a verified client
+/// certificate, and (`verify_client: optional`, Patroni's meaning) refuses requests
+/// that change something without one.
+#[derive(Clone)]
+struct TlsService<S> {
+    inner: S,
+    certified: bool,
+    verify_client: VerifyClient,
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for TlsService<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if self.certified {
+            request.extensions_mut().insert(ClientCertificate);
+        } else if self.verify_client != VerifyClient::None && !is_safe(request.method()) {
+            let refused = (
+                StatusCode::FORBIDDEN,
+                "client certificate required\n".to_string(),
+            )
+                .into_response();
+            return Box::pin(async move { Ok(refused) });
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// Methods that only read.
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 type PeerCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;

@@ -29,6 +29,9 @@ pub enum ServiceError {
     },
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The etcd section's certificate files.
+    #[error("{0}")]
+    EtcdTls(#[from] pgherd_http::TlsError),
     #[error("cannot listen on Unix socket {}: {error}", path.display())]
     ListenUnix {
         path: PathBuf,
@@ -182,6 +185,10 @@ impl Service {
     /// Bind every listen address (failing fast with the address that is taken) and
     /// start accepting clients.
     pub async fn start(files: Files) -> Result<Service, ServiceError> {
+        if let Some(store) = &files.config.cluster {
+            // Fail fast on a wrong path or a key that does not fit.
+            store.etcd3.access()?;
+        }
         let topology = files
             .config
             .cluster

@@ -18,7 +18,7 @@ use crate::pools::Pools;
 use crate::prepared::{self, ClientStatements, Responses};
 use crate::server::{send_cancel, FramedError, FramedReader, ServerCredential};
 use bytes::BytesMut;
-use pgherd_protocol::auth::{Md5Server, ScramServer, StoredPassword};
+use pgherd_protocol::auth::{Md5Server, ScramServer, ScramVerifier, StoredPassword};
 use pgherd_protocol::backend::{
     Authentication, BackendKeyData, ErrorResponse, ParameterStatus, ParseComplete, ReadyForQuery,
     Severity, TransactionStatus,
@@ -936,10 +936,12 @@ async fn check_password(
         }
         AuthType::Md5 => match stored {
             // A SCRAM secret cannot answer md5: PgBouncer switches to SCRAM, so do we.
-            Some(StoredPassword::Scram(_)) => scram(client, out, stored.as_ref(), denied).await,
+            Some(StoredPassword::Scram(_)) => {
+                scram(client, out, user, stored.as_ref(), denied).await
+            }
             _ => md5(client, out, user, stored.as_ref(), denied).await,
         },
-        AuthType::ScramSha256 => scram(client, out, stored.as_ref(), denied).await,
+        AuthType::ScramSha256 => scram(client, out, user, stored.as_ref(), denied).await,
         AuthType::Hba => Err(fail(out, denied()).await),
     }
 }
@@ -983,17 +985,43 @@ async fn md5(
     }
 }
 
+/// SCRAM verifiers derived from cleartext secrets (`auth_file`, `auth_query`), by user
+/// and secret: PBKDF2 runs once per password, not on every login attempt, which anyone
+/// who can connect could otherwise repeat to keep the pooler's threads busy (PostgreSQL
+/// stores verifiers and derives nothing at login). Bounded: emptied when full.
+fn cleartext_verifier(user: &str, password: &str) -> ScramVerifier {
+    const MAX_ENTRIES: usize = 10_000;
+    type Cache = std::collections::HashMap<(String, String), ScramVerifier>;
+    static CACHE: OnceLock<std::sync::Mutex<Cache>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (user.to_owned(), password.to_owned());
+    if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return v.clone();
+    }
+    // Outside the lock: other users' logins do not wait for this derivation.
+    let derived = ScramVerifier::from_password(password.as_bytes());
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= MAX_ENTRIES {
+        cache.clear();
+    }
+    cache.entry(key).or_insert(derived).clone()
+}
+
 async fn scram(
     client: &mut ClientReader,
     out: &mut ClientWriter,
+    user: &str,
     stored: Option<&StoredPassword>,
     denied: impl Fn() -> ErrorResponse,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>, SessionError> {
     // Unknown users (and md5 secrets, which cannot do SCRAM) run a mock exchange that
     // fails at the end, like PostgreSQL.
-    let known = stored.and_then(|s| ScramServer::from_stored(s).ok());
+    let known = stored.and_then(|s| match s {
+        StoredPassword::Plain(p) => Some(ScramServer::new(cleartext_verifier(user, p))),
+        other => ScramServer::from_stored(other).ok(),
+    });
     let real = known.is_some();
-    let mut server = known.unwrap_or_else(ScramServer::mock);
+    let mut server = known.unwrap_or_else(|| ScramServer::mock(user));
     send(
         out,
         &Authentication::Sasl {

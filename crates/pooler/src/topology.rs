@@ -246,17 +246,20 @@ impl Topology {
 
     /// Followers of clusters in the etcd the store section names.
     pub fn etcd(store: &ClusterConfig) -> Topology {
-        let hosts = store.etcd3.hosts.clone();
+        let etcd3 = store.etcd3.clone();
         let namespace = store.namespace.clone();
         let timeout = store.dcs_timeout;
         let connect: Connect = Arc::new(move |scope: String| {
-            let (hosts, namespace) = (hosts.clone(), namespace.clone());
+            let (etcd3, namespace) = (etcd3.clone(), namespace.clone());
             Box::pin(async move {
                 // Its name is the pooler's id under `poolers/`: host and process.
                 let member = pooler_id();
+                // The certificate files are read at each connection (so renewed ones
+                // are picked up); the service checked them at start.
+                let access = etcd3.access().map_err(|e| e.to_string())?;
                 // Its key's lease: twice `dcs_timeout`, by when a pooler that cannot
                 // renew it has stopped routing writes (after `dcs_timeout`).
-                EtcdDcs::connect(&hosts, &namespace, &scope, &member, timeout * 2, timeout)
+                EtcdDcs::connect_with(&access, &namespace, &scope, &member, timeout * 2, timeout)
                     .await
                     .map(|d| Arc::new(d) as Arc<dyn Dcs>)
                     .map_err(|e| e.to_string())

@@ -29,7 +29,9 @@ async fn service(pg: &pgherd_postgres::Instance, settings: &str) -> (Service, te
 }
 
 async fn scrape_as(addr: SocketAddr, accept: Option<&str>) -> (String, String) {
-    let mut req = reqwest::Client::new().get(format!("http://{addr}/metrics"));
+    let mut req = pgherd_http::client::default_client()
+        .expect("HTTP client")
+        .get(format!("http://{addr}/metrics"));
     if let Some(a) = accept {
         req = req.header("Accept", a);
     }
@@ -383,7 +385,10 @@ async fn metrics_show_pools_clients_servers_waits_and_errors() {
     assert!(value(&body, "pgherd_pooler_queries_total", &APP).unwrap() >= queries);
 
     // Only /metrics is served.
-    let resp = reqwest::get(format!("http://{addr}/"))
+    let resp = pgherd_http::client::default_client()
+        .expect("HTTP client")
+        .get(format!("http://{addr}/"))
+        .send()
         .await
         .expect("GET /");
     assert_eq!(resp.status(), 404);

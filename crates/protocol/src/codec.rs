@@ -2,7 +2,8 @@
 //!
 //! Decoding is incremental: `Ok(None)` means "need more bytes" and leaves the buffer
 //! untouched. The length word is checked against the limit *before* anything is
-//! reserved, so a hostile length cannot make us allocate. After an `Err` the stream
+//! reserved, and at most [`RESERVE_AHEAD_MAX`] is reserved for a frame not yet
+//! received, so a hostile length cannot make us allocate. After an `Err` the stream
 //! has lost message sync: report and close.
 
 use crate::buf::write_frame;
@@ -30,6 +31,11 @@ pub const MAX_STARTUP_PACKET_LENGTH: u32 = 10_000;
 
 /// Header of a typed message: type byte + Int32 length.
 pub const HEADER_LEN: usize = 5;
+
+/// Most room reserved ahead for the rest of a partial frame. A length word is only a
+/// claim: buffers grow with the bytes that arrive, so a peer that announces a 1 GB
+/// message and sends a few bytes holds 64 KiB, not 1 GB.
+pub const RESERVE_AHEAD_MAX: usize = 64 * 1024;
 
 /// One message as it came off the wire: its type byte and the body after the length
 /// word. Forward it untouched with [`Frame::encode`] when the pooler need not look in.
@@ -130,9 +136,10 @@ impl FrameDecoder {
         let total = match self.frame_len(src)? {
             FrameLen::Whole(total) => total,
             FrameLen::Partial(total) => {
-                // Safe to reserve now: the announced length is within the limit.
+                // The announced length is within the limit, but not yet sent: reserve
+                // a bounded part of it.
                 if let Some(total) = total {
-                    src.reserve(total - src.len());
+                    src.reserve((total - src.len()).min(RESERVE_AHEAD_MAX));
                 }
                 return Ok(None);
             }

@@ -158,6 +158,11 @@ pub enum AuthError {
     /// Client side: the server ended SCRAM with `e=<reason>` (its own text).
     #[error("server rejected SCRAM authentication: {0}")]
     ServerError(String),
+    /// Client side: the server asked for more PBKDF2 iterations than
+    /// [`MAX_SERVER_SCRAM_ITERATIONS`](crate::auth::MAX_SERVER_SCRAM_ITERATIONS): a
+    /// hostile or broken server could otherwise keep a CPU busy for hours per login.
+    #[error("server asks for {iterations} SCRAM iterations, more than the limit of {limit}")]
+    TooManyIterations { iterations: u32, limit: u32 },
     /// A state-machine method called out of order.
     #[error("authentication step called out of order")]
     OutOfOrder,
@@ -172,7 +177,9 @@ impl UserFacingError for AuthError {
             | AuthError::ChannelBindingUnsupported
             | AuthError::ChannelBindingMismatch
             | AuthError::NonceMismatch => ErrorKind::Protocol,
-            AuthError::InvalidServerSignature | AuthError::ServerError(_) => ErrorKind::Server,
+            AuthError::InvalidServerSignature
+            | AuthError::ServerError(_)
+            | AuthError::TooManyIterations { .. } => ErrorKind::Server,
             AuthError::InvalidVerifier(_)
             | AuthError::UnusableSecret(_)
             | AuthError::OutOfOrder => ErrorKind::Internal,

@@ -83,7 +83,7 @@ fn wrong_password_fails_as_auth_failed() {
 
 #[test]
 fn mock_exchange_for_unknown_user_always_fails() {
-    let mut server = ScramServer::mock();
+    let mut server = ScramServer::mock("nobody");
     let mut client = ScramClient::new(b"anything");
     assert_eq!(
         exchange(&mut server, &mut client),
@@ -319,4 +319,68 @@ fn secrets_stay_out_of_debug_output() {
     let v = ScramVerifier::from_password(b"hunter2");
     assert!(!format!("{v:?}").contains(&v.to_string()[20..]));
     assert!(!format!("{:?}", ScramClient::new(b"hunter2")).contains("hunter2"));
+}
+
+/// PgBouncer 1.26.0's CVE-2026-6669: a server may not make the client run PBKDF2 for
+/// hours. Over the limit is refused before any derivation (this test would take hours
+/// otherwise); a pass-through login derives nothing and is not limited.
+#[test]
+fn client_refuses_a_server_iteration_count_over_the_limit() {
+    let first = |i: u64| format!("r={CLIENT_NONCE}xyz,s={SALT_B64},i={i}");
+    for i in [
+        u64::from(MAX_SERVER_SCRAM_ITERATIONS) + 1,
+        u64::from(i32::MAX as u32),
+        u64::from(u32::MAX),
+    ] {
+        let mut client = ScramClient::with_nonce("user", b"pencil", CLIENT_NONCE.into());
+        let started = std::time::Instant::now();
+        let e = client
+            .handle_server_first(first(i).as_bytes())
+            .expect_err("over the limit");
+        assert_eq!(
+            e,
+            AuthError::TooManyIterations {
+                iterations: i as u32,
+                limit: MAX_SERVER_SCRAM_ITERATIONS
+            }
+        );
+        assert_eq!(e.kind(), ErrorKind::Server);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+    // Past u32: not a number we take.
+    let mut client = ScramClient::with_nonce("user", b"pencil", CLIENT_NONCE.into());
+    assert!(matches!(
+        client.handle_server_first(first(u64::from(u32::MAX) + 1).as_bytes()),
+        Err(AuthError::MalformedScram(_))
+    ));
+    // Pass-through: the keys are given, any count is fine.
+    let mut pass_through = ScramClient::with_keys([7; 32], rfc_verifier().keys.server_key);
+    let first_message = pass_through.client_first();
+    let nonce = first_message
+        .rsplit_once("r=")
+        .map(|(_, n)| n)
+        .expect("client nonce");
+    assert!(pass_through
+        .handle_server_first(format!("r={nonce}xyz,s={SALT_B64},i={}", u32::MAX).as_bytes())
+        .is_ok());
+}
+
+/// An unknown user's mock exchange offers the same salt on every attempt, as a known
+/// user's stored verifier does, so two attempts do not tell them apart; another name
+/// gets another salt.
+#[test]
+fn mock_salts_are_stable_per_user() {
+    let salt = |user: &str| {
+        let mut server = ScramServer::mock(user);
+        let first = server
+            .handle_client_first(b"n,,n=,r=abcdefgh")
+            .expect("server-first");
+        first
+            .split(',')
+            .find_map(|a| a.strip_prefix("s="))
+            .expect("salt")
+            .to_owned()
+    };
+    assert_eq!(salt("ghost"), salt("ghost"));
+    assert_ne!(salt("ghost"), salt("phantom"));
 }

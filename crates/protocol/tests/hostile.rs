@@ -421,3 +421,36 @@ proptest! {
         let _ = BackendMessage::decode_frame(&got);
     }
 }
+
+/// A length word within the limit is still only a claim: a 1 GB Query announced with a
+/// few bytes must not reserve 1 GB (16 such clients held 16 GiB before), and neither
+/// may lengths above 2^31 (PgBouncer 1.26.0's CVE-2026-6668) get past the limit.
+#[test]
+fn an_announced_length_reserves_a_bounded_amount() {
+    let mut src = BytesMut::new();
+    src.put_u8(b'Q');
+    src.put_u32(PQ_LARGE_MESSAGE_LIMIT);
+    src.put_slice(b"SELECT ");
+    assert_eq!(FrameDecoder::frontend().decode(&mut src), Ok(None));
+    assert!(
+        src.capacity() <= RESERVE_AHEAD_MAX + 64,
+        "reserved {} bytes",
+        src.capacity()
+    );
+    for len in [0x8000_0000u32, 0x8000_0004, u32::MAX] {
+        for tag in [b'Q', b'p', b'd', b'S'] {
+            let mut src = BytesMut::new();
+            src.put_u8(tag);
+            src.put_u32(len);
+            assert!(matches!(
+                FrameDecoder::frontend().decode(&mut src),
+                Err(ProtocolError::MessageTooLarge { .. })
+            ));
+            assert!(src.capacity() < 1024);
+        }
+        let mut src = BytesMut::new();
+        src.put_u8(b'D');
+        src.put_u32(len);
+        assert!(FrameDecoder::backend().decode(&mut src).is_err());
+    }
+}

@@ -1,4 +1,5 @@
-//! Real etcd for tests: one single-node etcd on free loopback ports, in a temp dir.
+//! Real etcd for tests: one single-node etcd on free loopback ports, in a temp dir;
+//! plain HTTP, or HTTPS (optionally demanding client certificates) with [`EtcdServer::start_tls`].
 
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
@@ -21,7 +22,26 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Where `/health` is served over plain HTTP (`--listen-metrics-urls`).
+    metrics_port: u16,
+    tls: Option<EtcdTlsFiles>,
     child: Option<Child>,
+}
+
+/// etcd's TLS toward clients.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA clients' certificates must be signed by.
+    pub trusted_ca: PathBuf,
+    /// `--client-cert-auth` and `--trusted-ca-file`: refuse clients without a
+    /// certificate signed by `trusted_ca` (etcd 3.4 asks for one whenever it has a
+    /// trusted CA file, so without this neither is passed).
+    pub client_cert_auth: bool,
+    /// `--auth-token-ttl`: seconds a (simple) authentication token lives unused
+    /// (etcd's default: 300).
+    pub auth_token_ttl: Option<u32>,
 }
 
 fn find_etcd() -> anyhow::Result<PathBuf> {
@@ -76,6 +96,15 @@ fn healthy(port: u16) -> bool {
 impl EtcdServer {
     /// Start etcd on free loopback ports and wait (up to 15 s) until it is healthy.
     pub fn start() -> anyhow::Result<EtcdServer> {
+        EtcdServer::start_with(None)
+    }
+
+    /// Start etcd serving its clients over HTTPS with `tls`.
+    pub fn start_tls(tls: EtcdTlsFiles) -> anyhow::Result<EtcdServer> {
+        EtcdServer::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<EtcdTlsFiles>) -> anyhow::Result<EtcdServer> {
         let binary = find_etcd()?;
         let dir = tempfile::Builder::new()
             .prefix("pgherd-etcd-")
@@ -86,6 +115,8 @@ impl EtcdServer {
             dir,
             client_port: crate::free_port(),
             peer_port: crate::free_port(),
+            metrics_port: crate::free_port(),
+            tls,
             child: None,
         };
         server.spawn()?;
@@ -97,7 +128,7 @@ impl EtcdServer {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = File::options()
             .create(true)
@@ -107,8 +138,26 @@ impl EtcdServer {
         let log2 = log
             .try_clone()
             .context("cloning the etcd log file handle")?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()));
+            if tls.client_cert_auth {
+                command
+                    .arg(format!("--trusted-ca-file={}", tls.trusted_ca.display()))
+                    .arg("--client-cert-auth");
+            }
+            if let Some(ttl) = tls.auth_token_ttl {
+                command.arg(format!("--auth-token-ttl={ttl}"));
+            }
+        }
+        let child = command
             .arg("--name=default")
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.metrics_port
+            ))
             .arg(format!(
                 "--data-dir={}",
                 self.dir.path().join("data").display()
@@ -136,7 +185,7 @@ impl EtcdServer {
                     );
                 }
             }
-            if healthy(self.client_port) {
+            if healthy(self.metrics_port) {
                 tracing::debug!(endpoint = %client, "etcd is up");
                 return Ok(());
             }
@@ -149,9 +198,10 @@ impl EtcdServer {
         )
     }
 
-    /// `http://127.0.0.1:<client port>`
+    /// `http://127.0.0.1:<client port>` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The tail of etcd's log, for diagnostics.

@@ -5,6 +5,8 @@ pub mod etcd;
 pub mod logs;
 pub mod netns;
 pub mod pg;
+pub mod sockets;
+pub mod tls;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -50,6 +50,8 @@ pub struct Target<'a> {
     /// member's `conn_url`).
     pub member_login: Address,
     pub nodes: Box<dyn Nodes + 'a>,
+    /// For the members' REST APIs (over HTTPS as `ctl.*` says).
+    pub http: reqwest::Client,
 }
 
 /// The drill's bounds.
@@ -504,6 +506,7 @@ async fn switch_over(target: &Target<'_>, asked: switchover::Request) -> Result<
     loop {
         let outcome = switchover::run(
             target.dcs.as_ref(),
+            &target.http,
             &target.scope,
             Kind::Switchover,
             asked.clone(),

@@ -28,6 +28,8 @@ pub struct TestNode {
     pub api_port: u16,
     pub dir: PathBuf,
     pub config_path: PathBuf,
+    /// Set when the REST API serves HTTPS: how the test talks to it.
+    pub api_tls: Option<pgherd_http::ClientTls>,
     child: Option<Child>,
 }
 
@@ -120,7 +122,10 @@ impl TestNode {
     }
 
     pub async fn api(&self, path: &str) -> (u16, serde_json::Value) {
-        api_get(self.api_port, path).await
+        match &self.api_tls {
+            None => api_get(self.api_port, path).await,
+            Some(tls) => api_get_tls(self.api_port, path, tls).await,
+        }
     }
 
     pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -139,11 +144,25 @@ pub fn text(o: &std::process::Output) -> String {
 
 pub async fn api_get(port: u16, path: &str) -> (u16, serde_json::Value) {
     let url = format!("http://127.0.0.1:{port}{path}");
-    let client = reqwest::Client::builder()
+    get_json(&url, &pgherd_http::ClientTls::default()).await
+}
+
+/// `GET https://127.0.0.1:<port><path>` with `tls`; `(0, Null)` when it fails.
+pub async fn api_get_tls(
+    port: u16,
+    path: &str,
+    tls: &pgherd_http::ClientTls,
+) -> (u16, serde_json::Value) {
+    get_json(&format!("https://127.0.0.1:{port}{path}"), tls).await
+}
+
+async fn get_json(url: &str, tls: &pgherd_http::ClientTls) -> (u16, serde_json::Value) {
+    let client = pgherd_http::client::builder(tls)
+        .expect("HTTP client")
         .timeout(Duration::from_secs(3))
         .build()
         .expect("http client");
-    match client.get(&url).send().await {
+    match client.get(url).send().await {
         Ok(r) => {
             let code = r.status().as_u16();
             let body = r.json().await.unwrap_or(serde_json::Value::Null);
@@ -166,6 +185,8 @@ pub struct TestCluster {
     pub scope: String,
     pub nodes: Vec<TestNode>,
     pub etcd: EtcdServer,
+    /// How the test reaches `etcd` (TLS, authentication).
+    pub etcd_access: pgherd_dcs::etcd::EtcdAccess,
     // Dropped last: the directories outlive the processes using them.
     pub dir: PgTempDir,
 }
@@ -181,6 +202,19 @@ impl TestCluster {
     pub fn new_with(n: usize, extra: impl Fn(&str, &Path) -> String) -> TestCluster {
         pgherd_testkit::init_tracing();
         let etcd = EtcdServer::start().expect("start etcd");
+        let access = pgherd_dcs::etcd::EtcdAccess::plain(&[etcd.endpoint()]);
+        Self::with_etcd(n, etcd, access, |name, dir, yaml| yaml + &extra(name, dir))
+    }
+
+    /// `n` members using `etcd` (reached by the test with `access`); `edit(name,
+    /// node_dir, yaml)` gives each member's config from the default one.
+    pub fn with_etcd(
+        n: usize,
+        etcd: EtcdServer,
+        access: pgherd_dcs::etcd::EtcdAccess,
+        edit: impl Fn(&str, &Path, String) -> String,
+    ) -> TestCluster {
+        pgherd_testkit::init_tracing();
         let dir = PgTempDir::new().expect("temp dir");
         let scope = "pgherd-test".to_string();
         let nodes = (1..=n)
@@ -199,7 +233,8 @@ impl TestCluster {
                     api_port,
                     &etcd.endpoint(),
                     &node_dir,
-                ) + &extra(&name, &node_dir);
+                );
+                let yaml = edit(&name, &node_dir, yaml);
                 fs::write(&config_path, yaml).expect("write config");
                 TestNode {
                     name,
@@ -207,6 +242,7 @@ impl TestCluster {
                     api_port,
                     dir: node_dir,
                     config_path,
+                    api_tls: None,
                     child: None,
                 }
             })
@@ -215,6 +251,7 @@ impl TestCluster {
             scope,
             nodes,
             etcd,
+            etcd_access: access,
             dir,
         }
     }
@@ -248,8 +285,8 @@ impl TestCluster {
     /// The cluster's keys as etcd holds them now.
     pub async fn keys(&self) -> pgherd_dcs::Cluster {
         use pgherd_dcs::Dcs;
-        let dcs = pgherd_dcs::etcd::EtcdDcs::connect(
-            &[self.etcd.endpoint()],
+        let dcs = pgherd_dcs::etcd::EtcdDcs::connect_with(
+            &self.etcd_access,
             "/pgherd-test/",
             &self.scope,
             "test-observer",
@@ -419,6 +456,12 @@ pub struct HaProxy {
 
 impl HaProxy {
     pub fn start(dir: &Path, nodes: &[TestNode]) -> HaProxy {
+        Self::start_checking(dir, nodes, "")
+    }
+
+    /// [`HaProxy::start`] with `options` added to each server's health check (e.g.
+    /// `check-ssl verify none` for a REST API on HTTPS).
+    pub fn start_checking(dir: &Path, nodes: &[TestNode], options: &str) -> HaProxy {
         let port = free_port();
         let mut cfg = format!(
             "global\n    maxconn 200\n\
@@ -428,7 +471,7 @@ impl HaProxy {
         );
         for n in nodes {
             cfg.push_str(&format!(
-                "    server {} 127.0.0.1:{} check port {}\n",
+                "    server {} 127.0.0.1:{} check port {} {options}\n",
                 n.name, n.pg_port, n.api_port
             ));
         }

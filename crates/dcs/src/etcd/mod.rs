@@ -23,6 +23,7 @@ use crate::{
     Result, SyncState,
 };
 use rpc::{Compare, EtcdClient, RequestOp, ResponseHeader, RpcError, WatchCreateRequest};
+pub use rpc::{EtcdAccess, EtcdAuth, EtcdTls};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -59,7 +60,7 @@ struct Lease {
 
 /// A member's handle on one cluster's keys in etcd (v3 API).
 pub struct EtcdDcs {
-    endpoints: Vec<String>,
+    access: EtcdAccess,
     keys: KeyLayout,
     member: String,
     ttl: Mutex<Duration>,
@@ -90,12 +91,26 @@ impl EtcdDcs {
         ttl: Duration,
         retry_timeout: Duration,
     ) -> Result<EtcdDcs> {
-        if endpoints.is_empty() {
+        let access = EtcdAccess::plain(endpoints);
+        EtcdDcs::connect_with(&access, namespace, scope, member, ttl, retry_timeout).await
+    }
+
+    /// [`EtcdDcs::connect`] with TLS and authentication as `access` says. A user name or
+    /// password etcd refuses is an error that says so (not "unreachable").
+    pub async fn connect_with(
+        access: &EtcdAccess,
+        namespace: &str,
+        scope: &str,
+        member: &str,
+        ttl: Duration,
+        retry_timeout: Duration,
+    ) -> Result<EtcdDcs> {
+        if access.endpoints.is_empty() {
             return Err(DcsError::Request("no etcd endpoints configured".into()));
         }
-        let at = endpoints.join(",");
+        let at = access.endpoints.join(",");
         let keys = KeyLayout::new(namespace, scope);
-        let client = EtcdClient::new(endpoints, retry_timeout)
+        let client = EtcdClient::with_access(access, retry_timeout)
             .map_err(|e| DcsError::Request(e.to_string()))?;
         let probe = async {
             client.range(keys.leader(), false).await?;
@@ -103,10 +118,19 @@ impl EtcdDcs {
         };
         let client = match tokio::time::timeout(retry_timeout, probe).await {
             Ok(Ok(c)) => c,
+            Ok(Err(e @ RpcError::Authentication { .. })) => {
+                return Err(DcsError::Request(format!("etcd at {at}: {e}")))
+            }
+            Ok(Err(e)) if !e.is_unreachable() => {
+                return Err(DcsError::Request(format!("etcd at {at}: {e}")))
+            }
             Ok(Err(e)) => {
+                let why = EtcdClient::diagnose(access, retry_timeout)
+                    .await
+                    .unwrap_or_else(|| e.to_string());
                 return Err(DcsError::Unreachable(format!(
-                    "cannot reach etcd at {at}: {e}"
-                )))
+                    "cannot reach etcd at {at}: {why}"
+                )));
             }
             Err(_) => {
                 return Err(DcsError::Unreachable(format!(
@@ -116,7 +140,7 @@ impl EtcdDcs {
         };
         tracing::debug!(endpoints = %at, member, prefix = keys.prefix(), "connected to etcd");
         Ok(EtcdDcs {
-            endpoints: endpoints.to_vec(),
+            access: access.clone(),
             keys,
             member: member.to_string(),
             ttl: Mutex::new(ttl),
@@ -155,7 +179,7 @@ impl EtcdDcs {
             return Ok(client);
         }
         tracing::debug!(member = %self.member, "rebuilding the etcd client");
-        let fresh = EtcdClient::new(&self.endpoints, self.retry_timeout())?;
+        let fresh = EtcdClient::with_access(&self.access, self.retry_timeout())?;
         let mut slot = lock(&self.client);
         slot.client = fresh.clone();
         slot.stale = false;
@@ -164,6 +188,10 @@ impl EtcdDcs {
 
     /// Map a client error, remembering to rebuild the client if etcd was unreachable.
     fn error(&self, what: &str, e: RpcError) -> DcsError {
+        if e.is_invalid_token() {
+            // The next call authenticates again.
+            lock(&self.client).client.forget_token();
+        }
         if e.is_unreachable() {
             self.mark_stale();
             DcsError::Unreachable(format!("etcd {what}: {e}"))
@@ -598,6 +626,10 @@ impl Dcs for EtcdDcs {
                     // so report a change and let the caller read a fresh snapshot.
                     self.last_seen.store(0, Ordering::SeqCst);
                     break Ok(true);
+                }
+                if msg.cancel_reason.contains("invalid auth token") {
+                    // The next call authenticates again.
+                    lock(&self.client).client.forget_token();
                 }
                 break Err(DcsError::Request(format!(
                     "etcd cancelled the watch: {}",

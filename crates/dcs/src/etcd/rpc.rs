@@ -10,9 +10,11 @@
 
 use futures::channel::mpsc;
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status, Streaming};
 use tonic_prost::ProstCodec;
 
@@ -31,6 +33,9 @@ pub enum RpcError {
     /// A keep-alive answer said the lease does not exist any more.
     #[error("lease not found")]
     LeaseGone,
+    /// etcd refused the user name or password.
+    #[error("etcd refused the authentication of user {user:?}: {}", .status.message())]
+    Authentication { user: String, status: Status },
 }
 
 impl RpcError {
@@ -44,7 +49,17 @@ impl RpcError {
                 s.code(),
                 Code::Cancelled | Code::Unknown | Code::DeadlineExceeded | Code::Unavailable
             ),
-            RpcError::Endpoint { .. } | RpcError::LeaseGone => false,
+            RpcError::Endpoint { .. } | RpcError::LeaseGone | RpcError::Authentication { .. } => {
+                false
+            }
+        }
+    }
+
+    /// Whether etcd refused the authentication token a request carried.
+    pub fn is_invalid_token(&self) -> bool {
+        match self {
+            RpcError::Status(s) => is_invalid_token(s),
+            _ => false,
         }
     }
 
@@ -60,30 +75,144 @@ impl RpcError {
 
 pub type RpcResult<T> = std::result::Result<T, RpcError>;
 
+/// Whether etcd said the token a request carried is not (or no longer) valid: simple
+/// tokens expire after a while without use, and all of them when etcd restarts.
+fn is_invalid_token(status: &Status) -> bool {
+    status.message().contains("invalid auth token")
+}
+
+/// TLS toward etcd, as PEM (Patroni's `cacert`, `cert`, `key`), read by the caller.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's certificate.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its key, for etcd's `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca", &self.ca.is_some())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
+/// etcd's user name and password authentication (Patroni's `username`, `password`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    /// Never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("username", &self.username)
+            .field("password", &"********")
+            .finish()
+    }
+}
+
+/// Where etcd is and how to talk to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdAccess {
+    /// `http://host:port`, `https://host:port` or `host:port` (plain HTTP, or HTTPS when
+    /// `tls` is set).
+    pub endpoints: Vec<String>,
+    pub tls: Option<EtcdTls>,
+    pub auth: Option<EtcdAuth>,
+}
+
+impl EtcdAccess {
+    /// Plain HTTP, no authentication.
+    pub fn plain(endpoints: &[String]) -> EtcdAccess {
+        EtcdAccess {
+            endpoints: endpoints.to_vec(),
+            tls: None,
+            auth: None,
+        }
+    }
+}
+
+/// The user's credentials and the token etcd gave for them, shared by a client's clones.
+struct AuthState {
+    auth: EtcdAuth,
+    token: std::sync::Mutex<Option<Token>>,
+    /// Held while authenticating, so concurrent calls wait for one token.
+    authenticating: tokio::sync::Mutex<()>,
+}
+
+type Token = MetadataValue<tonic::metadata::Ascii>;
+
 /// A connection to an etcd cluster: one lazily connecting tonic channel, balanced over
-/// the endpoints. Cloning shares the channel.
+/// the endpoints. Cloning shares the channel (and the authentication token).
 #[derive(Clone)]
 pub struct EtcdClient {
     channel: Channel,
+    auth: Option<Arc<AuthState>>,
 }
 
-/// `host:port` means `http://host:port`; only plain HTTP is supported.
-fn endpoint(url: &str, connect_timeout: Duration) -> RpcResult<Endpoint> {
+/// `host:port` means `http://host:port` (`https://` with `tls`).
+fn endpoint(url: &str, tls: Option<&EtcdTls>, connect_timeout: Duration) -> RpcResult<Endpoint> {
     let invalid = |reason: String| RpcError::Endpoint {
         endpoint: url.to_string(),
         reason,
     };
     let full = if url.contains("://") {
         url.to_string()
+    } else if tls.is_some() {
+        format!("https://{url}")
     } else {
         format!("http://{url}")
     };
-    if !full.starts_with("http://") {
-        return Err(invalid("only http:// endpoints are supported".into()));
+    let endpoint = if let Some(rest) = full.strip_prefix("https://") {
+        let Some(tls) = tls else {
+            return Err(invalid(
+                "https:// needs TLS settings (a CA certificate)".into(),
+            ));
+        };
+        let host = rest
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default()
+            .trim_matches(['[', ']']);
+        let mut config = ClientTlsConfig::new().domain_name(host);
+        if let Some(ca) = &tls.ca {
+            config = config.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        Endpoint::from_shared(full.clone())
+            .map_err(|e| invalid(e.to_string()))?
+            .tls_config(config)
+            .map_err(|e| invalid(e.to_string()))?
+    } else if full.starts_with("http://") {
+        Endpoint::from_shared(full.clone()).map_err(|e| invalid(e.to_string()))?
+    } else {
+        return Err(invalid(
+            "only http:// and https:// endpoints are supported".into(),
+        ));
+    };
+    Ok(endpoint.connect_timeout(connect_timeout))
+}
+
+/// An error and its causes, `a: b: c`, without repeats.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
     }
-    Ok(Endpoint::from_shared(full)
-        .map_err(|e| invalid(e.to_string()))?
-        .connect_timeout(connect_timeout))
+    text
 }
 
 /// The end of the key range that holds every key starting with `prefix`, as etcd's
@@ -103,13 +232,105 @@ pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
 impl EtcdClient {
     /// A client for `endpoints` (`http://host:port` or `host:port`). Connects on first use.
     pub fn new(endpoints: &[String], connect_timeout: Duration) -> RpcResult<EtcdClient> {
-        let list = endpoints
+        EtcdClient::with_access(&EtcdAccess::plain(endpoints), connect_timeout)
+    }
+
+    /// A client for `access`. Connects, and authenticates, on first use.
+    pub fn with_access(access: &EtcdAccess, connect_timeout: Duration) -> RpcResult<EtcdClient> {
+        let list = access
+            .endpoints
             .iter()
-            .map(|e| endpoint(e, connect_timeout))
+            .map(|e| endpoint(e, access.tls.as_ref(), connect_timeout))
             .collect::<RpcResult<Vec<_>>>()?;
         Ok(EtcdClient {
             channel: Channel::balance_list(list.into_iter()),
+            auth: access.auth.clone().map(|auth| {
+                Arc::new(AuthState {
+                    auth,
+                    token: std::sync::Mutex::new(None),
+                    authenticating: tokio::sync::Mutex::new(()),
+                })
+            }),
         })
+    }
+
+    /// Why the endpoints cannot be reached, as far as connecting to each once tells
+    /// (the channel itself only says "operation was canceled"): e.g. a certificate
+    /// etcd refused, or one its CA did not sign.
+    pub async fn diagnose(access: &EtcdAccess, timeout: Duration) -> Option<String> {
+        let mut reasons = Vec::new();
+        for url in &access.endpoints {
+            let Ok(ep) = endpoint(url, access.tls.as_ref(), timeout) else {
+                continue;
+            };
+            match tokio::time::timeout(timeout, ep.connect()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => reasons.push(format!("{url}: {}", causes(&e))),
+                Err(_) => reasons.push(format!("{url}: no connection within {timeout:?}")),
+            }
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// The token for requests (`None` without authentication): the one etcd gave last,
+    /// or a fresh one when there is none yet.
+    async fn token(&self) -> RpcResult<Option<Token>> {
+        let Some(state) = &self.auth else {
+            return Ok(None);
+        };
+        let current = || {
+            state
+                .token
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        if let Some(t) = current() {
+            return Ok(Some(t));
+        }
+        let _one = state.authenticating.lock().await;
+        if let Some(t) = current() {
+            return Ok(Some(t));
+        }
+        let request = AuthenticateRequest {
+            name: state.auth.username.clone(),
+            password: state.auth.password.clone(),
+        };
+        let resp: AuthenticateResponse = self
+            .call_once("/etcdserverpb.Auth/Authenticate", request, None)
+            .await
+            .map_err(|e| match e {
+                RpcError::Status(status) if !RpcError::Status(status.clone()).is_unreachable() => {
+                    RpcError::Authentication {
+                        user: state.auth.username.clone(),
+                        status,
+                    }
+                }
+                e => e,
+            })?;
+        let value = Token::try_from(resp.token.as_str()).map_err(|_| {
+            RpcError::Status(Status::internal(
+                "etcd gave an authentication token that is not ASCII",
+            ))
+        })?;
+        *state.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(value.clone());
+        Ok(Some(value))
+    }
+
+    /// Forget the token after etcd refused it: the next call authenticates again.
+    pub fn forget_token(&self) {
+        if let Some(state) = &self.auth {
+            *state.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// `request` with the token in its metadata, as etcd expects it.
+    fn request<T>(message: T, token: Option<&Token>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(t) = token {
+            request.metadata_mut().insert("token", t.clone());
+        }
+        request
     }
 
     async fn grpc(&self) -> RpcResult<tonic::client::Grpc<Channel>> {
@@ -120,7 +341,12 @@ impl EtcdClient {
         Ok(grpc)
     }
 
-    async fn unary<Req, Resp>(&self, path: &'static str, request: Req) -> RpcResult<Resp>
+    async fn call_once<Req, Resp>(
+        &self,
+        path: &'static str,
+        request: Req,
+        token: Option<&Token>,
+    ) -> RpcResult<Resp>
     where
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
@@ -128,13 +354,32 @@ impl EtcdClient {
         let mut grpc = self.grpc().await?;
         let resp = grpc
             .unary(
-                tonic::Request::new(request),
+                Self::request(request, token),
                 PathAndQuery::from_static(path),
                 ProstCodec::default(),
             )
             .await
             .map_err(RpcError::Status)?;
         Ok(resp.into_inner())
+    }
+
+    /// One request and its answer; with authentication, a token etcd no longer knows
+    /// is renewed once and the request sent again.
+    async fn unary<Req, Resp>(&self, path: &'static str, request: Req) -> RpcResult<Resp>
+    where
+        Req: prost::Message + Clone + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let token = self.token().await?;
+        match self.call_once(path, request.clone(), token.as_ref()).await {
+            Err(RpcError::Status(s)) if self.auth.is_some() && is_invalid_token(&s) => {
+                tracing::debug!("etcd: authentication token expired, authenticating again");
+                self.forget_token();
+                let token = self.token().await?;
+                self.call_once(path, request, token.as_ref()).await
+            }
+            other => other,
+        }
     }
 
     /// A bidirectional stream: requests go through the returned sender.
@@ -147,19 +392,28 @@ impl EtcdClient {
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
+        let token = self.token().await?;
         let (tx, rx) = mpsc::unbounded();
         tx.unbounded_send(first)
             .map_err(|_| RpcError::StreamClosed("request"))?;
         let mut grpc = self.grpc().await?;
         let resp = grpc
             .streaming(
-                tonic::Request::new(rx),
+                Self::request(rx, token.as_ref()),
                 PathAndQuery::from_static(path),
                 ProstCodec::default(),
             )
-            .await
-            .map_err(RpcError::Status)?;
-        Ok((tx, resp.into_inner()))
+            .await;
+        match resp {
+            Ok(resp) => Ok((tx, resp.into_inner())),
+            Err(s) => {
+                if is_invalid_token(&s) {
+                    // The next call authenticates again.
+                    self.forget_token();
+                }
+                Err(RpcError::Status(s))
+            }
+        }
     }
 
     /// The key `key`, or with `prefix` every key that starts with it.
@@ -237,7 +491,13 @@ impl EtcdClient {
                 LeaseKeepAliveRequest { id },
             )
             .await?;
-        match answers.message().await.map_err(RpcError::Status)? {
+        let answer = answers.message().await.map_err(|s| {
+            if is_invalid_token(&s) {
+                self.forget_token();
+            }
+            RpcError::Status(s)
+        })?;
+        match answer {
             Some(resp) if resp.ttl > 0 => Ok(resp),
             Some(_) => Err(RpcError::LeaseGone),
             None => Err(RpcError::StreamClosed("lease keep-alive")),
@@ -254,6 +514,50 @@ impl EtcdClient {
             requests,
             responses,
         })
+    }
+
+    /// Turn on etcd's authentication, as `etcdctl user add root`, `etcdctl user add`
+    /// (each of `users`, given the root role) and `etcdctl auth enable` would. For
+    /// setting up tests and demos; pgherd itself never changes etcd's users.
+    pub async fn enable_auth(&self, root_password: &str, users: &[(&str, &str)]) -> RpcResult<()> {
+        let mut all = vec![("root", root_password)];
+        all.extend_from_slice(users);
+        let _: AuthAnswer = self
+            .unary(
+                "/etcdserverpb.Auth/RoleAdd",
+                AuthRoleAddRequest {
+                    name: "root".into(),
+                },
+            )
+            .await
+            .or_else(|e| match &e {
+                RpcError::Status(s) if s.message().contains("already exists") => Ok(AuthAnswer {}),
+                _ => Err(e),
+            })?;
+        for (name, password) in all {
+            let _: AuthAnswer = self
+                .unary(
+                    "/etcdserverpb.Auth/UserAdd",
+                    AuthUserAddRequest {
+                        name: name.into(),
+                        password: password.into(),
+                    },
+                )
+                .await?;
+            let _: AuthAnswer = self
+                .unary(
+                    "/etcdserverpb.Auth/UserGrantRole",
+                    AuthUserGrantRoleRequest {
+                        user: name.into(),
+                        role: "root".into(),
+                    },
+                )
+                .await?;
+        }
+        let _: AuthAnswer = self
+            .unary("/etcdserverpb.Auth/AuthEnable", AuthAnswer {})
+            .await?;
+        Ok(())
     }
 }
 
@@ -289,6 +593,47 @@ impl Watch {
 }
 
 // ---- messages (etcdserverpb / mvccpb), only the fields pgherd uses ----
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthenticateRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub password: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthenticateResponse {
+    #[prost(string, tag = "2")]
+    pub token: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthUserAddRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub password: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthUserGrantRoleRequest {
+    #[prost(string, tag = "1")]
+    pub user: String,
+    #[prost(string, tag = "2")]
+    pub role: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthRoleAddRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+/// The answers of the auth admin calls (only a header, which pgherd does not read), and
+/// `AuthEnableRequest`, which is empty.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthAnswer {}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ResponseHeader {
@@ -594,11 +939,16 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_without_a_scheme_are_http_and_https_is_refused() {
-        assert!(endpoint("127.0.0.1:2379", Duration::from_secs(1)).is_ok());
-        assert!(endpoint("http://127.0.0.1:2379", Duration::from_secs(1)).is_ok());
-        let err = endpoint("https://etcd:2379", Duration::from_secs(1)).unwrap_err();
+    fn endpoints_without_a_scheme_are_http_and_https_needs_tls() {
+        let t = Duration::from_secs(1);
+        assert!(endpoint("127.0.0.1:2379", None, t).is_ok());
+        assert!(endpoint("http://127.0.0.1:2379", None, t).is_ok());
+        let err = endpoint("https://etcd:2379", None, t).unwrap_err();
         assert!(err.to_string().contains("https://etcd:2379"), "{err}");
+        let tls = EtcdTls::default();
+        assert!(endpoint("https://etcd:2379", Some(&tls), t).is_ok());
+        let err = endpoint("unix://etcd", Some(&tls), t).unwrap_err();
+        assert!(err.to_string().contains("unix://etcd"), "{err}");
     }
 
     /// The bytes etcd's own (generated) messages produce for the same values, as

@@ -73,7 +73,7 @@ async fn request(
         Refused::NotPossible(m) => refuse(StatusCode::PRECONDITION_FAILED, m),
     })?;
     let wait = manual::default_wait(&api.status.get().ha);
-    let outcome = manual::submit(control.dcs.as_ref(), &request, wait)
+    let outcome = manual::submit(control.dcs.as_ref(), &control.http, &request, wait)
         .await
         .map_err(|e| match e {
             SubmitError::Pending => refuse(StatusCode::CONFLICT, e.to_string()),

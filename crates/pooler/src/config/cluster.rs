@@ -16,10 +16,18 @@
 //!
 //! In `pgbouncer.ini` the same store is a `[pgherd]` section (`etcd_hosts`, `namespace`,
 //! `scope`, `dcs_timeout`) and a database is `app = cluster=batman role=primary dbname=app`.
+//!
+//! etcd over TLS and with authentication takes Patroni's `etcd3` keys in YAML
+//! (`protocol: https`, `cacert`, `cert`, `key`, `username`, `password`) and
+//! `etcd_protocol`, `etcd_cacert`, `etcd_cert`, `etcd_key`, `etcd_username`,
+//! `etcd_password` in `[pgherd]`.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
+
+use pgherd_dcs::etcd::{EtcdAccess, EtcdAuth, EtcdTls};
+use pgherd_http::{TlsError, TlsFile};
 
 use super::{ConfigError, DatabaseConfig, ErrorKind, Location, PoolerConfig};
 
@@ -119,11 +127,96 @@ pub struct RouteSpec {
 /// Patroni's default namespace.
 pub const DEFAULT_NAMESPACE: &str = "/service/";
 
-/// etcd v3 endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// etcd v3 endpoints, and how to talk to them (Patroni's `etcd3` keys).
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Etcd3Config {
-    /// `host:port` endpoints.
+    /// `host:port` endpoints (or `http://`/`https://` URLs).
     pub hosts: Vec<String>,
+    /// `protocol: https`: TLS toward etcd (needs `cacert`).
+    pub https: bool,
+    /// The CA of etcd's certificate.
+    pub cacert: Option<TlsFile>,
+    /// A client certificate (and its key; without `key`, read from `cert`).
+    pub cert: Option<TlsFile>,
+    pub key: Option<TlsFile>,
+    /// etcd's user name authentication.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Etcd3Config {
+    /// Never the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Etcd3Config")
+            .field("hosts", &self.hosts)
+            .field("https", &self.https)
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .finish()
+    }
+}
+
+impl Etcd3Config {
+    /// Plain HTTP to `hosts`.
+    pub fn plain(hosts: Vec<String>) -> Etcd3Config {
+        Etcd3Config {
+            hosts,
+            ..Etcd3Config::default()
+        }
+    }
+
+    /// Whether any endpoint is reached over TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.https || self.hosts.iter().any(|h| h.starts_with("https://"))
+    }
+
+    /// How to reach etcd: reads the certificate files, so errors name the key and file.
+    pub fn access(&self) -> Result<EtcdAccess, TlsError> {
+        let tls = if self.uses_tls() {
+            let Some(cacert) = &self.cacert else {
+                return Err(TlsError::Setting {
+                    key: "cluster.etcd3.cacert (pgherd.etcd_cacert)".into(),
+                    reason: "required with https: the CA that signed etcd's certificate".into(),
+                });
+            };
+            cacert.certificates()?;
+            let mut tls = EtcdTls {
+                ca: Some(cacert.read()?),
+                identity: None,
+            };
+            if let Some(cert) = &self.cert {
+                let key = self.key.as_ref().unwrap_or(cert);
+                cert.check_pair(key)?;
+                tls.identity = Some((cert.read()?, key.read()?));
+            }
+            Some(tls)
+        } else {
+            None
+        };
+        let scheme = if self.https { "https" } else { "http" };
+        let endpoints = self
+            .hosts
+            .iter()
+            .map(|h| {
+                if h.contains("://") {
+                    h.clone()
+                } else {
+                    format!("{scheme}://{h}")
+                }
+            })
+            .collect();
+        Ok(EtcdAccess {
+            endpoints,
+            tls,
+            auth: self.username.as_ref().map(|u| EtcdAuth {
+                username: u.clone(),
+                password: self.password.clone().unwrap_or_default(),
+            }),
+        })
+    }
 }
 
 /// Which members a route's listener sends clients to.

@@ -30,6 +30,7 @@ use super::settings::{parse_list, parse_secs};
 use super::{
     read_text, ConfigError, ConfigErrors, Document, Entry, ErrorKind, Location, RawSetting, Warning,
 };
+use pgherd_http::TlsFile;
 
 /// How deep `%include` may nest (libusual's `MAX_INCLUDE`).
 pub const MAX_INCLUDE_DEPTH: usize = 10;
@@ -56,7 +57,18 @@ pub(crate) fn read_str(text: &str, name: &Path) -> Result<Document, ConfigErrors
 }
 
 /// `[pgherd]` keys that describe the store (the rest are settings).
-const STORE_KEYS: &[&str] = &["etcd_hosts", "namespace", "scope", "dcs_timeout"];
+const STORE_KEYS: &[&str] = &[
+    "etcd_hosts",
+    "etcd_protocol",
+    "etcd_cacert",
+    "etcd_cert",
+    "etcd_key",
+    "etcd_username",
+    "etcd_password",
+    "namespace",
+    "scope",
+    "dcs_timeout",
+];
 
 struct Reader {
     doc: Document,
@@ -207,6 +219,7 @@ impl Reader {
             return;
         };
         let mut hosts = None;
+        let mut etcd = Etcd3Config::default();
         let mut scope = None;
         let mut namespace = DEFAULT_NAMESPACE.to_string();
         let mut dcs_timeout = DEFAULT_DCS_TIMEOUT;
@@ -218,6 +231,23 @@ impl Reader {
                     list if !list.is_empty() => hosts = Some(list),
                     _ => self.error(at, path, ErrorKind::InvalidValue, "expected host:port, …"),
                 },
+                "etcd_protocol" => match v {
+                    "http" => etcd.https = false,
+                    "https" => etcd.https = true,
+                    _ => self.error(at, path, ErrorKind::InvalidValue, "expected http or https"),
+                },
+                "etcd_cacert" if !v.is_empty() => {
+                    etcd.cacert = Some(TlsFile::new(format!("pgherd.{key}"), v))
+                }
+                "etcd_cert" if !v.is_empty() => {
+                    etcd.cert = Some(TlsFile::new(format!("pgherd.{key}"), v))
+                }
+                "etcd_key" if !v.is_empty() => {
+                    etcd.key = Some(TlsFile::new(format!("pgherd.{key}"), v))
+                }
+                "etcd_username" if !v.is_empty() => etcd.username = Some(v.to_string()),
+                // Not trimmed: a password may end in a blank.
+                "etcd_password" if !value.is_empty() => etcd.password = Some(value.clone()),
                 "scope" if !v.is_empty() => scope = Some(v.to_string()),
                 "namespace" if !v.is_empty() => namespace = v.to_string(),
                 "dcs_timeout" => match parse_secs(v) {
@@ -232,6 +262,14 @@ impl Reader {
                 ),
             }
         }
+        if etcd.password.is_some() && etcd.username.is_none() {
+            self.error(
+                first.clone(),
+                Some("pgherd.etcd_password".into()),
+                ErrorKind::Inconsistent,
+                "set, but no etcd_username to go with it",
+            );
+        }
         let Some(hosts) = hosts else {
             self.error(
                 first,
@@ -244,7 +282,7 @@ impl Reader {
         self.doc.cluster = Some(ClusterConfig {
             scope,
             namespace,
-            etcd3: Etcd3Config { hosts },
+            etcd3: Etcd3Config { hosts, ..etcd },
             dcs_timeout,
         });
     }

@@ -108,10 +108,12 @@ pub fn diff(old: &PoolerConfig, new: &PoolerConfig) -> Vec<Change> {
 
 fn show_cluster(c: &ClusterConfig) -> String {
     format!(
-        "scope={} namespace={} etcd3.hosts={} dcs_timeout={}",
+        "scope={} namespace={} etcd3.hosts={} https={} username={} dcs_timeout={}",
         c.scope.as_deref().unwrap_or(""),
         c.namespace,
         c.etcd3.hosts.join(","),
+        c.etcd3.uses_tls(),
+        c.etcd3.username.as_deref().unwrap_or(""),
         c.dcs_timeout.as_secs_f64()
     )
 }

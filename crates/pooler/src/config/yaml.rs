@@ -25,6 +25,7 @@
 
 use std::path::Path;
 
+use pgherd_http::TlsFile;
 use yaml_serde::{Mapping, Value};
 
 use super::cluster::{
@@ -219,7 +220,7 @@ impl YamlReader<'_> {
         };
         let mut scope = None;
         let mut namespace = DEFAULT_NAMESPACE.to_string();
-        let mut hosts: Option<Vec<String>> = None;
+        let mut etcd: Option<Etcd3Config> = None;
         let mut dcs_timeout = DEFAULT_DCS_TIMEOUT;
         for (k, v) in m {
             let key = key_string(k).unwrap_or_default();
@@ -240,7 +241,7 @@ impl YamlReader<'_> {
                         "expected a non-empty path such as /service/".into(),
                     ),
                 },
-                "etcd3" | "etcd" => hosts = self.etcd(&key, v),
+                "etcd3" | "etcd" => etcd = self.etcd(&key, v),
                 "dcs_timeout" => {
                     match scalar_text(v)
                         .map_err(ValueError::invalid)
@@ -253,7 +254,7 @@ impl YamlReader<'_> {
                 _ => self.warn(&["cluster", &key], "unknown key; ignored"),
             }
         }
-        let Some(hosts) = hosts else {
+        let Some(etcd3) = etcd else {
             self.error(
                 &["cluster"],
                 ErrorKind::Inconsistent,
@@ -264,12 +265,12 @@ impl YamlReader<'_> {
         self.doc.cluster = Some(ClusterConfig {
             scope,
             namespace,
-            etcd3: Etcd3Config { hosts },
+            etcd3,
             dcs_timeout,
         });
     }
 
-    fn etcd(&mut self, name: &str, v: &Value) -> Option<Vec<String>> {
+    fn etcd(&mut self, name: &str, v: &Value) -> Option<Etcd3Config> {
         let Value::Mapping(m) = v else {
             self.error(
                 &["cluster", name],
@@ -279,9 +280,38 @@ impl YamlReader<'_> {
             return None;
         };
         let mut hosts = None;
+        let mut etcd = Etcd3Config::default();
         for (k, v) in m {
             let key = key_string(k).unwrap_or_default();
+            let text = || scalar_text(v).ok().map(|s| s.trim().to_string());
+            let path = format!("cluster.{name}.{key}");
             match key.as_str() {
+                "protocol" => match text().as_deref() {
+                    Some("http") => etcd.https = false,
+                    Some("https") => etcd.https = true,
+                    _ => self.error(
+                        &["cluster", name, &key],
+                        ErrorKind::InvalidValue,
+                        "expected http or https".into(),
+                    ),
+                },
+                "cacert" | "ca_cert" | "cert" | "key" | "username" | "user" | "password" => {
+                    let Some(t) = text().filter(|t| !t.is_empty()) else {
+                        self.error(
+                            &["cluster", name, &key],
+                            ErrorKind::InvalidValue,
+                            "expected a non-empty string".into(),
+                        );
+                        continue;
+                    };
+                    match key.as_str() {
+                        "cacert" | "ca_cert" => etcd.cacert = Some(TlsFile::new(path, t)),
+                        "cert" => etcd.cert = Some(TlsFile::new(path, t)),
+                        "key" => etcd.key = Some(TlsFile::new(path, t)),
+                        "password" => etcd.password = Some(t),
+                        _ => etcd.username = Some(t),
+                    }
+                }
                 "hosts" | "host" => {
                     let list = scalar_text(v).map(|s| parse_list(&s)).unwrap_or_default();
                     if list.is_empty() || list.iter().any(|h| h.contains(char::is_whitespace)) {
@@ -297,7 +327,15 @@ impl YamlReader<'_> {
                 _ => self.warn(&["cluster", name, &key], "unknown key; ignored"),
             }
         }
-        hosts
+        if etcd.password.is_some() && etcd.username.is_none() {
+            self.error(
+                &["cluster", name, "password"],
+                ErrorKind::Inconsistent,
+                "set, but no username to go with it".into(),
+            );
+        }
+        etcd.hosts = hosts?;
+        Some(etcd)
     }
 
     fn routes(&mut self, v: &Value) {

@@ -402,12 +402,20 @@ impl ServerConnection {
                             scram = Some(client);
                         }
                         Authentication::SaslContinue { data } => {
-                            let Some(client) = scram.as_mut() else {
+                            let Some(mut client) = scram.take() else {
                                 return Err(self.unexpected(frame.tag, "before SASL"));
                             };
-                            let client_final = client
-                                .handle_server_first(&data)
-                                .map_err(|e| login_failed(e.into()))?;
+                            // PBKDF2 with the server's iteration count (bounded by the
+                            // protocol crate): off the I/O threads, so one slow or hostile
+                            // server does not stall every other client.
+                            let (client, client_final) = tokio::task::spawn_blocking(move || {
+                                let client_final = client.handle_server_first(&data);
+                                (client, client_final)
+                            })
+                            .await
+                            .map_err(|_| login_failed(LoginFailure::ScramAborted))?;
+                            scram = Some(client);
+                            let client_final = client_final.map_err(|e| login_failed(e.into()))?;
                             self.send(&SaslResponse {
                                 data: Bytes::from(client_final),
                             })

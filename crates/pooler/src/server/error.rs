@@ -31,6 +31,9 @@ pub enum LoginFailure {
     /// message, the server's `e=` error).
     #[error("SCRAM: {0}")]
     Scram(#[from] AuthError),
+    /// The SCRAM key derivation (run on a blocking thread) did not finish.
+    #[error("SCRAM key derivation was aborted")]
+    ScramAborted,
     /// AuthenticationOk arrived before the server proved it knows the SCRAM secret.
     #[error("server skipped the end of the SCRAM exchange")]
     ScramIncomplete,

@@ -5,6 +5,7 @@
 //! read before a `select!` drops the future stay in the buffer for the next call.
 
 use bytes::BytesMut;
+use pgherd_protocol::codec::RESERVE_AHEAD_MAX;
 use pgherd_protocol::{Frame, FrameDecoder, FrameLen, ProtocolError, StartupPacket};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -107,8 +108,11 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
         loop {
             match self.decoder.frame_len(&self.buf)? {
                 FrameLen::Whole(_) => return Ok(true),
-                // Room for the rest at once: the announced length is within the limit.
-                FrameLen::Partial(Some(total)) => self.buf.reserve(total - self.buf.len()),
+                // Room for (a bounded part of) the rest: the announced length is within
+                // the limit, but memory follows the bytes that arrive.
+                FrameLen::Partial(Some(total)) => self
+                    .buf
+                    .reserve((total - self.buf.len()).min(RESERVE_AHEAD_MAX)),
                 FrameLen::Partial(None) => {}
             }
             if !self.fill().await? {

@@ -14,7 +14,7 @@ pub use scram::{
     saslprep, ScramKeys, ScramVerifier, SCRAM_DEFAULT_ITERATIONS, SCRAM_DEFAULT_SALT_LEN,
     SCRAM_KEY_LEN, SCRAM_RAW_NONCE_LEN, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
 };
-pub use scram_client::{select_mechanism, ScramClient};
+pub use scram_client::{select_mechanism, ScramClient, MAX_SERVER_SCRAM_ITERATIONS};
 pub use scram_server::ScramServer;
 
 /// A stored secret for a user (pg_authid.rolpassword, a userlist.txt entry), sorted

@@ -13,6 +13,14 @@ use super::scram::{
 use crate::error::AuthError;
 use subtle::ConstantTimeEq;
 
+/// Most PBKDF2 iterations a server may ask for when the client derives its keys from a
+/// password: 244 times PostgreSQL's default of 4096, above the few hundred thousand
+/// that hardened setups use (`scram_iterations`, PostgreSQL 16+), and under a second of
+/// one core (0.4 s for OpenSSL's PBKDF2 on the 2026 test machine). PostgreSQL accepts up to `INT_MAX`, which would keep a core busy for hours
+/// on every login to a hostile or broken server (PgBouncer 1.26.0's CVE-2026-6669).
+/// A pass-through login ([`ScramClient::with_keys`]) derives nothing and has no limit.
+pub const MAX_SERVER_SCRAM_ITERATIONS: u32 = 1_000_000;
+
 /// Pick our mechanism from those a server offers in AuthenticationSASL.
 pub fn select_mechanism<S: AsRef<str>>(offered: &[S]) -> Result<&'static str, AuthError> {
     if offered.iter().any(|m| m.as_ref() == SCRAM_SHA_256) {
@@ -97,7 +105,9 @@ impl ScramClient {
         format!("n,,{}", self.client_first_bare)
     }
 
-    /// Handle the server-first-message; returns the client-final-message.
+    /// Handle the server-first-message; returns the client-final-message. With a
+    /// password this runs PBKDF2 with the server's iteration count (up to
+    /// [`MAX_SERVER_SCRAM_ITERATIONS`]): async callers run it off their I/O threads.
     pub fn handle_server_first(&mut self, server_first: &[u8]) -> Result<String, AuthError> {
         if !matches!(self.state, State::Initial) {
             return Err(AuthError::OutOfOrder);
@@ -128,6 +138,12 @@ impl ScramClient {
         check_extensions(attrs)?;
         if iterations == 0 || salt.is_empty() {
             return Err(AuthError::MalformedScram("invalid salt or iteration count"));
+        }
+        if iterations > MAX_SERVER_SCRAM_ITERATIONS && matches!(self.secret, Secret::Password(_)) {
+            return Err(AuthError::TooManyIterations {
+                iterations,
+                limit: MAX_SERVER_SCRAM_ITERATIONS,
+            });
         }
 
         let (client_key, server_key) = match &self.secret {

@@ -8,8 +8,9 @@
 //! then AuthenticationOk.
 
 use super::scram::{
-    attribute, b64, b64_decode, check_extensions, hmac, is_valid_nonce, new_nonce, sha256, Key,
-    ScramKeys, ScramVerifier, SCRAM_KEY_LEN, SCRAM_SHA_256,
+    attribute, b64, b64_decode, check_extensions, hmac, is_valid_nonce, new_nonce, random_bytes,
+    sha256, Key, ScramKeys, ScramVerifier, SCRAM_DEFAULT_ITERATIONS, SCRAM_DEFAULT_SALT_LEN,
+    SCRAM_KEY_LEN, SCRAM_SHA_256,
 };
 use super::StoredPassword;
 use crate::error::AuthError;
@@ -81,9 +82,26 @@ impl ScramServer {
     }
 
     /// For an unknown user: runs the exchange with a random verifier and always ends in
-    /// [`AuthError::PasswordMismatch`].
-    pub fn mock() -> ScramServer {
-        let mut s = ScramServer::new(ScramVerifier::from_password(new_nonce().as_bytes()));
+    /// [`AuthError::PasswordMismatch`]. The salt is the same on every attempt for the
+    /// same `user` (in this process), as a real user's is, so that asking twice does not
+    /// tell unknown users from known ones (PostgreSQL's `scram_mock_salt()`).
+    pub fn mock(user: &str) -> ScramServer {
+        // A per-process secret, so the salt cannot be computed from the name alone.
+        static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let secret = SECRET.get_or_init(random_bytes);
+        let salt = sha256(&[&secret[..], user.as_bytes()].concat());
+        // Random keys: nobody can prove them, and unlike a verifier derived from a random
+        // password they cost no PBKDF2, so a stream of logins for unknown users costs the
+        // pooler no more than the client (PostgreSQL's mock derives nothing either).
+        let verifier = ScramVerifier {
+            iterations: SCRAM_DEFAULT_ITERATIONS,
+            salt: salt[..SCRAM_DEFAULT_SALT_LEN].to_vec(),
+            keys: ScramKeys {
+                stored_key: random_bytes(),
+                server_key: random_bytes(),
+            },
+        };
+        let mut s = ScramServer::new(verifier);
         s.mock = true;
         s
     }
