@@ -669,9 +669,10 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
         lab::RETRY_TIMEOUT,
         args.recovery_timeout
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let http = pgherd_http::client::client(
+        &pgherd_http::tls::ClientTls::default(),
+        Some(Duration::from_secs(2)),
+    )?;
 
     // etcd, the members, the pooler.
     let mut etcd: Vec<EtcdMember> = (0..3)
