@@ -8,8 +8,9 @@
 //!
 //! Reconnection: tonic's channel reconnects lazily, but to be sure a half-dead connection
 //! (e.g. to a paused or partitioned etcd) is never reused, the client is rebuilt on the
-//! next call after any call that found etcd unreachable. Building a client is cheap (it
-//! connects lazily).
+//! next call after any call that found etcd unreachable, talking to the next endpoint;
+//! a call that found etcd unreachable is tried again that way, within the retry timeout.
+//! Building a client is cheap (it connects lazily).
 //!
 //! The gRPC calls themselves are in [`rpc`], with hand-written protobuf messages, so the
 //! build needs no `protoc`.
@@ -26,13 +27,25 @@ use rpc::{Compare, EtcdClient, RequestOp, ResponseHeader, RpcError, WatchCreateR
 pub use rpc::{EtcdAccess, EtcdAuth, EtcdTls};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// How many of its own write revisions a handle remembers, so its watch ignores them.
 const OWN_WRITES_LEN: usize = 256;
+
+/// How many times one call tries to reach etcd within the retry timeout.
+const CALL_ATTEMPTS: u32 = 3;
+
+/// The pause before trying a call again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long connecting to one etcd endpoint may take: a third of the retry timeout, so
+/// that a dead or partitioned member leaves time to try another.
+fn connect_timeout(retry_timeout: Duration) -> Duration {
+    (retry_timeout / CALL_ATTEMPTS).max(Duration::from_millis(200))
+}
 
 /// Lock a std mutex, ignoring poisoning: the guarded data is plain values that are
 /// always consistent, so a poisoned lock is still usable.
@@ -61,6 +74,8 @@ struct Lease {
 /// A member's handle on one cluster's keys in etcd (v3 API).
 pub struct EtcdDcs {
     access: EtcdAccess,
+    /// The endpoint the next rebuilt client talks to: after a failure, the next one.
+    next_endpoint: AtomicUsize,
     keys: KeyLayout,
     member: String,
     ttl: Mutex<Duration>,
@@ -110,7 +125,7 @@ impl EtcdDcs {
         }
         let at = access.endpoints.join(",");
         let keys = KeyLayout::new(namespace, scope);
-        let client = EtcdClient::with_access(access, retry_timeout)
+        let client = EtcdClient::with_access(access, connect_timeout(retry_timeout))
             .map_err(|e| DcsError::Request(e.to_string()))?;
         let probe = async {
             client.range(keys.leader(), false).await?;
@@ -141,6 +156,7 @@ impl EtcdDcs {
         tracing::debug!(endpoints = %at, member, prefix = keys.prefix(), "connected to etcd");
         Ok(EtcdDcs {
             access: access.clone(),
+            next_endpoint: AtomicUsize::new(0),
             keys,
             member: member.to_string(),
             ttl: Mutex::new(ttl),
@@ -178,8 +194,18 @@ impl EtcdDcs {
         if !stale {
             return Ok(client);
         }
-        tracing::debug!(member = %self.member, "rebuilding the etcd client");
-        let fresh = EtcdClient::with_access(&self.access, self.retry_timeout())?;
+        // One endpoint at a time, the next after each failure (as Patroni's client
+        // does): a channel balancing over all of them keeps sending some calls to a dead
+        // member.
+        let n = self.access.endpoints.len().max(1);
+        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % n;
+        let mut one = self.access.clone();
+        one.endpoints = self.access.endpoints.get(i).cloned().into_iter().collect();
+        if one.endpoints.is_empty() {
+            one.endpoints = self.access.endpoints.clone();
+        }
+        tracing::debug!(member = %self.member, endpoint = ?one.endpoints, "rebuilding the etcd client");
+        let fresh = EtcdClient::with_access(&one, connect_timeout(self.retry_timeout()))?;
         let mut slot = lock(&self.client);
         slot.client = fresh.clone();
         slot.stale = false;
@@ -200,21 +226,37 @@ impl EtcdDcs {
         }
     }
 
-    /// Run one trait call under the retry timeout.
-    async fn bounded<T>(
-        &self,
-        what: &str,
-        fut: impl Future<Output = std::result::Result<T, RpcError>>,
-    ) -> Result<T> {
+    /// Run one trait call under the retry timeout. A call that could not reach etcd is
+    /// made again on a fresh client (up to [`CALL_ATTEMPTS`] times, all within the retry
+    /// timeout), as Patroni retries: one dead member of an etcd cluster, or a leader
+    /// election inside etcd, must not look like a lost DCS to the HA loop.
+    async fn bounded<T, Fut>(&self, what: &str, mut call: impl FnMut() -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = std::result::Result<T, RpcError>>,
+    {
         let rt = self.retry_timeout();
-        match tokio::time::timeout(rt, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.error(what, e)),
-            Err(_) => {
-                self.mark_stale();
-                Err(DcsError::Unreachable(format!(
-                    "etcd did not answer {what} within {rt:?}"
-                )))
+        let deadline = Instant::now() + rt;
+        let mut attempt = 1;
+        loop {
+            match tokio::time::timeout_at(deadline, call()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e))
+                    if e.is_unreachable()
+                        && attempt < CALL_ATTEMPTS
+                        && Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tracing::debug!(member = %self.member, what, attempt, error = %e, "etcd call failed; trying again on a fresh client");
+                    self.mark_stale();
+                    attempt += 1;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(Err(e)) => return Err(self.error(what, e)),
+                Err(_) => {
+                    self.mark_stale();
+                    return Err(DcsError::Unreachable(format!(
+                        "etcd did not answer {what} within {rt:?}"
+                    )));
+                }
             }
         }
     }
@@ -240,14 +282,14 @@ impl EtcdDcs {
         value: String,
         unchanged: impl Fn(i64) -> bool + Send + Sync,
     ) -> Result<Option<i64>> {
-        self.bounded(op, async {
+        self.bounded(op, || async {
             let mut slot = self.lease.lock().await;
             let client = self.client().await?;
             let lease = self.renew_lease(&client, &mut slot).await?;
             if unchanged(lease) {
                 return Ok(None);
             }
-            match client.put(key, value, lease).await {
+            match client.put(key.clone(), value.clone(), lease).await {
                 Ok(r) => {
                     self.own(revision(&r.header));
                     Ok(Some(lease))
@@ -303,11 +345,11 @@ impl EtcdDcs {
         value: String,
         expected: Option<i64>,
     ) -> Result<bool> {
-        self.bounded(what, async {
+        self.bounded(what, || async {
             let client = self.client().await?;
             match expected {
                 None => {
-                    let r = client.put(key, value, 0).await?;
+                    let r = client.put(key.clone(), value.clone(), 0).await?;
                     self.own(revision(&r.header));
                     Ok(true)
                 }
@@ -317,7 +359,9 @@ impl EtcdDcs {
                     } else {
                         Compare::mod_revision(key.clone(), v)
                     };
-                    let r = client.txn(cmp, RequestOp::put(key, value, 0)).await?;
+                    let r = client
+                        .txn(cmp, RequestOp::put(key.clone(), value.clone(), 0))
+                        .await?;
                     if r.succeeded {
                         self.own(revision(&r.header));
                     }
@@ -329,8 +373,8 @@ impl EtcdDcs {
     }
 
     async fn delete(&self, what: &str, key: String) -> Result<()> {
-        self.bounded(what, async {
-            let r = self.client().await?.delete(key).await?;
+        self.bounded(what, || async {
+            let r = self.client().await?.delete(key.clone()).await?;
             if r.deleted > 0 {
                 self.own(revision(&r.header));
             }
@@ -357,8 +401,8 @@ impl Dcs for EtcdDcs {
     async fn get_cluster(&self) -> Result<Cluster> {
         let prefix = self.keys.prefix().to_string();
         let resp = self
-            .bounded("get_cluster", async {
-                self.client().await?.range(prefix, true).await
+            .bounded("get_cluster", || async {
+                self.client().await?.range(prefix.clone(), true).await
             })
             .await?;
         if let Some(rev) = revision(&resp.header) {
@@ -395,8 +439,8 @@ impl Dcs for EtcdDcs {
 
     async fn delete_cluster(&self) -> Result<()> {
         let prefix = self.keys.prefix().to_string();
-        self.bounded("delete_cluster", async {
-            let r = self.client().await?.delete_prefix(prefix).await?;
+        self.bounded("delete_cluster", || async {
+            let r = self.client().await?.delete_prefix(prefix.clone()).await?;
             if r.deleted > 0 {
                 self.own(revision(&r.header));
             }
@@ -412,7 +456,7 @@ impl Dcs for EtcdDcs {
 
     async fn acquire_leader(&self) -> Result<bool> {
         let key = self.keys.leader();
-        self.bounded("acquire_leader", async {
+        self.bounded("acquire_leader", || async {
             // Inside the bound: waiting for another call of this handle counts too.
             let mut slot = self.lease.lock().await;
             let client = self.client().await?;
@@ -420,7 +464,7 @@ impl Dcs for EtcdDcs {
             let r = client
                 .txn(
                     Compare::create_revision(key.clone(), 0),
-                    RequestOp::put(key, self.member.clone(), lease),
+                    RequestOp::put(key.clone(), self.member.clone(), lease),
                 )
                 .await?;
             if r.succeeded {
@@ -433,7 +477,7 @@ impl Dcs for EtcdDcs {
 
     async fn update_leader(&self) -> Result<bool> {
         let key = self.keys.leader();
-        self.bounded("update_leader", async {
+        self.bounded("update_leader", || async {
             // Inside the bound: waiting for another call of this handle counts too.
             let mut slot = self.lease.lock().await;
             let client = self.client().await?;
@@ -454,7 +498,7 @@ impl Dcs for EtcdDcs {
             let r = client
                 .txn(
                     Compare::mod_revision(key.clone(), cur.mod_revision),
-                    RequestOp::put(key, self.member.clone(), lease),
+                    RequestOp::put(key.clone(), self.member.clone(), lease),
                 )
                 .await?;
             if r.succeeded {
@@ -467,13 +511,13 @@ impl Dcs for EtcdDcs {
 
     async fn delete_leader(&self) -> Result<bool> {
         let key = self.keys.leader();
-        self.bounded("delete_leader", async {
+        self.bounded("delete_leader", || async {
             let r = self
                 .client()
                 .await?
                 .txn(
                     Compare::value(key.clone(), self.member.clone()),
-                    RequestOp::delete(key),
+                    RequestOp::delete(key.clone()),
                 )
                 .await?;
             if r.succeeded {
@@ -535,10 +579,10 @@ impl Dcs for EtcdDcs {
 
     async fn delete_failover(&self, expected_version: Option<i64>) -> Result<bool> {
         let key = self.keys.failover();
-        self.bounded("delete_failover", async {
+        self.bounded("delete_failover", || async {
             let client = self.client().await?;
             let Some(v) = expected_version else {
-                let r = client.delete(key).await?;
+                let r = client.delete(key.clone()).await?;
                 if r.deleted > 0 {
                     self.own(revision(&r.header));
                 }
@@ -549,7 +593,7 @@ impl Dcs for EtcdDcs {
             } else {
                 Compare::mod_revision(key.clone(), v)
             };
-            let r = client.txn(cmp, RequestOp::delete(key)).await?;
+            let r = client.txn(cmp, RequestOp::delete(key.clone())).await?;
             if r.succeeded && v != 0 {
                 self.own(revision(&r.header));
             }
@@ -596,7 +640,9 @@ impl Dcs for EtcdDcs {
         let start = if since > 0 { since + 1 } else { 0 };
         let create = WatchCreateRequest::prefix(prefix, start);
         let mut stream = self
-            .bounded("watch", async { self.client().await?.watch(create).await })
+            .bounded("watch", || async {
+                self.client().await?.watch(create.clone()).await
+            })
             .await?;
         let mut watch_id = None;
         // Bounded by `deadline`: each turn waits for one message, at most until then.
