@@ -61,7 +61,7 @@ pidfile = $2/pooler.pid
 admin_users = postgres
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
-max_client_conn = 1000
+max_client_conn = ${MAX_CLIENT_CONN:-1000}
 query_wait_timeout = $QUERY_WAIT_TIMEOUT
 server_login_retry = $SERVER_LOGIN_RETRY
 EOF
