@@ -50,7 +50,9 @@ SWITCH_AT=30                 # s into each minute
 CMD_LIMIT=90                 # s: a switchover command is killed after this
 MAX_CLIENT_CONN=$((CONC + 200))
 # -C with many clients needs file descriptors: pgbench and the pooler hold one per client.
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((CONC * 2 + 1000)) ] || {
+  echo "the open-files limit ($(ulimit -n)) is too low for $CONC clients" >&2; exit 2; }
 
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
