@@ -369,10 +369,11 @@ impl ServerCertVerifier for NoTrust {
     }
 }
 
-/// `insecure`: encrypt, trust any certificate, but still check the handshake's
-/// signatures so the session keys are the server's.
+/// `insecure` (and the pooler's `server_tls_sslmode = require`): encrypt, trust any
+/// certificate, but still check the handshake's signatures so the session keys are the
+/// server's.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+pub struct AnyCertificate(pub Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
