@@ -297,6 +297,31 @@ async fn switchovers_under_a_writer_lose_nothing_and_need_no_rewind() {
         4,
         "three promotions recorded: {history}"
     );
+    // The demoted primaries dropped the slots they kept as primaries: on a replica nobody
+    // would advance them, and they would keep its WAL until its disk filled.
+    for n in cluster.nodes.iter().filter(|n| n.name != leader) {
+        wait_no_slots(n, Duration::from_secs(30)).await;
+    }
+}
+
+async fn wait_no_slots(node: &TestNode, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut slots = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(c) = node.connect().await {
+            if let Ok(rows) = c
+                .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+                .await
+            {
+                slots = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+                if slots.is_empty() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{} still has replication slots {slots:?}", node.name);
 }
 
 /// `ctl failover --candidate` picks the member even when the leader is dead and another

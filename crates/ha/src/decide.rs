@@ -103,6 +103,8 @@ pub struct LocalPg {
     pub standbys: Vec<Standby>,
     /// On a running server: `synchronous_standby_names` as PostgreSQL applies it.
     pub sync_setting: Option<SyncSetting>,
+    /// On a running server: its physical replication slots that nobody streams from.
+    pub inactive_slots: Vec<String>,
 }
 
 /// One standby connected to this primary, as pg_stat_replication shows it now.
@@ -166,7 +168,15 @@ pub struct AgentMemory {
     pub request_seen: Option<(i64, Millis)>,
     /// The `failsafe` key as last read: whom a leader without the DCS must hear from.
     pub failsafe_members: Option<std::collections::BTreeMap<String, String>>,
+    /// `pg_ctl promote` failures in a row while holding the leader key (a full disk, a
+    /// broken WAL directory): after [`MAX_FAILED_PROMOTIONS`] the key goes to another member.
+    pub failed_promotions: u32,
 }
+
+/// How many promotions in a row may fail before the leader key is given up. A promotion
+/// can fail once for a passing reason (a slow checkpoint, a timeout); one that fails every
+/// time would otherwise hold the key, and block every failover, for ever.
+pub const MAX_FAILED_PROMOTIONS: u32 = 3;
 
 impl AgentMemory {
     /// Note whether PostgreSQL is down while this member holds the leader key.
@@ -471,7 +481,8 @@ pub use sync::{key_members, sync_setting_on_restart, SyncSetting};
 /// 3. an uninitialized cluster is bootstrapped (or published from existing primary data);
 /// 4. an empty data directory is cloned; foreign data is never touched;
 /// 5. a stopped PostgreSQL starts as a replica (after a rewind if it led a diverged history);
-/// 6. the leader renews its key, then promotes and keeps slots; a pending switchover
+/// 6. the leader renews its key, then promotes and keeps slots (after
+///    [`MAX_FAILED_PROMOTIONS`] failed promotions in a row it releases the key); a pending switchover
 ///    (the `failover` key) makes it stop cleanly and release the key once a member can
 ///    take over;
 /// 7. a member that follows another leader steps down, rewinds or re-points as needed;
@@ -499,6 +510,9 @@ pub fn decide(obs: &Observation, cfg: &HaConfig) -> Vec<(Action, Reason)> {
             "system identifier mismatch: data directory has {ours}, cluster has {initialize}; \
              leaving the data untouched"
         ));
+    }
+    if let Some(release) = give_up_failing_promotion(obs, cluster) {
+        return release;
     }
     if !obs.local.running {
         return start_stopped(obs, cluster, cfg);
@@ -876,6 +890,25 @@ fn leader_timeline(cluster: &Cluster, leader: &str) -> Option<u32> {
     published.max(promoted)
 }
 
+/// We hold the leader key but promoting keeps failing: release it, so that a member that
+/// can become primary takes over (the runner keeps us out of the race for a ttl).
+fn give_up_failing_promotion(
+    obs: &Observation,
+    cluster: &Cluster,
+) -> Option<Vec<(Action, Reason)>> {
+    let failures = obs.memory.failed_promotions;
+    let leads = cluster.leader_name() == Some(obs.me.as_str());
+    (leads && failures >= MAX_FAILED_PROMOTIONS && !is_writable(&obs.local)).then(|| {
+        vec![act(
+            Action::ReleaseLeader,
+            format!(
+                "promoting PostgreSQL failed {failures} times in a row: releasing the leader \
+                 key so that another member takes over"
+            ),
+        )]
+    })
+}
+
 /// Rule 6: we hold the leader key. Renew first: every later step needs the lease.
 fn lead(obs: &Observation, cluster: &Cluster, cfg: &HaConfig) -> Vec<(Action, Reason)> {
     let mut actions = vec![act(
@@ -1010,6 +1043,9 @@ fn follow_leader(
         return rejoin_diverged(obs, cluster, cfg, leader, why);
     }
     if local.following.as_deref() == Some(leader) {
+        if cfg.use_slots && !local.inactive_slots.is_empty() {
+            return vec![drop_replica_slots(local)];
+        }
         return wait(format!("following leader {leader}"));
     }
     if cluster.member(leader).is_none() {
@@ -1023,6 +1059,20 @@ fn follow_leader(
         },
         format!("replica not following leader {leader}: re-pointing it"),
     )]
+}
+
+/// Nobody streams from a replica (pgherd does not cascade), but the slots it kept as a
+/// primary — they survive a demotion and pg_rewind — would hold its WAL for ever, until
+/// its disk fills. With `use_slots` pgherd owns the physical slots: drop them.
+fn drop_replica_slots(local: &LocalPg) -> (Action, Reason) {
+    act(
+        Action::EnsureSlots(Vec::new()),
+        format!(
+            "a replica keeps no replication slots: dropping {:?}, left from when it was a \
+             primary (they would keep its WAL for ever)",
+            local.inactive_slots
+        ),
+    )
 }
 
 /// Rule 8: nobody holds the leader key.

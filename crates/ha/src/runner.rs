@@ -742,6 +742,7 @@ impl Agent {
                 shut_down_cleanly: false,
                 standbys: Vec::new(),
                 sync_setting: None,
+                inactive_slots: Vec::new(),
             });
         }
         if self.pg.postmaster_pid().is_some() {
@@ -796,6 +797,7 @@ impl Agent {
             shut_down_cleanly: was_primary && control.shut_down_cleanly(),
             standbys: Vec::new(),
             sync_setting: None,
+            inactive_slots: Vec::new(),
             system_identifier: Some(control.system_identifier),
         })
     }
@@ -860,6 +862,7 @@ impl Agent {
                 })
                 .collect(),
             sync_setting: SyncSetting::parse(&state.synchronous_standby_names),
+            inactive_slots: state.inactive_physical_slots.clone(),
         })
     }
 
@@ -1049,6 +1052,12 @@ impl Agent {
                 self.leased(self.dcs.delete_leader()).await?;
                 self.lease_lost();
                 self.memory.released_leader_at = Some(self.now());
+                if self.memory.failed_promotions > 0 {
+                    // Promoting kept failing here: for a ttl, stay out of the race (and
+                    // answer the others as not a candidate), as after a pre_promote veto.
+                    self.memory.failed_promotions = 0;
+                    self.vetoed_at = Some(Instant::now());
+                }
                 Ok(true)
             }
             Action::Promote => self.promote(cluster, reason).await,
@@ -1357,7 +1366,12 @@ impl Agent {
             }
             self.rewrite_config_and_reload().await?;
         }
-        self.pg.promote(self.spec.pg_ctl_timeout).await?;
+        if let Err(e) = self.pg.promote(self.spec.pg_ctl_timeout).await {
+            // Counted so that `decide` gives the key up if it keeps failing.
+            self.memory.failed_promotions += 1;
+            return Err(e.into());
+        }
+        self.memory.failed_promotions = 0;
         // Our setting takes effect now; `observe` records where.
         self.memory.sync_set_at_lsn = None;
         self.status.update(|s| s.promotions += 1);

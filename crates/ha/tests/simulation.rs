@@ -287,6 +287,7 @@ impl Pg {
             shut_down_cleanly: self.shut_down_cleanly(),
             standbys: Vec::new(),
             sync_setting: if self.running { self.ssn.clone() } else { None },
+            inactive_slots: Vec::new(),
         }
     }
 

@@ -46,6 +46,8 @@ pub struct PgState {
     pub streaming: bool,
     /// `synchronous_standby_names` as applied.
     pub synchronous_standby_names: String,
+    /// Physical replication slots nobody streams from right now, by name.
+    pub inactive_physical_slots: Vec<String>,
 }
 
 const STATE_SQL: &str = "\
@@ -64,7 +66,9 @@ SELECT pg_catalog.pg_is_in_recovery(),
        pg_catalog.pg_postmaster_start_time()::text,
        EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart),
        COALESCE((SELECT status = 'streaming' FROM pg_catalog.pg_stat_wal_receiver), false),
-       pg_catalog.current_setting('synchronous_standby_names')";
+       pg_catalog.current_setting('synchronous_standby_names'),
+       ARRAY(SELECT slot_name::text FROM pg_catalog.pg_replication_slots
+              WHERE slot_type = 'physical' AND NOT active ORDER BY 1)";
 
 const REPLICATION_SQL: &str = "\
 SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority,
@@ -104,6 +108,7 @@ impl Instance {
         let pending_restart: bool = row.try_get(11).map_err(q)?;
         let streaming: bool = row.try_get(12).map_err(q)?;
         let synchronous_standby_names: String = row.try_get(13).map_err(q)?;
+        let inactive_physical_slots: Vec<String> = row.try_get(14).map_err(q)?;
 
         let as_tli = |v: Option<i32>| v.and_then(|t| u32::try_from(t).ok()).filter(|t| *t > 0);
         let fallback = as_tli(checkpoint_tli)
@@ -166,6 +171,7 @@ impl Instance {
             pending_restart,
             streaming,
             synchronous_standby_names,
+            inactive_physical_slots,
         })
     }
 

@@ -43,6 +43,7 @@ fn pg(
         shut_down_cleanly: false,
         standbys: Vec::new(),
         sync_setting: None,
+        inactive_slots: Vec::new(),
     }
 }
 
@@ -90,6 +91,7 @@ fn empty() -> LocalPg {
         shut_down_cleanly: false,
         standbys: Vec::new(),
         sync_setting: None,
+        inactive_slots: Vec::new(),
     }
 }
 
@@ -1186,6 +1188,55 @@ fn a_member_that_released_the_key_stays_stopped_for_a_ttl() {
             upstream: Some("pg-b".into())
         }]
     );
+}
+
+#[test]
+fn a_leader_whose_promotion_keeps_failing_releases_the_key() {
+    // The chaos run's case: the new leader's disk is full, so `pg_ctl promote` fails and
+    // PostgreSQL crashes each time; the key must not stay with it for ever.
+    let mut o = obs("pg-a", replica(100), Some(cluster(Some("pg-a"))));
+    o.memory.failed_promotions = MAX_FAILED_PROMOTIONS - 1;
+    assert_eq!(
+        decided(&o, &cfg())[..2],
+        [Action::RenewLeader, Action::Promote],
+        "one more attempt first"
+    );
+    o.memory.failed_promotions = MAX_FAILED_PROMOTIONS;
+    assert_eq!(decided(&o, &cfg()), [Action::ReleaseLeader]);
+    assert!(reason_of(&o, &cfg()).contains("promoting PostgreSQL failed 3 times"));
+    // Also when the failed promotion took PostgreSQL down with it.
+    o.local = stopped(DataDirState::Standby);
+    assert_eq!(decided(&o, &cfg()), [Action::ReleaseLeader]);
+    // A primary that runs is not given up, nor is anything decided in maintenance mode.
+    o.local = primary(100);
+    assert_eq!(decided(&o, &cfg())[0], Action::RenewLeader);
+    o.local = replica(100);
+    let paused = HaConfig {
+        paused: true,
+        ..cfg()
+    };
+    assert!(!decided(&o, &paused).contains(&Action::ReleaseLeader));
+    // A member that does not lead has nothing to give up.
+    let mut o = obs("pg-a", replica(100), Some(cluster(Some("pg-b"))));
+    o.memory.failed_promotions = MAX_FAILED_PROMOTIONS;
+    assert!(!decided(&o, &cfg()).contains(&Action::ReleaseLeader));
+}
+
+#[test]
+fn a_replica_drops_the_slots_it_kept_as_a_primary() {
+    // A demoted primary keeps its slots; on a replica nobody advances them, so they would
+    // hold its WAL until the disk fills.
+    let mut local = following(replica(100), "pg-b");
+    local.inactive_slots = vec!["pg_c".into()];
+    let o = obs("pg-a", local, Some(cluster(Some("pg-b"))));
+    assert_eq!(decided(&o, &cfg()), [Action::EnsureSlots(Vec::new())]);
+    assert!(reason_of(&o, &cfg()).contains("pg_c"));
+    // Without use_slots the slots are the operator's.
+    let theirs = HaConfig {
+        use_slots: false,
+        ..cfg()
+    };
+    assert_eq!(decided(&o, &theirs), [Action::Wait]);
 }
 
 #[test]
