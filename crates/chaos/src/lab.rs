@@ -25,8 +25,9 @@ pub const RW_PORT: u16 = 6432;
 pub const RO_PORT: u16 = 6433;
 pub const SUPERUSER_PASSWORD: &str = "chaos-su-pass";
 const REPLICATION_PASSWORD: &str = "chaos-rep-pass";
-/// Each member's data directory lives on a tmpfs this big (the disk-full fault fills it).
-const DATA_FS_SIZE: &str = "384m";
+/// Each member's data directory lives on a tmpfs of this many MiB (the disk-full fault
+/// fills it).
+pub const DATA_FS_MIB: u64 = 384;
 
 pub fn hub_addr() -> Ipv4Addr {
     Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 1)
@@ -185,6 +186,15 @@ impl Member {
         self.fs_dir().join("data")
     }
 
+    /// MiB in use on the data filesystem: WAL that nothing frees (a forgotten slot) shows
+    /// here long before the disk is full.
+    pub fn data_fs_used_mib(&self) -> Option<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.fs_dir()).ok()?;
+        let block = st.fragment_size() as u64;
+        let used = (st.blocks() as u64).saturating_sub(st.blocks_free() as u64);
+        Some(used * block / (1 << 20))
+    }
+
     pub fn fill_file(&self) -> PathBuf {
         self.fs_dir().join("chaos-fill")
     }
@@ -201,7 +211,7 @@ impl Member {
         fs::create_dir_all(&fs_dir)?;
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={DATA_FS_SIZE},mode=0755"))
+            .arg(format!("size={DATA_FS_MIB}m,mode=0755"))
             .arg(format!("{}-data", self.ns))
             .arg(&fs_dir)
             .output()

@@ -742,6 +742,8 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
     );
 
     let mut results: Vec<FaultResult> = Vec::new();
+    // The most each member's data filesystem held after a fault (MiB).
+    let mut fs_peak = [0u64; 3];
     let mut aborted: Option<String> = None;
     for (n, spec) in faults.iter().enumerate() {
         let n = n + 1;
@@ -802,12 +804,25 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
         if let Some(e) = heal_err {
             r.note = format!("healing failed: {e:#}");
         }
+        let fs_used: Vec<Option<u64>> = lock(&members)
+            .iter()
+            .map(|m| m.data_fs_used_mib())
+            .collect();
+        for (peak, used) in fs_peak.iter_mut().zip(&fs_used) {
+            *peak = (*peak).max(used.unwrap_or(0));
+        }
+        let fs_shown: Vec<String> = fs_used
+            .iter()
+            .map(|u| u.map_or("?".into(), |u| u.to_string()))
+            .collect();
         match &outcome {
             Ok(p) => println!(
-                "     recovered {:.1} s after the heal, primary m{}; longest write pause {:.1} s",
+                "     recovered {:.1} s after the heal, primary m{}; longest write pause {:.1} s; \
+                 data fs MiB used {}",
                 r.recovery_s.unwrap_or(0.0),
                 p + 1,
-                r.max_write_gap_s
+                r.max_write_gap_s,
+                fs_shown.join("/")
             ),
             Err(h) => {
                 r.note = format!("not recovered within {within:?} of the heal: {}", h.shown());
@@ -968,6 +983,10 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
         println!("agents that exited by themselves (restarted): {exits:?}");
     }
     println!(
+        "data filesystems, most MiB used after a fault (of {}): {fs_peak:?}",
+        lab::DATA_FS_MIB
+    );
+    println!(
         "RESULT: {}",
         if pass {
             "PASS".to_string()
@@ -1008,6 +1027,8 @@ async fn run(args: &Args, prefix: &str) -> anyhow::Result<bool> {
                 .collect::<Vec<_>>(),
             "split_brain": split,
             "agent_unexpected_exits": exits,
+            "data_fs_mib": lab::DATA_FS_MIB,
+            "data_fs_peak_used_mib": fs_peak,
             "aborted": aborted,
             "pass": pass,
             "failures": failures,
