@@ -45,6 +45,8 @@ pub enum ServiceError {
     SocketGroup(String),
     #[error("listen_addr and unix_socket_dir give no address to listen on")]
     NoListenAddress,
+    #[error("listen_addr {name}: cannot resolve it: {error}")]
+    ListenName { name: String, error: String },
 }
 
 pub use crate::live::Files;
@@ -63,8 +65,19 @@ impl From<LoadError> for ServiceError {
     }
 }
 
-/// The addresses to listen on for the `[pgbouncer]` settings (`*`: all IPv4 ones).
-fn listen_addrs(config: &PoolerConfig) -> Vec<SocketAddr> {
+/// One TCP address to listen on. An `optional` one (the IPv6 half of `*`) is skipped with
+/// a warning where the machine cannot bind it, as PgBouncer does; any other must bind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ListenAddr {
+    addr: SocketAddr,
+    optional: bool,
+}
+
+/// The addresses to listen on for the `[pgbouncer]` settings, as PgBouncer reads
+/// `listen_addr`: numeric IPv4 and IPv6 addresses, host names (every address they resolve
+/// to), and `*` for every IPv4 and IPv6 address.
+fn listen_addrs(config: &PoolerConfig) -> Result<Vec<ListenAddr>, ServiceError> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let main = config.settings.listen_port;
     // `routes` listeners on the same addresses; one on listen_port shares its socket.
     let mut ports = vec![main];
@@ -73,19 +86,57 @@ fn listen_addrs(config: &PoolerConfig) -> Vec<SocketAddr> {
             ports.push(route.listen_port);
         }
     }
-    let ips: Vec<std::net::IpAddr> = config
-        .settings
-        .listen_addr
+    let mut ips: Vec<(IpAddr, bool)> = Vec::new();
+    for a in &config.settings.listen_addr {
+        let found = match a.as_str() {
+            "*" => vec![
+                (IpAddr::V4(Ipv4Addr::UNSPECIFIED), false),
+                (IpAddr::V6(Ipv6Addr::UNSPECIFIED), true),
+            ],
+            a => match a.parse::<IpAddr>() {
+                Ok(ip) => vec![(ip, false)],
+                Err(_) => resolve(a)?.into_iter().map(|ip| (ip, false)).collect(),
+            },
+        };
+        for (ip, optional) in found {
+            match ips.iter_mut().find(|(seen, _)| *seen == ip) {
+                // Named on its own too: then it must bind.
+                Some(seen) => seen.1 &= optional,
+                None => ips.push((ip, optional)),
+            }
+        }
+    }
+    Ok(ports
         .iter()
-        .filter_map(|a| match a.as_str() {
-            "*" => Some(std::net::IpAddr::from([0, 0, 0, 0])),
-            a => a.parse::<std::net::IpAddr>().ok(),
+        .flat_map(|&port| {
+            ips.iter().map(move |&(ip, optional)| ListenAddr {
+                addr: SocketAddr::new(ip, port),
+                optional,
+            })
         })
-        .collect();
-    ports
-        .iter()
-        .flat_map(|&port| ips.iter().map(move |&ip| SocketAddr::new(ip, port)))
-        .collect()
+        .collect())
+}
+
+/// Every address a `listen_addr` host name resolves to (at start, like PgBouncer).
+fn resolve(name: &str) -> Result<Vec<std::net::IpAddr>, ServiceError> {
+    use std::net::ToSocketAddrs;
+    let fail = |error: String| ServiceError::ListenName {
+        name: name.to_string(),
+        error,
+    };
+    let mut ips: Vec<std::net::IpAddr> = Vec::new();
+    for a in (name, 0)
+        .to_socket_addrs()
+        .map_err(|e| fail(e.to_string()))?
+    {
+        if !ips.contains(&a.ip()) {
+            ips.push(a.ip());
+        }
+    }
+    if ips.is_empty() {
+        return Err(fail("it has no address".into()));
+    }
+    Ok(ips)
 }
 
 /// Listen on `.s.PGSQL.<listen_port>` in `unix_socket_dir` (empty: no socket), with
@@ -171,7 +222,10 @@ fn bind_client_listener(
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
-        TcpSocket::new_v6()?
+        let socket = TcpSocket::new_v6()?;
+        // `::` must not take the IPv4 port too: `*` binds 0.0.0.0 beside it.
+        set_ipv6_only(&socket)?;
+        socket
     };
     socket.set_reuseaddr(true)?;
     if reuseport {
@@ -179,6 +233,27 @@ fn bind_client_listener(
     }
     socket.bind(addr)?;
     socket.listen(backlog.max(1))
+}
+
+fn set_ipv6_only(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is the socket's own, open for the call; the value is a
+    // c_int and the length says so.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl Service {
@@ -203,7 +278,7 @@ impl Service {
         files: Files,
         topology: Option<Arc<Topology>>,
     ) -> Result<Service, ServiceError> {
-        let addrs = listen_addrs(&files.config);
+        let addrs = listen_addrs(&files.config)?;
         let unix_socket = bind_unix_socket(&files.config.settings)?;
         if addrs.is_empty() && unix_socket.is_none() {
             return Err(ServiceError::NoListenAddress);
@@ -224,9 +299,15 @@ impl Service {
         let (stop_accepting, rx) = watch::channel(false);
         let mut listeners = JoinSet::new();
         let mut bound = Vec::new();
-        for addr in addrs {
-            let listener = bind_client_listener(addr, backlog, reuseport)
-                .map_err(|error| ServiceError::Listen { addr, error })?;
+        for ListenAddr { addr, optional } in addrs {
+            let listener = match bind_client_listener(addr, backlog, reuseport) {
+                Ok(listener) => listener,
+                Err(error) if optional => {
+                    warn!(%addr, %error, "not listening on this wildcard address");
+                    continue;
+                }
+                Err(error) => return Err(ServiceError::Listen { addr, error }),
+            };
             let local = listener.local_addr().unwrap_or(addr);
             info!(addr = %local, "listening");
             bound.push(local);
