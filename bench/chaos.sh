@@ -7,7 +7,7 @@
 #   hub    bridge 10.213.0.1/24, the pooler (rw 10.213.0.1:6432, ro :6433) and the runner
 #   e1..e3 one etcd member each (10.213.0.11-13)
 #   m1..m3 one `pgherd node` + PostgreSQL 15 each (10.213.0.21-23), each data directory
-#          on its own 384 MB tmpfs
+#          on its own 512 MiB tmpfs
 # Faults (kinds, targets, hold times drawn from the seed; each healed, then the cluster
 # must be back within --recovery-timeout, default 60 s): kill-agent, kill-postmaster,
 # kill-both, stop-agent, stop-postmaster (SIGSTOP longer than ttl), partition-etcd,

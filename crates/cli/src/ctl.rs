@@ -14,6 +14,10 @@ pub struct CtlArgs {
     /// A member's config file (only its scope, namespace and DCS settings are used).
     #[arg(short, long, value_name = "FILE", env = "PGHERD_CONFIG")]
     pub config: PathBuf,
+    /// Call the members' HTTPS REST APIs without checking their certificates (like
+    /// `ctl.insecure: true`; patronictl's `-k`).
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -183,8 +187,10 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         tracing::debug!(warning = %w, "config");
     }
     let cfg = loaded.config;
+    let mut client_tls = cfg.client_tls.clone();
+    client_tls.insecure |= args.insecure;
     let http =
-        pgherd_http::client::client(&cfg.client_tls, None).context("cannot make an HTTP client")?;
+        pgherd_http::client::client(&client_tls, None).context("cannot make an HTTP client")?;
     let dcs = EtcdDcs::connect_with(
         &cfg.dcs.etcd_access(),
         &cfg.namespace,

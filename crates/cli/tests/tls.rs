@@ -213,15 +213,22 @@ async fn rest_api_over_https_for_ctl_haproxy_and_switchover() {
         .wait_routes_to(cluster.node(&replica).pg_port, Duration::from_secs(30))
         .await;
 
-    // A ctl that trusts nothing cannot call the REST APIs; with ctl.insecure it can.
+    // A ctl that trusts nothing cannot call the REST APIs; with ctl.insecure (or
+    // patronictl's `-k`) it can.
     let cfg = fs::read_to_string(&cluster.nodes[0].config_path).expect("config");
     let (head, _) = cfg.rsplit_once("\nctl:\n").expect("ctl section");
-    for (ctl, works) in [("  insecure: false\n", false), ("  insecure: true\n", true)] {
+    for (ctl, flag, works) in [
+        ("  insecure: false\n", None, false),
+        ("  insecure: true\n", None, true),
+        ("  insecure: false\n", Some("-k"), true),
+        ("  insecure: false\n", Some("--insecure"), true),
+    ] {
         let path = cluster.dir.path().join("ctl-only.yml");
         fs::write(&path, format!("{head}\nctl:\n{ctl}")).expect("write");
         let out = Command::new(env!("CARGO_BIN_EXE_pgherd"))
             .args(["ctl", "-c"])
             .arg(&path)
+            .args(flag)
             .args(["reload", "--force"])
             .output()
             .expect("run ctl");
@@ -229,7 +236,7 @@ async fn rest_api_over_https_for_ctl_haproxy_and_switchover() {
         assert_eq!(
             text.matches("Success: reload").count(),
             if works { 2 } else { 0 },
-            "{ctl}: {text}"
+            "{ctl} {flag:?}: {text}"
         );
     }
 }
