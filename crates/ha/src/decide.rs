@@ -481,8 +481,8 @@ pub use sync::{key_members, sync_setting_on_restart, SyncSetting};
 /// 3. an uninitialized cluster is bootstrapped (or published from existing primary data);
 /// 4. an empty data directory is cloned; foreign data is never touched;
 /// 5. a stopped PostgreSQL starts as a replica (after a rewind if it led a diverged history);
-/// 6. the leader renews its key, then promotes and keeps slots (after
-///    [`MAX_FAILED_PROMOTIONS`] failed promotions in a row it releases the key); a pending switchover
+/// 6. the leader renews its key, then promotes and keeps slots (it releases the key
+///    after [`MAX_FAILED_PROMOTIONS`] failed promotions in a row); a pending switchover
 ///    (the `failover` key) makes it stop cleanly and release the key once a member can
 ///    take over;
 /// 7. a member that follows another leader steps down, rewinds or re-points as needed;
@@ -1061,9 +1061,10 @@ fn follow_leader(
     )]
 }
 
-/// Nobody streams from a replica (pgherd does not cascade), but the slots it kept as a
-/// primary — they survive a demotion and pg_rewind — would hold its WAL for ever, until
-/// its disk fills. With `use_slots` pgherd owns the physical slots: drop them.
+/// Nobody streams from a replica (pgherd does not cascade), but the slots a demoted
+/// primary kept (a clean demotion needs no pg_rewind, which would have removed them) hold
+/// its WAL for ever, until its disk fills. With `use_slots` pgherd owns the physical
+/// slots: drop them.
 fn drop_replica_slots(local: &LocalPg) -> (Action, Reason) {
     act(
         Action::EnsureSlots(Vec::new()),

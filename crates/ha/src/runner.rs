@@ -675,6 +675,10 @@ impl Agent {
             let leads = c.leader_name() == Some(self.spec.name.as_str());
             let now = self.now();
             self.memory.saw_own_postgres(leads && !local.running, now);
+            if !leads {
+                // Failures count in a row, within one term as the leader.
+                self.memory.failed_promotions = 0;
+            }
         }
         if let (Some(c), true) = (&cluster, self.lease_expires.is_some()) {
             if c.leader_name() != Some(self.spec.name.as_str()) {
@@ -1052,7 +1056,7 @@ impl Agent {
                 self.leased(self.dcs.delete_leader()).await?;
                 self.lease_lost();
                 self.memory.released_leader_at = Some(self.now());
-                if self.memory.failed_promotions > 0 {
+                if self.memory.failed_promotions >= crate::decide::MAX_FAILED_PROMOTIONS {
                     // Promoting kept failing here: for a ttl, stay out of the race (and
                     // answer the others as not a candidate), as after a pre_promote veto.
                     self.memory.failed_promotions = 0;
