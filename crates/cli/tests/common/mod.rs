@@ -91,11 +91,11 @@ impl TestNode {
     }
 
     /// The running postmaster's pid, from postmaster.pid.
+    /// The running postmaster's pid. A killed one that its parent has not reaped yet
+    /// counts as gone (it answers kill 0): the fencer's victim is reparented, and how
+    /// soon the new parent reaps it is up to the machine's init.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        let alive = unsafe { libc::kill(pid, 0) } == 0;
-        alive.then_some(pid)
+        pgherd_postgres::running_postmaster(&self.data_dir())
     }
 
     /// `kill -9` PostgreSQL: the postmaster and every process of its group.
