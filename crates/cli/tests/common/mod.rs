@@ -90,10 +90,9 @@ impl TestNode {
         }
     }
 
-    /// The running postmaster's pid, from postmaster.pid.
-    /// The running postmaster's pid. A killed one that its parent has not reaped yet
-    /// counts as gone (it answers kill 0): the fencer's victim is reparented, and how
-    /// soon the new parent reaps it is up to the machine's init.
+    /// The running postmaster's pid (from postmaster.pid). A killed one that its parent
+    /// has not reaped yet counts as gone (it answers kill 0): the fencer's victim is
+    /// reparented, and how soon the new parent reaps it is up to the machine's init.
     pub fn postmaster_pid(&self) -> Option<i32> {
         pgherd_postgres::running_postmaster(&self.data_dir())
     }
