@@ -298,7 +298,7 @@ impl ClientTls {
                 // No system CAs (a minimal container): plain HTTP still works, and
                 // HTTPS says what to set.
                 Err(e) => Arc::new(NoTrust {
-                    provider: provider(),
+                    signatures: AnyCertificate(provider()),
                     reason: format!(
                         "no CA to check the server's certificate with ({e}): set {key_name} \
                          (or restapi.cafile), or ctl.insecure"
@@ -328,7 +328,8 @@ impl ClientTls {
 /// No CA at all: every server certificate is refused, saying why.
 #[derive(Debug)]
 struct NoTrust {
-    provider: Arc<CryptoProvider>,
+    /// Checks the handshake's signatures (never reached: every certificate is refused).
+    signatures: AnyCertificate,
     reason: String,
 }
 
@@ -350,7 +351,7 @@ impl ServerCertVerifier for NoTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        AnyCertificate(self.provider.clone()).verify_tls12_signature(message, cert, dss)
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -359,13 +360,11 @@ impl ServerCertVerifier for NoTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        AnyCertificate(self.provider.clone()).verify_tls13_signature(message, cert, dss)
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 

@@ -76,7 +76,7 @@ struct ListenAddr {
 /// The addresses to listen on for the `[pgbouncer]` settings, as PgBouncer reads
 /// `listen_addr`: numeric IPv4 and IPv6 addresses, host names (every address they resolve
 /// to), and `*` for every IPv4 and IPv6 address.
-fn listen_addrs(config: &PoolerConfig) -> Result<Vec<ListenAddr>, ServiceError> {
+async fn listen_addrs(config: &PoolerConfig) -> Result<Vec<ListenAddr>, ServiceError> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let main = config.settings.listen_port;
     // `routes` listeners on the same addresses; one on listen_port shares its socket.
@@ -95,7 +95,11 @@ fn listen_addrs(config: &PoolerConfig) -> Result<Vec<ListenAddr>, ServiceError> 
             ],
             a => match a.parse::<IpAddr>() {
                 Ok(ip) => vec![(ip, false)],
-                Err(_) => resolve(a)?.into_iter().map(|ip| (ip, false)).collect(),
+                Err(_) => resolve(a)
+                    .await?
+                    .into_iter()
+                    .map(|ip| (ip, false))
+                    .collect(),
             },
         };
         for (ip, optional) in found {
@@ -118,17 +122,16 @@ fn listen_addrs(config: &PoolerConfig) -> Result<Vec<ListenAddr>, ServiceError> 
 }
 
 /// Every address a `listen_addr` host name resolves to (at start, like PgBouncer).
-fn resolve(name: &str) -> Result<Vec<std::net::IpAddr>, ServiceError> {
-    use std::net::ToSocketAddrs;
+async fn resolve(name: &str) -> Result<Vec<std::net::IpAddr>, ServiceError> {
     let fail = |error: String| ServiceError::ListenName {
         name: name.to_string(),
         error,
     };
     let mut ips: Vec<std::net::IpAddr> = Vec::new();
-    for a in (name, 0)
-        .to_socket_addrs()
-        .map_err(|e| fail(e.to_string()))?
-    {
+    let found = tokio::net::lookup_host((name, 0))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    for a in found {
         if !ips.contains(&a.ip()) {
             ips.push(a.ip());
         }
@@ -278,7 +281,7 @@ impl Service {
         files: Files,
         topology: Option<Arc<Topology>>,
     ) -> Result<Service, ServiceError> {
-        let addrs = listen_addrs(&files.config)?;
+        let addrs = listen_addrs(&files.config).await?;
         let unix_socket = bind_unix_socket(&files.config.settings)?;
         if addrs.is_empty() && unix_socket.is_none() {
             return Err(ServiceError::NoListenAddress);
